@@ -1,0 +1,86 @@
+package viperkv
+
+import (
+	"context"
+	"errors"
+	"net/http"
+	"strconv"
+	"strings"
+	"time"
+
+	"github.com/Azure/azure-sdk-for-go/sdk/azcore"
+	"github.com/Azure/azure-sdk-for-go/sdk/azcore/policy"
+	"github.com/Azure/azure-sdk-for-go/sdk/azidentity"
+	"golang.org/x/sync/singleflight"
+)
+
+// tokenTimeout bounds one token request made on behalf of several waiting callers, so a
+// hung identity endpoint cannot pin the shared flight forever.
+const tokenTimeout = 30 * time.Second
+
+// sharedCredential makes concurrent token requests for the same scopes share one call.
+// Each vault has its own azsecrets client and so its own bearer-token policy; without this,
+// N vaults starting at once would send N requests to the identity endpoint. After the first
+// token, the underlying credential's cache (MSAL's, for managed identity) answers.
+type sharedCredential struct {
+	cred  azcore.TokenCredential
+	group singleflight.Group
+}
+
+func (c *sharedCredential) GetToken(ctx context.Context, opts policy.TokenRequestOptions) (azcore.AccessToken, error) {
+	key := strings.Join(opts.Scopes, " ") + "|" + opts.TenantID + "|" + opts.Claims + "|" + strconv.FormatBool(opts.EnableCAE)
+	ch := c.group.DoChan(key, func() (any, error) {
+		// The flight outlives the caller that started it: another caller may still be waiting.
+		fctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), tokenTimeout)
+		defer cancel()
+		tok, err := c.cred.GetToken(fctx, opts)
+		if err != nil {
+			return azcore.AccessToken{}, &credentialError{err: err}
+		}
+		return tok, nil
+	})
+	select {
+	case r := <-ch:
+		return r.Val.(azcore.AccessToken), r.Err
+	case <-ctx.Done():
+		return azcore.AccessToken{}, ctx.Err()
+	}
+}
+
+// credentialError marks a failure to obtain a token, as opposed to a failure at the vault.
+type credentialError struct{ err error }
+
+func (e *credentialError) Error() string { return "managed identity: " + e.err.Error() }
+func (e *credentialError) Unwrap() error { return e.err }
+
+// NonRetriable tells azcore's retry policy not to retry: the credential already retried.
+func (e *credentialError) NonRetriable() {}
+
+// classifyCredentialError maps a token failure to a status and a short reason.
+func classifyCredentialError(err *credentialError) (Status, string) {
+	var afe *azidentity.AuthenticationFailedError
+	if errors.As(err.err, &afe) && afe.RawResponse != nil {
+		code := afe.RawResponse.StatusCode
+		switch code {
+		case http.StatusBadRequest, http.StatusNotFound:
+			// The endpoint exists but knows no such identity: it is not assigned to this resource.
+			return StatusMSINotEnabled, "identity endpoint answered " + strconv.Itoa(code) + ": the managed identity is not enabled or not assigned"
+		case http.StatusUnauthorized, http.StatusForbidden:
+			return StatusUnauthorizedClient, "identity endpoint answered " + strconv.Itoa(code) + ": the client is not authorized to get tokens"
+		}
+		return StatusOtherReasons, "identity endpoint answered " + strconv.Itoa(code)
+	}
+	if errors.Is(err.err, context.DeadlineExceeded) {
+		return StatusFetchTimedOut, "identity endpoint did not answer in time"
+	}
+	// No response at all: no identity endpoint configured or reachable.
+	return StatusMSINotEnabled, "no managed identity endpoint is available: " + firstLine(err.err.Error())
+}
+
+// firstLine keeps error details to one line: azcore's errors span many lines of response dump.
+func firstLine(s string) string {
+	if i := strings.IndexByte(s, '\n'); i >= 0 {
+		s = s[:i]
+	}
+	return strings.TrimSpace(s)
+}

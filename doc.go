@@ -1,0 +1,22 @@
+// Package viperkv resolves Azure Key Vault references in a Viper configuration through the
+// application's managed identity, and keeps them fresh.
+//
+// A configuration value anywhere Viper gets values (a file, an environment variable, a
+// default) may hold a reference:
+//
+//	db:
+//	  conn: "@KeyVault(SecretUri=https://myvault.vault.azure.net/secrets/db-conn/)"
+//	  dsn:  "host=db user=app password=@Microsoft.KeyVault(VaultName=myvault;SecretName=db-pw)"
+//
+// [New] and [Provider.Load] find every reference, authenticate with the managed identity
+// (no credential in code or config), fetch each distinct secret once, concurrently, and
+// publish a resolved configuration that readers use through [Provider.Viper] or
+// [Provider.GetString]. The source Viper is never written to, so readers never race a
+// reload. [Provider.Status] reports each reference with App Service's status names.
+//
+// Tokens go only to hosts under the configured cloud's Key Vault DNS suffix: a reference to
+// any other host fails with [StatusHostNotAllowed] before a request is made.
+//
+// The kvtest package is a local emulator of Entra ID, the managed identity endpoint and Key
+// Vault that the real Azure SDK talks to, for local development and for tests.
+package viperkv

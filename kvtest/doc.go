@@ -1,0 +1,55 @@
+// Package kvtest is a local emulator of Azure's secret path, for tests and local runs,
+// in the spirit of net/http/httptest: Entra ID (OpenID Connect discovery, JWKS, RS256
+// tokens), the managed identity endpoints (App Service and IMDS style) and the Key Vault
+// secrets data plane over TLS. The real, unmodified azidentity.ManagedIdentityCredential
+// and azsecrets.Client work against it over real HTTP(S):
+//
+//	srv := kvtest.NewServer()
+//	defer srv.Close()
+//	for k, v := range srv.Env() { // IDENTITY_ENDPOINT, IDENTITY_HEADER
+//		t.Setenv(k, v)
+//	}
+//	kv := srv.AddVault("myvault")
+//	kv.Grant(srv.SystemIdentity(), kvtest.RoleSecretsUser)
+//	kv.SetSecret("db-conn", "Server=db;...")
+//
+//	opts := azcore.ClientOptions{Transport: srv.Client()}
+//	cred, _ := azidentity.NewManagedIdentityCredential(&azidentity.ManagedIdentityCredentialOptions{ClientOptions: opts})
+//	client, _ := azsecrets.NewClient("https://myvault.vault.azure.net", cred, &azsecrets.ClientOptions{ClientOptions: opts})
+//	resp, _ := client.GetSecret(ctx, "db-conn", "", nil)
+//
+// [Server.Client] routes production host names (myvault.vault.azure.net:443,
+// 169.254.169.254:80, login.microsoftonline.com:443) to the emulator's loopback listeners
+// and trusts its CA, so URLs keep their production form and the SDK's challenge resource
+// verification stays on.
+//
+// # What is emulated
+//
+//   - Key Vault: the 401 challenge (WWW-Authenticate with the tenant's authority and the
+//     cloud's resource), token validation from the Entra listener's discovery document and
+//     JWKS (signature, algorithm, audience, issuer, expiry, with 5 minutes of clock skew),
+//     RBAC per identity and vault, secrets with versions, attributes and tags, soft delete,
+//     paged lists, the error bodies of the real service, and a token bucket of 4,000 secret
+//     GETs per 10 s per vault answering 429 Throttled with Retry-After.
+//   - Managed identity: App Service style (IDENTITY_ENDPOINT, X-IDENTITY-HEADER,
+//     api-version 2019-08-01, mi_res_id) and IMDS style (Metadata: true, api-version
+//     2018-02-01, msi_res_id); system-assigned and user-assigned identities by client,
+//     object or resource ID; the real endpoints' error statuses.
+//   - Test controls: counters per operation, latency, fault injection (status, hang,
+//     connection reset), throttling limits.
+//
+// # Tokens and MSAL's process-wide cache
+//
+// MSAL Go caches managed identity tokens in one cache per process, keyed only by identity
+// and resource, never by endpoint. A token a test got from one Server is therefore handed
+// to the next test's Server. So that it verifies there, as it would in one real tenant,
+// every Server of a process signs with the same key (generated once per process), uses
+// [DefaultTenantID] and derives identity IDs from the tenant and the identity's name. For
+// exact token counts use a user-assigned identity with a fresh name, or
+// [WithTokenLifetime] of 5 minutes or less, which MSAL never reuses.
+//
+// # Standalone
+//
+// The viperkv command's "emulator" subcommand runs a Server from a YAML [Seed] and
+// writes an [Info] file; other processes reach it with [ReadInfo] and [Info.Client].
+package kvtest

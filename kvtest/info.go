@@ -1,0 +1,203 @@
+package kvtest
+
+import (
+	"crypto/x509"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"net/http"
+	"net/url"
+	"os"
+	"path/filepath"
+	"sort"
+	"strings"
+)
+
+// Info describes a running emulator for other processes: the standalone command writes
+// it as JSON, and [ReadInfo] plus [Info.Client] let a program reach the emulator with
+// production vault URLs.
+type Info struct {
+	// TenantID is the emulated tenant.
+	TenantID string `json:"tenant_id"`
+	// CAFile is the path of the emulator CA's PEM certificate.
+	CAFile string `json:"ca_file"`
+	// IdentityEndpoint is the App Service style managed identity endpoint: export it as
+	// IDENTITY_ENDPOINT.
+	IdentityEndpoint string `json:"identity_endpoint"`
+	// IdentityHeader is the X-IDENTITY-HEADER secret: export it as IDENTITY_HEADER.
+	IdentityHeader string `json:"identity_header"`
+	// IMDSEndpoint is the IMDS style endpoint's direct URL; [Info.Client] also routes
+	// 169.254.169.254:80 to it.
+	IMDSEndpoint string `json:"imds_endpoint"`
+	// EntraEndpoint is the Entra listener, https://127.0.0.1:PORT.
+	EntraEndpoint string `json:"entra_endpoint"`
+	// Authority is EntraEndpoint + "/" + TenantID.
+	Authority string `json:"authority"`
+	// Issuer is the iss claim of issued tokens, https://sts.windows.net/<tenant>/.
+	Issuer string `json:"issuer"`
+	// OIDCDiscoveryURL is the v1 discovery document (issuer https://sts.windows.net/<tenant>/).
+	OIDCDiscoveryURL string `json:"oidc_discovery_url"`
+	// OIDCDiscoveryURLV2 is the v2 discovery document.
+	OIDCDiscoveryURLV2 string `json:"oidc_discovery_url_v2"`
+	// Vaults maps a vault's name to its direct URL https://127.0.0.1:PORT. Public cloud
+	// vaults are keyed by name (myvault), others by host (x.vault.azure.cn).
+	Vaults map[string]string `json:"vaults"`
+	// VaultHosts maps a vault's production host to its direct URL.
+	VaultHosts map[string]string `json:"vault_hosts"`
+	// SystemIdentity is the system-assigned identity; nil when disabled.
+	SystemIdentity *Identity `json:"system_identity,omitempty"`
+	// Identities maps user-assigned identity names to their IDs.
+	Identities map[string]Identity `json:"identities"`
+}
+
+// Info describes the server; caFile is recorded as the CA file's path (the caller writes
+// [Server.CACertPEM] there).
+func (s *Server) Info(caFile string) Info {
+	in := Info{
+		TenantID:           s.tenant,
+		CAFile:             caFile,
+		IdentityEndpoint:   s.IdentityEndpoint(),
+		IdentityHeader:     s.identityHeader,
+		IMDSEndpoint:       s.IMDSEndpoint(),
+		EntraEndpoint:      s.EntraURL(),
+		Authority:          s.AuthorityURL(),
+		Issuer:             s.Issuer(),
+		OIDCDiscoveryURL:   s.OIDCDiscoveryURL(),
+		OIDCDiscoveryURLV2: s.AuthorityURL() + "/v2.0/.well-known/openid-configuration",
+		Vaults:             map[string]string{},
+		VaultHosts:         map[string]string{},
+		Identities:         map[string]Identity{},
+	}
+	for _, v := range s.Vaults() {
+		in.Vaults[v.infoKey()] = v.DirectURL()
+		in.VaultHosts[v.host] = v.DirectURL()
+	}
+	s.mu.RLock()
+	if s.systemEnabled {
+		sys := s.system
+		in.SystemIdentity = &sys
+	}
+	for _, id := range s.users {
+		in.Identities[id.Name] = id
+	}
+	s.mu.RUnlock()
+	return in
+}
+
+func (v *Vault) infoKey() string {
+	if vaultSuffix(v.host) == clouds[0].suffix {
+		return v.name
+	}
+	return v.host
+}
+
+// WriteFile writes the info as indented JSON, atomically (a reader never sees a partial
+// file), readable by the owner only since it holds the identity header.
+func (i *Info) WriteFile(path string) error {
+	b, err := json.MarshalIndent(i, "", "  ")
+	if err != nil {
+		return fmt.Errorf("kvtest: encoding info: %w", err)
+	}
+	return writeFileAtomic(path, append(b, '\n'), 0o600)
+}
+
+func writeFileAtomic(path string, data []byte, perm os.FileMode) error {
+	dir := filepath.Dir(path)
+	f, err := os.CreateTemp(dir, "."+filepath.Base(path)+".*")
+	if err != nil {
+		return fmt.Errorf("kvtest: writing %s: %w", path, err)
+	}
+	tmp := f.Name()
+	_, werr := f.Write(data)
+	cerr := f.Close()
+	if err := errors.Join(werr, cerr, os.Chmod(tmp, perm)); err != nil {
+		_ = os.Remove(tmp)
+		return fmt.Errorf("kvtest: writing %s: %w", path, err)
+	}
+	if err := os.Rename(tmp, path); err != nil {
+		_ = os.Remove(tmp)
+		return fmt.Errorf("kvtest: writing %s: %w", path, err)
+	}
+	return nil
+}
+
+// ReadInfo reads an info file. A relative CAFile is taken relative to the file's directory.
+func ReadInfo(path string) (*Info, error) {
+	b, err := os.ReadFile(path)
+	if err != nil {
+		return nil, fmt.Errorf("kvtest: reading info: %w", err)
+	}
+	var in Info
+	if err := json.Unmarshal(b, &in); err != nil {
+		return nil, fmt.Errorf("kvtest: parsing info %s: %w", path, err)
+	}
+	if in.CAFile != "" && !filepath.IsAbs(in.CAFile) {
+		in.CAFile = filepath.Join(filepath.Dir(path), in.CAFile)
+	}
+	return &in, nil
+}
+
+// Env returns IDENTITY_ENDPOINT and IDENTITY_HEADER for the App Service style endpoint.
+func (i *Info) Env() map[string]string {
+	return map[string]string{"IDENTITY_ENDPOINT": i.IdentityEndpoint, "IDENTITY_HEADER": i.IdentityHeader}
+}
+
+// VaultNames returns the keys of Vaults, sorted.
+func (i *Info) VaultNames() []string {
+	out := make([]string, 0, len(i.Vaults))
+	for k := range i.Vaults {
+		out = append(out, k)
+	}
+	sort.Strings(out)
+	return out
+}
+
+// Client returns an *http.Client that trusts the CA file and dials production vault
+// hosts (https://myvault.vault.azure.net) to the emulator's 127.0.0.1 ports, unknown
+// vault hosts to a not-found DNS error, 169.254.169.254:80 to the IMDS style endpoint and
+// login.microsoftonline.com to the Entra listener, so configurations keep production URLs
+// and the SDK's challenge resource verification stays on.
+func (i *Info) Client() (*http.Client, error) {
+	if i.CAFile == "" {
+		return nil, errors.New("kvtest: info has no ca_file")
+	}
+	pem, err := os.ReadFile(i.CAFile)
+	if err != nil {
+		return nil, fmt.Errorf("kvtest: reading CA: %w", err)
+	}
+	pool := x509.NewCertPool()
+	if !pool.AppendCertsFromPEM(pem) {
+		return nil, fmt.Errorf("kvtest: %s holds no PEM certificate", i.CAFile)
+	}
+	hosts := map[string]string{}
+	add := func(host, direct string) error {
+		u, err := url.Parse(direct)
+		if err != nil || u.Host == "" {
+			return fmt.Errorf("kvtest: invalid vault URL %q for %s", direct, host)
+		}
+		hosts[strings.ToLower(host)] = u.Host
+		return nil
+	}
+	for name, direct := range i.Vaults {
+		host, err := vaultHost(name)
+		if err != nil {
+			return nil, err
+		}
+		if err := add(host, direct); err != nil {
+			return nil, err
+		}
+	}
+	for host, direct := range i.VaultHosts {
+		if err := add(host, direct); err != nil {
+			return nil, err
+		}
+	}
+	rt := &router{vault: func(h string) (string, bool) { a, ok := hosts[h]; return a, ok }}
+	if u, err := url.Parse(i.IMDSEndpoint); err == nil {
+		rt.imds = u.Host
+	}
+	if u, err := url.Parse(i.EntraEndpoint); err == nil {
+		rt.entra = u.Host
+	}
+	return &http.Client{Transport: newTransport(pool, rt)}, nil
+}

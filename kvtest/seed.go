@@ -1,0 +1,211 @@
+package kvtest
+
+import (
+	"errors"
+	"fmt"
+	"io"
+	"regexp"
+	"strings"
+	"time"
+
+	"go.yaml.in/yaml/v3"
+)
+
+// Seed is the initial content of an emulator, usually read from YAML with [ParseSeed]:
+//
+//	tenant_id: 8f5c6a3e-2b1d-4e7a-9c0f-6d4b2a1e3f57   # optional
+//	identities:                                       # user-assigned identities
+//	  - name: batch
+//	    client_id: 6a1f0c3e-...                       # optional, derived from the name if absent
+//	vaults:
+//	  - name: myvault                                 # or a full host: x.vault.azure.cn
+//	    secrets:
+//	      - name: db-conn
+//	        value: "Server=db;..."
+//	        content_type: text/plain                  # optional
+//	        enabled: true                             # optional, default true
+//	        expires: 2030-01-01T00:00:00Z             # optional
+//	        not_before: 2024-01-01T00:00:00Z          # optional
+//	        tags: {env: dev}                          # optional
+//	    grants:
+//	      - identity: system                          # the system-assigned identity
+//	        role: Key Vault Secrets User              # or secrets-user, secrets-officer, reader
+type Seed struct {
+	// TenantID must match the Server's tenant; pass it to [WithTenantID] when starting.
+	TenantID string `yaml:"tenant_id,omitempty"`
+	// DisableSystemIdentity starts the app without a system-assigned identity.
+	DisableSystemIdentity bool `yaml:"disable_system_identity,omitempty"`
+	// Identities are user-assigned identities to add.
+	Identities []SeedIdentity `yaml:"identities,omitempty"`
+	// Vaults to create.
+	Vaults []SeedVault `yaml:"vaults,omitempty"`
+}
+
+// SeedIdentity is a user-assigned identity of a [Seed].
+type SeedIdentity struct {
+	// Name of the identity; "system" is reserved.
+	Name string `yaml:"name"`
+	// ClientID, if set, fixes the client ID (a GUID).
+	ClientID string `yaml:"client_id,omitempty"`
+}
+
+// SeedVault is a vault of a [Seed].
+type SeedVault struct {
+	// Name is a vault name (public cloud) or a full vault host.
+	Name string `yaml:"name"`
+	// Secrets to create, one version each (list a name twice for two versions).
+	Secrets []SeedSecret `yaml:"secrets,omitempty"`
+	// Grants are role assignments on the vault.
+	Grants []SeedGrant `yaml:"grants,omitempty"`
+}
+
+// SeedSecret is a secret of a [SeedVault].
+type SeedSecret struct {
+	// Name is the secret name: 1-127 letters, digits and dashes.
+	Name string `yaml:"name"`
+	// Value is the secret value.
+	Value string `yaml:"value"`
+	// ContentType is optional.
+	ContentType string `yaml:"content_type,omitempty"`
+	// Enabled defaults to true.
+	Enabled *bool `yaml:"enabled,omitempty"`
+	// Expires is the optional exp attribute.
+	Expires *time.Time `yaml:"expires,omitempty"`
+	// NotBefore is the optional nbf attribute.
+	NotBefore *time.Time `yaml:"not_before,omitempty"`
+	// Tags are optional.
+	Tags map[string]string `yaml:"tags,omitempty"`
+}
+
+// SeedGrant assigns a role to an identity ("system" or a user-assigned identity's name).
+type SeedGrant struct {
+	// Identity is "system" or the name of an identity of the seed.
+	Identity string `yaml:"identity"`
+	// Role is a role name accepted by [ParseRole].
+	Role string `yaml:"role"`
+}
+
+var guidRE = regexp.MustCompile(`^[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}$`)
+
+// ParseSeed reads a YAML seed and validates it. Unknown fields are errors, so typos show.
+func ParseSeed(r io.Reader) (*Seed, error) {
+	dec := yaml.NewDecoder(r)
+	dec.KnownFields(true)
+	var s Seed
+	if err := dec.Decode(&s); err != nil && !errors.Is(err, io.EOF) {
+		return nil, fmt.Errorf("kvtest: seed: %w", err)
+	}
+	if err := s.Validate(); err != nil {
+		return nil, err
+	}
+	return &s, nil
+}
+
+// Validate checks names, roles and references between identities and grants.
+func (sd *Seed) Validate() error {
+	var errs []error
+	if sd.TenantID != "" && !guidRE.MatchString(sd.TenantID) {
+		errs = append(errs, fmt.Errorf("tenant_id %q is not a GUID", sd.TenantID))
+	}
+	ids := map[string]bool{SystemIdentityName: true}
+	for i, id := range sd.Identities {
+		switch key := strings.ToLower(id.Name); {
+		case id.Name == "":
+			errs = append(errs, fmt.Errorf("identities[%d]: name is required", i))
+		case key == SystemIdentityName:
+			errs = append(errs, fmt.Errorf("identities[%d]: %q is reserved for the system-assigned identity", i, id.Name))
+		case ids[key]:
+			errs = append(errs, fmt.Errorf("identities[%d]: duplicate name %q", i, id.Name))
+		default:
+			ids[key] = true
+		}
+		if id.ClientID != "" && !guidRE.MatchString(id.ClientID) {
+			errs = append(errs, fmt.Errorf("identities[%d]: client_id %q is not a GUID", i, id.ClientID))
+		}
+	}
+	vaults := map[string]bool{}
+	for i, v := range sd.Vaults {
+		host, err := vaultHost(v.Name)
+		if err != nil {
+			errs = append(errs, fmt.Errorf("vaults[%d]: invalid vault name %q", i, v.Name))
+		} else if vaults[host] {
+			errs = append(errs, fmt.Errorf("vaults[%d]: duplicate vault %q", i, v.Name))
+		}
+		vaults[host] = true
+		for j, s := range v.Secrets {
+			if !secretNameRE.MatchString(s.Name) {
+				errs = append(errs, fmt.Errorf("vaults[%d].secrets[%d]: invalid secret name %q (1-127 letters, digits, dashes)", i, j, s.Name))
+			}
+			if len(s.Value) > maxSecretSize {
+				errs = append(errs, fmt.Errorf("vaults[%d].secrets[%d]: value exceeds 25 KB", i, j))
+			}
+		}
+		for j, g := range v.Grants {
+			if !ids[strings.ToLower(g.Identity)] {
+				errs = append(errs, fmt.Errorf("vaults[%d].grants[%d]: unknown identity %q", i, j, g.Identity))
+			}
+			if _, err := ParseRole(g.Role); err != nil {
+				errs = append(errs, fmt.Errorf("vaults[%d].grants[%d]: unknown role %q", i, j, g.Role))
+			}
+		}
+	}
+	if len(errs) > 0 {
+		return fmt.Errorf("kvtest: invalid seed: %w", errors.Join(errs...))
+	}
+	return nil
+}
+
+// ApplySeed adds the seed's identities, vaults, secrets and grants to the server.
+func (s *Server) ApplySeed(sd *Seed) error {
+	if sd == nil {
+		return nil
+	}
+	if err := sd.Validate(); err != nil {
+		return err
+	}
+	if sd.TenantID != "" && !strings.EqualFold(sd.TenantID, s.tenant) {
+		return fmt.Errorf("kvtest: seed tenant %s differs from the server's %s; start the server WithTenantID", sd.TenantID, s.tenant)
+	}
+	if sd.DisableSystemIdentity {
+		s.SetSystemIdentityEnabled(false)
+	}
+	ids := map[string]Identity{SystemIdentityName: s.SystemIdentity()}
+	for _, si := range sd.Identities {
+		var opts []IdentityOption
+		if si.ClientID != "" {
+			opts = append(opts, WithClientID(si.ClientID))
+		}
+		id, err := s.addUserIdentity(si.Name, opts...)
+		if err != nil {
+			return err
+		}
+		ids[strings.ToLower(si.Name)] = id
+	}
+	for _, sv := range sd.Vaults {
+		v := s.AddVault(sv.Name)
+		for _, sec := range sv.Secrets {
+			var opts []SecretOption
+			if sec.ContentType != "" {
+				opts = append(opts, WithContentType(sec.ContentType))
+			}
+			if sec.Enabled != nil {
+				opts = append(opts, WithEnabled(*sec.Enabled))
+			}
+			if sec.Expires != nil {
+				opts = append(opts, WithExpires(*sec.Expires))
+			}
+			if sec.NotBefore != nil {
+				opts = append(opts, WithNotBefore(*sec.NotBefore))
+			}
+			if sec.Tags != nil {
+				opts = append(opts, WithTags(sec.Tags))
+			}
+			v.SetSecret(sec.Name, sec.Value, opts...)
+		}
+		for _, g := range sv.Grants {
+			role, _ := ParseRole(g.Role) // validated above
+			v.Grant(ids[strings.ToLower(g.Identity)], role)
+		}
+	}
+	return nil
+}

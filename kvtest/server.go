@@ -1,0 +1,331 @@
+package kvtest
+
+import (
+	"crypto/rand"
+	"crypto/rsa"
+	"crypto/tls"
+	"crypto/x509"
+	"encoding/hex"
+	"errors"
+	"fmt"
+	"io"
+	"log"
+	"net/http"
+	"strings"
+	"sync"
+	"time"
+)
+
+// DefaultTenantID is the tenant every Server emulates unless [WithTenantID] says otherwise.
+// It is fixed so tokens cached by MSAL in one test stay valid at the next test's Server.
+const DefaultTenantID = "8f5c6a3e-2b1d-4e7a-9c0f-6d4b2a1e3f57"
+
+// DefaultTokenLifetime is the lifetime of issued tokens, as managed identity tokens have.
+const DefaultTokenLifetime = 24 * time.Hour
+
+// Option configures a Server.
+type Option func(*config)
+
+type config struct {
+	tenant        string
+	tokenLifetime time.Duration
+	noSystem      bool
+	signingKey    *rsa.PrivateKey
+	errorLog      *log.Logger
+}
+
+// WithTenantID sets the emulated tenant (default [DefaultTenantID]). Tokens from another
+// tenant, including ones MSAL cached from another Server, are rejected (wrong issuer).
+func WithTenantID(id string) Option {
+	return func(c *config) { c.tenant = strings.ToLower(strings.TrimSpace(id)) }
+}
+
+// WithTokenLifetime sets the lifetime of issued tokens (default 24 h). MSAL only reuses a
+// cached token with more than 5 minutes left, so a lifetime of 5 minutes or less makes
+// every GetToken reach the identity endpoint; a negative one issues expired tokens.
+func WithTokenLifetime(d time.Duration) Option {
+	return func(c *config) {
+		if d != 0 {
+			c.tokenLifetime = d
+		}
+	}
+}
+
+// WithoutSystemIdentity starts the Server with its system-assigned identity disabled,
+// like an app with no managed identity ("MSI not enabled").
+func WithoutSystemIdentity() Option {
+	return func(c *config) { c.noSystem = true }
+}
+
+// WithSigningKey makes the Server sign tokens with key instead of the key shared by all
+// Servers of the process. Tokens MSAL cached from other Servers then fail validation.
+func WithSigningKey(key *rsa.PrivateKey) Option {
+	return func(c *config) { c.signingKey = key }
+}
+
+// WithErrorLog sets the logger for the listeners' internal errors (TLS handshake
+// failures and the like), which are discarded by default.
+func WithErrorLog(l *log.Logger) Option {
+	return func(c *config) { c.errorLog = l }
+}
+
+// Server is a running emulator of Entra ID, the managed identity endpoints and Key Vault.
+// All its methods are safe for concurrent use.
+type Server struct {
+	cfg            config
+	tenant         string
+	pki            *pki
+	signer         *signer
+	identityHeader string
+
+	entra, appService, imds *listener
+
+	validator      *tokenValidator
+	client         *http.Client
+	counters       counters
+	identityFaults faultSet
+
+	closed    chan struct{}
+	closeOnce sync.Once
+
+	mu            sync.RWMutex
+	system        Identity
+	systemEnabled bool
+	users         map[string]Identity // lowercase name -> identity
+	vaults        map[string]*Vault   // lowercase host -> vault
+}
+
+// NewServer starts an emulator on 127.0.0.1: the Entra listener (TLS), the App Service
+// and IMDS style identity endpoints (HTTP) and, as vaults are added, one TLS listener per
+// vault. Like httptest.NewServer it panics if it cannot start; see [Start].
+// Call Close when done.
+func NewServer(opts ...Option) *Server {
+	s, err := Start(opts...)
+	if err != nil {
+		panic(err)
+	}
+	return s
+}
+
+// Start is [NewServer] returning an error instead of panicking.
+func Start(opts ...Option) (*Server, error) {
+	cfg := config{tenant: DefaultTenantID, tokenLifetime: DefaultTokenLifetime}
+	for _, o := range opts {
+		o(&cfg)
+	}
+	if cfg.tenant == "" {
+		return nil, errors.New("kvtest: empty tenant ID")
+	}
+	if cfg.errorLog == nil {
+		cfg.errorLog = log.New(io.Discard, "", 0)
+	}
+	s := &Server{
+		cfg:            cfg,
+		tenant:         cfg.tenant,
+		identityHeader: randomHex(16),
+		counters:       newCounters(),
+		closed:         make(chan struct{}),
+		users:          map[string]Identity{},
+		vaults:         map[string]*Vault{},
+		systemEnabled:  !cfg.noSystem,
+	}
+	var err error
+	if cfg.signingKey != nil {
+		s.signer, err = newSigner(cfg.signingKey)
+	} else {
+		s.signer, err = processSigner()
+	}
+	if err != nil {
+		return nil, err
+	}
+	if s.pki, err = newPKI(); err != nil {
+		return nil, err
+	}
+	s.system = s.deriveIdentity(SystemIdentityName, false)
+	if s.entra, err = s.listen(s.entraHandler(), true); err != nil {
+		s.Close()
+		return nil, err
+	}
+	if s.appService, err = s.listen(s.appServiceHandler(), false); err != nil {
+		s.Close()
+		return nil, err
+	}
+	if s.imds, err = s.listen(s.imdsHandler(), false); err != nil {
+		s.Close()
+		return nil, err
+	}
+	// The vaults reach the Entra listener directly, as Key Vault reaches Entra ID.
+	s.validator = &tokenValidator{
+		discoveryURL: s.OIDCDiscoveryURL(),
+		client:       &http.Client{Transport: s.newTransport(nil), Timeout: 10 * time.Second},
+		cache:        map[string]*verifiedToken{},
+	}
+	s.client = &http.Client{Transport: s.newTransport(&router{
+		vault: s.vaultAddr,
+		imds:  s.imds.addr,
+		entra: s.entra.addr,
+	})}
+	return s, nil
+}
+
+// newTransport returns a transport trusting the emulator's CA; rt, when non-nil, routes
+// production host names to the emulator's listeners.
+func (s *Server) newTransport(rt *router) *http.Transport {
+	return newTransport(s.pki.pool, rt)
+}
+
+func newTransport(pool *x509.CertPool, rt *router) *http.Transport {
+	t := http.DefaultTransport.(*http.Transport).Clone()
+	t.Proxy = nil // a proxy from the environment must not see the emulator's traffic
+	t.TLSClientConfig = &tls.Config{RootCAs: pool, MinVersion: tls.VersionTLS12}
+	t.ForceAttemptHTTP2 = true
+	t.MaxIdleConns = 1024
+	t.MaxIdleConnsPerHost = 256
+	// Without a cap, a burst of concurrent first requests dials (and TLS-handshakes) one
+	// connection each before HTTP/2 takes over; 16 connections carry 16,000 streams.
+	t.MaxConnsPerHost = 16
+	if rt != nil {
+		t.DialContext = rt.dial
+	}
+	return t
+}
+
+// Close shuts down every listener and ends hanging requests. It is safe to call twice.
+func (s *Server) Close() {
+	s.closeOnce.Do(func() {
+		close(s.closed)
+		s.mu.Lock()
+		vaults := make([]*Vault, 0, len(s.vaults))
+		for _, v := range s.vaults {
+			vaults = append(vaults, v)
+		}
+		s.mu.Unlock()
+		for _, l := range []*listener{s.entra, s.appService, s.imds} {
+			if l != nil {
+				_ = l.hs.Close()
+			}
+		}
+		for _, v := range vaults {
+			_ = v.ln.hs.Close()
+		}
+		if s.client != nil {
+			s.client.CloseIdleConnections()
+		}
+		if s.validator != nil {
+			s.validator.client.CloseIdleConnections()
+		}
+	})
+}
+
+// TenantID returns the emulated tenant's ID.
+func (s *Server) TenantID() string { return s.tenant }
+
+// Client returns an *http.Client for the SDK's ClientOptions.Transport. It trusts the
+// emulator's CA and dials "<vault>.vault.azure.net:443" (and the .cn and
+// .usgovcloudapi.net suffixes) to that vault's listener, unknown vault hosts to a
+// *net.DNSError with IsNotFound, "169.254.169.254:80" to the IMDS style endpoint and the
+// Entra ID hosts to the Entra listener; anything else is dialed normally. URLs keep their
+// production hosts, so the SDK's challenge resource verification stays on.
+// Every call returns the same client.
+func (s *Server) Client() *http.Client { return s.client }
+
+// CACertPEM returns the emulator CA's certificate, PEM encoded.
+func (s *Server) CACertPEM() []byte { return append([]byte(nil), s.pki.caPEM...) }
+
+// CertPool returns a pool holding only the emulator's CA.
+func (s *Server) CertPool() *x509.CertPool { return s.pki.pool.Clone() }
+
+// IdentityEndpoint returns the App Service style endpoint, http://127.0.0.1:PORT/msi/token.
+func (s *Server) IdentityEndpoint() string { return "http://" + s.appService.addr + appServicePath }
+
+// IdentityHeader returns the secret the App Service style endpoint expects in
+// X-IDENTITY-HEADER.
+func (s *Server) IdentityHeader() string { return s.identityHeader }
+
+// IMDSEndpoint returns the IMDS style endpoint's direct URL,
+// http://127.0.0.1:PORT/metadata/identity/oauth2/token. Clients using [Server.Client]
+// reach it at the real address, http://169.254.169.254/metadata/identity/oauth2/token.
+func (s *Server) IMDSEndpoint() string { return "http://" + s.imds.addr + imdsPath }
+
+// EntraURL returns the Entra listener's base URL, https://127.0.0.1:PORT.
+func (s *Server) EntraURL() string { return "https://" + s.entra.addr }
+
+// Env returns the environment variables App Service sets for managed identity:
+// IDENTITY_ENDPOINT and IDENTITY_HEADER. MSAL reads them when a credential is created
+// (to pick the source) and again on every token request (for the URL and header).
+func (s *Server) Env() map[string]string {
+	return map[string]string{
+		"IDENTITY_ENDPOINT": s.IdentityEndpoint(),
+		"IDENTITY_HEADER":   s.identityHeader,
+	}
+}
+
+// Count returns how many times op happened: the server's own counters (OpToken,
+// OpDiscovery, OpJWKS) plus the sum over all vaults. See [Vault.Count].
+func (s *Server) Count(op Op) int64 {
+	n := s.counters.get(op)
+	for _, v := range s.Vaults() {
+		n += v.Count(op)
+	}
+	return n
+}
+
+// ResetCounters sets every counter of the server and its vaults to zero.
+func (s *Server) ResetCounters() {
+	s.counters.reset()
+	for _, v := range s.Vaults() {
+		v.ResetCounters()
+	}
+}
+
+// Vaults returns the server's vaults.
+func (s *Server) Vaults() []*Vault {
+	s.mu.RLock()
+	defer s.mu.RUnlock()
+	out := make([]*Vault, 0, len(s.vaults))
+	for _, v := range s.vaults {
+		out = append(out, v)
+	}
+	return out
+}
+
+// vaultAddr returns the listener address for a vault host.
+func (s *Server) vaultAddr(host string) (string, bool) {
+	s.mu.RLock()
+	defer s.mu.RUnlock()
+	if v := s.vaults[host]; v != nil {
+		return v.ln.addr, true
+	}
+	return "", false
+}
+
+func randomHex(n int) string {
+	b := make([]byte, n)
+	_, _ = rand.Read(b)
+	return hex.EncodeToString(b)
+}
+
+func newUUID() string {
+	b := make([]byte, 16)
+	_, _ = rand.Read(b)
+	b[6] = (b[6] & 0x0f) | 0x40
+	b[8] = (b[8] & 0x3f) | 0x80
+	return formatUUID(b)
+}
+
+// errClosed is returned by operations on a closed Server.
+var errClosed = errors.New("kvtest: server closed")
+
+func (s *Server) isClosed() bool {
+	select {
+	case <-s.closed:
+		return true
+	default:
+		return false
+	}
+}
+
+// String describes the server for debugging.
+func (s *Server) String() string {
+	return fmt.Sprintf("kvtest.Server{tenant: %s, entra: %s}", s.tenant, s.entra.addr)
+}

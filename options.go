@@ -1,0 +1,107 @@
+package viperkv
+
+import (
+	"log/slog"
+	"strings"
+	"time"
+
+	"github.com/Azure/azure-sdk-for-go/sdk/azcore"
+	"github.com/Azure/azure-sdk-for-go/sdk/azcore/policy"
+	"github.com/Azure/azure-sdk-for-go/sdk/azidentity"
+)
+
+// Defaults for the options.
+const (
+	// DefaultMaxInflight is the default number of requests in flight per vault. Key Vault
+	// allows 4,000 GETs per 10 s per vault; the window narrows on 429 and widens again.
+	DefaultMaxInflight = 256
+	// DefaultFetchTimeout bounds one Load's fetches when the context has no earlier deadline.
+	DefaultFetchTimeout = 60 * time.Second
+)
+
+// Option configures a Provider.
+type Option func(*options)
+
+type options struct {
+	cred         azcore.TokenCredential
+	identity     azidentity.ManagedIDKind
+	transport    policy.Transporter
+	cloud        Cloud
+	allowedHosts map[string]bool
+	maxInflight  int
+	fetchTimeout time.Duration
+	envKeys      []string
+	logger       *slog.Logger
+}
+
+func defaultOptions() options {
+	return options{
+		cloud:        CloudPublic,
+		allowedHosts: map[string]bool{},
+		maxInflight:  DefaultMaxInflight,
+		fetchTimeout: DefaultFetchTimeout,
+		logger:       slog.New(slog.DiscardHandler),
+	}
+}
+
+// WithCredential makes the provider authenticate with cred instead of the default
+// system-assigned managed identity. Use it for workload identity on AKS
+// (azidentity.NewWorkloadIdentityCredential) or a developer's az login.
+func WithCredential(cred azcore.TokenCredential) Option {
+	return func(o *options) { o.cred = cred }
+}
+
+// WithManagedIdentity selects a user-assigned managed identity by client ID, object ID or
+// resource ID: azidentity.ClientID("..."), azidentity.ObjectID("...") or
+// azidentity.ResourceID("/subscriptions/.../userAssignedIdentities/name").
+func WithManagedIdentity(id azidentity.ManagedIDKind) Option {
+	return func(o *options) { o.identity = id }
+}
+
+// WithTransport sends every request (identity endpoint and vault) through t. An
+// *http.Client satisfies policy.Transporter; kvtest.Server.Client returns one that reaches
+// the emulator for production vault host names.
+func WithTransport(t policy.Transporter) Option {
+	return func(o *options) { o.transport = t }
+}
+
+// WithCloud selects the Azure cloud whose Key Vault DNS suffix references may name and
+// which the VaultName form uses. The default is CloudPublic.
+func WithCloud(c Cloud) Option {
+	return func(o *options) { o.cloud = c }
+}
+
+// WithAllowedHosts allows references to name these exact vault hosts in addition to the
+// configured cloud's vaults (for example a private-link alias). Tokens are sent to them.
+func WithAllowedHosts(hosts ...string) Option {
+	return func(o *options) {
+		for _, h := range hosts {
+			o.allowedHosts[strings.ToLower(h)] = true
+		}
+	}
+}
+
+// WithMaxInflight sets how many requests may be in flight to one vault (default
+// DefaultMaxInflight). The provider narrows this window when the vault throttles.
+func WithMaxInflight(n int) Option {
+	return func(o *options) { o.maxInflight = n }
+}
+
+// WithFetchTimeout bounds one Load's fetches (default DefaultFetchTimeout). References
+// still unresolved at the deadline get StatusFetchTimedOut.
+func WithFetchTimeout(d time.Duration) Option {
+	return func(o *options) { o.fetchTimeout = d }
+}
+
+// WithEnvKeys names configuration keys that exist only in the environment through
+// Viper's AutomaticEnv. Viper's AllKeys cannot list such keys, so without naming them
+// their references would not be found.
+func WithEnvKeys(keys ...string) Option {
+	return func(o *options) { o.envKeys = append(o.envKeys, keys...) }
+}
+
+// WithLogger sends the provider's logs to l. Logs name config keys, vaults, secrets,
+// versions and statuses, never secret values. The default discards logs.
+func WithLogger(l *slog.Logger) Option {
+	return func(o *options) { o.logger = l }
+}

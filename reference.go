@@ -1,0 +1,813 @@
+package viperkv
+
+import (
+	"fmt"
+	"net/netip"
+	"strconv"
+	"strings"
+	"unicode/utf8"
+)
+
+// Grammar (see DESIGN.md section 3):
+//
+//	ref     = "@" ( "KeyVault(" | "Microsoft.KeyVault(" ) params ")"   ; prefix case-insensitive
+//	params  = param *( ";" param ) [ ";" ]                              ; blanks allowed around ";" "="
+//	param   = ( "SecretUri" | "VaultName" | "SecretName" | "SecretVersion" ) "=" value
+//
+// with either SecretUri=https://<vault>.<suffix>/secrets/<name>[/<version>][/] alone, or
+// VaultName and SecretName (and optionally SecretVersion). "@@" right before a prefix
+// stands for a literal "@", so that prefix is plain text; other "@@" stay as they are.
+//
+// Which status a malformed reference gets:
+//
+//   - StatusHostNotAllowed: the text is a well-formed URL but names a destination that no
+//     token may go to: a scheme other than https, user info ("user@host"), a port other
+//     than 443, an IP address, a host that is not <vault>.<suffix> of the configured cloud
+//     (look-alikes, trailing dot, non-ASCII or punycode, bad vault label) unless the exact
+//     host is allowed, or a cloud without a known vault suffix.
+//   - StatusInvalidSyntax: everything else: a missing ')', unknown, duplicate, empty or
+//     conflicting parameters, a SecretUri that is not an absolute URL or has an empty host,
+//     an empty or non-numeric port, a query or fragment, a path other than exactly
+//     /secrets/<name>[/<version>][/] (dot segments, "//", percent-escapes, backslashes,
+//     extra segments), a bad secret name, version or VaultName.
+//
+// Host problems are checked before the path, so a reference that is wrong in both ways
+// reports HostNotAllowed: the security finding is the one an operator must see.
+
+const (
+	// The prefixes after their '@', lowercase for ASCII case folding.
+	prefixShort = "keyvault("
+	prefixLong  = "microsoft.keyvault("
+
+	maxSecretName = 127
+	versionLen    = 32
+	// maxQuote bounds how much of any piece of the config value an error quotes, so an
+	// error can never carry a long value (or the whole of one) into logs.
+	maxQuote = 64
+)
+
+// Reference is one parsed Key Vault secret reference. Its fields are canonical: the URL the
+// resolver requests is rebuilt from them, never taken from the config text.
+type Reference struct {
+	// Vault is the vault's host, lowercase, such as "myvault.vault.azure.net". It carries a
+	// ":port" only for an explicitly allowed "host:port".
+	Vault string
+	// Name is the secret's name as written (Key Vault compares names case-insensitively).
+	Name string
+	// Version is the pinned version in lowercase hex, or "" for the latest version.
+	Version string
+}
+
+// VaultURL returns the vault's base URL, such as "https://myvault.vault.azure.net".
+func (r Reference) VaultURL() string { return "https://" + r.Vault }
+
+// ID returns the secret's identifier URL: VaultURL + "/secrets/<name>[/<version>]".
+func (r Reference) ID() string {
+	id := r.VaultURL() + "/secrets/" + r.Name
+	if r.Version != "" {
+		id += "/" + r.Version
+	}
+	return id
+}
+
+// String returns the reference in canonical form, "@KeyVault(SecretUri=<ID>)".
+func (r Reference) String() string { return "@KeyVault(SecretUri=" + r.ID() + ")" }
+
+// key returns r with the name lowercased: Key Vault secret names are case-insensitive, so
+// "DB-Conn" and "db-conn" are one secret and must be fetched once.
+func (r Reference) key() Reference {
+	r.Name = lowerASCII(r.Name)
+	return r
+}
+
+// ReferenceError reports a malformed or refused reference. Reason names the parameter,
+// secret name or host involved but never quotes the whole config value, which may hold
+// other sensitive text.
+type ReferenceError struct {
+	// Key is the config key whose value holds the reference ("" from ParseReference).
+	Key string
+	// Status is StatusInvalidSyntax or StatusHostNotAllowed.
+	Status Status
+	// Reason says what is wrong, for people.
+	Reason string
+}
+
+// Error formats the error as `viperkv: config key "db.conn": InvalidSyntax: <reason>`.
+func (e *ReferenceError) Error() string {
+	if e.Key == "" {
+		return "viperkv: " + string(e.Status) + ": " + e.Reason
+	}
+	return "viperkv: config key " + strconv.Quote(e.Key) + ": " + string(e.Status) + ": " + e.Reason
+}
+
+// ParseOption configures ParseReference.
+type ParseOption func(*parseConfig)
+
+// WithParseCloud makes ParseReference accept the vault hosts of cloud c (and build VaultName
+// hosts with its suffix) instead of the public cloud's.
+func WithParseCloud(c Cloud) ParseOption {
+	return func(pc *parseConfig) { pc.cloud = c }
+}
+
+// WithParseAllowedHosts makes ParseReference accept these exact hosts (or "host:port") in
+// SecretUri besides the cloud's vaults, as a Provider does with the same hosts allowed.
+func WithParseAllowedHosts(hosts ...string) ParseOption {
+	return func(pc *parseConfig) { pc.allow(hosts...) }
+}
+
+// ParseReference parses s as exactly one reference making up the whole value (surrounding
+// blanks are ignored), for the public cloud unless an option says otherwise. The error is
+// a *ReferenceError with an empty Key.
+func ParseReference(s string, opts ...ParseOption) (Reference, error) {
+	pc := parseConfig{cloud: CloudPublic}
+	for _, o := range opts {
+		o(&pc)
+	}
+	t, err := parseTemplate("", trimBlank(s), pc)
+	if err != nil {
+		return Reference{}, err
+	}
+	if len(t.parts) != 1 || t.parts[0].ref == nil {
+		return Reference{}, &ReferenceError{Status: StatusInvalidSyntax,
+			Reason: "not a single reference (want the whole value to be @KeyVault(...))"}
+	}
+	return *t.parts[0].ref, nil
+}
+
+// parseConfig is what parsing depends on: the cloud whose vault hosts are accepted and
+// extra exact hosts (lowercase, optionally "host:port") the user allowed.
+type parseConfig struct {
+	cloud        Cloud
+	allowedHosts map[string]bool
+}
+
+// newParseConfig builds a parseConfig, normalizing the allowed hosts as the parser
+// compares them (lowercase, blanks trimmed).
+func newParseConfig(cloud Cloud, allowedHosts ...string) parseConfig {
+	pc := parseConfig{cloud: cloud}
+	pc.allow(allowedHosts...)
+	return pc
+}
+
+func (pc *parseConfig) allow(hosts ...string) {
+	for _, h := range hosts {
+		if h = lowerASCII(trimBlank(h)); h != "" {
+			if pc.allowedHosts == nil {
+				pc.allowedHosts = map[string]bool{}
+			}
+			pc.allowedHosts[h] = true
+		}
+	}
+}
+
+// cloudOrDefault treats the zero parseConfig as the public cloud, like the Provider.
+func (pc parseConfig) cloudOrDefault() Cloud {
+	if pc.cloud == "" {
+		return CloudPublic
+	}
+	return pc.cloud
+}
+
+// template is one config string cut into literal text and references.
+type template struct {
+	// parts alternate literal text (with "@@" escapes applied) and references; adjacent
+	// literals are merged and none is empty. nil when the string needs no rendering.
+	parts []part
+	// src is the whole string when parts is nil, kept so render needs no allocation.
+	src string
+}
+
+// part is a literal (ref == nil) or a reference.
+type part struct {
+	lit string
+	ref *Reference
+}
+
+// parseTemplate finds the references in s, the value of config key. A string without a
+// reference prefix costs one scan and no allocation. The error is a *ReferenceError.
+func parseTemplate(key, s string, pc parseConfig) (template, error) {
+	first := strings.IndexByte(s, '@')
+	if first < 0 {
+		return template{src: s}, nil
+	}
+	// An upper bound on references (escapes are counted too) sizes both slices once, so
+	// the pointers into refs stay valid.
+	n := 0
+	for i := first; i < len(s); i++ {
+		if s[i] == '@' && prefixLen(s, i) > 0 {
+			n++
+		}
+	}
+	if n == 0 {
+		return template{src: s}, nil
+	}
+	refs := make([]Reference, 0, n)
+	parts := make([]part, 0, 2*n+1)
+	var pending string // literal text before an "@@" escape, not yet in parts
+	litStart := 0
+	for i := first; i < len(s); {
+		j := strings.IndexByte(s[i:], '@')
+		if j < 0 {
+			break
+		}
+		j += i
+		if j+1 < len(s) && s[j+1] == '@' && prefixLen(s, j+1) > 0 {
+			// "@@KeyVault(": keep one '@'; the prefix after it is plain text.
+			pending += s[litStart : j+1]
+			litStart = j + 2
+			i = j + 2
+			continue
+		}
+		pl := prefixLen(s, j)
+		if pl == 0 {
+			i = j + 1
+			continue
+		}
+		name := "@KeyVault("
+		if pl > 1+len(prefixShort) {
+			name = "@Microsoft.KeyVault("
+		}
+		end := strings.IndexByte(s[j+pl:], ')')
+		if end < 0 {
+			return template{}, &ReferenceError{Key: key, Status: StatusInvalidSyntax,
+				Reason: "missing closing ')' after " + name}
+		}
+		ref, st, reason := parseParams(s[j+pl:j+pl+end], pc)
+		if reason != "" {
+			return template{}, &ReferenceError{Key: key, Status: st, Reason: reason}
+		}
+		if lit := pending + s[litStart:j]; lit != "" {
+			parts = append(parts, part{lit: lit})
+		}
+		pending = ""
+		refs = append(refs, ref)
+		parts = append(parts, part{ref: &refs[len(refs)-1]})
+		i = j + pl + end + 1
+		litStart = i
+	}
+	lit := pending + s[litStart:]
+	if len(parts) == 0 && pending == "" {
+		return template{src: s}, nil
+	}
+	if lit != "" {
+		parts = append(parts, part{lit: lit})
+	}
+	return template{parts: parts}, nil
+}
+
+// hasRefs reports whether the string holds at least one reference.
+func (t template) hasRefs() bool {
+	for _, p := range t.parts {
+		if p.ref != nil {
+			return true
+		}
+	}
+	return false
+}
+
+// needsRender reports whether render's result differs from the input string: it holds a
+// reference or an "@@" escape. A resolver that keeps only hasRefs templates would leave
+// "@@KeyVault(...)" unescaped.
+func (t template) needsRender() bool { return t.parts != nil }
+
+// refs returns the references in order of appearance, duplicates included.
+func (t template) refs() []Reference {
+	var out []Reference
+	for _, p := range t.parts {
+		if p.ref != nil {
+			out = append(out, *p.ref)
+		}
+	}
+	return out
+}
+
+// render substitutes lookup's value for each reference. It reports false (and "") when
+// lookup lacks any of them, so a partial value never passes for a whole one. Values are
+// copied as they are, never scanned: a secret holding "@KeyVault(...)" stays literal.
+func (t template) render(lookup func(Reference) (string, bool)) (string, bool) {
+	if t.parts == nil {
+		return t.src, true
+	}
+	if len(t.parts) == 1 {
+		if p := t.parts[0]; p.ref != nil {
+			return lookup(*p.ref) // whole-value reference: no copy
+		}
+		return t.parts[0].lit, true
+	}
+	var b strings.Builder
+	for _, p := range t.parts {
+		if p.ref == nil {
+			b.WriteString(p.lit)
+			continue
+		}
+		v, ok := lookup(*p.ref)
+		if !ok {
+			return "", false
+		}
+		b.WriteString(v)
+	}
+	return b.String(), true
+}
+
+// prefixLen returns the length of the reference prefix ("@KeyVault(" or
+// "@Microsoft.KeyVault(", any ASCII case) at s[i:], or 0.
+func prefixLen(s string, i int) int {
+	if i >= len(s) || s[i] != '@' {
+		return 0
+	}
+	switch rest := s[i+1:]; {
+	case hasPrefixFold(rest, prefixShort):
+		return 1 + len(prefixShort)
+	case hasPrefixFold(rest, prefixLong):
+		return 1 + len(prefixLong)
+	}
+	return 0
+}
+
+// Parameters, as bits of params.seen.
+const (
+	paramSecretURI = 1 << iota
+	paramVaultName
+	paramSecretName
+	paramSecretVersion
+)
+
+var paramNames = [...]struct {
+	bit  int
+	name string
+}{
+	{paramSecretURI, "SecretUri"},
+	{paramVaultName, "VaultName"},
+	{paramSecretName, "SecretName"},
+	{paramSecretVersion, "SecretVersion"},
+}
+
+// parseParams parses the text between the parentheses. It returns a non-empty reason on
+// error; the caller builds the error so the success path allocates nothing.
+func parseParams(body string, pc parseConfig) (Reference, Status, string) {
+	if strings.IndexByte(body, '(') >= 0 {
+		return bad("unexpected '(' inside the reference (a ')' missing before it?)")
+	}
+	var seen int
+	var val [len(paramNames)]string
+	rest := body
+	for {
+		seg, after, more := strings.Cut(rest, ";")
+		seg = trimBlank(seg)
+		if seg == "" {
+			if !more && seen != 0 {
+				break // a trailing ';' is tolerated
+			}
+			if seen == 0 && trimBlank(after) == "" {
+				return bad(emptyReason(pc))
+			}
+			return bad("empty parameter (';' with nothing before it)")
+		}
+		name, v, ok := strings.Cut(seg, "=")
+		if !ok {
+			return bad(fmt.Sprintf("parameter %s has no '=' (want Name=value)", quote(seg)))
+		}
+		name, v = trimBlank(name), trimBlank(v)
+		idx := -1
+		for k, p := range paramNames {
+			if equalFold(name, p.name) {
+				idx = k
+				break
+			}
+		}
+		switch {
+		case name == "":
+			return bad("parameter name missing before '='")
+		case idx < 0:
+			return bad(fmt.Sprintf("unknown parameter %s (want SecretUri, VaultName, SecretName, SecretVersion)", quote(name)))
+		case seen&paramNames[idx].bit != 0:
+			return bad("duplicate parameter " + paramNames[idx].name)
+		case v == "":
+			return bad("parameter " + paramNames[idx].name + " has an empty value")
+		}
+		seen |= paramNames[idx].bit
+		val[idx] = v
+		if !more {
+			break
+		}
+		rest = after
+	}
+
+	if seen&paramSecretURI != 0 {
+		for _, p := range paramNames[1:] {
+			if seen&p.bit != 0 {
+				return bad("SecretUri cannot be combined with " + p.name + " (use one form or the other)")
+			}
+		}
+		return parseSecretURI(val[0], pc)
+	}
+	switch {
+	case seen&paramVaultName == 0:
+		return bad("missing VaultName (want VaultName=<vault>;SecretName=<name>, or SecretUri=...)")
+	case seen&paramSecretName == 0:
+		return bad("missing SecretName")
+	}
+	if r := vaultNameProblem(val[1]); r != "" {
+		if strings.IndexByte(val[1], '.') >= 0 {
+			r += "; VaultName takes the bare name such as \"myvault\", a full URL goes in SecretUri"
+		}
+		return bad(r)
+	}
+	if r := secretNameProblem(val[2]); r != "" {
+		return bad(r)
+	}
+	version := val[3]
+	if version != "" {
+		if r := versionProblem(version); r != "" {
+			return bad(r)
+		}
+	}
+	c := pc.cloudOrDefault()
+	suffix := c.VaultSuffix()
+	if suffix == "" {
+		return refused(fmt.Sprintf("cloud %s has no known Key Vault suffix", quote(string(c))))
+	}
+	return Reference{Vault: lowerASCII(val[1]) + "." + suffix, Name: val[2], Version: lowerASCII(version)}, "", ""
+}
+
+func emptyReason(pc parseConfig) string {
+	suffix := pc.cloudOrDefault().VaultSuffix()
+	if suffix == "" {
+		suffix = CloudPublic.VaultSuffix()
+	}
+	return "empty reference (want SecretUri=https://<vault>." + suffix + "/secrets/<name> or VaultName=<vault>;SecretName=<name>)"
+}
+
+func bad(reason string) (Reference, Status, string) {
+	return Reference{}, StatusInvalidSyntax, reason
+}
+
+func refused(reason string) (Reference, Status, string) {
+	return Reference{}, StatusHostNotAllowed, reason
+}
+
+// parseSecretURI checks a SecretUri value by hand rather than with net/url, which accepts
+// (and normalizes) far more than a vault URL: every piece is checked, and the Reference is
+// rebuilt from the checked pieces so nothing unchecked reaches a request.
+func parseSecretURI(u string, pc parseConfig) (Reference, Status, string) {
+	k := strings.Index(u, "://")
+	if k <= 0 || !isScheme(u[:k]) {
+		// No quote: text without a scheme may be "user:password@host".
+		return bad("SecretUri is not an absolute URL (want https://<vault>." +
+			nonEmpty(pc.cloudOrDefault().VaultSuffix(), CloudPublic.VaultSuffix()) + "/secrets/<name>)")
+	}
+	if scheme := u[:k]; !equalFold(scheme, "https") {
+		return refused(fmt.Sprintf("SecretUri scheme %s is refused: tokens are sent over https only", quote(scheme)))
+	}
+	rest := u[k+3:]
+	// '\' ends the authority as it does for browsers, so "evil.test\@vault..." is judged
+	// by the host a URL parser of that kind would contact.
+	authority, path := rest, ""
+	if i := strings.IndexAny(rest, "/?#\\"); i >= 0 {
+		authority, path = rest[:i], rest[i:]
+	}
+	if authority == "" {
+		return bad("SecretUri has no host")
+	}
+	if strings.IndexByte(authority, '@') >= 0 {
+		// Never quoted: the part before '@' may be a password.
+		return refused("SecretUri has user info (text and '@' before the host), refused: the request would go to the host after '@'")
+	}
+	host, port := authority, ""
+	if authority[0] == '[' {
+		if i := strings.IndexByte(authority, ']'); i >= 0 {
+			host, port = authority[:i+1], authority[i+1:]
+		}
+	} else if i := strings.LastIndexByte(authority, ':'); i >= 0 && strings.IndexByte(authority, ':') == i {
+		host, port = authority[:i], authority[i:]
+	}
+	if host == "" {
+		return bad("SecretUri has no host")
+	}
+	host = lowerASCII(host)
+	vault := host
+	switch {
+	case port == "":
+	case port == ":":
+		return bad("SecretUri has an empty port after ':'")
+	case port[0] != ':' || !allDigits(port[1:]):
+		return bad(fmt.Sprintf("SecretUri port %s is not a number", quote(strings.TrimPrefix(port, ":"))))
+	case port == ":443":
+	case pc.allowedHosts[host+port]:
+		vault = host + port
+	default:
+		return refused(fmt.Sprintf("port %s is refused (Key Vault listens on 443)", quote(port[1:])))
+	}
+	if vault == host && !pc.allowedHosts[host] {
+		if r := vaultHostProblem(host, pc.cloudOrDefault()); r != "" {
+			return refused(r)
+		}
+	}
+	name, version, reason := parseSecretPath(path)
+	if reason != "" {
+		return bad(reason)
+	}
+	return Reference{Vault: vault, Name: name, Version: lowerASCII(version)}, "", ""
+}
+
+// parseSecretPath accepts exactly /secrets/<name>[/<version>][/].
+func parseSecretPath(p string) (name, version, reason string) {
+	switch {
+	case strings.IndexByte(p, '?') >= 0:
+		return "", "", "SecretUri has a query ('?'), which a reference cannot carry"
+	case strings.IndexByte(p, '#') >= 0:
+		return "", "", "SecretUri has a fragment ('#'), which a reference cannot carry"
+	case strings.IndexByte(p, '%') >= 0:
+		return "", "", "SecretUri path has a percent-escape ('%'); write names and versions plainly"
+	case strings.IndexByte(p, '\\') >= 0:
+		return "", "", "SecretUri path has a backslash"
+	case p == "" || p == "/":
+		return "", "", "SecretUri has no path (want /secrets/<name>[/<version>])"
+	}
+	body := strings.TrimSuffix(p[1:], "/")
+	var seg [3]string
+	n := 0
+	for {
+		s, after, more := strings.Cut(body, "/")
+		switch {
+		case s == "":
+			return "", "", "SecretUri path has an empty segment ('//')"
+		case s == "." || s == "..":
+			return "", "", "SecretUri path has a dot segment ('" + s + "')"
+		case n == len(seg):
+			return "", "", "SecretUri path has extra segments (want /secrets/<name>[/<version>])"
+		}
+		seg[n] = s
+		n++
+		if !more {
+			break
+		}
+		body = after
+	}
+	if !equalFold(seg[0], "secrets") {
+		return "", "", fmt.Sprintf("SecretUri path starts with /%s/, want /secrets/<name>[/<version>] (only secrets can be referenced)", quoteBare(seg[0]))
+	}
+	if n < 2 {
+		return "", "", "SecretUri has no secret name (want /secrets/<name>)"
+	}
+	if r := secretNameProblem(seg[1]); r != "" {
+		return "", "", r
+	}
+	if n == 3 {
+		if r := versionProblem(seg[2]); r != "" {
+			return "", "", r
+		}
+	}
+	return seg[1], seg[2], ""
+}
+
+// vaultHostProblem checks that host (lowercase, no port) is <vault>.<suffix> of cloud c.
+func vaultHostProblem(host string, c Cloud) string {
+	suffix := c.VaultSuffix()
+	if suffix == "" {
+		return fmt.Sprintf("cloud %s has no known Key Vault suffix, and host %s is not allowed explicitly", quote(string(c)), quote(host))
+	}
+	notVault := func(what string) string {
+		return fmt.Sprintf("host %s %sis not a Key Vault host of cloud %s (*.%s)", quote(host), what, c, suffix)
+	}
+	if isIPLike(host) {
+		return notVault("is an IP address: it ")
+	}
+	for i := 0; i < len(host); i++ {
+		if ch := host[i]; !(ch >= 'a' && ch <= 'z' || ch >= '0' && ch <= '9' || ch == '.' || ch == '-') {
+			return notVault("has " + describeByte(host, i) + ": it ")
+		}
+	}
+	if strings.HasSuffix(host, ".") {
+		return notVault("ends with '.': it ")
+	}
+	label, ok := strings.CutSuffix(host, suffix)
+	if !ok || !strings.HasSuffix(label, ".") || strings.IndexByte(label[:len(label)-1], '.') >= 0 || len(label) == 1 {
+		r := notVault("")
+		for _, other := range [...]Cloud{CloudPublic, CloudChina, CloudUSGovernment} {
+			if other != c && strings.HasSuffix(host, "."+other.VaultSuffix()) {
+				r += fmt.Sprintf(" but of cloud %s; select that cloud", other)
+			}
+		}
+		return r
+	}
+	if r := vaultNameProblem(label[:len(label)-1]); r != "" {
+		return fmt.Sprintf("host %s is not a valid vault host: %s", quote(host), r)
+	}
+	return ""
+}
+
+// isIPLike reports hosts that are IP addresses in any form a resolver accepts, including
+// inet_aton's "127.1", "2130706433" and "0x7f000001": their last label is numeric.
+func isIPLike(host string) bool {
+	if len(host) > 2 && host[0] == '[' && host[len(host)-1] == ']' {
+		host = host[1 : len(host)-1]
+	}
+	if strings.IndexByte(host, ':') >= 0 {
+		// Only IPv6 has ':' (a port was split off). ParseAddr is kept off the common path:
+		// it allocates an error for every host name.
+		_, err := netip.ParseAddr(host)
+		return err == nil
+	}
+	last := strings.TrimSuffix(host, ".")
+	if i := strings.LastIndexByte(last, '.'); i >= 0 {
+		last = last[i+1:]
+	}
+	if allDigits(last) {
+		return true
+	}
+	if len(last) >= 2 && last[0] == '0' && (last[1] == 'x' || last[1] == 'X') {
+		return isHex(last[2:])
+	}
+	return false
+}
+
+// vaultNameProblem applies Azure's vault naming rules: 3-24 of [0-9A-Za-z-], starting with
+// a letter, ending with a letter or digit, no "--".
+func vaultNameProblem(v string) string {
+	for i := 0; i < len(v); i++ {
+		if !isNameByte(v[i]) {
+			return fmt.Sprintf("vault name %s has %s (allowed: letters, digits, '-')", quote(v), describeByte(v, i))
+		}
+	}
+	switch {
+	case len(v) < 3 || len(v) > 24:
+		return fmt.Sprintf("vault name %s is %d characters (want 3-24)", quote(v), len(v))
+	case !isLetter(v[0]):
+		return fmt.Sprintf("vault name %s must start with a letter", quote(v))
+	case v[len(v)-1] == '-':
+		return fmt.Sprintf("vault name %s must end with a letter or digit", quote(v))
+	case strings.Contains(v, "--"):
+		return fmt.Sprintf("vault name %s has \"--\" (consecutive hyphens are not allowed)", quote(v))
+	}
+	return ""
+}
+
+// secretNameProblem applies Key Vault's secret naming rules: 1-127 of [0-9A-Za-z-].
+func secretNameProblem(n string) string {
+	if n == "" {
+		return "missing secret name"
+	}
+	for i := 0; i < len(n); i++ {
+		if !isNameByte(n[i]) {
+			return fmt.Sprintf("secret name %s has %s (allowed: letters, digits, '-')", quote(n), describeByte(n, i))
+		}
+	}
+	if len(n) > maxSecretName {
+		return fmt.Sprintf("secret name %s is %d characters (max %d)", quote(n), len(n), maxSecretName)
+	}
+	return ""
+}
+
+// versionProblem checks a secret version: 32 hex digits, as Key Vault issues them.
+func versionProblem(v string) string {
+	for i := 0; i < len(v); i++ {
+		if !isHex(v[i : i+1]) {
+			return fmt.Sprintf("secret version %s has %s (want 32 hex digits)", quote(v), describeByte(v, i))
+		}
+	}
+	if len(v) != versionLen {
+		return fmt.Sprintf("secret version %s is %d characters (want 32 hex digits)", quote(v), len(v))
+	}
+	return ""
+}
+
+func isLetter(c byte) bool   { return c >= 'a' && c <= 'z' || c >= 'A' && c <= 'Z' }
+func isNameByte(c byte) bool { return isLetter(c) || c >= '0' && c <= '9' || c == '-' }
+
+func isScheme(s string) bool {
+	if s == "" || !isLetter(s[0]) || len(s) > 32 {
+		return false
+	}
+	for i := 1; i < len(s); i++ {
+		if c := s[i]; !isLetter(c) && !(c >= '0' && c <= '9') && c != '+' && c != '-' && c != '.' {
+			return false
+		}
+	}
+	return true
+}
+
+func allDigits(s string) bool {
+	for i := 0; i < len(s); i++ {
+		if s[i] < '0' || s[i] > '9' {
+			return false
+		}
+	}
+	return s != ""
+}
+
+func isHex(s string) bool {
+	for i := 0; i < len(s); i++ {
+		if c := s[i]; !(c >= '0' && c <= '9' || c >= 'a' && c <= 'f' || c >= 'A' && c <= 'F') {
+			return false
+		}
+	}
+	return s != ""
+}
+
+// describeByte names the character at s[i] for an error: '_', ' ', 'é', or byte 0xff.
+func describeByte(s string, i int) string {
+	r, size := utf8.DecodeRuneInString(s[i:])
+	if r == utf8.RuneError && size <= 1 {
+		return fmt.Sprintf("byte 0x%02x", s[i])
+	}
+	return strconv.QuoteRune(r)
+}
+
+// quote quotes a piece of config text for an error, cut to maxQuote bytes.
+func quote(s string) string {
+	if len(s) <= maxQuote {
+		return strconv.Quote(s)
+	}
+	n := maxQuote
+	for n > 0 && !utf8.RuneStart(s[n]) {
+		n--
+	}
+	return strconv.Quote(s[:n]) + "..."
+}
+
+// quoteBare is quote without the quotation marks, for text inside a path.
+func quoteBare(s string) string {
+	q := quote(s)
+	if strings.HasSuffix(q, "...") {
+		return q[1:len(q)-4] + "..."
+	}
+	return q[1 : len(q)-1]
+}
+
+func nonEmpty(s, def string) string {
+	if s == "" {
+		return def
+	}
+	return s
+}
+
+// trimBlank trims the blanks the grammar tolerates. ASCII only, like the rest of the
+// grammar: Unicode spaces are not blanks here.
+func trimBlank(s string) string {
+	isBlank := func(c byte) bool { return c == ' ' || c == '\t' || c == '\r' || c == '\n' }
+	for len(s) > 0 && isBlank(s[0]) {
+		s = s[1:]
+	}
+	for len(s) > 0 && isBlank(s[len(s)-1]) {
+		s = s[:len(s)-1]
+	}
+	return s
+}
+
+// hasPrefixFold reports whether s starts with the lowercase ASCII prefix, ignoring ASCII
+// case only. strings.EqualFold is not used on purpose: it folds Unicode, so "\u212A"
+// (Kelvin sign) would match 'k' and "\u017F" (long s) would match 's'.
+func hasPrefixFold(s, prefix string) bool {
+	if len(s) < len(prefix) {
+		return false
+	}
+	for i := 0; i < len(prefix); i++ {
+		c := s[i]
+		if c >= 'A' && c <= 'Z' {
+			c += 'a' - 'A'
+		}
+		if c != prefix[i] {
+			return false
+		}
+	}
+	return true
+}
+
+// equalFold is an ASCII-only strings.EqualFold (see hasPrefixFold).
+func equalFold(s, t string) bool {
+	if len(s) != len(t) {
+		return false
+	}
+	for i := 0; i < len(s); i++ {
+		a, b := s[i], t[i]
+		if a >= 'A' && a <= 'Z' {
+			a += 'a' - 'A'
+		}
+		if b >= 'A' && b <= 'Z' {
+			b += 'a' - 'A'
+		}
+		if a != b {
+			return false
+		}
+	}
+	return true
+}
+
+// lowerASCII lowercases ASCII letters only, and allocates only when s has an uppercase one.
+func lowerASCII(s string) string {
+	i := 0
+	for i < len(s) && !(s[i] >= 'A' && s[i] <= 'Z') {
+		i++
+	}
+	if i == len(s) {
+		return s
+	}
+	b := []byte(s)
+	for ; i < len(b); i++ {
+		if c := b[i]; c >= 'A' && c <= 'Z' {
+			b[i] = c + 'a' - 'A'
+		}
+	}
+	return string(b)
+}

@@ -1,0 +1,44 @@
+package viperkv
+
+// Status is the state of one Key Vault reference. The names follow App Service's Key Vault
+// reference statuses where one fits, so operators see the words they already know; the
+// names App Service lacks (HostNotAllowed, SecretDisabled, Throttled, SecretExpired,
+// SecretNotYetValid) are documented in the README.
+type Status string
+
+// Statuses a reference can have.
+const (
+	// StatusInitialized: the reference was found but not fetched yet.
+	StatusInitialized Status = "Initialized"
+	// StatusResolved: the secret was fetched and substituted.
+	StatusResolved Status = "Resolved"
+	// StatusInvalidSyntax: the reference does not follow the grammar.
+	StatusInvalidSyntax Status = "InvalidSyntax"
+	// StatusMSINotEnabled: no managed identity is available to this process.
+	StatusMSINotEnabled Status = "MSINotEnabled"
+	// StatusVaultNotFound: the vault's host name does not resolve.
+	StatusVaultNotFound Status = "VaultNotFound"
+	// StatusSecretNotFound: the vault has no secret of that name.
+	StatusSecretNotFound Status = "SecretNotFound"
+	// StatusSecretVersionNotFound: the secret exists but not the pinned version.
+	StatusSecretVersionNotFound Status = "SecretVersionNotFound"
+	// StatusAccessToKeyVaultDenied: the identity lacks permission to get the secret.
+	StatusAccessToKeyVaultDenied Status = "AccessToKeyVaultDenied"
+	// StatusOtherReasons: any failure no other status describes.
+	StatusOtherReasons Status = "OtherReasons"
+	// StatusFetchTimedOut: the fetch did not finish before its deadline.
+	StatusFetchTimedOut Status = "FetchTimedOut"
+	// StatusUnauthorizedClient: the identity endpoint or the vault rejected the identity.
+	StatusUnauthorizedClient Status = "UnauthorizedClient"
+	// StatusHostNotAllowed: the reference names a host that is not a vault of the
+	// configured cloud (or an explicitly allowed host), so no token is sent to it.
+	StatusHostNotAllowed Status = "HostNotAllowed"
+	// StatusSecretDisabled: the secret (or version) is disabled.
+	StatusSecretDisabled Status = "SecretDisabled"
+	// StatusThrottled: the vault kept answering 429 until the retry budget ran out.
+	StatusThrottled Status = "Throttled"
+	// StatusSecretExpired: the secret's expiry time has passed.
+	StatusSecretExpired Status = "SecretExpired"
+	// StatusSecretNotYetValid: the secret's not-before time is in the future.
+	StatusSecretNotYetValid Status = "SecretNotYetValid"
+)
