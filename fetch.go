@@ -175,7 +175,21 @@ func (vc *vaultClient) get(ctx context.Context, r Reference) (s *secret, retryAf
 	if a := resp.Attributes; a != nil {
 		s.expires, s.notBefore = a.Expires, a.NotBefore
 	}
+	s.checkValidity(time.Now())
 	return s, 0, false
+}
+
+// checkValidity withholds a value outside its exp/nbf window. Key Vault still returns such
+// a value (for recovery and testing), but says it should not be used.
+func (s *secret) checkValidity(now time.Time) {
+	switch {
+	case s.expires != nil && !now.Before(*s.expires):
+		s.status, s.value = StatusSecretExpired, ""
+		s.reason = "version " + s.version + " expired at " + s.expires.UTC().Format(time.RFC3339)
+	case s.notBefore != nil && now.Before(*s.notBefore):
+		s.status, s.value = StatusSecretNotYetValid, ""
+		s.reason = "version " + s.version + " is not valid before " + s.notBefore.UTC().Format(time.RFC3339)
+	}
 }
 
 func deref(p *string) string {

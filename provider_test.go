@@ -210,6 +210,8 @@ func TestLoadStatuses(t *testing.T) {
 	if err := kv.SetEnabled("disabled", kv.SetSecret("disabled", "x"), false); err != nil {
 		t.Fatal(err)
 	}
+	kv.SetSecret("expired", "x", kvtest.WithExpires(time.Now().Add(-time.Hour)))
+	kv.SetSecret("early", "x", kvtest.WithNotBefore(time.Now().Add(time.Hour)))
 	// Faults apply to a whole vault, so each faulty secret lives in a vault of its own.
 	flaky := srv.AddVault("flakyvault")
 	flaky.Grant(srv.SystemIdentity(), kvtest.RoleSecretsUser)
@@ -231,6 +233,8 @@ broken: "@KeyVault(VaultName=flakyvault;SecretName=broken)"
 slow: "@KeyVault(VaultName=hangvault;SecretName=slow)"
 syntax: "@KeyVault(SecretUri=https://myvault.vault.azure.net/secrets/bad_name/)"
 foreign: "@KeyVault(SecretUri=https://myvault.vault.azure.net.evil.test/secrets/x/)"
+expired: "@KeyVault(VaultName=myvault;SecretName=expired)"
+early: "@KeyVault(VaultName=myvault;SecretName=early)"
 plain: keep-me
 `)
 	p, err := load(t, srv, v, viperkv.WithFetchTimeout(4*time.Second))
@@ -249,6 +253,8 @@ plain: keep-me
 		"slow":           viperkv.StatusFetchTimedOut,
 		"syntax":         viperkv.StatusInvalidSyntax,
 		"foreign":        viperkv.StatusHostNotAllowed,
+		"expired":        viperkv.StatusSecretExpired,
+		"early":          viperkv.StatusSecretNotYetValid,
 	}
 	for key, w := range want {
 		st := statusOf(t, p, key)

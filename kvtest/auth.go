@@ -10,6 +10,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"log/slog"
 	"math/big"
 	"net/http"
 	"strings"
@@ -29,6 +30,7 @@ const maxCachedTokens = 10000
 // tokenValidator is the vaults' resource-server side: it learns the issuer and signing
 // keys from the Entra listener's discovery document and JWKS, over HTTPS, and caches them.
 type tokenValidator struct {
+	log          *slog.Logger
 	discoveryURL string
 	client       *http.Client
 
@@ -252,6 +254,7 @@ func (tv *tokenValidator) refresh(ctx context.Context) error {
 		keys[k.Kid] = &rsa.PublicKey{N: new(big.Int).SetBytes(n), E: int(new(big.Int).SetBytes(e).Int64())}
 	}
 	tv.issuer, tv.keys, tv.fetched = doc.Issuer, keys, time.Now()
+	tv.log.Info("signing keys fetched via OIDC discovery", "discovery", tv.discoveryURL, "jwks_uri", doc.JWKSURI, "issuer", doc.Issuer, "keys", len(keys))
 	return nil
 }
 

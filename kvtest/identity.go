@@ -73,6 +73,21 @@ func formatUUID(b []byte) string {
 	return fmt.Sprintf("%x-%x-%x-%x-%x", b[0:4], b[4:6], b[6:8], b[8:10], b[10:16])
 }
 
+// identityName names the identity whose object ID is oid, for logs.
+func (s *Server) identityName(oid string) string {
+	s.mu.RLock()
+	defer s.mu.RUnlock()
+	if strings.EqualFold(s.system.ObjectID, oid) {
+		return s.system.Name
+	}
+	for _, id := range s.users {
+		if strings.EqualFold(id.ObjectID, oid) {
+			return id.Name
+		}
+	}
+	return oid
+}
+
 // SystemIdentity returns the app's system-assigned identity. It exists unless disabled
 // with [WithoutSystemIdentity] or [Server.SetSystemIdentityEnabled].
 func (s *Server) SystemIdentity() Identity { return s.system }
@@ -208,6 +223,11 @@ func (s *Server) lookupIdentity(q map[string][]string, resParams ...string) (id 
 // tokenResponse is the JSON both managed identity endpoints return on success.
 func (s *Server) tokenResponse(id Identity, resource string, imds bool) map[string]string {
 	claims := s.TokenClaims(id, resource)
+	endpoint := "App Service identity endpoint"
+	if imds {
+		endpoint = "IMDS"
+	}
+	s.cfg.logger.Info("token issued", "identity", id.Name, "client_id", id.ClientID, "resource", resource, "endpoint", endpoint)
 	token := s.signer.sign(claims)
 	exp := claims["exp"].(int64)
 	nbf := claims["nbf"].(int64)

@@ -10,6 +10,7 @@ import (
 	"fmt"
 	"io"
 	"log"
+	"log/slog"
 	"net/http"
 	"strings"
 	"sync"
@@ -32,6 +33,7 @@ type config struct {
 	noSystem      bool
 	signingKey    *rsa.PrivateKey
 	errorLog      *log.Logger
+	logger        *slog.Logger
 }
 
 // WithTenantID sets the emulated tenant (default [DefaultTenantID]). Tokens from another
@@ -69,6 +71,14 @@ func WithErrorLog(l *log.Logger) Option {
 	return func(c *config) { c.errorLog = l }
 }
 
+// WithLogger makes the Server log each step of the flows it serves at Info level: tokens
+// issued, challenges, signing keys fetched through OIDC discovery, tokens validated, RBAC
+// decisions and secrets read (names and versions, never values). Logs are discarded by
+// default. The quickstart uses this to show the managed identity flow.
+func WithLogger(l *slog.Logger) Option {
+	return func(c *config) { c.logger = l }
+}
+
 // Server is a running emulator of Entra ID, the managed identity endpoints and Key Vault.
 // All its methods are safe for concurrent use.
 type Server struct {
@@ -81,6 +91,7 @@ type Server struct {
 	entra, appService, imds *listener
 
 	validator      *tokenValidator
+	router         *router
 	client         *http.Client
 	counters       counters
 	identityFaults faultSet
@@ -118,6 +129,9 @@ func Start(opts ...Option) (*Server, error) {
 	}
 	if cfg.errorLog == nil {
 		cfg.errorLog = log.New(io.Discard, "", 0)
+	}
+	if cfg.logger == nil {
+		cfg.logger = slog.New(slog.DiscardHandler)
 	}
 	s := &Server{
 		cfg:            cfg,
@@ -159,12 +173,10 @@ func Start(opts ...Option) (*Server, error) {
 		discoveryURL: s.OIDCDiscoveryURL(),
 		client:       &http.Client{Transport: s.newTransport(nil), Timeout: 10 * time.Second},
 		cache:        map[string]*verifiedToken{},
+		log:          cfg.logger,
 	}
-	s.client = &http.Client{Transport: s.newTransport(&router{
-		vault: s.vaultAddr,
-		imds:  s.imds.addr,
-		entra: s.entra.addr,
-	})}
+	s.router = &router{vault: s.vaultAddr, imds: s.imds.addr, entra: s.entra.addr}
+	s.client = &http.Client{Transport: s.newTransport(s.router)}
 	return s, nil
 }
 
@@ -228,6 +240,12 @@ func (s *Server) TenantID() string { return s.tenant }
 // production hosts, so the SDK's challenge resource verification stays on.
 // Every call returns the same client.
 func (s *Server) Client() *http.Client { return s.client }
+
+// NewClient returns a client routed like [Server.Client] but with a connection pool of
+// its own, for comparisons that must not share warm connections.
+func (s *Server) NewClient() *http.Client {
+	return &http.Client{Transport: s.newTransport(s.router)}
+}
 
 // CACertPEM returns the emulator CA's certificate, PEM encoded.
 func (s *Server) CACertPEM() []byte { return append([]byte(nil), s.pki.caPEM...) }

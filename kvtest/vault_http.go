@@ -54,6 +54,7 @@ func (v *Vault) serveHTTP(w http.ResponseWriter, r *http.Request) {
 	authz := r.Header.Get("Authorization")
 	if authz == "" {
 		v.counters.add(OpChallenge)
+		s.cfg.logger.Info("challenge: 401 with authorization and resource", "vault", v.host)
 		if f, ok := v.faults.take(OpChallenge); ok {
 			s.serveFault(w, r, f, v.writeError)
 			return
@@ -81,6 +82,8 @@ func (v *Vault) serveHTTP(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 
+	flow := s.cfg.logger.With("vault", v.host, "identity", s.identityName(caller.oid))
+	flow.Info("token validated", "issuer", caller.iss, "audience", caller.aud)
 	rt, rerr := v.route(r)
 	if rerr != nil {
 		v.writeError(w, rerr.status, rerr.code, rerr.msg)
@@ -92,6 +95,8 @@ func (v *Vault) serveHTTP(w http.ResponseWriter, r *http.Request) {
 	}
 	if !v.allowed(caller.oid, rt.op) {
 		v.counters.add(OpForbidden)
+		action, _ := dataAction(rt.op)
+		flow.Info("RBAC denied", "action", action)
 		v.forbidden(w, caller, rt)
 		return
 	}
@@ -104,6 +109,8 @@ func (v *Vault) serveHTTP(w http.ResponseWriter, r *http.Request) {
 			return
 		}
 	}
+	action, _ := dataAction(rt.op)
+	flow.Info("RBAC allowed", "action", action)
 	v.counters.add(rt.op)
 	if f, ok := v.faults.take(rt.op); ok {
 		s.serveFault(w, r, f, v.writeError)
@@ -328,6 +335,7 @@ func (v *Vault) getSecret(w http.ResponseWriter, _ *http.Request, rt route) {
 	case b.Value == nil:
 		v.writeErrorInner(w, http.StatusForbidden, "Forbidden", "Operation get is not allowed on a disabled secret.", "SecretDisabled")
 	default:
+		v.srv.cfg.logger.Info("secret read", "vault", v.host, "secret", s.name, "version", sv.version)
 		writeJSON(w, http.StatusOK, b)
 	}
 }
