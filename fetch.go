@@ -30,7 +30,8 @@ type secret struct {
 	contentType string
 	expires     *time.Time
 	notBefore   *time.Time
-	status      Status
+	has         bool   // value and version hold a usable (last good) value
+	status      Status // the latest outcome: a refresh failure keeps the last good value
 	reason      string // why, when status is not Resolved; never contains the value
 	took        time.Duration
 }
@@ -165,7 +166,7 @@ func (vc *vaultClient) get(ctx context.Context, r Reference) (s *secret, retryAf
 		return classifyError(r, err), 0, false
 	}
 	vc.lim.release(false, 0)
-	s = &secret{status: StatusResolved, contentType: deref(resp.ContentType)}
+	s = &secret{has: true, status: StatusResolved, contentType: deref(resp.ContentType)}
 	if resp.Value != nil {
 		s.value = *resp.Value
 	}
@@ -184,10 +185,10 @@ func (vc *vaultClient) get(ctx context.Context, r Reference) (s *secret, retryAf
 func (s *secret) checkValidity(now time.Time) {
 	switch {
 	case s.expires != nil && !now.Before(*s.expires):
-		s.status, s.value = StatusSecretExpired, ""
+		s.status, s.value, s.has = StatusSecretExpired, "", false
 		s.reason = "version " + s.version + " expired at " + s.expires.UTC().Format(time.RFC3339)
 	case s.notBefore != nil && now.Before(*s.notBefore):
-		s.status, s.value = StatusSecretNotYetValid, ""
+		s.status, s.value, s.has = StatusSecretNotYetValid, "", false
 		s.reason = "version " + s.version + " is not valid before " + s.notBefore.UTC().Format(time.RFC3339)
 	}
 }

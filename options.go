@@ -2,7 +2,6 @@ package viperkv
 
 import (
 	"log/slog"
-	"strings"
 	"time"
 
 	"github.com/Azure/azure-sdk-for-go/sdk/azcore"
@@ -17,6 +16,15 @@ const (
 	DefaultMaxInflight = 256
 	// DefaultFetchTimeout bounds one Load's fetches when the context has no earlier deadline.
 	DefaultFetchTimeout = 60 * time.Second
+	// DefaultRefreshInterval is how often Watch re-checks versionless references.
+	DefaultRefreshInterval = 5 * time.Minute
+	// DefaultRetryMin and DefaultRetryMax bound the back-off between retries of a failing
+	// reference during Watch.
+	DefaultRetryMin = time.Second
+	DefaultRetryMax = 5 * time.Minute
+	// DefaultExpiryWarning is how long before a secret version's expiry Watch raises
+	// EventNearExpiry.
+	DefaultExpiryWarning = 7 * 24 * time.Hour
 )
 
 // Option configures a Provider.
@@ -27,20 +35,30 @@ type options struct {
 	identity     azidentity.ManagedIDKind
 	transport    policy.Transporter
 	cloud        Cloud
-	allowedHosts map[string]bool
+	allowedHosts []string
 	maxInflight  int
 	fetchTimeout time.Duration
 	envKeys      []string
 	logger       *slog.Logger
+
+	refreshInterval    time.Duration
+	retryMin, retryMax time.Duration
+	expiryWarning      time.Duration
+	watchFile          bool
 }
 
 func defaultOptions() options {
 	return options{
 		cloud:        CloudPublic,
-		allowedHosts: map[string]bool{},
 		maxInflight:  DefaultMaxInflight,
 		fetchTimeout: DefaultFetchTimeout,
 		logger:       slog.New(slog.DiscardHandler),
+
+		refreshInterval: DefaultRefreshInterval,
+		retryMin:        DefaultRetryMin,
+		retryMax:        DefaultRetryMax,
+		expiryWarning:   DefaultExpiryWarning,
+		watchFile:       true,
 	}
 }
 
@@ -74,11 +92,7 @@ func WithCloud(c Cloud) Option {
 // WithAllowedHosts allows references to name these exact vault hosts in addition to the
 // configured cloud's vaults (for example a private-link alias). Tokens are sent to them.
 func WithAllowedHosts(hosts ...string) Option {
-	return func(o *options) {
-		for _, h := range hosts {
-			o.allowedHosts[strings.ToLower(h)] = true
-		}
-	}
+	return func(o *options) { o.allowedHosts = append(o.allowedHosts, hosts...) }
 }
 
 // WithMaxInflight sets how many requests may be in flight to one vault (default
@@ -104,4 +118,28 @@ func WithEnvKeys(keys ...string) Option {
 // versions and statuses, never secret values. The default discards logs.
 func WithLogger(l *slog.Logger) Option {
 	return func(o *options) { o.logger = l }
+}
+
+// WithRefreshInterval sets how often Watch re-checks versionless references for a new
+// version (default DefaultRefreshInterval). Each wait is jittered by +/-10% so a fleet does
+// not poll in step. Pinned versions are never re-checked.
+func WithRefreshInterval(d time.Duration) Option {
+	return func(o *options) { o.refreshInterval = d }
+}
+
+// WithRetryBackoff bounds the exponential back-off (with jitter) between retries of a
+// reference whose refresh failed (defaults DefaultRetryMin and DefaultRetryMax).
+func WithRetryBackoff(min, max time.Duration) Option {
+	return func(o *options) { o.retryMin, o.retryMax = min, max }
+}
+
+// WithExpiryWarning sets how long before a secret version expires Watch raises
+// EventNearExpiry (default DefaultExpiryWarning).
+func WithExpiryWarning(d time.Duration) Option {
+	return func(o *options) { o.expiryWarning = d }
+}
+
+// WithoutFileWatch stops Watch from watching the Viper's config file.
+func WithoutFileWatch() Option {
+	return func(o *options) { o.watchFile = false }
 }

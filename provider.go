@@ -19,30 +19,44 @@ import (
 const Mask = "******"
 
 // Provider resolves the Key Vault references in a Viper's configuration and holds the
-// resolved configuration. Its methods are safe for concurrent use.
+// resolved configuration. Its methods are safe for concurrent use. After New, the Viper
+// passed in belongs to the provider (it re-reads the config file into it); the app reads
+// the resolved configuration through Viper, Get and GetString.
 type Provider struct {
-	src   *viper.Viper
-	opts  options
-	fetch *fetcher
+	src    *viper.Viper
+	opts   options
+	parse  parseConfig
+	fetch  *fetcher
+	notify notifier
 
-	loadMu sync.Mutex // one Load at a time
-	cur    atomic.Pointer[snapshot]
+	// updateMu serialises everything that builds a snapshot: Load, Refresh, poll cycles
+	// and file reloads. It guards the fields below it. Readers never take it.
+	updateMu sync.Mutex
+	polls    map[Reference]*pollState
+	warned   map[Reference]string // version whose near expiry was announced
+
+	cur      atomic.Pointer[snapshot]
+	watching atomic.Bool
+	wake     chan struct{} // tells the poll loop the set of references changed
 }
 
 // snapshot is one resolved configuration. It is never modified after it is published, so
-// readers need no lock; a reload publishes a new snapshot in one atomic step.
+// readers need no lock; an update publishes a new snapshot in one atomic step.
 type snapshot struct {
-	v       *viper.Viper
-	masked  map[string]any
-	status  []ReferenceStatus
-	secrets map[Reference]*secret
+	tree     map[string]any // the settings as read, references unresolved
+	scan     *scan
+	v        *viper.Viper
+	masked   map[string]any
+	rendered map[string]string // resolved value of each key holding references
+	status   []ReferenceStatus
+	secrets  map[Reference]*secret
 }
 
 // ReferenceStatus is the state of one reference in one config key. It never holds a value.
 type ReferenceStatus struct {
 	Key       string        // config key, e.g. "db.conn"; list elements as "hosts[1]"
 	Reference Reference     // the secret referred to; Version is "" for the latest
-	Version   string        // the version resolved, when Status is StatusResolved
+	Version   string        // the version whose value the key holds; "" when it holds none
 	Status    Status        // StatusResolved or why not
 	Reason    string        // why, when Status is not StatusResolved
 	Took      time.Duration // time the fetch took
@@ -76,35 +90,37 @@ func New(v *viper.Viper, opts ...Option) (*Provider, error) {
 		}
 		cred = mi
 	}
-	return &Provider{src: v, opts: o, fetch: newFetcher(cred, o.transport, o.maxInflight, o.logger)}, nil
+	if o.refreshInterval <= 0 || o.retryMin <= 0 || o.retryMax < o.retryMin {
+		return nil, fmt.Errorf("viperkv: New: refresh interval %v and retry back-off %v..%v must be positive and ordered",
+			o.refreshInterval, o.retryMin, o.retryMax)
+	}
+	return &Provider{
+		src:    v,
+		opts:   o,
+		parse:  newParseConfig(o.cloud, o.allowedHosts...),
+		fetch:  newFetcher(cred, o.transport, o.maxInflight, o.logger),
+		notify: notifier{log: o.logger},
+		polls:  map[Reference]*pollState{},
+		warned: map[Reference]string{},
+		wake:   make(chan struct{}, 1),
+	}, nil
 }
 
 // Load finds every reference in the Viper's settings, fetches each distinct secret once,
 // and publishes the resolved configuration. When some references fail it still publishes
-// the others, leaves the failed keys out (never a placeholder or an empty string in their
-// place), and returns a *LoadError listing each failure.
+// the others and returns a *LoadError listing each failure. A failed key is left out (never
+// a placeholder or an empty string in its place) unless an earlier Load or refresh gave it
+// a good value, which it keeps.
 func (p *Provider) Load(ctx context.Context) error {
-	p.loadMu.Lock()
-	defer p.loadMu.Unlock()
+	p.updateMu.Lock()
+	defer p.updateMu.Unlock()
 	start := time.Now()
-	pc := parseConfig{cloud: p.opts.cloud, allowedHosts: p.opts.allowedHosts}
 	tree := settingsOf(p.src, p.opts.envKeys)
-	sc := scanSettings(tree, pc)
-	refs := sc.distinct()
-
-	fctx, cancel := context.WithTimeout(ctx, p.opts.fetchTimeout)
-	defer cancel()
-	secrets := p.fetch.fetchAll(fctx, refs)
-
-	snap, err := p.build(tree, sc, secrets)
-	if err != nil {
-		return err
-	}
-	p.cur.Store(snap)
+	snap, _ := p.update(ctx, SourceRefresh, tree, func(sc *scan, _ *snapshot) []Reference { return sc.distinct() })
 
 	failed := failures(snap.status)
 	p.opts.logger.Info("viperkv: configuration loaded",
-		"references", len(snap.status), "secrets", len(refs), "failed", len(failed), "took", time.Since(start))
+		"references", len(snap.status), "secrets", len(snap.secrets), "failed", len(failed), "took", time.Since(start))
 	for _, st := range snap.status {
 		if st.Status == StatusResolved {
 			p.opts.logger.Debug("viperkv: reference resolved", "key", st.Key, "vault", st.Reference.Vault,
@@ -120,27 +136,55 @@ func (p *Provider) Load(ctx context.Context) error {
 	return nil
 }
 
-// build makes a snapshot from the settings and the fetched secrets.
-func (p *Provider) build(tree map[string]any, sc *scan, secrets map[Reference]*secret) (*snapshot, error) {
-	resolved := func(r Reference) (*secret, bool) {
+// build makes a snapshot from the settings and the secrets. A key whose references cannot
+// all be rendered keeps its value from prev, if prev had one: a good value is never
+// replaced by nothing.
+func (p *Provider) build(tree map[string]any, sc *scan, secrets map[Reference]*secret, prev *snapshot) *snapshot {
+	lookup := func(r Reference) (string, bool) {
 		s, ok := secrets[r.key()]
-		return s, ok && s.status == StatusResolved
-	}
-	values := sc.substitute(tree, func(r Reference) (string, bool) {
-		s, ok := resolved(r)
-		if !ok {
+		if !ok || !s.has {
 			return "", false
 		}
 		return s.value, true
+	}
+	rendered := map[string]string{}
+	kept := map[string]bool{}
+	values, _ := transform("", tree, func(key, s string) (string, bool) {
+		t, isRef := sc.templates[key]
+		_, bad := sc.invalid[key]
+		if !isRef && !bad {
+			return s, true
+		}
+		if isRef {
+			if v, ok := t.render(lookup); ok {
+				rendered[key] = v
+				return v, true
+			}
+		}
+		if prev != nil {
+			if v, ok := prev.rendered[key]; ok {
+				rendered[key], kept[key] = v, true
+				return v, true
+			}
+		}
+		return "", false
 	})
-	masked := sc.substitute(tree, func(r Reference) (string, bool) {
-		_, ok := resolved(r)
-		return Mask, ok
+	masked, _ := transform("", tree, func(key, s string) (string, bool) {
+		t, isRef := sc.templates[key]
+		_, bad := sc.invalid[key]
+		switch _, ok := rendered[key]; {
+		case !isRef && !bad:
+			return s, true
+		case !ok:
+			return "", false
+		case kept[key]:
+			return Mask, true
+		}
+		return t.render(func(Reference) (string, bool) { return Mask, true })
 	})
 	v := viper.New()
-	if err := v.MergeConfigMap(values); err != nil {
-		return nil, fmt.Errorf("viperkv: building resolved configuration: %w", err)
-	}
+	// MergeConfigMap fails only for values it cannot copy; transform's output is plain maps.
+	_ = v.MergeConfigMap(values.(map[string]any))
 
 	var status []ReferenceStatus
 	for _, key := range sc.keys() {
@@ -152,14 +196,14 @@ func (p *Provider) build(tree map[string]any, sc *scan, secrets map[Reference]*s
 			st := ReferenceStatus{Key: key, Reference: r, Status: StatusInitialized}
 			if s, ok := secrets[r.key()]; ok {
 				st.Status, st.Reason, st.Took = s.status, s.reason, s.took
-				if s.status == StatusResolved {
+				if s.has {
 					st.Version = s.version
 				}
 			}
 			status = append(status, st)
 		}
 	}
-	return &snapshot{v: v, masked: masked, status: status, secrets: secrets}, nil
+	return &snapshot{tree: tree, scan: sc, v: v, masked: masked.(map[string]any), rendered: rendered, status: status, secrets: secrets}
 }
 
 func failures(status []ReferenceStatus) []ReferenceStatus {

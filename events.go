@@ -1,0 +1,174 @@
+package viperkv
+
+import (
+	"fmt"
+	"log/slog"
+	"strings"
+	"sync"
+	"time"
+
+	"github.com/spf13/viper"
+)
+
+// EventKind says what an [Event] reports.
+type EventKind string
+
+// Event kinds.
+const (
+	// EventChanged: keys now hold new values (a new secret version, or an edited file).
+	EventChanged EventKind = "Changed"
+	// EventError: a refresh failed. The keys keep their last good values; Status says why.
+	EventError EventKind = "Error"
+	// EventRecovered: a reference that was failing resolves again.
+	EventRecovered EventKind = "Recovered"
+	// EventNearExpiry: the secret version in use expires within the warning window.
+	EventNearExpiry EventKind = "NearExpiry"
+)
+
+// Source says what caused an [Event].
+type Source string
+
+// Event sources.
+const (
+	SourcePoll    Source = "poll"    // the refresh schedule of Watch
+	SourceFile    Source = "file"    // the config file changed
+	SourcePush    Source = "push"    // a push notification (Event Grid)
+	SourceRefresh Source = "refresh" // an explicit Refresh or Load
+)
+
+// Event tells a watcher what changed. It never holds a secret value: read values from
+// Current (and Previous, to drain what used the old ones). Both are read-only.
+type Event struct {
+	Kind   EventKind
+	Source Source
+	Time   time.Time
+	// Keys are the config keys affected, sorted.
+	Keys []string
+	// Secret is the secret concerned; zero for a file event.
+	Secret Reference
+	// OldVersion and NewVersion are the secret versions before and after a change.
+	OldVersion, NewVersion string
+	// Status is the secret's status after the event.
+	Status Status
+	// Err says what failed, for EventError. It names keys and secrets, never values.
+	Err error
+	// Expires is the expiry of the version in use, for EventNearExpiry and SecretExpired.
+	Expires time.Time
+	// Previous and Current are the resolved configurations before and after the event.
+	Previous, Current *viper.Viper
+}
+
+// String describes the event in one line, without values.
+func (e Event) String() string {
+	var b strings.Builder
+	fmt.Fprintf(&b, "%s (%s)", e.Kind, e.Source)
+	if e.Secret.Name != "" {
+		fmt.Fprintf(&b, " secret %s/%s", e.Secret.Vault, e.Secret.Name)
+	}
+	if e.OldVersion != "" || e.NewVersion != "" {
+		fmt.Fprintf(&b, " version %s -> %s", orDash(e.OldVersion), orDash(e.NewVersion))
+	}
+	if len(e.Keys) > 0 {
+		fmt.Fprintf(&b, " keys %s", strings.Join(e.Keys, ","))
+	}
+	if e.Status != "" && e.Status != StatusResolved {
+		fmt.Fprintf(&b, " status %s", e.Status)
+	}
+	if e.Err != nil {
+		fmt.Fprintf(&b, ": %v", e.Err)
+	}
+	return b.String()
+}
+
+func orDash(s string) string {
+	if s == "" {
+		return "-"
+	}
+	return s
+}
+
+// notifier delivers events to watchers. Each watcher has its own queue, drained by a
+// goroutine that exists only while the queue is non-empty: a slow watcher delays only
+// itself, a panicking one is logged and skipped, and an idle provider runs nothing.
+type notifier struct {
+	log *slog.Logger
+
+	mu   sync.Mutex
+	subs []*subscriber
+}
+
+type subscriber struct {
+	fn func(Event)
+
+	mu      sync.Mutex
+	queue   []Event
+	running bool
+	removed bool
+}
+
+func (n *notifier) subscribe(fn func(Event)) (cancel func()) {
+	s := &subscriber{fn: fn}
+	n.mu.Lock()
+	n.subs = append(n.subs, s)
+	n.mu.Unlock()
+	return func() {
+		n.mu.Lock()
+		defer n.mu.Unlock()
+		for i, x := range n.subs {
+			if x == s {
+				n.subs = append(n.subs[:i:i], n.subs[i+1:]...)
+				break
+			}
+		}
+		s.mu.Lock()
+		s.removed, s.queue = true, nil
+		s.mu.Unlock()
+	}
+}
+
+// publish queues evs for every watcher and returns at once.
+func (n *notifier) publish(evs []Event) {
+	if len(evs) == 0 {
+		return
+	}
+	n.mu.Lock()
+	subs := n.subs
+	n.mu.Unlock()
+	for _, s := range subs {
+		s.mu.Lock()
+		if !s.removed {
+			s.queue = append(s.queue, evs...)
+			if !s.running {
+				s.running = true
+				go s.drain(n.log)
+			}
+		}
+		s.mu.Unlock()
+	}
+}
+
+func (s *subscriber) drain(log *slog.Logger) {
+	for {
+		s.mu.Lock()
+		if len(s.queue) == 0 || s.removed {
+			s.running = false
+			s.mu.Unlock()
+			return
+		}
+		e := s.queue[0]
+		s.queue[0] = Event{} // let the snapshots it holds go
+		s.queue = s.queue[1:]
+		s.mu.Unlock()
+		s.call(e, log)
+	}
+}
+
+func (s *subscriber) call(e Event, log *slog.Logger) {
+	defer func() {
+		if r := recover(); r != nil {
+			// The panic value is the watcher's own; it is not logged, as it might hold a value.
+			log.Error("viperkv: a change watcher panicked; the event is skipped", "event", e.Kind, "source", e.Source, "keys", e.Keys)
+		}
+	}()
+	s.fn(e)
+}
