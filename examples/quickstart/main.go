@@ -21,6 +21,7 @@ import (
 	"log/slog"
 	"os"
 	"strings"
+	"sync"
 	"text/tabwriter"
 	"time"
 
@@ -48,6 +49,7 @@ func main() {
 }
 
 func run(ctx context.Context, out io.Writer, configFile, seedFile string, quiet bool) error {
+	out = &syncWriter{w: out} // the emulator narrates from its handler goroutines
 	say := func(format string, args ...any) { fmt.Fprintf(out, "quickstart: "+format+"\n", args...) }
 
 	// 1. The emulator, narrating its side of the flow.
@@ -90,7 +92,8 @@ func run(ctx context.Context, out io.Writer, configFile, seedFile string, quiet 
 	// 4. Resolve with the system-assigned identity. srv.Client() reaches the emulator for
 	// the production host names in the file; on Azure, leave WithTransport out.
 	say("resolving %s with the system-assigned managed identity", configFile)
-	p, err := viperkv.New(v, viperkv.WithTransport(srv.Client()), viperkv.WithEnvKeys("api.key"))
+	p, err := viperkv.New(v, viperkv.WithTransport(srv.Client()), viperkv.WithEnvKeys("api.key"),
+		viperkv.WithRefreshInterval(300*time.Millisecond)) // default 5 min; short for the demo
 	if err != nil {
 		return err
 	}
@@ -110,7 +113,12 @@ func run(ctx context.Context, out io.Writer, configFile, seedFile string, quiet 
 		return err
 	}
 
-	// 5. The same configuration read by an identity with no role on the vaults.
+	// 5. Rotation: Watch re-checks versionless references and tells watchers.
+	if err := rotate(ctx, say, srv, p); err != nil {
+		return err
+	}
+
+	// 6. The same configuration read by an identity with no role on the vaults.
 	noaccess, ok := srv.UserIdentity("noaccess")
 	if !ok {
 		return errors.New(`seed has no identity "noaccess"`)
@@ -136,8 +144,46 @@ func run(ctx context.Context, out io.Writer, configFile, seedFile string, quiet 
 		return errors.New("identity without access: database.conn is set; a failed key must be absent")
 	}
 
-	say("ok: %d references resolved through managed identity; an identity without access got %s",
+	say("ok: %d references resolved through managed identity, a rotation reached the watcher, an identity without access got %s",
 		len(p.Status()), viperkv.StatusAccessToKeyVaultDenied)
+	return nil
+}
+
+// rotate publishes a new version of db-conn while the provider watches, and waits for the
+// watcher's event.
+func rotate(ctx context.Context, say func(string, ...any), srv *kvtest.Server, p *viperkv.Provider) error {
+	changed := make(chan viperkv.Event, 1)
+	cancelWatcher := p.OnChange(func(e viperkv.Event) {
+		if e.Kind == viperkv.EventChanged {
+			select {
+			case changed <- e:
+			default:
+			}
+		}
+	})
+	defer cancelWatcher()
+	wctx, stop := context.WithCancel(ctx)
+	watched := make(chan error, 1)
+	go func() { watched <- p.Watch(wctx) }()
+	defer func() { stop(); <-watched }()
+
+	kv := srv.Vault("myvault")
+	rotated := "Server=db.internal;Database=app;User Id=app;Password=rotated-" + time.Now().Format("150405.000")
+	version := kv.SetSecret("db-conn", rotated)
+	say("watching; the operator rotates db-conn in the vault to version %s", version)
+	select {
+	case e := <-changed:
+		say("watcher got: %s", e)
+		if e.NewVersion != version || e.Previous.GetString("database.conn") == e.Current.GetString("database.conn") {
+			return fmt.Errorf("the event does not carry the rotation to %s", version)
+		}
+	case <-time.After(10 * time.Second):
+		return errors.New("rotation not picked up within 10 s")
+	}
+	if p.GetString("database.conn") != rotated {
+		return errors.New("database.conn does not hold the rotated value")
+	}
+	say("database.conn now holds version %s; no restart", version)
 	return nil
 }
 
@@ -210,6 +256,18 @@ func vaultNames(srv *kvtest.Server) string {
 
 func indent(s string) string {
 	return "  " + strings.ReplaceAll(strings.TrimRight(s, "\n"), "\n", "\n  ") + "\n"
+}
+
+// syncWriter serialises writes from several goroutines.
+type syncWriter struct {
+	mu sync.Mutex
+	w  io.Writer
+}
+
+func (s *syncWriter) Write(b []byte) (int, error) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.w.Write(b)
 }
 
 // narrator prints the emulator's log records as one indented line each.

@@ -22,7 +22,7 @@ func TestQuickstart(t *testing.T) {
 	if last := lines[len(lines)-1]; !strings.HasPrefix(last, "quickstart: ok") {
 		t.Errorf("last line = %q, want it to begin with \"quickstart: ok\"", last)
 	}
-	for _, step := range []string{"token issued", "signing keys fetched via OIDC discovery", "token validated", "RBAC allowed", "secret read", "RBAC denied", "AccessToKeyVaultDenied"} {
+	for _, step := range []string{"token issued", "signing keys fetched via OIDC discovery", "token validated", "RBAC allowed", "secret read", "RBAC denied", "AccessToKeyVaultDenied", "watcher got: Changed (poll)"} {
 		if !strings.Contains(out.String(), step) {
 			t.Errorf("output does not show %q", step)
 		}
@@ -35,6 +35,9 @@ func TestQuickstart(t *testing.T) {
 	seed, err := kvtest.ParseSeed(f)
 	if err != nil {
 		t.Fatal(err)
+	}
+	if strings.Contains(out.String(), "Password=rotated-") {
+		t.Error("output shows the rotated connection string")
 	}
 	for _, v := range seed.Vaults {
 		for _, s := range v.Secrets {
