@@ -1,14 +1,13 @@
-// Command refresh measures hot reload on the kvtest emulator and prints a table:
+// Command refresh measures hot reload on the kvtest emulator and prints a table. Run it
+// with "go run ./bench/refresh". It measures:
 //
-//		go run ./bench/refresh
-//
-//	  - read path: p.GetString on a resolved key under b.RunParallel, against viper.GetString
-//	    on a plain Viper nobody writes to (target: at most 1.2x);
-//	  - refresh cycle: vault GETs per cycle with 200 versionless and 200 pinned references
-//	    (target: exactly 200), and the CPU the process uses while idle between cycles
-//	    (target: nothing spins);
-//	  - rotation-to-notification latency with a 1 s interval (target: within the interval
-//	    plus its 10% jitter plus one request).
+//   - the read path: p.GetString on a resolved key under b.RunParallel, against
+//     viper.GetString on a plain Viper nobody writes to (target: at most 1.2x);
+//   - a refresh cycle: vault GETs per cycle with 200 versionless and 200 pinned references
+//     (target: exactly 200), and the CPU the process uses while idle between cycles
+//     (target: nothing spins);
+//   - rotation-to-notification latency with a 1 s interval (target: within the interval
+//     plus its 10% jitter plus one request).
 //
 // The last line sums it up as key=value pairs. With -check, a missed target exits 1.
 package main
