@@ -32,7 +32,7 @@ type Source string
 const (
 	SourcePoll    Source = "poll"    // the refresh schedule of Watch
 	SourceFile    Source = "file"    // the config file changed
-	SourcePush    Source = "push"    // a push notification (Event Grid)
+	SourcePush    Source = "push"    // reserved for push notifications (Event Grid); not sent yet
 	SourceRefresh Source = "refresh" // an explicit Refresh or Load
 )
 

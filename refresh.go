@@ -126,7 +126,9 @@ func (p *Provider) update(ctx context.Context, src Source, tree map[string]any, 
 		old := prevSecrets[r]
 		s, ok := fetched[r]
 		if !ok {
-			secrets[r] = old
+			if old != nil {
+				secrets[r] = old
+			}
 			continue
 		}
 		merged, events := merge(r, old, s, src, now)
@@ -303,7 +305,7 @@ func jitter(d time.Duration, f float64) time.Duration {
 func (p *Provider) pollLoop(ctx context.Context) {
 	timer := time.NewTimer(time.Hour)
 	defer timer.Stop()
-	for {
+	for ctx.Err() == nil {
 		p.updateMu.Lock()
 		due, wait := p.due(time.Now())
 		if len(due) > 0 {
