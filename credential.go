@@ -6,6 +6,7 @@ import (
 	"net/http"
 	"strconv"
 	"strings"
+	"sync"
 	"time"
 
 	"github.com/Azure/azure-sdk-for-go/sdk/azcore"
@@ -22,28 +23,68 @@ const tokenTimeout = 30 * time.Second
 // Each vault has its own azsecrets client and so its own bearer-token policy; without this,
 // N vaults starting at once would send N requests to the identity endpoint. After the first
 // token, the underlying credential's cache (MSAL's, for managed identity) answers.
+//
+// A shared call outlives the caller that started it while others still wait, and is
+// cancelled when the last of them gives up: a hung identity endpoint then neither keeps a
+// goroutine running after its callers (and Watch) are gone, nor makes the next caller join
+// a call that can no longer succeed.
 type sharedCredential struct {
 	cred  azcore.TokenCredential
 	group singleflight.Group
+
+	mu      sync.Mutex
+	flights map[string]*tokenFlight // by key: the context of the shared call and who waits on it
+}
+
+type tokenFlight struct {
+	ctx     context.Context
+	cancel  context.CancelFunc
+	waiters int
 }
 
 func (c *sharedCredential) GetToken(ctx context.Context, opts policy.TokenRequestOptions) (azcore.AccessToken, error) {
 	key := strings.Join(opts.Scopes, " ") + "|" + opts.TenantID + "|" + opts.Claims + "|" + strconv.FormatBool(opts.EnableCAE)
-	ch := c.group.DoChan(key, func() (any, error) {
-		// The flight outlives the caller that started it: another caller may still be waiting.
+	c.mu.Lock()
+	f := c.flights[key]
+	if f == nil {
 		fctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), tokenTimeout)
-		defer cancel()
-		tok, err := c.cred.GetToken(fctx, opts)
+		f = &tokenFlight{ctx: fctx, cancel: cancel}
+		if c.flights == nil {
+			c.flights = map[string]*tokenFlight{}
+		}
+		c.flights[key] = f
+	}
+	f.waiters++
+	// A new call (if none is in progress) runs under f's context: the one callers wait on.
+	ch := c.group.DoChan(key, func() (any, error) {
+		tok, err := c.cred.GetToken(f.ctx, opts)
 		if err != nil {
 			return azcore.AccessToken{}, &credentialError{err: err}
 		}
 		return tok, nil
 	})
+	c.mu.Unlock()
+	defer c.leave(key, f)
 	select {
 	case r := <-ch:
 		return r.Val.(azcore.AccessToken), r.Err
 	case <-ctx.Done():
 		return azcore.AccessToken{}, ctx.Err()
+	}
+}
+
+// leave ends a caller's wait on f; the last one to leave cancels the call and makes the
+// next caller start a new one.
+func (c *sharedCredential) leave(key string, f *tokenFlight) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if f.waiters--; f.waiters > 0 {
+		return
+	}
+	f.cancel()
+	if c.flights[key] == f {
+		delete(c.flights, key)
+		c.group.Forget(key)
 	}
 }
 

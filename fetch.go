@@ -254,6 +254,8 @@ func classifyError(r Reference, err error) *secret {
 		case http.StatusTooManyRequests:
 			s.status = StatusThrottled
 		}
+	case errors.Is(err, errThrottleWait):
+		s.status, s.reason = StatusThrottled, "GET "+r.ID()+": "+errThrottleWait.Error()
 	case errors.As(err, &dnsErr) && dnsErr.IsNotFound:
 		s.status, s.reason = StatusVaultNotFound, "vault host "+r.Vault+" does not resolve"
 	case errors.Is(err, context.DeadlineExceeded):

@@ -36,10 +36,9 @@ func newFileWatcher(path string) (*fileWatcher, error) {
 	if err != nil {
 		return nil, err
 	}
+	// No content hash yet: fileLoop's first check re-reads the file, to catch edits made
+	// after the app read it and before this watch began (they send no event here).
 	fw := &fileWatcher{path: abs, w: w, dirs: map[string]bool{}}
-	if b, err := os.ReadFile(abs); err == nil {
-		fw.sum = sha256.Sum256(b)
-	}
 	if err := fw.watchDirs(); err != nil {
 		w.Close()
 		return nil, err
@@ -68,8 +67,7 @@ func (fw *fileWatcher) watchDirs() error {
 // fileLoop reloads the configuration when the file's content changes, until ctx ends.
 func (p *Provider) fileLoop(ctx context.Context, fw *fileWatcher) {
 	defer fw.w.Close()
-	settle := time.NewTimer(time.Hour)
-	settle.Stop()
+	settle := time.NewTimer(fileSettle) // check once at the start (see newFileWatcher)
 	defer settle.Stop()
 	for {
 		select {

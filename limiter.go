@@ -2,9 +2,15 @@ package viperkv
 
 import (
 	"context"
+	"errors"
+	"fmt"
 	"sync"
 	"time"
 )
+
+// errThrottleWait marks a request that never went out because its context ended while the
+// vault's Retry-After pause lasted: the vault's throttling, not a slow answer, is why.
+var errThrottleWait = errors.New("the vault is throttling; its Retry-After outlasted the deadline")
 
 // limiter bounds the requests in flight to one vault. It starts wide, halves its window when
 // the vault answers 429 and pauses everyone until the vault's Retry-After has passed, then
@@ -28,7 +34,8 @@ func newLimiter(max int) *limiter {
 	return &limiter{max: max, limit: max}
 }
 
-// acquire waits for a slot. It returns ctx.Err() if ctx ends first.
+// acquire waits for a slot. It returns ctx.Err() if ctx ends first, wrapped in
+// errThrottleWait if it ended during a throttling pause.
 func (l *limiter) acquire(ctx context.Context) error {
 	for {
 		l.mu.Lock()
@@ -40,7 +47,7 @@ func (l *limiter) acquire(ctx context.Context) error {
 				continue
 			case <-ctx.Done():
 				t.Stop()
-				return ctx.Err()
+				return fmt.Errorf("%w: %w", errThrottleWait, ctx.Err())
 			}
 		}
 		if l.inflight < l.limit {

@@ -34,6 +34,7 @@ type Provider struct {
 	updateMu sync.Mutex
 	polls    map[Reference]*pollState
 	warned   map[Reference]string // version whose near expiry was announced
+	expiryAt time.Time            // when checkExpiry next has something to say; zero: never
 
 	cur      atomic.Pointer[snapshot]
 	watching atomic.Bool

@@ -74,6 +74,10 @@ func (p *Provider) Refresh(ctx context.Context) error {
 	if err != nil {
 		return err
 	}
+	select { // the schedule changed (a retry, or a version's nbf to wait for): re-plan the poll loop
+	case p.wake <- struct{}{}:
+	default:
+	}
 	if failed := failures(snap.status); len(failed) > 0 {
 		return &LoadError{Failed: failed}
 	}
@@ -137,7 +141,9 @@ func (p *Provider) update(ctx context.Context, src Source, tree map[string]any, 
 			evs = append(evs, events...)
 		}
 	}
-	evs = append(evs, p.checkExpiry(secrets, src, now)...)
+	// The first Load announces nothing (no watcher has seen a configuration yet), so it
+	// must not mark near-expiry warnings as given either: the first cycle after it does.
+	evs = append(evs, p.checkExpiry(secrets, src, now, cur != nil)...)
 
 	if cur != nil && src != SourceFile && maps.Equal(secrets, cur.secrets) {
 		p.reschedule(refs, fetched, secrets, now)
@@ -170,6 +176,11 @@ func (p *Provider) announce(evs []Event, sc *scan, prev, cur *snapshot) {
 		if e.Keys == nil && e.Secret.Name != "" {
 			e.Keys = byRef[e.Secret]
 		}
+		if re, ok := e.Err.(*ReferenceError); ok && len(e.Keys) > 0 {
+			named := *re // name the config keys, as Load's errors do
+			named.Key = strings.Join(e.Keys, ", ")
+			e.Err = &named
+		}
 		e.Previous, e.Current = prev.v, cur.v
 		p.logEvent(*e)
 	}
@@ -190,6 +201,9 @@ func merge(r Reference, old, s *secret, src Source, now time.Time) (*secret, []E
 		}
 		if kind == EventError {
 			e.Err = &ReferenceError{Key: r.String(), Status: st.status, Reason: st.reason}
+			if s.status == StatusSecretExpired && s.expires != nil {
+				e.Expires = *s.expires // as checkExpiry's SecretExpired events say
+			}
 		}
 		return e
 	}
@@ -199,7 +213,10 @@ func merge(r Reference, old, s *secret, src Source, now time.Time) (*secret, []E
 		if old != nil && old.status != StatusResolved {
 			evs = append(evs, ev(EventRecovered, s))
 		}
-		if old != nil && old.has && old.version == s.version {
+		if old == nil {
+			return s, nil // a reference new in the file: the file's Changed event covers it
+		}
+		if old.has && old.version == s.version {
 			if old.status == StatusResolved {
 				return old, nil
 			}
@@ -228,9 +245,33 @@ func merge(r Reference, old, s *secret, src Source, now time.Time) (*secret, []E
 }
 
 // checkExpiry marks versions in use that have expired (they keep serving: nothing is lost,
-// but the status and an event say so) and announces, once per version, those about to.
-func (p *Provider) checkExpiry(secrets map[Reference]*secret, src Source, now time.Time) []Event {
+// but the status and an event say so) and, when warn is set, announces once per version
+// those about to.
+func (p *Provider) checkExpiry(secrets map[Reference]*secret, src Source, now time.Time, warn bool) []Event {
 	var evs []Event
+	p.expiryAt = time.Time{}
+	plan := func(t time.Time) {
+		if p.expiryAt.IsZero() || t.Before(p.expiryAt) {
+			p.expiryAt = t
+		}
+	}
+	defer func() {
+		// Plan the next check, so expiry is noticed even when nothing is due to be fetched
+		// (for example a configuration of pinned versions only).
+		for r, s := range secrets {
+			if !s.has || s.expires == nil || !now.Before(*s.expires) {
+				continue
+			}
+			plan(*s.expires)
+			if p.warned[r] != s.version {
+				if t := s.expires.Add(-p.opts.expiryWarning); t.After(now) {
+					plan(t)
+				} else {
+					plan(now)
+				}
+			}
+		}
+	}()
 	for _, r := range slices.SortedFunc(maps.Keys(secrets), func(a, b Reference) int { return strings.Compare(a.String(), b.String()) }) {
 		s := secrets[r]
 		if !s.has || s.expires == nil {
@@ -246,7 +287,7 @@ func (p *Provider) checkExpiry(secrets map[Reference]*secret, src Source, now ti
 			evs = append(evs, Event{Kind: EventError, Source: src, Time: now, Secret: r, OldVersion: s.version,
 				NewVersion: s.version, Status: x.status, Expires: exp,
 				Err: &ReferenceError{Key: r.String(), Status: x.status, Reason: x.reason}})
-		case now.Before(exp) && exp.Sub(now) <= p.opts.expiryWarning && p.warned[r] != s.version:
+		case warn && now.Before(exp) && exp.Sub(now) <= p.opts.expiryWarning && p.warned[r] != s.version:
 			p.warned[r] = s.version
 			evs = append(evs, Event{Kind: EventNearExpiry, Source: src, Time: now, Secret: r,
 				OldVersion: s.version, NewVersion: s.version, Status: s.status, Expires: exp})
@@ -307,8 +348,12 @@ func (p *Provider) pollLoop(ctx context.Context) {
 	defer timer.Stop()
 	for ctx.Err() == nil {
 		p.updateMu.Lock()
-		due, wait := p.due(time.Now())
-		if len(due) > 0 {
+		now := time.Now()
+		due, wait := p.due(now)
+		if !p.expiryAt.IsZero() {
+			wait = min(wait, p.expiryAt.Sub(now))
+		}
+		if len(due) > 0 || wait <= 0 {
 			_, _ = p.update(ctx, SourcePoll, nil, func(*scan, *snapshot) []Reference { return due })
 			p.updateMu.Unlock()
 			continue

@@ -241,3 +241,43 @@ name: app
 	}
 	t.Logf("%d rotations, %d consistent reads", rotations, reads.Load())
 }
+
+// TestExpiryOfPinnedVersionIsNoticed: a pinned version is never fetched again, yet its
+// expiry must still be announced on time, with no poll due for an hour.
+func TestExpiryOfPinnedVersionIsNoticed(t *testing.T) {
+	srv := newEmulator(t)
+	kv := srv.AddVault("myvault")
+	kv.Grant(srv.SystemIdentity(), kvtest.RoleSecretsUser)
+	exp := time.Now().Add(1500 * time.Millisecond).Truncate(time.Second).Add(time.Second)
+	version := kv.SetSecret("cert", "pinned-value", kvtest.WithExpires(exp))
+	v := yamlViper(t, fmt.Sprintf(`cert: "@KeyVault(VaultName=myvault;SecretName=cert;SecretVersion=%s)"`, version))
+	p, err := load(t, srv, v, viperkv.WithRefreshInterval(time.Hour), viperkv.WithExpiryWarning(time.Hour))
+	if err != nil {
+		t.Fatal(err)
+	}
+	evs := collect(p)
+	kv.ResetCounters()
+	watch(t, p)
+
+	near := evs.waitFor(t, "NearExpiry", func(e viperkv.Event) bool { return e.Kind == viperkv.EventNearExpiry })
+	if !near.Expires.Equal(exp) || strings.Join(near.Keys, ",") != "cert" {
+		t.Errorf("near-expiry event = %v (expires %v), want key cert expiring %v", near, near.Expires, exp)
+	}
+	expired := evs.waitFor(t, "SecretExpired", func(e viperkv.Event) bool { return e.Status == viperkv.StatusSecretExpired })
+	if expired.Kind != viperkv.EventError || time.Now().Before(exp) {
+		t.Errorf("expired event = %v at %v, expiry %v", expired, time.Now(), exp)
+	}
+	var re *viperkv.ReferenceError
+	if !errors.As(expired.Err, &re) || re.Key != "cert" {
+		t.Errorf("expired event error %v does not name config key cert", expired.Err)
+	}
+	if got := p.GetString("cert"); got != "pinned-value" {
+		t.Errorf("cert = %q after expiry; the last value must stay", got)
+	}
+	if st := statusOf(t, p, "cert"); st.Status != viperkv.StatusSecretExpired {
+		t.Errorf("status %s, want SecretExpired", st.Status)
+	}
+	if n := kv.Count(kvtest.OpGetSecret); n != 0 {
+		t.Errorf("%d GETs for a pinned version", n)
+	}
+}

@@ -88,23 +88,6 @@ func (sc *scan) keys() []string {
 	return keys
 }
 
-// substitute returns a copy of tree in which every reference is replaced through lookup.
-// A key whose references cannot all be rendered is left out (a list holding one is left out
-// whole): a placeholder or an empty string must never pass for a value.
-func (sc *scan) substitute(tree map[string]any, lookup func(Reference) (string, bool)) map[string]any {
-	out, _ := transform("", tree, func(key, s string) (string, bool) {
-		if _, bad := sc.invalid[key]; bad {
-			return "", false
-		}
-		t, ok := sc.templates[key]
-		if !ok {
-			return s, true
-		}
-		return t.render(func(r Reference) (string, bool) { return lookup(r.key()) })
-	})
-	return out.(map[string]any)
-}
-
 // transform deep-copies v, passing every string through fn with its config key. Map entries
 // for which fn reports false are dropped; a list with such an element is dropped whole.
 func transform(key string, v any, fn func(key, s string) (string, bool)) (any, bool) {
