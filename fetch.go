@@ -75,8 +75,8 @@ func (f *fetcher) vault(host string) (*vaultClient, error) {
 	}
 	opts := &azsecrets.ClientOptions{ClientOptions: azcore.ClientOptions{
 		Transport: f.transport,
-		// Three retries 250 ms, 500 ms, 1 s apart: a start-up resolver should ride out a
-		// brief 5xx but not spend azcore's default ~6 s before saying the vault is broken.
+		// Three retries after about 0.25, 0.75 and 1.75 s (azcore waits (2^n-1) x RetryDelay,
+		// jittered): ride out a brief 5xx without spending azcore's default ~6 s on a broken vault.
 		Retry: policy.RetryOptions{ShouldRetry: shouldRetry, RetryDelay: 250 * time.Millisecond, MaxRetryDelay: 4 * time.Second},
 	}}
 	c, err := azsecrets.NewClient("https://"+host, f.cred, opts)
