@@ -1,6 +1,7 @@
 package viperkv
 
 import (
+	"cmp"
 	"context"
 	"errors"
 	"fmt"
@@ -93,8 +94,13 @@ func refreshable(cur *snapshot) []Reference {
 			out = append(out, r)
 		}
 	}
-	slices.SortFunc(out, func(a, b Reference) int { return strings.Compare(a.String(), b.String()) })
+	slices.SortFunc(out, compareRefs)
 	return out
+}
+
+// compareRefs orders references by vault, name and version, for stable event order.
+func compareRefs(a, b Reference) int {
+	return cmp.Or(strings.Compare(a.Vault, b.Vault), strings.Compare(a.Name, b.Name), strings.Compare(a.Version, b.Version))
 }
 
 // update builds and publishes a new snapshot. tree is the new settings, or nil to keep the
@@ -272,7 +278,7 @@ func (p *Provider) checkExpiry(secrets map[Reference]*secret, src Source, now ti
 			}
 		}
 	}()
-	for _, r := range slices.SortedFunc(maps.Keys(secrets), func(a, b Reference) int { return strings.Compare(a.String(), b.String()) }) {
+	for _, r := range slices.SortedFunc(maps.Keys(secrets), compareRefs) {
 		s := secrets[r]
 		if !s.has || s.expires == nil {
 			continue

@@ -41,6 +41,7 @@
 package main
 
 import (
+	"cmp"
 	"context"
 	"crypto/rand"
 	"encoding/hex"
@@ -510,7 +511,7 @@ func setPath(tree map[string]any, path []string, val any) {
 // median returns the run with the median wall time (the lower middle for an even count).
 func median(rs []result) result {
 	s := slices.Clone(rs)
-	slices.SortFunc(s, func(a, b result) int { return int(a.wall - b.wall) })
+	slices.SortFunc(s, func(a, b result) int { return cmp.Compare(a.wall, b.wall) })
 	return s[(len(s)-1)/2]
 }
 
