@@ -1,7 +1,8 @@
+//go:build !windows
+
 package main
 
 import (
-	"bytes"
 	"context"
 	"crypto/tls"
 	"crypto/x509"
@@ -9,9 +10,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
-	"runtime"
 	"strings"
-	"sync"
 	"testing"
 	"time"
 
@@ -22,40 +21,11 @@ import (
 	"github.com/viperkv/viperkv/kvtest"
 )
 
-// syncBuffer collects a child's output while the test reads it.
-type syncBuffer struct {
-	mu sync.Mutex
-	b  bytes.Buffer
-}
-
-func (s *syncBuffer) Write(p []byte) (int, error) {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.b.Write(p)
-}
-
-func (s *syncBuffer) String() string {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.b.String()
-}
-
-// TestEmulatorCommand builds the command, runs the emulator from the example seed and
-// reads secrets with the real SDK using nothing but the info file.
+// TestEmulatorCommand runs the emulator command from the example seed and reads secrets
+// with the real SDK using nothing but the info file.
 func TestEmulatorCommand(t *testing.T) {
-	if runtime.GOOS == "windows" {
-		t.Skip("the test stops the emulator with SIGINT")
-	}
-	goBin, err := exec.LookPath("go")
-	if err != nil {
-		t.Skip("go command not found")
-	}
 	tmp := t.TempDir()
-	bin := filepath.Join(tmp, "viperkv")
-	build := exec.Command(goBin, "build", "-o", bin, ".")
-	if out, err := build.CombinedOutput(); err != nil {
-		t.Fatalf("go build: %v\n%s", err, out)
-	}
+	bin := binPath // built by TestMain
 	seedPath := filepath.Join("..", "..", "testdata", "emulator-seed.yaml")
 	seedFile, err := os.Open(seedPath)
 	if err != nil {
@@ -72,6 +42,7 @@ func TestEmulatorCommand(t *testing.T) {
 	// with -count=N a later run would present a token signed by an earlier emulator
 	// process's key. Tokens of 5 minutes are never cached.
 	cmd := exec.Command(bin, "emulator", "--seed", seedPath, "--info", infoPath, "--token-lifetime", "5m")
+	cmd.Env = append(os.Environ(), "GORACE="+strings.TrimSpace(os.Getenv("GORACE")+" atexit_sleep_ms=0"))
 	var stdout, stderr syncBuffer
 	cmd.Stdout, cmd.Stderr = &stdout, &stderr
 	if err := cmd.Start(); err != nil {

@@ -1,0 +1,172 @@
+package main
+
+import (
+	"encoding/json"
+	"fmt"
+	"io"
+	"math"
+	"os"
+	"text/tabwriter"
+	"time"
+
+	"github.com/spf13/cobra"
+
+	"github.com/viperkv/viperkv"
+)
+
+func newCheckCmd() *cobra.Command {
+	var (
+		lf      loadFlags
+		output  string
+		environ bool
+	)
+	cmd := &cobra.Command{
+		Use:   "check",
+		Short: "Resolve every Key Vault reference and report its status, never its value",
+		Long: `Load the configuration the way an app using viperkv does (the file, then environment
+variables under --env-prefix, and --env-key keys that exist only in the environment),
+resolve every Key Vault reference with the managed identity, and print one row per
+reference: config key, vault, secret, version, status and the time taken. Secret values
+are never printed.
+
+Statuses are App Service's (Resolved, SecretNotFound, AccessToKeyVaultDenied,
+MSINotEnabled, ...) plus HostNotAllowed, SecretDisabled, Throttled, SecretExpired and
+SecretNotYetValid.
+
+Exit status: 0 when every reference resolves, 1 when any fails, 2 for usage errors
+(unknown flag, unreadable configuration file).`,
+		Example: `  # Before deploying: does this identity reach every secret?
+  viperkv check --config config.yaml --env-prefix APP --env-key api.key
+
+  # Machine-readable, for a pipeline
+  viperkv check --config config.yaml --output json
+
+  # Against the local emulator (viperkv emulator --info /tmp/kv.json)
+  VIPERKV_EMULATOR_INFO=/tmp/kv.json viperkv check --config testdata/quickstart.yaml`,
+		Args: cobra.NoArgs,
+		RunE: func(cmd *cobra.Command, _ []string) error {
+			if output != "table" && output != "json" {
+				return usageError("--output %q: want table or json", output)
+			}
+			return runCheck(cmd, &lf, output, environ)
+		},
+	}
+	lf.register(cmd)
+	cmd.Flags().StringVarP(&output, "output", "o", "table", "output format: table or json")
+	cmd.Flags().BoolVar(&environ, "environ", false, "also check references in every environment variable (what viperkv run resolves)")
+	_ = cmd.RegisterFlagCompletionFunc("output", cobra.FixedCompletions([]cobra.Completion{"table", "json"}, cobra.ShellCompDirectiveNoFileComp))
+	return cmd
+}
+
+func runCheck(cmd *cobra.Command, lf *loadFlags, output string, environ bool) error {
+	out := cmd.OutOrStdout()
+	v, err := lf.viper()
+	if err != nil {
+		return err
+	}
+	var refs *envRefs
+	if environ {
+		refs = addEnvRefs(v, os.Environ())
+	}
+	opts, err := lf.options(cmd.ErrOrStderr())
+	if err != nil {
+		return err
+	}
+	p, err := viperkv.New(v, opts...)
+	if err != nil {
+		return err
+	}
+	_ = p.Load(cmd.Context()) // a *LoadError: the statuses say everything it says
+	status := p.Status()
+	failed := 0
+	for _, st := range status {
+		if st.Status != viperkv.StatusResolved {
+			failed++
+		}
+	}
+	if output == "json" {
+		err = writeCheckJSON(out, status, refs, failed)
+	} else {
+		err = writeCheckTable(out, status, refs, failed)
+	}
+	if err != nil {
+		return err
+	}
+	if failed > 0 {
+		return exitStatus(1)
+	}
+	return nil
+}
+
+func writeCheckTable(out io.Writer, status []viperkv.ReferenceStatus, refs *envRefs, failed int) error {
+	if len(status) == 0 {
+		_, err := fmt.Fprintln(out, "No Key Vault references found.")
+		return err
+	}
+	tw := tabwriter.NewWriter(out, 0, 0, 2, ' ', 0)
+	fmt.Fprintln(tw, "KEY\tVAULT\tSECRET\tVERSION\tSTATUS\tTOOK")
+	for _, st := range status {
+		fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\t%s\n", refs.display(st.Key), dash(st.Reference.Vault), dash(st.Reference.Name),
+			dash(st.Version), st.Status, st.Took.Round(100*time.Microsecond))
+	}
+	if err := tw.Flush(); err != nil {
+		return err
+	}
+	fmt.Fprintln(out)
+	if failed == 0 {
+		_, err := fmt.Fprintf(out, "%d of %d references resolved.\n", len(status), len(status))
+		return err
+	}
+	fmt.Fprintf(out, "%d of %d references failed:\n", failed, len(status))
+	for _, st := range status {
+		if st.Status != viperkv.StatusResolved {
+			fmt.Fprintf(out, "  %s: %s: %s\n", refs.display(st.Key), st.Status, st.Reason)
+		}
+	}
+	return nil
+}
+
+// checkRow is one reference in check's JSON output.
+type checkRow struct {
+	Key string `json:"key"`
+	// Env is the environment variable holding the reference, for --environ rows.
+	Env           string  `json:"env,omitempty"`
+	Vault         string  `json:"vault"`
+	Secret        string  `json:"secret"`
+	PinnedVersion string  `json:"pinned_version"`
+	Version       string  `json:"version"`
+	Status        string  `json:"status"`
+	Reason        string  `json:"reason"`
+	TookMS        float64 `json:"took_ms"`
+}
+
+func writeCheckJSON(out io.Writer, status []viperkv.ReferenceStatus, refs *envRefs, failed int) error {
+	doc := struct {
+		References []checkRow `json:"references"`
+		Resolved   int        `json:"resolved"`
+		Failed     int        `json:"failed"`
+	}{References: []checkRow{}, Resolved: len(status) - failed, Failed: failed}
+	for _, st := range status {
+		doc.References = append(doc.References, checkRow{
+			Key:           refs.display(st.Key),
+			Env:           refs.name(st.Key),
+			Vault:         st.Reference.Vault,
+			Secret:        st.Reference.Name,
+			PinnedVersion: st.Reference.Version,
+			Version:       st.Version,
+			Status:        string(st.Status),
+			Reason:        st.Reason,
+			TookMS:        math.Round(float64(st.Took)/float64(time.Millisecond)*10) / 10,
+		})
+	}
+	enc := json.NewEncoder(out)
+	enc.SetIndent("", "  ")
+	return enc.Encode(doc)
+}
+
+func dash(s string) string {
+	if s == "" {
+		return "-"
+	}
+	return s
+}

@@ -1,0 +1,327 @@
+//go:build !windows
+
+package main
+
+import (
+	"encoding/json"
+	"fmt"
+	"regexp"
+	"strings"
+	"testing"
+
+	"github.com/spf13/viper"
+	"go.yaml.in/yaml/v3"
+)
+
+const quickstart = "../../testdata/quickstart.yaml"
+
+// apiKeyEnv is the quickstart's environment-only reference.
+const apiKeyEnv = "APP_API_KEY=@KeyVault(VaultName=myvault;SecretName=api-key)"
+
+// seedValues are the values of the seeded secrets: none may appear in output.
+func seedValues(t *testing.T) []string {
+	t.Helper()
+	seed, err := readSeed("../../testdata/emulator-seed.yaml")
+	if err != nil {
+		t.Fatal(err)
+	}
+	var out []string
+	for _, v := range seed.Vaults {
+		for _, s := range v.Secrets {
+			out = append(out, s.Value)
+		}
+	}
+	return out
+}
+
+func assertNoValues(t *testing.T, output string, values ...string) {
+	t.Helper()
+	for _, v := range values {
+		if strings.Contains(output, v) {
+			t.Errorf("output shows a secret value (%d bytes):\n%s", len(v), output)
+		}
+	}
+}
+
+func TestCheckQuickstart(t *testing.T) {
+	t.Parallel()
+	code, out, errOut := cli(t, []string{apiKeyEnv}, "check", "--config", quickstart, "--env-prefix", "APP", "--env-key", "api.key")
+	if code != 0 {
+		t.Fatalf("exit %d\n%s%s", code, out, errOut)
+	}
+	row := regexp.MustCompile(`(?m)^(\S+)\s+(\S+)\s+(\S+)\s+([0-9a-f]{32})\s+Resolved\s+[0-9.]+[µm]?s$`)
+	rows := row.FindAllStringSubmatch(out, -1)
+	want := map[string]string{
+		"api.key":        "myvault.vault.azure.net api-key",
+		"cache.url":      "myvault.vault.azure.net db-password",
+		"database.conn":  "myvault.vault.azure.net db-conn",
+		"features.flags": "othervault.vault.azure.net feature-flags",
+	}
+	if len(rows) != len(want) {
+		t.Fatalf("%d resolved rows, want %d:\n%s", len(rows), len(want), out)
+	}
+	for _, r := range rows {
+		if want[r[1]] != r[2]+" "+r[3] {
+			t.Errorf("row %q: vault and secret %s %s, want %s", r[1], r[2], r[3], want[r[1]])
+		}
+	}
+	for _, s := range []string{"KEY", "VAULT", "SECRET", "VERSION", "STATUS", "TOOK", "4 of 4 references resolved."} {
+		if !strings.Contains(out, s) {
+			t.Errorf("no %q in:\n%s", s, out)
+		}
+	}
+	if !strings.Contains(errOut, "VIPERKV_EMULATOR_INFO") {
+		t.Errorf("stderr does not say the emulator is used:\n%s", errOut)
+	}
+	assertNoValues(t, out+errOut, seedValues(t)...)
+}
+
+func TestCheckFailures(t *testing.T) {
+	t.Parallel()
+	config := writeFile(t, "config.yaml", `
+good: "@KeyVault(VaultName=myvault;SecretName=db-conn)"
+missing: "@KeyVault(SecretUri=https://myvault.vault.azure.net/secrets/no-such-secret/)"
+pinned: "@KeyVault(VaultName=myvault;SecretName=db-conn;SecretVersion=0123456789abcdef0123456789abcdef)"
+evil: "@KeyVault(SecretUri=https://myvault.vault.azure.net.evil.test/secrets/x/)"
+broken: "@KeyVault(VaultName=myvault;SecretName=bad_name)"
+nowhere: "@KeyVault(VaultName=novault;SecretName=x)"
+plain: 42
+`)
+	code, out, errOut := cli(t, nil, "check", "--config", config)
+	if code != 1 {
+		t.Fatalf("exit %d, want 1\n%s%s", code, out, errOut)
+	}
+	for key, status := range map[string]string{
+		"good": "Resolved", "missing": "SecretNotFound", "pinned": "SecretVersionNotFound", "evil": "HostNotAllowed",
+		"broken": "InvalidSyntax", "nowhere": "VaultNotFound",
+	} {
+		if !regexp.MustCompile(`(?m)^` + key + `\s.*\s` + status + `\s`).MatchString(out) {
+			t.Errorf("no row %s ... %s in:\n%s", key, status, out)
+		}
+	}
+	if !strings.Contains(out, "5 of 6 references failed:") || !strings.Contains(out, "missing: SecretNotFound: GET https://myvault.vault.azure.net/secrets/no-such-secret: 404") {
+		t.Errorf("no failure summary in:\n%s", out)
+	}
+	assertNoValues(t, out+errOut, seedValues(t)...)
+
+	// JSON: the same, machine-readable.
+	code, out, _ = cli(t, nil, "check", "--config", config, "--output", "json")
+	if code != 1 {
+		t.Fatalf("exit %d, want 1", code)
+	}
+	var doc struct {
+		References []checkRow
+		Resolved   int
+		Failed     int
+	}
+	if err := json.Unmarshal([]byte(out), &doc); err != nil {
+		t.Fatalf("%v\n%s", err, out)
+	}
+	if doc.Resolved != 1 || doc.Failed != 5 || len(doc.References) != 6 {
+		t.Errorf("resolved %d failed %d rows %d, want 1, 5, 6", doc.Resolved, doc.Failed, len(doc.References))
+	}
+	for _, r := range doc.References {
+		switch r.Key {
+		case "good":
+			if r.Status != "Resolved" || r.Vault != "myvault.vault.azure.net" || r.Secret != "db-conn" || len(r.Version) != 32 || r.Reason != "" {
+				t.Errorf("good: %+v", r)
+			}
+		case "pinned":
+			if r.Status != "SecretVersionNotFound" || r.PinnedVersion != "0123456789abcdef0123456789abcdef" || r.Version != "" {
+				t.Errorf("pinned: %+v", r)
+			}
+		case "evil":
+			if r.Status != "HostNotAllowed" || !strings.Contains(r.Reason, "evil.test") {
+				t.Errorf("evil: %+v", r)
+			}
+		}
+	}
+}
+
+func TestCheckIdentityWithoutAccess(t *testing.T) {
+	t.Parallel()
+	id, ok := emu.UserIdentity("noaccess")
+	if !ok {
+		t.Fatal("seed has no identity noaccess")
+	}
+	code, out, errOut := cli(t, []string{apiKeyEnv}, "check", "--config", quickstart, "--env-prefix", "APP", "--env-key", "api.key",
+		"--client-id", id.ClientID, "-o", "json")
+	if code != 1 {
+		t.Fatalf("exit %d, want 1\n%s%s", code, out, errOut)
+	}
+	var doc struct{ References []checkRow }
+	if err := json.Unmarshal([]byte(out), &doc); err != nil {
+		t.Fatal(err)
+	}
+	if len(doc.References) != 4 {
+		t.Fatalf("%d rows, want 4", len(doc.References))
+	}
+	for _, r := range doc.References {
+		if r.Status != "AccessToKeyVaultDenied" {
+			t.Errorf("%s: %s, want AccessToKeyVaultDenied", r.Key, r.Status)
+		}
+	}
+}
+
+func TestCheckEnviron(t *testing.T) {
+	t.Parallel()
+	code, out, errOut := cli(t, []string{"DB_CONN=@KeyVault(VaultName=myvault;SecretName=db-conn)", "NOPE=x@KeyVault(VaultName=myvault;SecretName=nope)"},
+		"check", "--environ")
+	if code != 1 {
+		t.Fatalf("exit %d, want 1\n%s%s", code, out, errOut)
+	}
+	if !regexp.MustCompile(`(?m)^\$DB_CONN\s.*Resolved`).MatchString(out) || !regexp.MustCompile(`(?m)^\$NOPE\s.*SecretNotFound`).MatchString(out) {
+		t.Errorf("environment rows missing:\n%s", out)
+	}
+	assertNoValues(t, out+errOut, seedValues(t)...)
+}
+
+func TestCheckNoReferences(t *testing.T) {
+	t.Parallel()
+	code, out, _ := cli(t, nil, "check", "--config", writeFile(t, "c.json", `{"a": 1}`))
+	if code != 0 || !strings.Contains(out, "No Key Vault references found.") {
+		t.Errorf("exit %d:\n%s", code, out)
+	}
+}
+
+func TestUsageErrors(t *testing.T) {
+	t.Parallel()
+	for _, args := range [][]string{
+		{"check", "--bogus"},
+		{"check", "extra"},
+		{"check", "--output", "xml"},
+		{"check", "--config", "/no/such/file.yaml"},
+		{"check", "--timeout", "soon"},
+		{"check", "--cloud", "mars"},
+		{"resolve", "--format", "xml"},
+		{"resolve", "-f"},
+		{"run"},
+		{"run", "--grace", "0s", "--", "true"},
+		{"nosuchcommand"},
+		{"version", "extra"},
+		{"emulator", "extra"},
+	} {
+		code, out, errOut := cli(t, nil, args...)
+		if code != 2 {
+			t.Errorf("viperkv %s: exit %d, want 2\n%s%s", strings.Join(args, " "), code, out, errOut)
+			continue
+		}
+		if !strings.Contains(errOut, "--help' for usage.") {
+			t.Errorf("viperkv %s: no usage hint:\n%s", strings.Join(args, " "), errOut)
+		}
+	}
+}
+
+func TestResolveFormats(t *testing.T) {
+	t.Parallel()
+	args := []string{"resolve", "--config", quickstart, "--env-prefix", "APP", "--env-key", "api.key"}
+	values := seedValues(t)
+	dbConn, _ := emu.Vault("myvault").SecretValue("db-conn", "")
+
+	// YAML, masked.
+	code, out, errOut := cli(t, []string{apiKeyEnv}, args...)
+	if code != 0 {
+		t.Fatalf("exit %d\n%s", code, errOut)
+	}
+	assertNoValues(t, out+errOut, values...)
+	var doc map[string]any
+	if err := yaml.Unmarshal([]byte(out), &doc); err != nil {
+		t.Fatalf("%v\n%s", err, out)
+	}
+	if got := fmt.Sprint(doc["database"]); got != "map[conn:****** pool_size:10]" {
+		t.Errorf("database = %s", got)
+	}
+	if got := fmt.Sprint(doc["cache"]); got != "map[url:rediss://cache.internal:6380?password=******&db=0]" {
+		t.Errorf("cache = %s", got)
+	}
+
+	// JSON and TOML, masked; read back with Viper.
+	for _, format := range []string{"json", "toml"} {
+		code, out, errOut := cli(t, []string{apiKeyEnv}, append(args, "--format", format)...)
+		if code != 0 {
+			t.Fatalf("%s: exit %d\n%s", format, code, errOut)
+		}
+		assertNoValues(t, out+errOut, values...)
+		v := viper.New()
+		v.SetConfigType(format)
+		if err := v.ReadConfig(strings.NewReader(out)); err != nil {
+			t.Fatalf("%s: %v\n%s", format, err, out)
+		}
+		if v.GetString("api.key") != "******" || v.GetInt("database.pool_size") != 10 || v.GetString("app.name") != "quickstart" {
+			t.Errorf("%s: %v", format, v.AllSettings())
+		}
+	}
+
+	// Environment variables, revealed.
+	code, out, _ = cli(t, []string{apiKeyEnv}, append(args, "--format", "env", "--reveal")...)
+	if code != 0 {
+		t.Fatalf("exit %d", code)
+	}
+	for _, want := range []string{"APP_APP_NAME=quickstart\n", "APP_DATABASE_POOL_SIZE=10\n", "APP_DATABASE_CONN=" + shellQuote(dbConn) + "\n"} {
+		if !strings.Contains(out, want) {
+			t.Errorf("no %q in:\n%s", want, out)
+		}
+	}
+}
+
+func TestResolveFailurePrintsNothing(t *testing.T) {
+	t.Parallel()
+	config := writeFile(t, "c.yaml", "a: \"@KeyVault(VaultName=myvault;SecretName=db-conn)\"\nb: \"@KeyVault(VaultName=myvault;SecretName=nope)\"\n")
+	code, out, errOut := cli(t, nil, "resolve", "--config", config, "--reveal")
+	if code != 1 || out != "" || !strings.Contains(errOut, "b (vault myvault.vault.azure.net, secret nope): SecretNotFound") {
+		t.Errorf("exit %d, stdout %q, stderr:\n%s", code, out, errOut)
+	}
+	assertNoValues(t, out+errOut, seedValues(t)...)
+}
+
+func TestSentinelShownOnlyWhenRevealed(t *testing.T) {
+	t.Parallel()
+	secret := sentinel(t)
+	name := secretName(t)
+	emu.Vault("myvault").SetSecret(name, secret)
+	config := writeFile(t, "c.yaml", fmt.Sprintf("db:\n  conn: \"@KeyVault(VaultName=myvault;SecretName=%s)\"\n  dsn: \"user=app password=@KeyVault(VaultName=myvault;SecretName=%[1]s) host=db\"\n", name))
+	env := []string{"SECRET_ENV=@KeyVault(VaultName=myvault;SecretName=" + name + ")", childEnvVar}
+	for _, tc := range []struct {
+		args  []string
+		shows bool
+	}{
+		{[]string{"check", "--config", config}, false},
+		{[]string{"check", "--config", config, "--output", "json", "--environ", "--verbose"}, false},
+		{[]string{"resolve", "--config", config}, false},
+		{[]string{"resolve", "--config", config, "--format", "json", "--verbose"}, false},
+		{[]string{"resolve", "--config", config, "--format", "toml"}, false},
+		{[]string{"resolve", "--config", config, "--format", "env"}, false},
+		{[]string{"resolve", "--config", config, "--reveal"}, true},
+		{[]string{"resolve", "--config", config, "--format", "env", "--reveal"}, true},
+		{append([]string{"run", "--config", config, "--verbose"}, childCmd("print", "SECRET_ENV", "DB_CONN", "DB_DSN")...), false},
+		{append([]string{"run", "--no-masking"}, childCmd("print", "SECRET_ENV")...), true},
+	} {
+		code, out, errOut := cli(t, env, tc.args...)
+		if code != 0 {
+			t.Errorf("viperkv %s: exit %d\n%s%s", strings.Join(tc.args, " "), code, out, errOut)
+			continue
+		}
+		if got := strings.Contains(out+errOut, secret); got != tc.shows {
+			t.Errorf("viperkv %s: shows the secret: %v, want %v\nstdout:\n%s\nstderr:\n%s", strings.Join(tc.args, " "), got, tc.shows, out, errOut)
+		}
+	}
+}
+
+func TestVersionHelpCompletion(t *testing.T) {
+	t.Parallel()
+	if code, out, _ := cli(t, nil, "version"); code != 0 || !regexp.MustCompile(`^viperkv \S+ \(.*go1\.\d+.*\)\n$`).MatchString(out) {
+		t.Errorf("version: exit %d: %q", code, out)
+	}
+	for _, cmd := range []string{"check", "resolve", "run", "emulator"} {
+		if code, out, _ := cli(t, nil, cmd, "--help"); code != 0 || !strings.Contains(out, "Examples:") {
+			t.Errorf("%s --help: exit %d, no examples:\n%s", cmd, code, out)
+		}
+	}
+	if code, out, _ := cli(t, nil, "completion", "bash"); code != 0 || !strings.Contains(out, "viperkv") {
+		t.Errorf("completion bash: exit %d", code)
+	}
+	// Completion of flag values.
+	if code, out, _ := cli(t, nil, "__complete", "check", "--output", ""); code != 0 || !strings.Contains(out, "table\njson\n") {
+		t.Errorf("__complete check --output: exit %d:\n%s", code, out)
+	}
+}

@@ -1,0 +1,251 @@
+package main
+
+import (
+	"encoding/json"
+	"fmt"
+	"io"
+	"log/slog"
+	"os"
+	"reflect"
+	"sort"
+	"strconv"
+	"strings"
+	"time"
+
+	"github.com/Azure/azure-sdk-for-go/sdk/azidentity"
+	"github.com/spf13/cobra"
+	"github.com/spf13/viper"
+
+	"github.com/viperkv/viperkv"
+	"github.com/viperkv/viperkv/kvtest"
+)
+
+// emulatorInfoEnv names the emulator's info file (viperkv emulator --info): when set, the
+// commands reach the emulator instead of Azure.
+const emulatorInfoEnv = "VIPERKV_EMULATOR_INFO"
+
+// envKey is the configuration key under which run (and check --environ) puts the
+// environment variables that hold references: "$env.0", "$env.1", ... in the order of
+// envRefs.names. Indexes rather than names keep variable names out of Viper's
+// case-insensitive, dot-separated key space.
+const envKey = "$env"
+
+// loadFlags are the flags that load configuration the way an app using viperkv does.
+type loadFlags struct {
+	config    string
+	envPrefix string
+	envKeys   []string
+	clientID  string
+	cloud     string
+	timeout   time.Duration
+	verbose   bool
+}
+
+func (f *loadFlags) register(cmd *cobra.Command) {
+	fs := cmd.Flags()
+	fs.StringVarP(&f.config, "config", "c", "", "configuration file (YAML, JSON, TOML, dotenv...; the type is taken from the extension)")
+	fs.StringVar(&f.envPrefix, "env-prefix", "", "environment variable prefix, as viper.SetEnvPrefix (APP: APP_DATABASE_CONN overrides database.conn)")
+	fs.StringSliceVar(&f.envKeys, "env-key", nil, "a key that exists only in the environment (as viperkv.WithEnvKeys); repeatable")
+	fs.StringVar(&f.clientID, "client-id", "", "client ID of a user-assigned managed identity (default: the system-assigned identity)")
+	fs.StringVar(&f.cloud, "cloud", "AzurePublic", "Azure cloud: AzurePublic, AzureChina or AzureUSGovernment")
+	fs.DurationVar(&f.timeout, "timeout", viperkv.DefaultFetchTimeout, "how long to wait for all references")
+	fs.BoolVarP(&f.verbose, "verbose", "v", false, "log each step to stderr (never a secret value)")
+	_ = cmd.RegisterFlagCompletionFunc("cloud", cobra.FixedCompletions(
+		[]cobra.Completion{"AzurePublic", "AzureChina", "AzureUSGovernment"}, cobra.ShellCompDirectiveNoFileComp))
+	_ = cmd.MarkFlagFilename("config", "yaml", "yml", "json", "toml", "env", "dotenv", "properties", "ini", "hcl")
+}
+
+// viper reads the configuration file (if any) into a Viper set up as the README's app:
+// SetEnvPrefix, SetEnvKeyReplacer(. -> _), AutomaticEnv.
+func (f *loadFlags) viper() (*viper.Viper, error) {
+	v := viper.New()
+	if f.envPrefix != "" {
+		v.SetEnvPrefix(f.envPrefix)
+	}
+	v.SetEnvKeyReplacer(strings.NewReplacer(".", "_"))
+	v.AutomaticEnv()
+	if f.config != "" {
+		v.SetConfigFile(f.config)
+		if err := v.ReadInConfig(); err != nil {
+			return nil, usageError("reading %s: %v", f.config, err)
+		}
+	}
+	return v, nil
+}
+
+// options returns the Provider options the flags and the environment ask for. With
+// VIPERKV_EMULATOR_INFO set, it also points this process's managed identity variables at
+// the emulator.
+func (f *loadFlags) options(stderr io.Writer) ([]viperkv.Option, error) {
+	cloud, err := viperkv.ParseCloud(f.cloud)
+	if err != nil {
+		return nil, usageError("--cloud: %v", err)
+	}
+	if f.timeout <= 0 {
+		return nil, usageError("--timeout must be positive")
+	}
+	var log *slog.Logger
+	if f.verbose {
+		log = slog.New(slog.NewTextHandler(stderr, &slog.HandlerOptions{Level: slog.LevelDebug}))
+	} else {
+		log = slog.New(slog.DiscardHandler)
+	}
+	opts := []viperkv.Option{viperkv.WithCloud(cloud), viperkv.WithFetchTimeout(f.timeout), viperkv.WithLogger(log)}
+	if len(f.envKeys) > 0 {
+		opts = append(opts, viperkv.WithEnvKeys(f.envKeys...))
+	}
+	if f.clientID != "" {
+		opts = append(opts, viperkv.WithManagedIdentity(azidentity.ClientID(f.clientID)))
+	}
+	if path := os.Getenv(emulatorInfoEnv); path != "" {
+		info, err := kvtest.ReadInfo(path)
+		if err != nil {
+			return nil, usageError("%s: %v", emulatorInfoEnv, err)
+		}
+		hc, err := info.Client()
+		if err != nil {
+			return nil, usageError("%s: %v", emulatorInfoEnv, err)
+		}
+		for k, v := range info.Env() {
+			if err := os.Setenv(k, v); err != nil {
+				return nil, err
+			}
+		}
+		fmt.Fprintf(stderr, "viperkv: using the emulator of %s=%s, not Azure\n", emulatorInfoEnv, path)
+		opts = append(opts, viperkv.WithTransport(hc))
+	}
+	return opts, nil
+}
+
+// envRefs are the environment variables whose values hold references.
+type envRefs struct {
+	names []string // by index under envKey
+}
+
+// addEnvRefs puts every variable of environ holding a reference into v as a default under
+// envKey, where the provider finds it.
+func addEnvRefs(v *viper.Viper, environ []string) *envRefs {
+	refs := &envRefs{}
+	for _, kv := range environ {
+		name, value, ok := strings.Cut(kv, "=")
+		if !ok || name == "" || !viperkv.HasReference(value) {
+			continue
+		}
+		v.SetDefault(envKey+"."+strconv.Itoa(len(refs.names)), value)
+		refs.names = append(refs.names, name)
+	}
+	return refs
+}
+
+// name returns the variable a config key stands for, or "".
+func (r *envRefs) name(key string) string {
+	if r == nil {
+		return ""
+	}
+	i, err := strconv.Atoi(strings.TrimPrefix(key, envKey+"."))
+	if err != nil || !strings.HasPrefix(key, envKey+".") || i < 0 || i >= len(r.names) {
+		return ""
+	}
+	return r.names[i]
+}
+
+// display names a config key for people: "$DB_CONN" for an environment variable.
+func (r *envRefs) display(key string) string {
+	if n := r.name(key); n != "" {
+		return "$" + n
+	}
+	return key
+}
+
+// values returns the resolved variables, by name, from a resolved configuration.
+func (r *envRefs) values(c *viper.Viper) map[string]string {
+	out := map[string]string{}
+	for i, n := range r.names {
+		key := envKey + "." + strconv.Itoa(i)
+		if c.IsSet(key) {
+			out[n] = c.GetString(key)
+		}
+	}
+	return out
+}
+
+// envVars flattens settings into environment variables: the key path uppercased with "."
+// as "_" and the prefix in front (database.conn with prefix APP: APP_DATABASE_CONN). A
+// list of plain words becomes the words separated by spaces (what Viper's GetStringSlice
+// reads back from the environment); other lists, JSON. The envKey subtree is left out.
+func envVars(settings map[string]any, prefix string) map[string]string {
+	out := map[string]string{}
+	var walk func(name string, v any)
+	walk = func(name string, v any) {
+		switch x := v.(type) {
+		case map[string]any:
+			for k, e := range x {
+				walk(name+"_"+envName(k), e)
+			}
+			return
+		case nil:
+			return
+		}
+		if strings.ContainsAny(name, "=\x00") {
+			return // not a variable name
+		}
+		out[name] = envValue(v)
+	}
+	for k, v := range settings {
+		if k == envKey {
+			continue
+		}
+		name := envName(k)
+		if prefix != "" {
+			name = strings.ToUpper(prefix) + "_" + name
+		}
+		walk(name, v)
+	}
+	return out
+}
+
+func envName(key string) string { return strings.ToUpper(strings.ReplaceAll(key, ".", "_")) }
+
+func envValue(v any) string {
+	switch x := v.(type) {
+	case string:
+		return x
+	case bool, int, int8, int16, int32, int64, uint, uint8, uint16, uint32, uint64, float32, float64:
+		return fmt.Sprint(x)
+	case time.Time:
+		return x.Format(time.RFC3339Nano)
+	}
+	rv := reflect.ValueOf(v)
+	if rv.Kind() == reflect.Slice {
+		words := make([]string, 0, rv.Len())
+		plain := true
+		for i := 0; i < rv.Len() && plain; i++ {
+			switch e := rv.Index(i).Interface().(type) {
+			case string, bool, int, int64, float64:
+				s := fmt.Sprint(e)
+				plain = s != "" && !strings.ContainsAny(s, " \t\r\n\"'[]{}")
+				words = append(words, s)
+			default:
+				plain = false
+			}
+		}
+		if plain {
+			return strings.Join(words, " ")
+		}
+	}
+	b, err := json.Marshal(v)
+	if err != nil {
+		return fmt.Sprint(v)
+	}
+	return string(b)
+}
+
+// sortedEnv returns "NAME=value" lines sorted by name.
+func sortedEnv(vars map[string]string) []string {
+	out := make([]string, 0, len(vars))
+	for n, v := range vars {
+		out = append(out, n+"="+v)
+	}
+	sort.Strings(out)
+	return out
+}

@@ -1,0 +1,321 @@
+//go:build !windows
+
+package main
+
+import (
+	"bufio"
+	"bytes"
+	"crypto/rand"
+	"encoding/hex"
+	"errors"
+	"fmt"
+	"os"
+	"os/exec"
+	"os/signal"
+	"path/filepath"
+	"strconv"
+	"strings"
+	"sync"
+	"syscall"
+	"testing"
+	"time"
+
+	"github.com/viperkv/viperkv/kvtest"
+)
+
+// The tests run the viperkv binary as a real process against an emulator in the test
+// process, reached through an info file and VIPERKV_EMULATOR_INFO, as a user would.
+var (
+	binPath  string         // the viperkv binary, built once
+	infoPath string         // the emulator's info file
+	emu      *kvtest.Server // the emulator, seeded from testdata/emulator-seed.yaml
+	testExe  string         // this test binary, which also serves as the child program of run
+)
+
+// childEnv selects the child program mode of the test binary (see testChild).
+const childModeEnv = "VIPERKV_TEST_CHILD"
+
+func TestMain(m *testing.M) {
+	if os.Getenv(childModeEnv) != "" {
+		os.Exit(testChild(os.Args[1:]))
+	}
+	os.Exit(testMain(m))
+}
+
+func testMain(m *testing.M) int {
+	dir, err := os.MkdirTemp("", "viperkv-cli-test-")
+	if err != nil {
+		fmt.Fprintln(os.Stderr, err)
+		return 1
+	}
+	defer os.RemoveAll(dir)
+	if testExe, err = os.Executable(); err != nil {
+		fmt.Fprintln(os.Stderr, err)
+		return 1
+	}
+	binPath = filepath.Join(dir, "viperkv")
+	build := []string{"build", "-o", binPath}
+	if raceEnabled {
+		build = append(build, "-race")
+	}
+	if out, err := exec.Command("go", append(build, ".")...).CombinedOutput(); err != nil {
+		fmt.Fprintf(os.Stderr, "go build: %v\n%s", err, out)
+		return 1
+	}
+	if emu, err = kvtest.Start(); err != nil {
+		fmt.Fprintln(os.Stderr, err)
+		return 1
+	}
+	defer emu.Close()
+	seed, err := readSeed(filepath.Join("..", "..", "testdata", "emulator-seed.yaml"))
+	if err == nil {
+		err = emu.ApplySeed(seed)
+	}
+	if err != nil {
+		fmt.Fprintln(os.Stderr, err)
+		return 1
+	}
+	caFile := filepath.Join(dir, "ca.pem")
+	if err := os.WriteFile(caFile, emu.CACertPEM(), 0o644); err != nil {
+		fmt.Fprintln(os.Stderr, err)
+		return 1
+	}
+	info := emu.Info(caFile)
+	infoPath = filepath.Join(dir, "info.json")
+	if err := info.WriteFile(infoPath); err != nil {
+		fmt.Fprintln(os.Stderr, err)
+		return 1
+	}
+	return m.Run()
+}
+
+func readSeed(path string) (*kvtest.Seed, error) {
+	f, err := os.Open(path)
+	if err != nil {
+		return nil, err
+	}
+	defer f.Close()
+	return kvtest.ParseSeed(f)
+}
+
+// sentinel returns a secret value that must never appear in output unless revealed.
+func sentinel(t *testing.T) string {
+	t.Helper()
+	b := make([]byte, 8)
+	_, _ = rand.Read(b)
+	return "SENTINEL-" + hex.EncodeToString(b) + "-value"
+}
+
+// secretName returns a fresh secret name, so parallel tests never share a secret.
+func secretName(t *testing.T) string {
+	t.Helper()
+	b := make([]byte, 4)
+	_, _ = rand.Read(b)
+	name := strings.NewReplacer("/", "-", "_", "-").Replace(strings.ToLower(t.Name()))
+	if len(name) > 100 {
+		name = name[:100]
+	}
+	return name + "-" + hex.EncodeToString(b)
+}
+
+// syncBuffer collects a process's output while the test reads it.
+type syncBuffer struct {
+	mu sync.Mutex
+	b  bytes.Buffer
+}
+
+func (s *syncBuffer) Write(p []byte) (int, error) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.b.Write(p)
+}
+
+func (s *syncBuffer) String() string {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.b.String()
+}
+
+// proc is a viperkv process.
+type proc struct {
+	t              *testing.T
+	cmd            *exec.Cmd
+	stdout, stderr syncBuffer
+	exited         chan struct{}
+	code           int
+}
+
+// start starts viperkv with args; env ("NAME=value") is added to the test's environment
+// and VIPERKV_EMULATOR_INFO.
+func start(t *testing.T, env []string, args ...string) *proc {
+	t.Helper()
+	p := &proc{t: t, exited: make(chan struct{})}
+	p.cmd = exec.Command(binPath, args...)
+	// With -race, viperkv and the child program (this test binary) would sleep 1 s at exit.
+	gorace := strings.TrimSpace(os.Getenv("GORACE") + " atexit_sleep_ms=0")
+	p.cmd.Env = append(os.Environ(), emulatorInfoEnv+"="+infoPath, "GORACE="+gorace)
+	p.cmd.Env = append(p.cmd.Env, env...)
+	p.cmd.Stdout, p.cmd.Stderr = &p.stdout, &p.stderr
+	if err := p.cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	go func() {
+		_ = p.cmd.Wait()
+		p.code = p.cmd.ProcessState.ExitCode()
+		close(p.exited)
+	}()
+	t.Cleanup(func() {
+		select {
+		case <-p.exited:
+		default:
+			_ = p.cmd.Process.Kill()
+			<-p.exited
+		}
+	})
+	return p
+}
+
+// wait waits for the process to exit and returns its status.
+func (p *proc) wait() int {
+	p.t.Helper()
+	select {
+	case <-p.exited:
+		return p.code
+	case <-time.After(20 * time.Second):
+		p.t.Fatalf("viperkv %s did not exit\nstdout:\n%s\nstderr:\n%s", strings.Join(p.cmd.Args[1:], " "), p.stdout.String(), p.stderr.String())
+		return -1
+	}
+}
+
+// waitOutput waits until stdout contains s.
+func (p *proc) waitOutput(s string) {
+	p.t.Helper()
+	deadline := time.Now().Add(15 * time.Second)
+	for !strings.Contains(p.stdout.String(), s) {
+		select {
+		case <-p.exited:
+			if strings.Contains(p.stdout.String(), s) {
+				return
+			}
+			p.t.Fatalf("viperkv exited (status %d) before printing %q\nstdout:\n%s\nstderr:\n%s", p.code, s, p.stdout.String(), p.stderr.String())
+		case <-time.After(10 * time.Millisecond):
+		}
+		if time.Now().After(deadline) {
+			p.t.Fatalf("no %q in output after 15 s\nstdout:\n%s\nstderr:\n%s", s, p.stdout.String(), p.stderr.String())
+		}
+	}
+}
+
+func (p *proc) signal(sig os.Signal) {
+	p.t.Helper()
+	if err := p.cmd.Process.Signal(sig); err != nil {
+		p.t.Fatal(err)
+	}
+}
+
+// cli runs viperkv to completion.
+func cli(t *testing.T, env []string, args ...string) (code int, stdout, stderr string) {
+	t.Helper()
+	p := start(t, env, args...)
+	code = p.wait()
+	return code, p.stdout.String(), p.stderr.String()
+}
+
+// writeFile writes a file in the test's temporary directory and returns its path.
+func writeFile(t *testing.T, name, content string) string {
+	t.Helper()
+	path := filepath.Join(t.TempDir(), name)
+	if err := os.WriteFile(path, []byte(content), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	return path
+}
+
+// childCmd is the command line that runs this test binary as the child program.
+func childCmd(mode string, args ...string) []string {
+	return append([]string{"--", testExe, mode}, args...)
+}
+
+// childEnvVar makes the test binary act as the child program.
+var childEnvVar = childModeEnv + "=1"
+
+// testChild is the program viperkv run starts in the tests:
+//
+//	print NAME...        prints NAME=value to stdout and to stderr
+//	split NAME           writes "<" + value + ">" to stdout in two writes 50 ms apart
+//	exit N               exits with status N
+//	trap N               prints "ready", then "got SIGHUP" per SIGHUP; exits N on SIGTERM
+//	serve FILE NAME      appends NAME's value to FILE, prints "started", exits 0 on SIGTERM
+//	stubborn FILE NAME   as serve, but ignores SIGTERM and exits 0 on SIGINT
+func testChild(args []string) int {
+	if len(args) == 0 {
+		return 99
+	}
+	out := bufio.NewWriter(os.Stdout)
+	defer out.Flush()
+	switch args[0] {
+	case "print":
+		for _, n := range args[1:] {
+			fmt.Fprintf(out, "%s=%s\n", n, os.Getenv(n))
+			fmt.Fprintf(os.Stderr, "stderr %s=%s\n", n, os.Getenv(n))
+		}
+		return 0
+	case "split":
+		v := os.Getenv(args[1])
+		half := len(v) / 2
+		os.Stdout.WriteString("<" + v[:half])
+		time.Sleep(50 * time.Millisecond)
+		os.Stdout.WriteString(v[half:] + ">\n")
+		return 0
+	case "exit":
+		n, _ := strconv.Atoi(args[1])
+		return n
+	case "trap":
+		n, _ := strconv.Atoi(args[1])
+		sigs := make(chan os.Signal, 4)
+		signal.Notify(sigs, syscall.SIGTERM, syscall.SIGHUP)
+		os.Stdout.WriteString("ready\n")
+		for sig := range sigs {
+			if sig == syscall.SIGHUP {
+				os.Stdout.WriteString("got SIGHUP\n")
+				continue
+			}
+			os.Stdout.WriteString("got SIGTERM\n")
+			return n
+		}
+	case "serve", "stubborn":
+		f, err := os.OpenFile(args[1], os.O_APPEND|os.O_CREATE|os.O_WRONLY, 0o600)
+		if err != nil {
+			return 98
+		}
+		fmt.Fprintf(f, "%s\n", os.Getenv(args[2]))
+		f.Close()
+		sigs := make(chan os.Signal, 4)
+		signal.Notify(sigs, syscall.SIGTERM, syscall.SIGINT)
+		os.Stdout.WriteString("started\n")
+		for sig := range sigs {
+			if sig == syscall.SIGTERM && args[0] == "stubborn" {
+				os.Stdout.WriteString("ignoring SIGTERM\n")
+				continue
+			}
+			return 0
+		}
+	}
+	return 99
+}
+
+// lines reads a file's lines; a missing file has none.
+func lines(t *testing.T, path string) []string {
+	t.Helper()
+	b, err := os.ReadFile(path)
+	if errors.Is(err, os.ErrNotExist) {
+		return nil
+	}
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(b) == 0 {
+		return nil
+	}
+	return strings.Split(strings.TrimSuffix(string(b), "\n"), "\n")
+}

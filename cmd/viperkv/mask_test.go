@@ -1,0 +1,102 @@
+package main
+
+import (
+	"bytes"
+	"math/rand/v2"
+	"strings"
+	"testing"
+)
+
+// feed writes s to a maskWriter in the given chunk sizes (cycled) and flushes it.
+func feed(t *testing.T, set *secretSet, s string, sizes ...int) string {
+	t.Helper()
+	var out bytes.Buffer
+	w := newMaskWriter(&out, set)
+	for i, k := 0, 0; i < len(s); k++ {
+		n := len(s) - i
+		if len(sizes) > 0 {
+			n = min(n, sizes[k%len(sizes)])
+		}
+		if m, err := w.Write([]byte(s[i : i+n])); m != n || err != nil {
+			t.Fatalf("Write = %d, %v", m, err)
+		}
+		i += n
+	}
+	if err := w.Flush(); err != nil {
+		t.Fatal(err)
+	}
+	return out.String()
+}
+
+func TestMaskWriter(t *testing.T) {
+	set := &secretSet{}
+	set.add("hunter2", "hunter2-long", "pw", "", "  ", "line-one\nline-two\r\nx")
+	for _, tc := range []struct{ in, want string }{
+		{"nothing here", "nothing here"},
+		{"password=hunter2;", "password=<concealed by viperkv>;"},
+		{"hunter2hunter2", "<concealed by viperkv><concealed by viperkv>"},
+		// The longest secret wins.
+		{"a hunter2-long b", "a <concealed by viperkv> b"},
+		{"hunter2-lon", "<concealed by viperkv>-lon"},
+		{"hunter", "hunter"},
+		{"pwd pw", "<concealed by viperkv>d <concealed by viperkv>"},
+		// A multi-line value, whole and line by line (short lines are not concealed alone).
+		{"k=line-one\nline-two\r\nx.", "k=<concealed by viperkv>."},
+		{"line-two\n", "<concealed by viperkv>\n"},
+		{"x", "x"},
+	} {
+		for _, sizes := range [][]int{nil, {1}, {2}, {3, 1}, {5}} {
+			if got := feed(t, set, tc.in, sizes...); got != tc.want {
+				t.Errorf("%q in chunks %v: got %q, want %q", tc.in, sizes, got, tc.want)
+			}
+		}
+	}
+	// No secrets: output passes as it is.
+	if got := feed(t, &secretSet{}, "hello", 2); got != "hello" {
+		t.Errorf("without secrets: %q", got)
+	}
+}
+
+// TestMaskWriterRandomSplits cuts a stream full of secrets at random places: no secret
+// may ever come out, and everything else must come out unchanged.
+func TestMaskWriterRandomSplits(t *testing.T) {
+	secrets := []string{"s3cr3t-value", "abcabcabd", "aaaaab", "Z"}
+	set := &secretSet{}
+	set.add(secrets...)
+	r := rand.New(rand.NewPCG(1, 2))
+	alphabet := "abcdZs3r-tvlue "
+	for range 300 {
+		var in, want strings.Builder
+		for range 40 {
+			if r.IntN(3) == 0 {
+				s := secrets[r.IntN(len(secrets))]
+				in.WriteString(s)
+				want.WriteString(concealed)
+				continue
+			}
+			// Filler that never completes a secret: no 'Z', and broken up by spaces.
+			n := r.IntN(6)
+			for range n {
+				c := alphabet[r.IntN(len(alphabet))]
+				if c == 'Z' {
+					c = ' '
+				}
+				in.WriteByte(c)
+				want.WriteByte(c)
+			}
+			in.WriteByte(' ')
+			want.WriteByte(' ')
+		}
+		sizes := []int{1 + r.IntN(7), 1 + r.IntN(3), 1 + r.IntN(20)}
+		got := feed(t, set, in.String(), sizes...)
+		for _, s := range secrets {
+			if s != "Z" && strings.Contains(strings.ReplaceAll(got, concealed, "|"), s) {
+				t.Fatalf("secret %q came out of %q (chunks %v): %q", s, in.String(), sizes, got)
+			}
+		}
+		// Filler can combine with a neighbour into a secret; compare only when it did not.
+		if strings.Count(got, concealed) == strings.Count(want.String(), concealed) && got != want.String() {
+			t.Fatalf("in %q (chunks %v)\n got %q\nwant %q", in.String(), sizes, got, want.String())
+		}
+	}
+}

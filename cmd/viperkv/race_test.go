@@ -1,0 +1,8 @@
+//go:build race
+
+package main
+
+// raceEnabled: the tests run with -race, so the viperkv binary is built with it too. The
+// build then reuses the packages the test build compiled, and the detector watches the
+// command as well.
+const raceEnabled = true

@@ -1,0 +1,404 @@
+package main
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"io/fs"
+	"os"
+	"os/exec"
+	"os/signal"
+	"slices"
+	"strings"
+	"sync"
+	"time"
+
+	"github.com/spf13/cobra"
+	"github.com/spf13/viper"
+
+	"github.com/viperkv/viperkv"
+)
+
+// Exit statuses of run's own failures, as env(1), nohup(1) and docker run use them.
+const (
+	exitNotResolved = 125 // references did not resolve: the command was not started
+	exitCannotRun   = 126 // the command exists but could not be started
+	exitNotFound    = 127 // the command was not found
+)
+
+type runFlags struct {
+	lf              loadFlags
+	noMasking       bool
+	watch           bool
+	grace           time.Duration
+	refreshInterval time.Duration
+}
+
+func newRunCmd() *cobra.Command {
+	var f runFlags
+	cmd := &cobra.Command{
+		Use:   "run [flags] -- COMMAND [ARGS...]",
+		Short: "Run a command with the Key Vault references in its environment resolved",
+		Long: `Resolve the Key Vault references in environment variables (any variable whose value holds
+one, such as DB_CONN=@KeyVault(...), whole or inside a longer string) and, with --config,
+in a configuration file whose keys are exported as variables (database.conn with
+--env-prefix APP: APP_DATABASE_CONN), then run COMMAND with that environment.
+
+- Signals (SIGINT, SIGTERM, SIGHUP, SIGQUIT, SIGUSR1, SIGUSR2, SIGWINCH) are forwarded
+  to the command, and its exit status is viperkv's.
+- Secret values in the command's stdout and stderr are replaced with
+  "<concealed by viperkv>", even when split across writes, unless --no-masking. The
+  output then goes through a pipe, not the terminal.
+- With --watch, versionless references are re-checked every refresh interval (and the
+  configuration file is watched); when a value changes, viperkv says so (never the
+  value), sends the command SIGTERM, waits up to --grace, sends SIGKILL if it is still
+  running, and starts it again with the new environment.
+
+If a reference does not resolve, the command is not started and the exit status is 125;
+126 means the command could not be started, 127 that it was not found.`,
+		Example: `  # Twelve-factor: the reference is in the environment
+  export DB_CONN='@KeyVault(SecretUri=https://myvault.vault.azure.net/secrets/db-conn/)'
+  viperkv run -- ./server
+
+  # A config file's keys as variables (APP_DATABASE_CONN, ...), restarting on rotation
+  viperkv run --config config.yaml --env-prefix APP --watch --grace 30s -- ./server --port 8080`,
+		Args: func(_ *cobra.Command, args []string) error {
+			if len(args) == 0 {
+				return errors.New("missing COMMAND: viperkv run [flags] -- COMMAND [ARGS...]")
+			}
+			return nil
+		},
+		RunE: func(cmd *cobra.Command, args []string) error {
+			if f.grace <= 0 {
+				return usageError("--grace must be positive")
+			}
+			if f.refreshInterval <= 0 {
+				return usageError("--refresh-interval must be positive")
+			}
+			return runRun(cmd, &f, args)
+		},
+	}
+	// Flags after COMMAND belong to COMMAND, with or without "--".
+	cmd.Flags().SetInterspersed(false)
+	f.lf.register(cmd)
+	cmd.Flags().BoolVar(&f.noMasking, "no-masking", false, "do not conceal secret values in the command's output")
+	cmd.Flags().BoolVar(&f.watch, "watch", false, "restart the command when a secret rotates or the config file changes")
+	cmd.Flags().DurationVar(&f.grace, "grace", 10*time.Second, "with --watch: how long the command has to exit after SIGTERM before SIGKILL")
+	cmd.Flags().DurationVar(&f.refreshInterval, "refresh-interval", viperkv.DefaultRefreshInterval, "with --watch: how often versionless references are re-checked")
+	_ = cmd.Flags().MarkHidden("refresh-interval")
+	return cmd
+}
+
+func runRun(cmd *cobra.Command, f *runFlags, args []string) error {
+	stderr := cmd.ErrOrStderr()
+	say := func(format string, a ...any) { fmt.Fprintf(stderr, "viperkv: "+format+"\n", a...) }
+	// The child's environment is this one, not the one options() adds the emulator's
+	// identity variables to.
+	environ := os.Environ()
+	v, err := f.lf.viper()
+	if err != nil {
+		return err
+	}
+	refs := addEnvRefs(v, environ)
+	opts, err := f.lf.options(stderr)
+	if err != nil {
+		return err
+	}
+	p, err := viperkv.New(v, append(opts, viperkv.WithRefreshInterval(f.refreshInterval))...)
+	if err != nil {
+		return err
+	}
+
+	sigs := make(chan os.Signal, 16)
+	signal.Notify(sigs, forwardedSignals...)
+	defer signal.Stop(sigs)
+
+	// Resolve. A signal to stop meanwhile ends viperkv; no command has started yet.
+	lctx, cancel := context.WithCancel(cmd.Context())
+	loaded := make(chan error, 1)
+	go func() { loaded <- p.Load(lctx) }()
+	var lerr error
+resolving:
+	for {
+		select {
+		case lerr = <-loaded:
+			break resolving
+		case sig := <-sigs:
+			if stopping(sig) {
+				cancel()
+				<-loaded
+				return exitStatus(signalStatus(sig))
+			}
+		}
+	}
+	cancel()
+	if lerr != nil {
+		return &exitError{code: exitNotResolved, err: notResolved(p.Status(), refs, args[0])}
+	}
+
+	sup := &supervisor{args: args, stdin: os.Stdin, stdout: cmd.OutOrStdout(), stderr: stderr, grace: f.grace, say: say}
+	if !f.noMasking {
+		sup.mask = &secretSet{}
+		sup.mask.add(p.SecretValues()...)
+	}
+	env := childEnv(environ, refs, p.Viper(), &f.lf)
+	c, err := sup.start(env)
+	if err != nil {
+		return startFailure(args[0], err)
+	}
+
+	var next func() ([]string, string)
+	var restart chan struct{}
+	if f.watch {
+		var mu sync.Mutex
+		var why []string
+		restart = make(chan struct{}, 1)
+		unsubscribe := p.OnChange(func(e viperkv.Event) {
+			switch e.Kind {
+			case viperkv.EventChanged:
+				mu.Lock()
+				why = append(why, describeChange(e))
+				mu.Unlock()
+				select {
+				case restart <- struct{}{}:
+				default:
+				}
+			case viperkv.EventError:
+				say("warning: %s: %s; the command keeps its current values", describeSecret(e, refs), e.Status)
+			case viperkv.EventRecovered:
+				say("%s resolves again", describeSecret(e, refs))
+			case viperkv.EventNearExpiry:
+				say("warning: %s: version %s expires at %s", describeSecret(e, refs), e.NewVersion, e.Expires.UTC().Format(time.RFC3339))
+			}
+		})
+		defer unsubscribe()
+		wctx, stopWatch := context.WithCancel(context.Background())
+		watched := make(chan struct{})
+		go func() {
+			defer close(watched)
+			if err := p.Watch(wctx); err != nil && !errors.Is(err, context.Canceled) {
+				say("warning: --watch: %v; rotations will not restart the command", err)
+			}
+		}()
+		defer func() { stopWatch(); <-watched }()
+
+		next = func() ([]string, string) {
+			newEnv := childEnv(environ, refs, p.Viper(), &f.lf)
+			changed := changedNames(env, newEnv)
+			mu.Lock()
+			reasons := strings.Join(why, "; ")
+			why = nil
+			mu.Unlock()
+			if len(changed) == 0 {
+				return nil, ""
+			}
+			if sup.mask != nil {
+				sup.mask.add(p.SecretValues()...)
+			}
+			env = newEnv
+			return newEnv, strings.Join(changed, ", ") + " changed (" + reasons + ")"
+		}
+	}
+
+	code, err := sup.loop(c, sigs, restart, next)
+	if err != nil {
+		return err
+	}
+	if code != 0 {
+		return exitStatus(code)
+	}
+	return nil
+}
+
+// notResolved lists the failed references, naming environment variables by name.
+func notResolved(status []viperkv.ReferenceStatus, refs *envRefs, command string) error {
+	var b strings.Builder
+	n := 0
+	for _, st := range status {
+		if st.Status == viperkv.StatusResolved {
+			continue
+		}
+		n++
+		fmt.Fprintf(&b, "\n  %s: %s: %s", refs.display(st.Key), st.Status, st.Reason)
+	}
+	return fmt.Errorf("%d reference(s) not resolved; %s was not started:%s", n, command, b.String())
+}
+
+// childEnv is environ with the referencing variables resolved and, with --config, the
+// configuration exported as variables (which win, as Viper's AutomaticEnv already applied
+// the environment to them).
+func childEnv(environ []string, refs *envRefs, resolved *viper.Viper, lf *loadFlags) []string {
+	vars := make(map[string]string, len(environ))
+	for _, kv := range environ {
+		if name, value, ok := strings.Cut(kv, "="); ok {
+			vars[name] = value
+		}
+	}
+	for n, v := range refs.values(resolved) {
+		vars[n] = v
+	}
+	if lf.config != "" {
+		for n, v := range envVars(resolved.AllSettings(), lf.envPrefix) {
+			vars[n] = v
+		}
+	}
+	return sortedEnv(vars)
+}
+
+// changedNames lists the variables whose values differ between two environments.
+func changedNames(a, b []string) []string {
+	am, bm := map[string]string{}, map[string]string{}
+	for _, kv := range a {
+		n, v, _ := strings.Cut(kv, "=")
+		am[n] = v
+	}
+	for _, kv := range b {
+		n, v, _ := strings.Cut(kv, "=")
+		bm[n] = v
+	}
+	var out []string
+	for n, v := range bm {
+		if old, ok := am[n]; !ok || old != v {
+			out = append(out, n)
+		}
+	}
+	for n := range am {
+		if _, ok := bm[n]; !ok {
+			out = append(out, n)
+		}
+	}
+	slices.Sort(out)
+	return out
+}
+
+func describeChange(e viperkv.Event) string {
+	if e.Secret.Name == "" {
+		return "the configuration file changed"
+	}
+	return fmt.Sprintf("secret %s/%s version %s -> %s", e.Secret.Vault, e.Secret.Name, dash(e.OldVersion), dash(e.NewVersion))
+}
+
+func describeSecret(e viperkv.Event, refs *envRefs) string {
+	keys := make([]string, len(e.Keys))
+	for i, k := range e.Keys {
+		keys[i] = refs.display(k)
+	}
+	what := "configuration"
+	if e.Secret.Name != "" {
+		what = "secret " + e.Secret.Vault + "/" + e.Secret.Name
+	}
+	if len(keys) > 0 {
+		what += " (" + strings.Join(keys, ", ") + ")"
+	}
+	return what
+}
+
+func startFailure(name string, err error) error {
+	code := exitCannotRun
+	if errors.Is(err, exec.ErrNotFound) || errors.Is(err, fs.ErrNotExist) {
+		code = exitNotFound
+	}
+	return &exitError{code: code, err: fmt.Errorf("cannot run %s: %v", name, err)}
+}
+
+// supervisor runs the command, forwards signals and restarts it on rotation.
+type supervisor struct {
+	args           []string
+	stdin          io.Reader
+	stdout, stderr io.Writer
+	mask           *secretSet // nil: no masking
+	grace          time.Duration
+	say            func(format string, a ...any)
+}
+
+type child struct {
+	cmd    *exec.Cmd
+	done   chan struct{} // closed once the process has exited and its output is written
+	status int
+}
+
+func (s *supervisor) start(env []string) (*child, error) {
+	cmd := exec.Command(s.args[0], s.args[1:]...)
+	cmd.Env = env
+	cmd.Stdin = s.stdin
+	var masks []*maskWriter
+	if s.mask != nil {
+		o, e := newMaskWriter(s.stdout, s.mask), newMaskWriter(s.stderr, s.mask)
+		cmd.Stdout, cmd.Stderr = o, e
+		masks = []*maskWriter{o, e}
+		// A background process the command leaves behind may hold the pipes open: do not
+		// wait for it to pass the command's exit status on.
+		cmd.WaitDelay = time.Second
+	} else {
+		cmd.Stdout, cmd.Stderr = s.stdout, s.stderr
+	}
+	if err := cmd.Start(); err != nil {
+		return nil, err
+	}
+	c := &child{cmd: cmd, done: make(chan struct{})}
+	go func() {
+		_ = cmd.Wait() // the status is in ProcessState; output errors change nothing
+		for _, m := range masks {
+			_ = m.Flush()
+		}
+		c.status = statusOf(cmd.ProcessState)
+		close(c.done)
+	}()
+	return c, nil
+}
+
+// loop forwards signals until the command exits and returns its status. When restart
+// fires, next returns the new environment and why (nil if nothing the command sees
+// changed), and the command is restarted gracefully.
+func (s *supervisor) loop(c *child, sigs <-chan os.Signal, restart <-chan struct{}, next func() ([]string, string)) (int, error) {
+	quitting := false
+	for {
+		select {
+		case sig := <-sigs:
+			quitting = quitting || stopping(sig)
+			_ = c.cmd.Process.Signal(sig)
+		case <-c.done:
+			return c.status, nil
+		case <-restart:
+			if quitting {
+				continue
+			}
+			env, why := next()
+			if env == nil {
+				continue
+			}
+			s.say("rotation: %s; restarting the command: SIGTERM, then SIGKILL after %s", why, s.grace)
+			quitting = s.stop(c, sigs)
+			if quitting {
+				return c.status, nil
+			}
+			nc, err := s.start(env)
+			if err != nil {
+				return 0, startFailure(s.args[0], err)
+			}
+			s.say("restarted the command (pid %d)", nc.cmd.Process.Pid)
+			c = nc
+		}
+	}
+}
+
+// stop ends the command gracefully and reports whether a signal to stop viperkv came
+// meanwhile (forwarded to the command, like any other).
+func (s *supervisor) stop(c *child, sigs <-chan os.Signal) (quitting bool) {
+	_ = terminate(c.cmd.Process)
+	timer := time.NewTimer(s.grace)
+	defer timer.Stop()
+	for {
+		select {
+		case <-c.done:
+			return quitting
+		case sig := <-sigs:
+			quitting = quitting || stopping(sig)
+			_ = c.cmd.Process.Signal(sig)
+		case <-timer.C:
+			s.say("the command did not exit within %s of SIGTERM; sending SIGKILL", s.grace)
+			_ = c.cmd.Process.Kill()
+		}
+	}
+}
