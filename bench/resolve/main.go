@@ -159,7 +159,8 @@ type bench struct {
 	srv    *kvtest.Server
 	vaults []*kvtest.Vault
 	refs   []ref
-	seq    int // identities created, for unique names
+	seq    int    // identities created, for unique names
+	tag    string // random, in every identity's name: see newIdentity
 }
 
 // run sets up the emulator, runs every approach and prints the table to out.
@@ -175,7 +176,7 @@ func run(ctx context.Context, cfg config, out io.Writer) (*report, error) {
 	restore := setenv(srv.Env())
 	defer restore()
 
-	b := &bench{srv: srv}
+	b := &bench{srv: srv, tag: rand.Text()[:8]}
 	b.load(cfg)
 	if err := b.warmEmulator(ctx); err != nil {
 		return nil, fmt.Errorf("warming the emulator: %w", err)
@@ -334,10 +335,13 @@ func (b *bench) warmEmulator(ctx context.Context) error {
 }
 
 // newIdentity assigns a fresh user-assigned identity allowed to read every vault's secrets,
-// and returns it with an HTTP client that has a connection pool of its own.
+// and returns it with an HTTP client that has a connection pool of its own. The name, from
+// which the emulator derives the client ID, holds a random tag: MSAL Go caches managed
+// identity tokens process-wide by client ID, and a second run in one process (go test
+// -count=2) must not find the first run's tokens there.
 func (b *bench) newIdentity(label string) (kvtest.Identity, *http.Client) {
 	b.seq++
-	id := b.srv.AddUserIdentity(fmt.Sprintf("bench-%s-%d", label, b.seq))
+	id := b.srv.AddUserIdentity(fmt.Sprintf("bench-%s-%s-%d", b.tag, label, b.seq))
 	for _, v := range b.vaults {
 		v.Grant(id, kvtest.RoleSecretsUser)
 	}
