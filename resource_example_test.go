@@ -3,13 +3,10 @@ package viperkv_test
 import (
 	"context"
 	"fmt"
-	"os"
-	"strings"
 
 	"github.com/spf13/viper"
 
 	"github.com/viperkv/viperkv"
-	"github.com/viperkv/viperkv/kvtest"
 )
 
 // upstreamClient stands for anything built from a secret: a database pool, an API client.
@@ -21,22 +18,11 @@ type upstreamClient struct {
 // A client that carries an API key is rebuilt when the key is rotated. Requests hold a
 // lease while they use the client; the old client is released after the last one ends.
 func ExampleNewResource() {
-	srv := kvtest.NewServer()
-	defer srv.Close()
-	for k, v := range srv.Env() {
-		os.Setenv(k, v)
-		defer os.Unsetenv(k)
-	}
-	kv := srv.AddVault("myvault")
-	kv.Grant(srv.SystemIdentity(), kvtest.RoleSecretsUser)
+	srv, kv, stop := exampleEmulator()
+	defer stop()
 	kv.SetSecret("api-key", "key-1")
 
-	v := viper.New()
-	v.SetConfigType("yaml")
-	_ = v.ReadConfig(strings.NewReader(`
-upstream:
-  api_key: "@KeyVault(VaultName=myvault;SecretName=api-key)"
-`))
+	v := exampleViper(`upstream: {api_key: "@KeyVault(VaultName=myvault;SecretName=api-key)"}`)
 	ctx := context.Background()
 	p, err := viperkv.New(v, viperkv.WithTransport(srv.Client()))
 	if err != nil {
