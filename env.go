@@ -3,6 +3,8 @@ package viperkv
 import (
 	"slices"
 	"strings"
+
+	"github.com/viperkv/viperkv/internal/reveal"
 )
 
 // HasReference reports whether s holds a Key Vault reference prefix (@KeyVault( or
@@ -23,11 +25,14 @@ func HasReference(s string) bool {
 	return false
 }
 
-// SecretValues returns the distinct values of the secrets the current configuration holds
-// (including last good values kept through a failed refresh), sorted, so that a program can
-// mask them in output it passes on, as viperkv run masks a child's output. Treat the result
-// as the secrets themselves: never log it. It returns nil before the first Load.
-func (p *Provider) SecretValues() []string {
+func init() {
+	reveal.SetSecretValues(func(p any) []string { return p.(*Provider).secretValues() })
+}
+
+// secretValues returns the distinct values of the secrets the current configuration holds
+// (including last good values kept through a failed refresh), sorted, for viperkv run to
+// mask them in its child's output (through internal/reveal: no other program gets them).
+func (p *Provider) secretValues() []string {
 	s := p.cur.Load()
 	if s == nil {
 		return nil

@@ -5,6 +5,7 @@ import (
 	"testing"
 
 	"github.com/viperkv/viperkv"
+	"github.com/viperkv/viperkv/internal/reveal"
 	"github.com/viperkv/viperkv/kvtest"
 )
 
@@ -41,11 +42,11 @@ z: "@KeyVault(VaultName=myvault;SecretName=missing)"
 	if err != nil {
 		t.Fatal(err)
 	}
-	if p.SecretValues() != nil {
+	if reveal.SecretValues(p) != nil {
 		t.Error("SecretValues before Load is not nil")
 	}
 	_ = p.Load(t.Context())
-	if got := p.SecretValues(); !slices.Equal(got, []string{"value-a", "value-b"}) {
+	if got := reveal.SecretValues(p); !slices.Equal(got, []string{"value-a", "value-b"}) {
 		t.Errorf("SecretValues = %d values, want the 2 resolved ones", len(got))
 	}
 }

@@ -74,7 +74,8 @@ func (f *fetcher) vault(host string) (*vaultClient, error) {
 		return vc, nil
 	}
 	opts := &azsecrets.ClientOptions{ClientOptions: azcore.ClientOptions{
-		Transport: f.transport,
+		Transport:        noRedirects(f.transport),
+		PerRetryPolicies: guards(vaultGuard(host)),
 		// Three retries after about 0.25, 0.75 and 1.75 s (azcore waits (2^n-1) x RetryDelay,
 		// jittered): ride out a brief 5xx without spending azcore's default ~6 s on a broken vault.
 		Retry: policy.RetryOptions{ShouldRetry: shouldRetry, RetryDelay: 250 * time.Millisecond, MaxRetryDelay: 4 * time.Second},

@@ -83,7 +83,7 @@ func New(v *viper.Viper, opts ...Option) (*Provider, error) {
 	cred := o.cred
 	if cred == nil {
 		mi, err := azidentity.NewManagedIdentityCredential(&azidentity.ManagedIdentityCredentialOptions{
-			ClientOptions: azcore.ClientOptions{Transport: o.transport},
+			ClientOptions: azcore.ClientOptions{Transport: noRedirects(o.transport)},
 			ID:            o.identity,
 		})
 		if err != nil {

@@ -18,6 +18,7 @@ import (
 	"github.com/spf13/viper"
 
 	"github.com/viperkv/viperkv"
+	"github.com/viperkv/viperkv/internal/reveal"
 )
 
 // Exit statuses of run's own failures, as env(1), nohup(1) and docker run use them.
@@ -140,7 +141,7 @@ resolving:
 	sup := &supervisor{args: args, stdin: os.Stdin, stdout: cmd.OutOrStdout(), stderr: stderr, grace: f.grace, say: say}
 	if !f.noMasking {
 		sup.mask = &secretSet{}
-		sup.mask.add(p.SecretValues()...)
+		sup.mask.add(reveal.SecretValues(p)...)
 	}
 	env := childEnv(environ, refs, p.Viper(), &f.lf)
 	c, err := sup.start(env)
@@ -194,7 +195,7 @@ resolving:
 				return nil, ""
 			}
 			if sup.mask != nil {
-				sup.mask.add(p.SecretValues()...)
+				sup.mask.add(reveal.SecretValues(p)...)
 			}
 			env = newEnv
 			return newEnv, strings.Join(changed, ", ") + " changed (" + reasons + ")"
