@@ -15,8 +15,9 @@ import (
 	"golang.org/x/sync/singleflight"
 )
 
-// tokenTimeout bounds one token request made on behalf of several waiting callers, so a
-// hung identity endpoint cannot pin the shared flight forever.
+// tokenTimeout bounds each token request made on behalf of waiting callers, so a hung
+// identity endpoint cannot pin the shared flight forever. It starts with each request, not
+// with the flight: under sustained load callers overlap and one flight lives on for good.
 const tokenTimeout = 30 * time.Second
 
 // sharedCredential makes concurrent token requests for the same scopes share one call.
@@ -37,7 +38,7 @@ type sharedCredential struct {
 }
 
 type tokenFlight struct {
-	ctx     context.Context
+	ctx     context.Context // cancelled when the last waiter leaves; no deadline of its own
 	cancel  context.CancelFunc
 	waiters int
 }
@@ -47,7 +48,7 @@ func (c *sharedCredential) GetToken(ctx context.Context, opts policy.TokenReques
 	c.mu.Lock()
 	f := c.flights[key]
 	if f == nil {
-		fctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), tokenTimeout)
+		fctx, cancel := context.WithCancel(context.WithoutCancel(ctx))
 		f = &tokenFlight{ctx: fctx, cancel: cancel}
 		if c.flights == nil {
 			c.flights = map[string]*tokenFlight{}
@@ -57,7 +58,9 @@ func (c *sharedCredential) GetToken(ctx context.Context, opts policy.TokenReques
 	f.waiters++
 	// A new call (if none is in progress) runs under f's context: the one callers wait on.
 	ch := c.group.DoChan(key, func() (any, error) {
-		tok, err := c.cred.GetToken(f.ctx, opts)
+		tctx, cancel := context.WithTimeout(f.ctx, tokenTimeout)
+		defer cancel()
+		tok, err := c.cred.GetToken(tctx, opts)
 		if err != nil {
 			return azcore.AccessToken{}, &credentialError{err: err}
 		}

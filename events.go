@@ -32,7 +32,6 @@ type Source string
 const (
 	SourcePoll    Source = "poll"    // the refresh schedule of Watch
 	SourceFile    Source = "file"    // the config file changed
-	SourcePush    Source = "push"    // reserved for push notifications (Event Grid); not sent yet
 	SourceRefresh Source = "refresh" // an explicit Refresh or Load
 )
 
@@ -65,17 +64,24 @@ func (e Event) String() string {
 	if e.Secret.Name != "" {
 		fmt.Fprintf(&b, " secret %s/%s", e.Secret.Vault, e.Secret.Name)
 	}
-	if e.OldVersion != "" || e.NewVersion != "" {
+	switch {
+	case e.OldVersion == e.NewVersion && e.NewVersion != "":
+		fmt.Fprintf(&b, " version %s", e.NewVersion) // kept (an error) or the one expiring
+	case e.OldVersion != "" || e.NewVersion != "":
 		fmt.Fprintf(&b, " version %s -> %s", orDash(e.OldVersion), orDash(e.NewVersion))
 	}
 	if len(e.Keys) > 0 {
 		fmt.Fprintf(&b, " keys %s", strings.Join(e.Keys, ","))
 	}
-	if e.Status != "" && e.Status != StatusResolved {
-		fmt.Fprintf(&b, " status %s", e.Status)
+	if !e.Expires.IsZero() {
+		fmt.Fprintf(&b, " expires %s", e.Expires.UTC().Format(time.RFC3339))
 	}
-	if e.Err != nil {
-		fmt.Fprintf(&b, ": %v", e.Err)
+	switch {
+	case e.Err != nil:
+		// The error names the status itself; saying it twice reads as two problems.
+		fmt.Fprintf(&b, ": %s", strings.TrimPrefix(e.Err.Error(), "viperkv: "))
+	case e.Status != "" && e.Status != StatusResolved:
+		fmt.Fprintf(&b, " status %s", e.Status)
 	}
 	return b.String()
 }
@@ -85,6 +91,54 @@ func orDash(s string) string {
 		return "-"
 	}
 	return s
+}
+
+// OnChange registers fn to be called with every event, in order, on a goroutine of its
+// own: a slow fn delays only its own later events, and a panic in fn is logged and the
+// event skipped. Events carry no values; read them from Event.Current (and Event.Previous).
+// The returned func unregisters fn; events not yet delivered to it are dropped.
+func (p *Provider) OnChange(fn func(Event)) (cancel func()) {
+	return p.notify.subscribe(fn)
+}
+
+// announce completes events (keys, the configurations before and after), logs and
+// publishes them. The caller holds updateMu, so watchers see configurations in order.
+func (p *Provider) announce(evs []Event, prev, cur *snapshot) {
+	if len(evs) == 0 {
+		return
+	}
+	byRef := cur.scan.keysByRef()
+	for i := range evs {
+		e := &evs[i]
+		if e.Keys == nil && e.Secret.Name != "" {
+			e.Keys = byRef[e.Secret]
+		}
+		if re, ok := e.Err.(*ReferenceError); ok && len(e.Keys) > 0 && re.Key != strings.Join(e.Keys, ", ") {
+			named := *re // name the config keys, as Load's errors do
+			named.Key = strings.Join(e.Keys, ", ")
+			e.Err = &named
+		}
+		e.Previous, e.Current = prev.v, cur.v
+		p.logEvent(*e)
+	}
+	p.notify.publish(evs)
+}
+
+// logEvent logs an event without values.
+func (p *Provider) logEvent(e Event) {
+	attrs := []any{"source", e.Source, "keys", e.Keys}
+	if e.Secret.Name != "" {
+		attrs = append(attrs, "vault", e.Secret.Vault, "secret", e.Secret.Name, "old_version", e.OldVersion, "new_version", e.NewVersion)
+	}
+	log := p.opts.logger
+	switch e.Kind {
+	case EventError:
+		log.Warn("viperkv: update failed; keeping the last good value", append(attrs, "status", e.Status, "error", e.Err)...)
+	case EventNearExpiry:
+		log.Warn("viperkv: secret version expires soon", append(attrs, "expires", e.Expires)...)
+	default:
+		log.Info("viperkv: "+strings.ToLower(string(e.Kind)), attrs...)
+	}
 }
 
 // notifier delivers events to watchers. Each watcher has its own queue, drained by a

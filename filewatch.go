@@ -1,6 +1,7 @@
 package viperkv
 
 import (
+	"bytes"
 	"context"
 	"crypto/sha256"
 	"fmt"
@@ -9,6 +10,7 @@ import (
 	"time"
 
 	"github.com/fsnotify/fsnotify"
+	"github.com/spf13/viper"
 )
 
 // fileSettle is how long the file must be quiet before it is re-read: editors and
@@ -91,9 +93,11 @@ func (p *Provider) fileLoop(ctx context.Context, fw *fileWatcher) {
 	}
 }
 
-// reloadFile re-reads the config file into the source Viper when its content changed,
-// resolves only the references that are new, and publishes. A file that is missing or no
-// longer parses keeps the last good configuration and is reported.
+// reloadFile re-reads the config file when its content changed and publishes the
+// configuration it makes, fetching only references that are new (or have no good value).
+// The file is read into a private copy of the source Viper, never into the source: the app
+// may be reading it. A file that is missing or no longer parses keeps the last good
+// configuration and is reported.
 func (p *Provider) reloadFile(ctx context.Context, fw *fileWatcher) {
 	b, err := os.ReadFile(fw.path)
 	if err != nil {
@@ -107,40 +111,52 @@ func (p *Provider) reloadFile(ctx context.Context, fw *fileWatcher) {
 	if err := fw.watchDirs(); err != nil {
 		p.fileError(fw, err)
 	}
-
-	p.updateMu.Lock()
-	defer p.updateMu.Unlock()
-	if err := p.src.ReadInConfig(); err != nil {
+	shadow, err := p.withFile(b)
+	if err != nil {
 		fw.sum = sum // report this content once; the next edit is read again
 		p.fileError(fw, fmt.Errorf("config file %s: %w; keeping the last good configuration", fw.path, err))
 		return
 	}
 	fw.sum, fw.err = sum, ""
-	tree := settingsOf(p.src, p.opts.envKeys)
-	_, err = p.update(ctx, SourceFile, tree, func(sc *scan, cur *snapshot) []Reference {
-		var fresh []Reference
-		for _, r := range sc.distinct() {
-			if _, ok := cur.secrets[r]; !ok {
-				fresh = append(fresh, r)
-			}
+
+	p.updateMu.Lock()
+	defer p.updateMu.Unlock()
+	p.file = b
+	tree := settingsOf(shadow, p.opts.envKeys)
+	sc := scanSettings(tree, p.parse)
+	sc.warnings = unnamedEnvRefs(shadow, tree, p.parse)
+	cur := p.cur.Load()
+	var fresh []Reference
+	for _, r := range sc.distinct() {
+		if s, ok := cur.secrets[r]; !ok || !s.has {
+			fresh = append(fresh, r)
 		}
-		return fresh
-	})
-	if err != nil {
-		return
 	}
-	select { // the set of references to poll may have changed
-	case p.wake <- struct{}{}:
-	default:
-	}
+	_, _ = p.update(ctx, SourceFile, tree, sc, fresh)
 }
 
-// fileError reports a file problem once, as an error event, and keeps watching.
+// withFile returns a copy of the source Viper whose config layer is the file content b,
+// parsed as the source's config type. The copy shares the source's other layers (defaults,
+// env bindings, flags, overrides), which it only reads, so the settings combine exactly as
+// the source's own would; reading b into the copy replaces the copy's config map, never
+// the source's.
+func (p *Provider) withFile(b []byte) (*viper.Viper, error) {
+	shadow := *p.src
+	if err := shadow.ReadConfig(bytes.NewReader(b)); err != nil {
+		return nil, err
+	}
+	return &shadow, nil
+}
+
+// fileError reports a file problem once, as an error event, and keeps watching. It holds
+// updateMu like every other update, so watchers never see the configuration go back.
 func (p *Provider) fileError(fw *fileWatcher, err error) {
 	if err.Error() == fw.err {
 		return
 	}
 	fw.err = err.Error()
+	p.updateMu.Lock()
+	defer p.updateMu.Unlock()
 	cur := p.cur.Load()
 	e := Event{Kind: EventError, Source: SourceFile, Time: time.Now(), Err: err, Previous: cur.v, Current: cur.v}
 	p.logEvent(e)

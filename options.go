@@ -45,6 +45,17 @@ type options struct {
 	retryMin, retryMax time.Duration
 	expiryWarning      time.Duration
 	watchFile          bool
+
+	source secretSource // replaces Key Vault in the logic tests; never set by users
+}
+
+// parseConfig is what the reference parser needs of the options.
+func (o options) parseConfig() parseConfig { return newParseConfig(o.cloud, o.allowedHosts...) }
+
+// withSource makes the provider fetch from src instead of Key Vault: the seam the logic
+// tests use to run merge, schedule and expiry under simulated time.
+func withSource(src secretSource) Option {
+	return func(o *options) { o.source = src }
 }
 
 func defaultOptions() options {
@@ -84,13 +95,14 @@ func WithTransport(t policy.Transporter) Option {
 }
 
 // WithCloud selects the Azure cloud whose Key Vault DNS suffix references may name and
-// which the VaultName form uses. The default is CloudPublic.
+// which the VaultName form uses. The default is CloudPublic. ParseReference takes it too.
 func WithCloud(c Cloud) Option {
 	return func(o *options) { o.cloud = c }
 }
 
 // WithAllowedHosts allows references to name these exact vault hosts in addition to the
 // configured cloud's vaults (for example a private-link alias). Tokens are sent to them.
+// ParseReference takes it too.
 func WithAllowedHosts(hosts ...string) Option {
 	return func(o *options) { o.allowedHosts = append(o.allowedHosts, hosts...) }
 }

@@ -19,53 +19,45 @@ import (
 const Mask = "******"
 
 // Provider resolves the Key Vault references in a Viper's configuration and holds the
-// resolved configuration. Its methods are safe for concurrent use. After New, the Viper
-// passed in belongs to the provider (it re-reads the config file into it); the app reads
-// the resolved configuration through Viper, Get and GetString.
+// resolved configuration. Its methods are safe for concurrent use.
+//
+// The Viper passed to New is only ever read: a config file edit seen by Watch is read into
+// a private copy, so the app may go on reading its own Viper (it keeps the values it had)
+// and several Providers may share one Viper. The app reads the resolved configuration
+// through Viper, Get and GetString.
 type Provider struct {
 	src    *viper.Viper
 	opts   options
 	parse  parseConfig
-	fetch  *fetcher
+	source secretSource
+	cred   azcore.TokenCredential // the shared credential behind source, for the remote provider
 	notify notifier
 
-	// updateMu serialises everything that builds a snapshot: Load, Refresh, poll cycles
-	// and file reloads. It guards the fields below it. Readers never take it.
+	// updateMu serialises everything that publishes a configuration: Load, Refresh, poll
+	// cycles and file reloads. It guards the fields below it. Readers never take it.
 	updateMu sync.Mutex
-	polls    map[Reference]*pollState
-	warned   map[Reference]string // version whose near expiry was announced
-	expiryAt time.Time            // when checkExpiry next has something to say; zero: never
+	sched    schedule
+	file     []byte // the config file's content as Watch last read it; nil: the source's
 
 	cur      atomic.Pointer[snapshot]
 	watching atomic.Bool
-	wake     chan struct{} // tells the poll loop the set of references changed
-}
-
-// snapshot is one resolved configuration. It is never modified after it is published, so
-// readers need no lock; an update publishes a new snapshot in one atomic step.
-type snapshot struct {
-	tree     map[string]any // the settings as read, references unresolved
-	scan     *scan
-	v        *viper.Viper
-	masked   map[string]any
-	rendered map[string]string // resolved value of each key holding references
-	status   []ReferenceStatus
-	secrets  map[Reference]*secret
+	wake     chan struct{} // tells the poll loop the schedule changed
 }
 
 // ReferenceStatus is the state of one reference in one config key. It never holds a value.
 type ReferenceStatus struct {
 	Key       string        // config key, e.g. "db.conn"; list elements as "hosts[1]"
-	Reference Reference     // the secret referred to; Version is "" for the latest
+	Written   string        // the reference as written in the config, e.g. "@KeyVault(VaultName=v;SecretName=s)"
+	Reference Reference     // the secret referred to (zero when the reference is malformed)
 	Version   string        // the version whose value the key holds; "" when it holds none
 	Status    Status        // StatusResolved or why not
 	Reason    string        // why, when Status is not StatusResolved
 	Took      time.Duration // time the fetch took
 }
 
-// New returns a Provider for v. It makes no request; call Load. Without WithCredential it
-// authenticates with the system-assigned managed identity (or the one WithManagedIdentity
-// names), so no credential is in code or config.
+// New returns a Provider for v. It makes no request; Load (or Watch) resolves. Without
+// WithCredential it authenticates with the system-assigned managed identity (or the one
+// WithManagedIdentity names), so no credential is in code or config.
 func New(v *viper.Viper, opts ...Option) (*Provider, error) {
 	if v == nil {
 		return nil, errors.New("viperkv: New: nil *viper.Viper")
@@ -80,137 +72,161 @@ func New(v *viper.Viper, opts ...Option) (*Provider, error) {
 	if o.maxInflight < 1 {
 		return nil, fmt.Errorf("viperkv: New: WithMaxInflight(%d): need at least 1", o.maxInflight)
 	}
-	cred := o.cred
-	if cred == nil {
-		mi, err := azidentity.NewManagedIdentityCredential(&azidentity.ManagedIdentityCredentialOptions{
-			ClientOptions: azcore.ClientOptions{Transport: noRedirects(o.transport)},
-			ID:            o.identity,
-		})
-		if err != nil {
-			return nil, fmt.Errorf("viperkv: New: managed identity: %w", err)
-		}
-		cred = mi
-	}
 	if o.refreshInterval <= 0 || o.retryMin <= 0 || o.retryMax < o.retryMin {
 		return nil, fmt.Errorf("viperkv: New: refresh interval %v and retry back-off %v..%v must be positive and ordered",
 			o.refreshInterval, o.retryMin, o.retryMax)
 	}
-	return &Provider{
+	p := &Provider{
 		src:    v,
 		opts:   o,
-		parse:  newParseConfig(o.cloud, o.allowedHosts...),
-		fetch:  newFetcher(cred, o.transport, o.maxInflight, o.logger),
+		parse:  o.parseConfig(),
 		notify: notifier{log: o.logger},
-		polls:  map[Reference]*pollState{},
-		warned: map[Reference]string{},
+		sched:  newSchedule(o),
 		wake:   make(chan struct{}, 1),
-	}, nil
+	}
+	switch {
+	case o.source != nil: // logic tests
+		p.source = o.source
+	default:
+		cred := o.cred
+		if cred == nil {
+			mi, err := azidentity.NewManagedIdentityCredential(&azidentity.ManagedIdentityCredentialOptions{
+				ClientOptions: azcore.ClientOptions{Transport: noRedirects(o.transport)},
+				ID:            o.identity,
+			})
+			if err != nil {
+				return nil, fmt.Errorf("viperkv: New: managed identity: %w", err)
+			}
+			cred = mi
+		}
+		kv := newKeyVault(cred, o.transport, o.maxInflight, o.logger)
+		p.source, p.cred = kv, kv.cred
+	}
+	return p, nil
 }
 
-// Load finds every reference in the Viper's settings, fetches each distinct secret once,
-// and publishes the resolved configuration. When some references fail it still publishes
-// the others and returns a *LoadError listing each failure. A failed key is left out (never
-// a placeholder or an empty string in its place) unless an earlier Load or refresh gave it
-// a good value, which it keeps.
+// Load reads the Viper's settings (and the config file as Watch last read it), finds every
+// reference, fetches each distinct secret once, and publishes the resolved configuration.
+// It may be called again at any time (for example after the app changed its Viper): each
+// call publishes what it read, fetching every reference again, and notifies watchers of
+// what changed.
+//
+// When some references fail it still publishes the others and returns a *LoadError listing
+// each failure. A failed key is left out (never a placeholder or an empty string in its
+// place) unless an earlier Load or refresh gave it a good value, which it keeps. When ctx
+// ends first, fetches cut short do not replace what the provider held, and the error also
+// wraps ctx's error.
 func (p *Provider) Load(ctx context.Context) error {
 	p.updateMu.Lock()
 	defer p.updateMu.Unlock()
 	start := time.Now()
-	tree := settingsOf(p.src, p.opts.envKeys)
-	snap, _ := p.update(ctx, SourceRefresh, tree, func(sc *scan, _ *snapshot) []Reference { return sc.distinct() })
+	tree, warnings, err := p.settings()
+	if err != nil {
+		return err
+	}
+	sc := scanSettings(tree, p.parse)
+	sc.warnings = warnings
+	snap, err := p.update(ctx, SourceRefresh, tree, sc, sc.distinct())
+	p.logLoad(snap, time.Since(start))
+	var lerr error
+	if failed := failures(snap.status); len(failed) > 0 {
+		lerr = &LoadError{Failed: failed}
+	}
+	if err != nil {
+		return errors.Join(fmt.Errorf("viperkv: Load: %w", err), lerr)
+	}
+	return lerr
+}
 
+// settings returns the settings to resolve: the source Viper's, with the config file as
+// Watch last read it. The caller holds updateMu.
+func (p *Provider) settings() (map[string]any, []ReferenceStatus, error) {
+	v := p.src
+	if p.file != nil {
+		shadow, err := p.withFile(p.file)
+		if err != nil {
+			return nil, nil, err
+		}
+		v = shadow
+	}
+	tree := settingsOf(v, p.opts.envKeys)
+	return tree, unnamedEnvRefs(v, tree, p.parse), nil
+}
+
+// update fetches refs, merges them into the current configuration with the settings tree
+// (scanned as sc), publishes the result and announces what changed. It is the one way a
+// configuration is made: Load and file reloads pass new settings, refreshes the current
+// ones. A fetch cut short by the end of ctx does not replace what the provider held; update
+// then returns ctx's error along with the published snapshot. The caller holds updateMu.
+func (p *Provider) update(ctx context.Context, src Source, tree map[string]any, sc *scan, refs []Reference) (*snapshot, error) {
+	prev := p.cur.Load()
+	fctx, cancel := context.WithTimeout(ctx, p.opts.fetchTimeout)
+	fetched := fetchSecrets(fctx, p.source, refs)
+	cancel()
+	err := ctx.Err()
+	if err != nil && prev != nil {
+		// An aborted fetch says nothing about the vault: keep what the provider holds.
+		for r, s := range fetched {
+			if _, held := prev.secrets[r]; held && s.status != StatusResolved {
+				delete(fetched, r)
+			}
+		}
+	}
+	now := time.Now()
+	secrets, evs := mergeSecrets(sc, prev, fetched, src, now)
+	// The first configuration announces nothing (no watcher has seen one yet), so it must
+	// not mark near-expiry warnings as given either.
+	evs = append(evs, p.sched.checkExpiry(secrets, src, now, prev != nil)...)
+
+	snap := prev
+	if prev == nil || sc != prev.scan || !equalSecrets(secrets, prev.secrets) {
+		snap = build(tree, sc, secrets, prev)
+		p.cur.Store(snap)
+	}
+	if prev != nil {
+		evs = append(settingsEvents(prev, snap, src, now, evs), evs...)
+		p.announce(evs, prev, snap)
+	}
+	p.sched.record(fetched, secrets, now)
+	p.poke()
+	return snap, err
+}
+
+// poke tells the poll loop, if one runs, that the schedule changed.
+func (p *Provider) poke() {
+	select {
+	case p.wake <- struct{}{}:
+	default:
+	}
+}
+
+func (p *Provider) logLoad(snap *snapshot, took time.Duration) {
+	log := p.opts.logger
 	failed := failures(snap.status)
-	p.opts.logger.Info("viperkv: configuration loaded",
-		"references", len(snap.status), "secrets", len(snap.secrets), "failed", len(failed), "took", time.Since(start))
+	log.Info("viperkv: configuration loaded",
+		"references", len(snap.status), "secrets", len(snap.secrets), "failed", len(failed), "took", took)
 	for _, st := range snap.status {
-		if st.Status == StatusResolved {
-			p.opts.logger.Debug("viperkv: reference resolved", "key", st.Key, "vault", st.Reference.Vault,
-				"secret", st.Reference.Name, "version", st.Version, "took", st.Took)
-		} else {
-			p.opts.logger.Warn("viperkv: reference not resolved", "key", st.Key, "vault", st.Reference.Vault,
-				"secret", st.Reference.Name, "status", st.Status, "reason", st.Reason)
+		attrs := []any{"key", st.Key, "reference", st.Written}
+		if st.Reference.Vault != "" {
+			attrs = append(attrs, "vault", st.Reference.Vault, "secret", st.Reference.Name)
+		}
+		switch st.Status {
+		case StatusResolved:
+			log.Debug("viperkv: reference resolved", append(attrs, "version", st.Version, "took", st.Took)...)
+		case StatusEnvKeyNotNamed:
+			log.Warn("viperkv: reference in the environment is not read", append(attrs, "status", st.Status, "reason", st.Reason)...)
+		default:
+			log.Warn("viperkv: reference not resolved", append(attrs, "status", st.Status, "reason", st.Reason)...)
 		}
 	}
-	if len(failed) > 0 {
-		return &LoadError{Failed: failed}
-	}
-	return nil
 }
 
-// build makes a snapshot from the settings and the secrets. A key whose references cannot
-// all be rendered keeps its value from prev, if prev had one: a good value is never
-// replaced by nothing.
-func (p *Provider) build(tree map[string]any, sc *scan, secrets map[Reference]*secret, prev *snapshot) *snapshot {
-	lookup := func(r Reference) (string, bool) {
-		s, ok := secrets[r.key()]
-		if !ok || !s.has {
-			return "", false
-		}
-		return s.value, true
-	}
-	rendered := map[string]string{}
-	kept := map[string]bool{}
-	values, _ := transform("", tree, func(key, s string) (string, bool) {
-		t, isRef := sc.templates[key]
-		_, bad := sc.invalid[key]
-		if !isRef && !bad {
-			return s, true
-		}
-		if isRef {
-			if v, ok := t.render(lookup); ok {
-				rendered[key] = v
-				return v, true
-			}
-		}
-		if prev != nil {
-			if v, ok := prev.rendered[key]; ok {
-				rendered[key], kept[key] = v, true
-				return v, true
-			}
-		}
-		return "", false
-	})
-	masked, _ := transform("", tree, func(key, s string) (string, bool) {
-		t, isRef := sc.templates[key]
-		_, bad := sc.invalid[key]
-		switch _, ok := rendered[key]; {
-		case !isRef && !bad:
-			return s, true
-		case !ok:
-			return "", false
-		case kept[key]:
-			return Mask, true
-		}
-		return t.render(func(Reference) (string, bool) { return Mask, true })
-	})
-	v := viper.New()
-	// MergeConfigMap fails only for values it cannot copy; transform's output is plain maps.
-	_ = v.MergeConfigMap(values.(map[string]any))
-
-	var status []ReferenceStatus
-	for _, key := range sc.keys() {
-		if re, bad := sc.invalid[key]; bad {
-			status = append(status, ReferenceStatus{Key: key, Status: re.Status, Reason: re.Reason})
-			continue
-		}
-		for _, r := range sc.templates[key].refs() {
-			st := ReferenceStatus{Key: key, Reference: r, Status: StatusInitialized}
-			if s, ok := secrets[r.key()]; ok {
-				st.Status, st.Reason, st.Took = s.status, s.reason, s.took
-				if s.has {
-					st.Version = s.version
-				}
-			}
-			status = append(status, st)
-		}
-	}
-	return &snapshot{tree: tree, scan: sc, v: v, masked: masked.(map[string]any), rendered: rendered, status: status, secrets: secrets}
-}
-
+// failures lists the references that did not resolve. A warning (StatusEnvKeyNotNamed) is
+// not a failure: the key it is about is not in the configuration at all.
 func failures(status []ReferenceStatus) []ReferenceStatus {
 	var out []ReferenceStatus
 	for _, st := range status {
-		if st.Status != StatusResolved {
+		if st.Status != StatusResolved && st.Status != StatusEnvKeyNotNamed {
 			out = append(out, st)
 		}
 	}
@@ -233,7 +249,8 @@ func (p *Provider) Get(key string) any { return p.Viper().Get(key) }
 // GetString returns the resolved value of key as a string, like viper.GetString.
 func (p *Provider) GetString(key string) string { return p.Viper().GetString(key) }
 
-// Status reports every reference found by the last Load, sorted by config key.
+// Status reports every reference of the current configuration, sorted by config key, and
+// environment variables holding references that no key reads (StatusEnvKeyNotNamed).
 func (p *Provider) Status() []ReferenceStatus {
 	if s := p.cur.Load(); s != nil {
 		return slices.Clone(s.status)
@@ -270,6 +287,8 @@ func (e *LoadError) Error() string {
 				b.WriteString(", version " + f.Reference.Version)
 			}
 			b.WriteString(")")
+		} else if f.Written != "" {
+			b.WriteString(" (" + f.Written + ")")
 		}
 		fmt.Fprintf(&b, ": %s: %s", f.Status, f.Reason)
 	}

@@ -90,6 +90,9 @@ type ReferenceError struct {
 	Status Status
 	// Reason says what is wrong, for people.
 	Reason string
+	// Written is the reference as written, from its prefix to its ')' (or the prefix
+	// alone when the ')' is missing, so no text after it is quoted).
+	Written string
 }
 
 // Error formats the error as `viperkv: config key "db.conn": InvalidSyntax: <reason>`.
@@ -100,30 +103,16 @@ func (e *ReferenceError) Error() string {
 	return "viperkv: config key " + strconv.Quote(e.Key) + ": " + string(e.Status) + ": " + e.Reason
 }
 
-// ParseOption configures ParseReference.
-type ParseOption func(*parseConfig)
-
-// WithParseCloud makes ParseReference accept the vault hosts of cloud c (and build VaultName
-// hosts with its suffix) instead of the public cloud's.
-func WithParseCloud(c Cloud) ParseOption {
-	return func(pc *parseConfig) { pc.cloud = c }
-}
-
-// WithParseAllowedHosts makes ParseReference accept these exact hosts (or "host:port") in
-// SecretUri besides the cloud's vaults, as a Provider does with the same hosts allowed.
-func WithParseAllowedHosts(hosts ...string) ParseOption {
-	return func(pc *parseConfig) { pc.allow(hosts...) }
-}
-
 // ParseReference parses s as exactly one reference making up the whole value (surrounding
-// blanks are ignored), for the public cloud unless an option says otherwise. The error is
-// a *ReferenceError with an empty Key.
-func ParseReference(s string, opts ...ParseOption) (Reference, error) {
-	pc := parseConfig{cloud: CloudPublic}
-	for _, o := range opts {
-		o(&pc)
+// blanks are ignored), as a Provider with the same options would: for the public cloud
+// unless WithCloud says otherwise, and with the hosts of WithAllowedHosts; other options
+// are ignored. The error is a *ReferenceError with an empty Key.
+func ParseReference(s string, opts ...Option) (Reference, error) {
+	o := defaultOptions()
+	for _, opt := range opts {
+		opt(&o)
 	}
-	t, err := parseTemplate("", trimBlank(s), pc)
+	t, err := parseTemplate("", trimBlank(s), o.parseConfig())
 	if err != nil {
 		return Reference{}, err
 	}
@@ -177,10 +166,22 @@ type template struct {
 	src string
 }
 
-// part is a literal (ref == nil) or a reference.
+// part is a literal (ref == nil) or a reference, with text the reference as written.
 type part struct {
-	lit string
-	ref *Reference
+	lit  string
+	ref  *Reference
+	text string
+}
+
+// maxWritten bounds how much of a reference as written a status or error quotes.
+const maxWritten = 200
+
+// written returns a reference's text for statuses, bounded.
+func written(s string) string {
+	if len(s) > maxWritten {
+		return s[:maxWritten] + "..."
+	}
+	return s
 }
 
 // parseTemplate finds the references in s, the value of config key. A string without a
@@ -230,18 +231,19 @@ func parseTemplate(key, s string, pc parseConfig) (template, error) {
 		end := strings.IndexByte(s[j+pl:], ')')
 		if end < 0 {
 			return template{}, &ReferenceError{Key: key, Status: StatusInvalidSyntax,
-				Reason: "missing closing ')' after " + name}
+				Reason: "missing closing ')' after " + name, Written: s[j:j+pl] + "..."}
 		}
+		text := s[j : j+pl+end+1]
 		ref, st, reason := parseParams(s[j+pl:j+pl+end], pc)
 		if reason != "" {
-			return template{}, &ReferenceError{Key: key, Status: st, Reason: reason}
+			return template{}, &ReferenceError{Key: key, Status: st, Reason: reason, Written: written(text)}
 		}
 		if lit := pending + s[litStart:j]; lit != "" {
 			parts = append(parts, part{lit: lit})
 		}
 		pending = ""
 		refs = append(refs, ref)
-		parts = append(parts, part{ref: &refs[len(refs)-1]})
+		parts = append(parts, part{ref: &refs[len(refs)-1], text: text})
 		i = j + pl + end + 1
 		litStart = i
 	}
@@ -276,6 +278,17 @@ func (t template) refs() []Reference {
 	for _, p := range t.parts {
 		if p.ref != nil {
 			out = append(out, *p.ref)
+		}
+	}
+	return out
+}
+
+// written returns each reference as written, in the order of refs.
+func (t template) written() []string {
+	var out []string
+	for _, p := range t.parts {
+		if p.ref != nil {
+			out = append(out, written(p.text))
 		}
 	}
 	return out

@@ -332,11 +332,11 @@ func TestParseReference(t *testing.T) {
 		t.Errorf("ParseReference(String()) = %+v, %v", back, err)
 	}
 
-	r, err = ParseReference("@KeyVault(VaultName=myvault;SecretName=x)", WithParseCloud(CloudChina))
+	r, err = ParseReference("@KeyVault(VaultName=myvault;SecretName=x)", WithCloud(CloudChina))
 	if err != nil || r.Vault != "myvault.vault.azure.cn" {
 		t.Errorf("China: %+v, %v", r, err)
 	}
-	r, err = ParseReference("@KeyVault(SecretUri=https://KV.example.test/secrets/x)", WithParseAllowedHosts("kv.example.test"))
+	r, err = ParseReference("@KeyVault(SecretUri=https://KV.example.test/secrets/x)", WithAllowedHosts("kv.example.test"))
 	if err != nil || r.Vault != "kv.example.test" {
 		t.Errorf("allowed host: %+v, %v", r, err)
 	}

@@ -211,7 +211,7 @@ func (f *remoteFactory) poll(rp viper.RemoteProvider, out chan<- *viper.RemoteRe
 			fails++
 			log.Warn("viperkv: remote config refresh failed; Viper keeps the last document",
 				"endpoint", rp.Endpoint(), "path", rp.Path(), "error", err)
-			timer.Reset(f.base.backoff(fails))
+			timer.Reset(f.base.sched.backoff(fails))
 			continue
 		}
 		fails = 0
@@ -242,7 +242,7 @@ func (f *remoteFactory) read(ctx context.Context, rp viper.RemoteProvider) (remo
 	if err != nil {
 		return remoteDoc{}, err
 	}
-	s := f.base.fetch.fetch(ctx, ref)
+	s := fetchSecret(ctx, f.base.source, ref)
 	if s.status != StatusResolved || !s.has {
 		return remoteDoc{}, fmt.Errorf("viperkv: remote config %s: %s: %s", ref.ID(), s.status, s.reason)
 	}
@@ -260,11 +260,11 @@ func (f *remoteFactory) read(ctx context.Context, rp viper.RemoteProvider) (remo
 		// The parser's message is left out: it may quote the document.
 		return remoteDoc{}, fmt.Errorf("viperkv: remote config %s (version %s) is not a valid %s document", ref.ID(), s.version, format)
 	}
-	p, err := New(dv, append(slices.Clone(f.opts), WithCredential(f.base.fetch.cred))...)
+	p, err := New(dv, append(slices.Clone(f.opts), WithCredential(f.base.cred))...)
 	if err != nil {
 		return remoteDoc{}, err
 	}
-	p.fetch = f.base.fetch // one set of vault clients, limiters and token flights for every read
+	p.source = f.base.source // one set of vault clients, limiters and token flights for every read
 	if err := p.Load(ctx); err != nil {
 		return remoteDoc{}, fmt.Errorf("viperkv: remote config %s (version %s): %w", ref.ID(), s.version, err)
 	}

@@ -252,7 +252,7 @@ func TestRemoteProviderRejectsIncompleteDocuments(t *testing.T) {
 
 	for name, want := range map[string]string{
 		"missing-ref":    "a (vault myvault.vault.azure.net, secret nope): SecretNotFound",
-		"bad-ref":        "a: HostNotAllowed",
+		"bad-ref":        "a (@KeyVault(SecretUri=https://evil.test/secrets/x)): HostNotAllowed",
 		"unknown-format": "holds references but is not JSON, YAML or TOML",
 	} {
 		v := viper.New()

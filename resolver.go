@@ -2,6 +2,8 @@ package viperkv
 
 import (
 	"errors"
+	"fmt"
+	"os"
 	"slices"
 	"strconv"
 	"strings"
@@ -9,11 +11,29 @@ import (
 	"github.com/spf13/viper"
 )
 
+// The resolver turns settings into a configuration: it scans the settings for
+// references (scanSettings), fetches the secrets through the source (fetchSecrets, in
+// source.go), and substitutes them (build).
+
 // scan is what one pass over the settings found: the strings that hold references, by
-// config key, and the keys whose references are malformed.
+// config key, the keys whose references are malformed, and environment variables holding
+// references that no key reads.
 type scan struct {
 	templates map[string]template
 	invalid   map[string]*ReferenceError
+	warnings  []ReferenceStatus
+}
+
+// snapshot is one resolved configuration. It is never modified after it is published, so
+// readers need no lock; an update publishes a new snapshot in one atomic step.
+type snapshot struct {
+	tree     map[string]any // the settings as read, references unresolved
+	scan     *scan
+	v        *viper.Viper
+	masked   map[string]any
+	rendered map[string]string // resolved value of each key holding references
+	status   []ReferenceStatus
+	secrets  map[Reference]*secret
 }
 
 // settingsOf returns a deep copy of the Viper's merged settings (files, env, defaults,
@@ -58,6 +78,132 @@ func scanSettings(tree map[string]any, pc parseConfig) *scan {
 		return s, true
 	})
 	return sc
+}
+
+// build substitutes the secrets into the settings and makes a snapshot. A key whose
+// references cannot all be rendered keeps its value from prev, if prev had one: a good
+// value is never replaced by nothing.
+func build(tree map[string]any, sc *scan, secrets map[Reference]*secret, prev *snapshot) *snapshot {
+	lookup := func(r Reference) (string, bool) {
+		s, ok := secrets[r.key()]
+		if !ok || !s.has {
+			return "", false
+		}
+		return s.value, true
+	}
+	rendered := map[string]string{}
+	kept := map[string]bool{}
+	values, _ := transform("", tree, func(key, s string) (string, bool) {
+		t, isRef := sc.templates[key]
+		_, bad := sc.invalid[key]
+		if !isRef && !bad {
+			return s, true
+		}
+		if isRef {
+			if v, ok := t.render(lookup); ok {
+				rendered[key] = v
+				return v, true
+			}
+		}
+		if prev != nil {
+			if v, ok := prev.rendered[key]; ok {
+				rendered[key], kept[key] = v, true
+				return v, true
+			}
+		}
+		return "", false
+	})
+	masked, _ := transform("", tree, func(key, s string) (string, bool) {
+		t, isRef := sc.templates[key]
+		_, bad := sc.invalid[key]
+		switch _, ok := rendered[key]; {
+		case !isRef && !bad:
+			return s, true
+		case !ok:
+			return "", false
+		case kept[key]:
+			return Mask, true
+		}
+		return t.render(func(Reference) (string, bool) { return Mask, true })
+	})
+	v := viper.New()
+	// MergeConfigMap fails only for values it cannot copy; transform's output is plain maps.
+	_ = v.MergeConfigMap(values.(map[string]any))
+
+	var status []ReferenceStatus
+	for _, key := range sc.keys() {
+		if re, bad := sc.invalid[key]; bad {
+			status = append(status, ReferenceStatus{Key: key, Written: re.Written, Status: re.Status, Reason: re.Reason})
+			continue
+		}
+		t := sc.templates[key]
+		texts := t.written()
+		for i, r := range t.refs() {
+			st := ReferenceStatus{Key: key, Written: texts[i], Reference: r, Status: StatusInitialized}
+			if s, ok := secrets[r.key()]; ok {
+				st.Status, st.Reason, st.Took = s.status, s.reason, s.took
+				if s.has {
+					st.Version = s.version
+				}
+			}
+			status = append(status, st)
+		}
+	}
+	status = append(status, sc.warnings...)
+	return &snapshot{tree: tree, scan: sc, v: v, masked: masked.(map[string]any), rendered: rendered, status: status, secrets: secrets}
+}
+
+// unnamedEnvRefs finds environment variables under v's prefix that hold a reference no
+// configuration key reads: with AutomaticEnv, Viper does not list env-only keys, so the
+// reference would silently go unresolved (and the key read as ""). Each becomes a
+// StatusEnvKeyNotNamed row saying how to fix it.
+func unnamedEnvRefs(v *viper.Viper, tree map[string]any, pc parseConfig) []ReferenceStatus {
+	prefix := v.GetEnvPrefix()
+	if prefix != "" {
+		prefix = strings.ToUpper(prefix) + "_"
+	}
+	read := map[string]bool{} // every string some key holds: a variable bound to a key is read
+	transform("", tree, func(_, s string) (string, bool) {
+		if HasReference(s) {
+			read[s] = true
+		}
+		return s, true
+	})
+	var out []ReferenceStatus
+	for _, kv := range os.Environ() {
+		name, value, ok := strings.Cut(kv, "=")
+		if !ok || !HasReference(value) || read[value] || !strings.HasPrefix(strings.ToUpper(name), prefix) {
+			continue
+		}
+		rest := strings.ToLower(name[len(prefix):])
+		if rest == "" {
+			continue
+		}
+		// Viper maps a key to a variable through the prefix and its key replacer, which
+		// cannot be inverted: try the usual spellings, and keep one Viper would read.
+		key := ""
+		for _, cand := range []string{strings.ReplaceAll(rest, "_", "."), rest} {
+			if got, ok := v.Get(cand).(string); ok && got == value {
+				key = cand
+				break
+			}
+		}
+		switch {
+		case key == "" && prefix == "":
+			continue // no prefix and no key reads it: not this app's variable
+		case key == "":
+			key = strings.ReplaceAll(rest, "_", ".")
+		}
+		st := ReferenceStatus{Key: key, Status: StatusEnvKeyNotNamed,
+			Reason: fmt.Sprintf("environment variable %s holds a reference, but Viper lists no key that reads it "+
+				"(AutomaticEnv keys are not listed): name the key with viperkv.WithEnvKeys(%q)", name, key)}
+		if t, err := parseTemplate(key, value, pc); err == nil && t.hasRefs() {
+			st.Reference, st.Written = t.refs()[0], t.written()[0]
+		}
+		out = append(out, st)
+	}
+	slices.SortFunc(out, func(a, b ReferenceStatus) int { return strings.Compare(a.Key, b.Key) })
+	return out
 }
 
 // distinct lists each secret once, however many keys reference it.

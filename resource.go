@@ -184,7 +184,7 @@ func (r *Resource[T]) rebuild(change string) {
 		r.failed = change
 		r.retries++
 		r.pending.Add(1)
-		r.timer = time.AfterFunc(r.p.backoff(r.retries), r.retry)
+		r.timer = time.AfterFunc(r.p.sched.backoff(r.retries), r.retry)
 		return
 	}
 	r.from, r.retries = vals, 0

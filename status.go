@@ -3,7 +3,7 @@ package viperkv
 // Status is the state of one Key Vault reference. The names follow App Service's Key Vault
 // reference statuses where one fits, so operators see the words they already know; the
 // names App Service lacks (HostNotAllowed, SecretDisabled, Throttled, SecretExpired,
-// SecretNotYetValid) are documented in the README.
+// SecretNotYetValid, EnvKeyNotNamed) are documented in the README.
 type Status string
 
 // Statuses a reference can have.
@@ -41,4 +41,9 @@ const (
 	StatusSecretExpired Status = "SecretExpired"
 	// StatusSecretNotYetValid: the secret's not-before time is in the future.
 	StatusSecretNotYetValid Status = "SecretNotYetValid"
+	// StatusEnvKeyNotNamed: a warning, not a failure. An environment variable under the
+	// Viper's prefix holds a reference, but no configuration key reads it (Viper does not
+	// list AutomaticEnv keys): name the key with WithEnvKeys. Load logs it and does not
+	// count it in a *LoadError; viperkv check fails on it.
+	StatusEnvKeyNotNamed Status = "EnvKeyNotNamed"
 )

@@ -23,21 +23,9 @@ import (
 // makes each retry wait for the vault's Retry-After, so this is a budget of many seconds.
 const maxThrottleRetries = 30
 
-// secret is the outcome of fetching one distinct secret.
-type secret struct {
-	value       string
-	version     string
-	contentType string
-	expires     *time.Time
-	notBefore   *time.Time
-	has         bool   // value and version hold a usable (last good) value
-	status      Status // the latest outcome: a refresh failure keeps the last good value
-	reason      string // why, when status is not Resolved; never contains the value
-	took        time.Duration
-}
-
-// fetcher fetches secrets: one azsecrets client and one limiter per vault, one shared credential.
-type fetcher struct {
+// keyVault is the secretSource of production: one azsecrets client and one limiter per
+// vault, one shared credential for all of them.
+type keyVault struct {
 	cred      azcore.TokenCredential
 	transport policy.Transporter
 	inflight  int
@@ -57,8 +45,8 @@ type vaultClient struct {
 	warmed atomic.Bool
 }
 
-func newFetcher(cred azcore.TokenCredential, transport policy.Transporter, inflight int, log *slog.Logger) *fetcher {
-	return &fetcher{
+func newKeyVault(cred azcore.TokenCredential, transport policy.Transporter, inflight int, log *slog.Logger) *keyVault {
+	return &keyVault{
 		cred:      &sharedCredential{cred: cred},
 		transport: transport,
 		inflight:  inflight,
@@ -67,7 +55,7 @@ func newFetcher(cred azcore.TokenCredential, transport policy.Transporter, infli
 	}
 }
 
-func (f *fetcher) vault(host string) (*vaultClient, error) {
+func (f *keyVault) vault(host string) (*vaultClient, error) {
 	f.mu.Lock()
 	defer f.mu.Unlock()
 	if vc, ok := f.vaults[host]; ok {
@@ -105,46 +93,26 @@ func shouldRetry(resp *http.Response, err error) bool {
 	return false
 }
 
-// fetchAll fetches each distinct reference once, concurrently, and returns the outcomes.
-func (f *fetcher) fetchAll(ctx context.Context, refs []Reference) map[Reference]*secret {
-	out := make(map[Reference]*secret, len(refs))
-	var mu sync.Mutex
-	var wg sync.WaitGroup
-	for _, r := range refs {
-		wg.Add(1)
-		go func() {
-			defer wg.Done()
-			s := f.fetch(ctx, r)
-			mu.Lock()
-			out[r] = s
-			mu.Unlock()
-		}()
-	}
-	wg.Wait()
-	return out
-}
-
-// fetch gets one secret, retrying 429s through the vault's limiter.
-func (f *fetcher) fetch(ctx context.Context, r Reference) *secret {
-	start := time.Now()
+// getSecret gets one secret, retrying 429s through the vault's limiter.
+func (f *keyVault) getSecret(ctx context.Context, r Reference) (secretVersion, error) {
 	vc, err := f.vault(r.Vault)
 	if err != nil {
-		return &secret{status: StatusOtherReasons, reason: err.Error(), took: time.Since(start)}
+		return secretVersion{}, &fetchError{status: StatusOtherReasons, reason: err.Error()}
 	}
 	for attempt := 0; ; attempt++ {
-		s, retryAfter, throttled := vc.get(ctx, r)
-		if !throttled || attempt >= maxThrottleRetries || ctx.Err() != nil {
-			s.took = time.Since(start)
-			return s
+		sv, retryAfter, err := vc.get(ctx, r)
+		if retryAfter == 0 || attempt >= maxThrottleRetries || ctx.Err() != nil {
+			return sv, err
 		}
 		f.log.Debug("viperkv: vault throttled the request; retrying",
 			"vault", r.Vault, "secret", r.Name, "retry_after", retryAfter, "attempt", attempt+1)
 	}
 }
 
-func (vc *vaultClient) get(ctx context.Context, r Reference) (s *secret, retryAfter time.Duration, throttled bool) {
+// get makes one request. retryAfter is non-zero when the vault throttled it.
+func (vc *vaultClient) get(ctx context.Context, r Reference) (sv secretVersion, retryAfter time.Duration, err error) {
 	if err := vc.lim.acquire(ctx); err != nil {
-		return classifyError(r, err), 0, false
+		return sv, 0, classifyError(r, err)
 	}
 	if !vc.warmed.Load() {
 		vc.warm.Lock()
@@ -160,38 +128,23 @@ func (vc *vaultClient) get(ctx context.Context, r Reference) (s *secret, retryAf
 		if errors.As(err, &re) && re.StatusCode == http.StatusTooManyRequests {
 			retryAfter = retryAfterOf(re.RawResponse)
 			vc.lim.release(true, retryAfter)
-			s := classifyError(r, err)
-			return s, retryAfter, true
+			return sv, retryAfter, classifyError(r, err)
 		}
 		vc.lim.release(false, 0)
-		return classifyError(r, err), 0, false
+		return sv, 0, classifyError(r, err)
 	}
 	vc.lim.release(false, 0)
-	s = &secret{has: true, status: StatusResolved, contentType: deref(resp.ContentType)}
+	sv.contentType = deref(resp.ContentType)
 	if resp.Value != nil {
-		s.value = *resp.Value
+		sv.value = *resp.Value
 	}
 	if resp.ID != nil {
-		s.version = resp.ID.Version()
+		sv.version = resp.ID.Version()
 	}
 	if a := resp.Attributes; a != nil {
-		s.expires, s.notBefore = a.Expires, a.NotBefore
+		sv.expires, sv.notBefore = a.Expires, a.NotBefore
 	}
-	s.checkValidity(time.Now())
-	return s, 0, false
-}
-
-// checkValidity withholds a value outside its exp/nbf window. Key Vault still returns such
-// a value (for recovery and testing), but says it should not be used.
-func (s *secret) checkValidity(now time.Time) {
-	switch {
-	case s.expires != nil && !now.Before(*s.expires):
-		s.status, s.value, s.has = StatusSecretExpired, "", false
-		s.reason = "version " + s.version + " expired at " + s.expires.UTC().Format(time.RFC3339)
-	case s.notBefore != nil && now.Before(*s.notBefore):
-		s.status, s.value, s.has = StatusSecretNotYetValid, "", false
-		s.reason = "version " + s.version + " is not valid before " + s.notBefore.UTC().Format(time.RFC3339)
-	}
+	return sv, 0, nil
 }
 
 func deref(p *string) string {
@@ -224,9 +177,9 @@ func retryAfterOf(resp *http.Response) time.Duration {
 	return fallback
 }
 
-// classifyError maps a failed fetch to a status and a one-line reason without secret data.
-func classifyError(r Reference, err error) *secret {
-	s := &secret{status: StatusOtherReasons}
+// classifyError maps a failed request to a status and a one-line reason without secret data.
+func classifyError(r Reference, err error) *fetchError {
+	s := &fetchError{status: StatusOtherReasons}
 	var ce *credentialError
 	var re *azcore.ResponseError
 	var dnsErr *net.DNSError
@@ -249,6 +202,7 @@ func classifyError(r Reference, err error) *secret {
 			s.status = StatusAccessToKeyVaultDenied
 			if inner == "SecretDisabled" {
 				s.status = StatusSecretDisabled
+				s.reason = fmt.Sprintf("GET %s: %d: the secret version is disabled", r.ID(), re.StatusCode)
 			}
 		case http.StatusUnauthorized:
 			s.status = StatusUnauthorizedClient
