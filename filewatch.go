@@ -111,28 +111,40 @@ func (p *Provider) reloadFile(ctx context.Context, fw *fileWatcher) {
 	if err := fw.watchDirs(); err != nil {
 		p.fileError(fw, err)
 	}
-	shadow, err := p.withFile(b)
-	if err != nil {
+	if err := p.loadFile(ctx, b); err != nil {
 		fw.sum = sum // report this content once; the next edit is read again
 		p.fileError(fw, fmt.Errorf("config file %s: %w; keeping the last good configuration", fw.path, err))
 		return
 	}
 	fw.sum, fw.err = sum, ""
+}
 
+// loadFile publishes the configuration that the config file content b makes, fetching
+// only references that are new (or have no good value). It returns the parser's error, and
+// publishes nothing, when b does not parse.
+func (p *Provider) loadFile(ctx context.Context, b []byte) error {
+	shadow, err := p.withFile(b)
+	if err != nil {
+		return err
+	}
 	p.updateMu.Lock()
 	defer p.updateMu.Unlock()
 	p.file = b
 	tree := settingsOf(shadow, p.opts.envKeys)
 	sc := scanSettings(tree, p.parse)
 	sc.warnings = unnamedEnvRefs(shadow, tree, p.parse)
-	cur := p.cur.Load()
+	var held map[Reference]*secret
+	if cur := p.cur.Load(); cur != nil {
+		held = cur.secrets
+	}
 	var fresh []Reference
 	for _, r := range sc.distinct() {
-		if s, ok := cur.secrets[r]; !ok || !s.has {
+		if s, ok := held[r]; !ok || !s.has {
 			fresh = append(fresh, r)
 		}
 	}
 	_, _ = p.update(ctx, SourceFile, tree, sc, fresh)
+	return nil
 }
 
 // withFile returns a copy of the source Viper whose config layer is the file content b,
