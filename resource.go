@@ -62,7 +62,8 @@ type generation[T any] struct {
 
 // NewResource builds the first value from p's current configuration (call it after
 // [Provider.Load]) and rebuilds it whenever an [EventChanged] names one of keys or a key
-// below one of them ("database" covers "database.conn"). List every key build reads.
+// below one of them ("database" covers "database.conn"). List every key build reads; a key
+// the configuration does not have (a typo would never rebuild) is an error.
 //
 // build receives the configuration to read; it should check the value works (for a pool,
 // connect and ping) and return an error if not. Its context ends when the Resource is
@@ -76,9 +77,18 @@ func NewResource[T any](ctx context.Context, p *Provider, keys []string,
 	if p == nil || build == nil || len(keys) == 0 {
 		return nil, errors.New("viperkv: NewResource needs a provider, at least one key and a build func")
 	}
+	snap := p.cur.Load()
+	if snap == nil {
+		return nil, errors.New("viperkv: NewResource: call Load first: the resource is built from the loaded configuration")
+	}
 	r := &Resource[T]{p: p, build: build, release: release}
 	for _, k := range keys {
-		r.keys = append(r.keys, strings.ToLower(k)) // Viper's keys are lower case
+		k = strings.ToLower(k) // Viper's keys are lower case
+		if !snap.hasKey(k) {
+			// A misspelt key would never match an event: the resource would never rebuild.
+			return nil, fmt.Errorf("viperkv: NewResource: key %q is not in the configuration", k)
+		}
+		r.keys = append(r.keys, k)
 	}
 	r.ctx, r.cancel = context.WithCancel(context.WithoutCancel(ctx))
 
