@@ -11,8 +11,14 @@
 // [New] and [Provider.Load] find every reference, authenticate with the managed identity
 // (no credential in code or config), fetch each distinct secret once, concurrently, and
 // publish a resolved configuration that readers use through [Provider.Viper] or
-// [Provider.GetString]. The source Viper is never written to, so readers never race a
-// reload. [Provider.Status] reports each reference with App Service's status names.
+// [Provider.GetString]. The Viper passed to [New] is only ever read, never written (a
+// config file edit is read into a private copy of it), so the app may keep reading it.
+// [Provider.Status] reports each reference with App Service's status names.
+//
+// [Provider.Watch] keeps the configuration current: it polls versionless references,
+// re-reads the config file, retries failures with back-off, and tells [Provider.OnChange]
+// watchers what changed; a failed refresh keeps the last good value. Load may be called
+// again at any time, and Watch and Refresh run a Load first if none has run.
 //
 // Tokens go only to hosts under the configured cloud's Key Vault DNS suffix: a reference to
 // any other host fails with [StatusHostNotAllowed] before a request is made.

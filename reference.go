@@ -8,7 +8,7 @@ import (
 	"unicode/utf8"
 )
 
-// Grammar (see DESIGN.md section 3):
+// Grammar:
 //
 //	ref     = "@" ( "KeyVault(" | "Microsoft.KeyVault(" ) params ")"   ; prefix case-insensitive
 //	params  = param *( ";" param ) [ ";" ]                              ; blanks allowed around ";" "="
