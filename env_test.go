@@ -1,8 +1,13 @@
 package viperkv_test
 
 import (
+	"log/slog"
 	"slices"
+	"strings"
+	"sync"
 	"testing"
+
+	"github.com/spf13/viper"
 
 	"github.com/viperkv/viperkv"
 	"github.com/viperkv/viperkv/internal/reveal"
@@ -49,4 +54,89 @@ z: "@KeyVault(VaultName=myvault;SecretName=missing)"
 	if got := reveal.SecretValues(p); !slices.Equal(got, []string{"value-a", "value-b"}) {
 		t.Errorf("SecretValues = %d values, want the 2 resolved ones", len(got))
 	}
+}
+
+// Forgetting WithEnvKeys used to be silent: with AutomaticEnv and a prefix, Viper lists no
+// key for APP_API_KEY, so its reference went unresolved and api.key read as "". Load now
+// warns, naming the variable and the fix, without failing; naming the key resolves it, and a
+// variable bound to a key is not reported.
+func TestUnnamedEnvReferenceIsReported(t *testing.T) {
+	srv := newEmulator(t)
+	kv := srv.AddVault("myvault")
+	kv.Grant(srv.SystemIdentity(), kvtest.RoleSecretsUser)
+	kv.SetSecret("api-key", "k-123")
+	kv.SetSecret("bound", "b-123")
+	t.Setenv("APP_API_KEY", "@KeyVault(VaultName=myvault;SecretName=api-key)")
+	t.Setenv("APP_BOUND_ONE", "@KeyVault(VaultName=myvault;SecretName=bound)")
+	t.Setenv("OTHER_THING", "@KeyVault(VaultName=myvault;SecretName=api-key)") // not under the prefix
+	appViper := func() *viper.Viper {
+		v := yamlViper(t, "plain: x\n")
+		v.SetEnvPrefix("APP")
+		v.SetEnvKeyReplacer(strings.NewReplacer(".", "_"))
+		v.AutomaticEnv()
+		if err := v.BindEnv("bound.one", "APP_BOUND_ONE"); err != nil {
+			t.Fatal(err)
+		}
+		return v
+	}
+
+	var logs logBuffer
+	p, err := viperkv.New(appViper(), viperkv.WithTransport(srv.Client()),
+		viperkv.WithLogger(slog.New(slog.NewTextHandler(&logs, nil))))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := p.Load(t.Context()); err != nil {
+		t.Fatalf("Load: %v (a warning must not fail Load)", err)
+	}
+	var warned []viperkv.ReferenceStatus
+	for _, st := range p.Status() {
+		if st.Status == viperkv.StatusEnvKeyNotNamed {
+			warned = append(warned, st)
+		}
+	}
+	if len(warned) != 1 || warned[0].Key != "api.key" || !strings.Contains(warned[0].Reason, "APP_API_KEY") ||
+		!strings.Contains(warned[0].Reason, `WithEnvKeys("api.key")`) || warned[0].Reference.Name != "api-key" {
+		t.Fatalf("EnvKeyNotNamed rows = %+v, want one for api.key naming APP_API_KEY and the fix", warned)
+	}
+	if got := p.GetString("bound.one"); got != "b-123" {
+		t.Errorf("bound.one = %q, want the secret", got)
+	}
+	if !strings.Contains(logs.String(), "level=WARN") || !strings.Contains(logs.String(), "APP_API_KEY") {
+		t.Errorf("no Warn log line names APP_API_KEY:\n%s", logs.String())
+	}
+
+	p2, err := viperkv.New(appViper(), viperkv.WithTransport(srv.Client()), viperkv.WithEnvKeys("api.key"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := p2.Load(t.Context()); err != nil {
+		t.Fatal(err)
+	}
+	for _, st := range p2.Status() {
+		if st.Status != viperkv.StatusResolved {
+			t.Errorf("with WithEnvKeys: %s is %s: %s", st.Key, st.Status, st.Reason)
+		}
+	}
+	if got := p2.GetString("api.key"); got != "k-123" {
+		t.Errorf("api.key = %q with WithEnvKeys, want the secret", got)
+	}
+}
+
+// logBuffer collects log output written from any goroutine.
+type logBuffer struct {
+	mu sync.Mutex
+	b  strings.Builder
+}
+
+func (l *logBuffer) Write(p []byte) (int, error) {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	return l.b.Write(p)
+}
+
+func (l *logBuffer) String() string {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	return l.b.String()
 }
