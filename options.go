@@ -89,7 +89,10 @@ func WithManagedIdentity(id azidentity.ManagedIDKind) Option {
 
 // WithTransport sends every request (identity endpoint and vault) through t. An
 // *http.Client satisfies policy.Transporter; kvtest.Server.Client returns one that reaches
-// the emulator for production vault host names.
+// the emulator for production vault host names. Redirects are never followed (Key Vault
+// and the identity endpoints never redirect): an *http.Client is used through a copy that
+// refuses them. Another Transporter that follows redirects itself cannot be stopped from
+// sending, but whatever it brings back from another host or over http is refused.
 func WithTransport(t policy.Transporter) Option {
 	return func(o *options) { o.transport = t }
 }

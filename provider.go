@@ -88,10 +88,11 @@ func New(v *viper.Viper, opts ...Option) (*Provider, error) {
 	case o.source != nil: // logic tests
 		p.source = o.source
 	default:
+		tr := noRedirects(o.transport) // one connection pool for the identity endpoint and the vaults
 		cred := o.cred
 		if cred == nil {
 			mi, err := azidentity.NewManagedIdentityCredential(&azidentity.ManagedIdentityCredentialOptions{
-				ClientOptions: azcore.ClientOptions{Transport: noRedirects(o.transport)},
+				ClientOptions: azcore.ClientOptions{Transport: tr},
 				ID:            o.identity,
 			})
 			if err != nil {
@@ -99,7 +100,7 @@ func New(v *viper.Viper, opts ...Option) (*Provider, error) {
 			}
 			cred = mi
 		}
-		kv := newKeyVault(cred, o.transport, o.maxInflight, o.logger)
+		kv := newKeyVault(cred, tr, o.maxInflight, o.logger)
 		p.source, p.cred = kv, kv.cred
 	}
 	return p, nil

@@ -106,6 +106,11 @@ type Fault struct {
 	// Reset closes the TCP connection abruptly (RST) without a response. Over HTTP/2 this
 	// fails every request in flight on that connection, as a real reset would.
 	Reset bool
+	// Location, when set, answers with a redirect to it instead of an error body: Status
+	// then defaults to 302 and must be a 3xx. Key Vault and the identity endpoints never
+	// redirect, so this stands in for a hostile proxy or a hijacked endpoint, to test that a
+	// client follows no redirect with its token or identity header.
+	Location string
 	// Times is how many requests the fault affects; 0 means until cleared.
 	Times int
 }
@@ -200,10 +205,19 @@ func (s *Server) serveFault(w http.ResponseWriter, r *http.Request, f Fault, wri
 	if f.Reset {
 		resetConn(r)
 	}
-	status, code, msg := f.resolved()
 	if f.RetryAfter > 0 {
 		w.Header().Set("Retry-After", retryAfterSeconds(f.RetryAfter))
 	}
+	if f.Location != "" {
+		status := f.Status
+		if status == 0 {
+			status = http.StatusFound
+		}
+		w.Header().Set("Location", f.Location)
+		w.WriteHeader(status)
+		return
+	}
+	status, code, msg := f.resolved()
 	writeErr(w, status, code, msg)
 }
 
