@@ -4,6 +4,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"reflect"
 	"regexp"
 	"strings"
 	"time"
@@ -87,18 +88,122 @@ type SeedGrant struct {
 
 var guidRE = regexp.MustCompile(`^[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}$`)
 
-// ParseSeed reads a YAML seed and validates it. Unknown fields are errors, so typos show.
+// ParseSeed reads a YAML seed and validates it. Unknown fields are errors, so typos show;
+// errors name the field, the secret (vault, identity) it is in and the line, in the seed's
+// own words, and never quote a value.
 func ParseSeed(r io.Reader) (*Seed, error) {
-	dec := yaml.NewDecoder(r)
-	dec.KnownFields(true)
+	var doc yaml.Node
+	if err := yaml.NewDecoder(r).Decode(&doc); err != nil {
+		if errors.Is(err, io.EOF) {
+			return &Seed{}, nil
+		}
+		return nil, fmt.Errorf("kvtest: invalid seed: %w", err)
+	}
 	var s Seed
-	if err := dec.Decode(&s); err != nil && !errors.Is(err, io.EOF) {
-		return nil, fmt.Errorf("kvtest: seed: %w", err)
+	root := &doc
+	if root.Kind == yaml.DocumentNode {
+		if len(root.Content) == 0 {
+			return &s, nil // comments only
+		}
+		root = root.Content[0]
+	}
+	if errs := decodeSeedNode(root, reflect.ValueOf(&s).Elem(), "the seed"); len(errs) > 0 {
+		return nil, fmt.Errorf("kvtest: invalid seed: %w", errors.Join(errs...))
 	}
 	if err := s.Validate(); err != nil {
 		return nil, err
 	}
 	return &s, nil
+}
+
+// decodeSeedNode decodes the mapping n into the struct dst field by field, so that each
+// problem is reported with the field's name, what holds it ("secret \"db-conn\"") and
+// its line.
+func decodeSeedNode(n *yaml.Node, dst reflect.Value, what string) []error {
+	if isNull(n) {
+		return nil
+	}
+	if n.Kind != yaml.MappingNode {
+		return []error{fmt.Errorf("%s (line %d): want a mapping", what, n.Line)}
+	}
+	fields := map[string]int{}
+	for i := range dst.NumField() {
+		name, _, _ := strings.Cut(dst.Type().Field(i).Tag.Get("yaml"), ",")
+		fields[name] = i
+	}
+	var errs []error
+	seen := map[string]int{} // field -> line
+	for i := 0; i+1 < len(n.Content); i += 2 {
+		key, val := n.Content[i], n.Content[i+1]
+		fi, ok := fields[key.Value]
+		if !ok || key.Kind != yaml.ScalarNode {
+			errs = append(errs, fmt.Errorf("unknown field %q in %s (line %d)", key.Value, what, key.Line))
+			continue
+		}
+		if line, dup := seen[key.Value]; dup {
+			errs = append(errs, fmt.Errorf("field %q appears twice in %s (lines %d and %d)", key.Value, what, line, key.Line))
+			continue
+		}
+		seen[key.Value] = key.Line
+		fv := dst.Field(fi)
+		if fv.Kind() != reflect.Slice || fv.Type().Elem().Kind() != reflect.Struct {
+			if err := val.Decode(fv.Addr().Interface()); err != nil {
+				errs = append(errs, fmt.Errorf("field %q in %s (line %d): want %s", key.Value, what, val.Line, seedKind(fv.Type())))
+			}
+			continue
+		}
+		// A list of identities, vaults, secrets or grants.
+		if isNull(val) {
+			continue
+		}
+		if val.Kind != yaml.SequenceNode {
+			errs = append(errs, fmt.Errorf("field %q in %s (line %d): want a list", key.Value, what, val.Line))
+			continue
+		}
+		noun := seedNouns[key.Value]
+		list := reflect.MakeSlice(fv.Type(), len(val.Content), len(val.Content))
+		for j, item := range val.Content {
+			errs = append(errs, decodeSeedNode(item, list.Index(j), itemName(item, noun, j, what))...)
+		}
+		fv.Set(list)
+	}
+	return errs
+}
+
+// itemName says which item of a list a message is about: `secret "db-conn"` when the item
+// has a name, else `grant 2 of vault "myvault"`.
+func itemName(item *yaml.Node, noun string, i int, parent string) string {
+	if item.Kind == yaml.MappingNode {
+		for k := 0; k+1 < len(item.Content); k += 2 {
+			if item.Content[k].Value == "name" && item.Content[k+1].Kind == yaml.ScalarNode && item.Content[k+1].Value != "" {
+				return fmt.Sprintf("%s %q", noun, item.Content[k+1].Value)
+			}
+		}
+	}
+	if parent == "the seed" {
+		return fmt.Sprintf("%s %d", noun, i+1)
+	}
+	return fmt.Sprintf("%s %d of %s", noun, i+1, parent)
+}
+
+// seedNouns name one item of each list of a seed.
+var seedNouns = map[string]string{"identities": "identity", "vaults": "vault", "secrets": "secret", "grants": "grant"}
+
+func isNull(n *yaml.Node) bool { return n.Kind == yaml.ScalarNode && n.Tag == "!!null" }
+
+// seedKind says what a field of type t wants, for people.
+func seedKind(t reflect.Type) string {
+	switch {
+	case t == reflect.TypeFor[*time.Time]():
+		return "a time such as 2030-01-01T00:00:00Z"
+	case t.Kind() == reflect.Pointer:
+		return seedKind(t.Elem())
+	case t.Kind() == reflect.Bool:
+		return "true or false"
+	case t.Kind() == reflect.Map:
+		return "a mapping of strings"
+	}
+	return "a string"
 }
 
 // Validate checks names, roles and references between identities and grants.

@@ -118,6 +118,70 @@ vaults:
 	}
 }
 
+// TestParseSeedMessages: a typo or a wrong type in a seed is named by the seed's own
+// words (field, secret, line), never by Go type names, and a value is never quoted.
+func TestParseSeedMessages(t *testing.T) {
+	for name, tc := range map[string]struct{ doc, want string }{
+		"unknown secret field": {
+			"vaults:\n  - name: myvault\n    secrets:\n      - name: db-conn\n        vlaue: hunter2-sentinel\n",
+			`unknown field "vlaue" in secret "db-conn" (line 5)`},
+		"unknown top-level field": {"tenant: x\n", `unknown field "tenant" in the seed (line 1)`},
+		"unknown vault field":     {"vaults:\n  - name: myvault\n    secret: []\n", `unknown field "secret" in vault "myvault" (line 3)`},
+		"unknown identity field":  {"identities:\n  - {name: batch, clientid: x}\n", `unknown field "clientid" in identity "batch" (line 2)`},
+		"unknown grant field": {
+			"vaults:\n  - name: v\n    grants:\n      - identity: system\n        rol: reader\n",
+			`unknown field "rol" in grant 1 of vault "v" (line 5)`},
+		"unnamed secret": {
+			"vaults:\n  - name: v\n    secrets:\n      - {name: a, value: x}\n      - {valu: hunter2-sentinel}\n",
+			`unknown field "valu" in secret 2 of vault "v" (line 5)`},
+		"not a boolean": {
+			"vaults:\n  - name: v\n    secrets:\n      - name: s\n        value: x\n        enabled: hunter2-sentinel\n",
+			`field "enabled" in secret "s" (line 6): want true or false`},
+		"not a time": {
+			"vaults:\n  - name: v\n    secrets:\n      - {name: s, value: x, expires: hunter2-sentinel}\n",
+			`field "expires" in secret "s" (line 4): want a time such as 2030-01-01T00:00:00Z`},
+		"not a string": {
+			"vaults:\n  - name: v\n    secrets:\n      - name: s\n        value: [hunter2-sentinel]\n",
+			`field "value" in secret "s" (line 5): want a string`},
+		"not a list":    {"vaults: {name: v}\n", `field "vaults" in the seed (line 1): want a list`},
+		"not a mapping": {"- name: v\n", `the seed (line 1): want a mapping`},
+		"duplicate field": {
+			"vaults:\n  - name: v\n    secrets:\n      - name: s\n        value: x\n        value: y\n",
+			`field "value" appears twice in secret "s" (lines 5 and 6)`},
+		"not a mapping item": {"vaults:\n  - name: v\n    secrets: [hunter2-sentinel]\n", `secret 1 of vault "v" (line 3): want a mapping`},
+		"tags": {
+			"vaults:\n  - name: v\n    secrets:\n      - {name: s, value: x, tags: [hunter2-sentinel]}\n",
+			`field "tags" in secret "s" (line 4): want a mapping of strings`},
+	} {
+		t.Run(name, func(t *testing.T) {
+			_, err := kvtest.ParseSeed(strings.NewReader(tc.doc))
+			if err == nil {
+				t.Fatalf("accepted:\n%s", tc.doc)
+			}
+			msg := err.Error()
+			if !strings.Contains(msg, tc.want) {
+				t.Errorf("error %q\nwant it to say %q", msg, tc.want)
+			}
+			for _, bad := range []string{"kvtest.Seed", "type ", "!!", "hunter2-sentinel", "time.Time", "map["} {
+				if strings.Contains(msg, bad) {
+					t.Errorf("error %q shows %q", msg, bad)
+				}
+			}
+		})
+	}
+	// Every problem is reported, not only the first.
+	_, err := kvtest.ParseSeed(strings.NewReader("vaults:\n  - name: v\n    secrets:\n      - {name: a, vlaue: x}\n      - {name: b, vaule: y}\n"))
+	if err == nil || !strings.Contains(err.Error(), `"vlaue" in secret "a" (line 4)`) || !strings.Contains(err.Error(), `"vaule" in secret "b" (line 5)`) {
+		t.Errorf("two typos: %v", err)
+	}
+	// Empty and comment-only seeds are empty seeds.
+	for _, doc := range []string{"", "# nothing\n"} {
+		if sd, err := kvtest.ParseSeed(strings.NewReader(doc)); err != nil || len(sd.Vaults) != 0 {
+			t.Errorf("seed %q: %v, %v", doc, sd, err)
+		}
+	}
+}
+
 func TestInfoClient(t *testing.T) {
 	srv := newServer(t)
 	if err := srv.ApplySeed(loadSeed(t)); err != nil {

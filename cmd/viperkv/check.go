@@ -6,6 +6,7 @@ import (
 	"io"
 	"math"
 	"os"
+	"strings"
 	"text/tabwriter"
 	"time"
 
@@ -16,9 +17,10 @@ import (
 
 func newCheckCmd() *cobra.Command {
 	var (
-		lf      loadFlags
-		output  string
-		environ bool
+		lf         loadFlags
+		output     string
+		environ    bool
+		allowEmpty bool
 	)
 	cmd := &cobra.Command{
 		Use:   "check",
@@ -33,13 +35,21 @@ Statuses are App Service's (Resolved, SecretNotFound, AccessToKeyVaultDenied,
 MSINotEnabled, ...) plus HostNotAllowed, SecretDisabled, Throttled, SecretExpired and
 SecretNotYetValid.
 
+Nothing to check is an error, so that a deployment gate does not pass because its flags
+were forgotten or name the wrong file: without --config, --environ or --env-key, or when
+the configuration (and, with --environ, the environment) holds no reference at all, check
+exits 2. Pass --allow-empty when no reference is expected: check then exits 0.
+
 Exit status: 0 when every reference resolves, 1 when any fails, 2 for usage errors
-(unknown flag, unreadable configuration file).`,
+(unknown flag, unreadable configuration file, unknown --credential, nothing to check).`,
 		Example: `  # Before deploying: does this identity reach every secret?
   viperkv check --config config.yaml --env-prefix APP --env-key api.key
 
   # Machine-readable, for a pipeline
   viperkv check --config config.yaml --output json
+
+  # From a laptop, against real Azure, as the account of az login
+  viperkv check --config config.yaml --credential azure-cli
 
   # Against the local emulator (viperkv emulator --info /tmp/kv.json)
   VIPERKV_EMULATOR_INFO=/tmp/kv.json viperkv check --config testdata/quickstart.yaml`,
@@ -48,17 +58,21 @@ Exit status: 0 when every reference resolves, 1 when any fails, 2 for usage erro
 			if output != "table" && output != "json" {
 				return usageError("--output %q: want table or json", output)
 			}
-			return runCheck(cmd, &lf, output, environ)
+			if lf.config == "" && !environ && len(lf.envKeys) == 0 && !allowEmpty {
+				return usageError("nothing to check: pass --config FILE or --environ (or --env-key KEY), or --allow-empty to accept an empty check")
+			}
+			return runCheck(cmd, &lf, output, environ, allowEmpty)
 		},
 	}
 	lf.register(cmd)
 	cmd.Flags().StringVarP(&output, "output", "o", "table", "output format: table or json")
 	cmd.Flags().BoolVar(&environ, "environ", false, "also check references in every environment variable (what viperkv run resolves)")
+	cmd.Flags().BoolVar(&allowEmpty, "allow-empty", false, "exit 0 when there is nothing to check (no flag naming a source, or no reference found) instead of 2")
 	_ = cmd.RegisterFlagCompletionFunc("output", cobra.FixedCompletions([]cobra.Completion{"table", "json"}, cobra.ShellCompDirectiveNoFileComp))
 	return cmd
 }
 
-func runCheck(cmd *cobra.Command, lf *loadFlags, output string, environ bool) error {
+func runCheck(cmd *cobra.Command, lf *loadFlags, output string, environ, allowEmpty bool) error {
 	out := cmd.OutOrStdout()
 	v, err := lf.viper()
 	if err != nil {
@@ -78,6 +92,9 @@ func runCheck(cmd *cobra.Command, lf *loadFlags, output string, environ bool) er
 	}
 	_ = p.Load(cmd.Context()) // a *LoadError: the statuses say everything it says
 	status := p.Status()
+	if len(status) == 0 && !allowEmpty {
+		return usageError("nothing to check: no Key Vault reference in %s; pass --allow-empty if none is expected", checkedSources(lf, environ))
+	}
 	failed := 0
 	for _, st := range status {
 		if st.Status != viperkv.StatusResolved {
@@ -96,6 +113,24 @@ func runCheck(cmd *cobra.Command, lf *loadFlags, output string, environ bool) er
 		return exitStatus(1)
 	}
 	return nil
+}
+
+// checkedSources names where check looked for references, for people.
+func checkedSources(lf *loadFlags, environ bool) string {
+	var where []string
+	if lf.config != "" {
+		where = append(where, lf.config)
+	}
+	if len(lf.envKeys) > 0 {
+		where = append(where, "--env-key "+strings.Join(lf.envKeys, ", "))
+	}
+	if environ {
+		where = append(where, "the environment")
+	}
+	if len(where) > 1 {
+		return strings.Join(where[:len(where)-1], ", ") + " or " + where[len(where)-1]
+	}
+	return strings.Join(where, "")
 }
 
 func writeCheckTable(out io.Writer, status []viperkv.ReferenceStatus, refs *envRefs, failed int) error {

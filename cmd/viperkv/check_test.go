@@ -3,14 +3,18 @@
 package main
 
 import (
+	"bytes"
 	"encoding/json"
 	"fmt"
 	"regexp"
+	"slices"
 	"strings"
 	"testing"
 
 	"github.com/spf13/viper"
 	"go.yaml.in/yaml/v3"
+
+	"github.com/viperkv/viperkv/kvtest"
 )
 
 const quickstart = "../../testdata/quickstart.yaml"
@@ -41,6 +45,74 @@ func assertNoValues(t *testing.T, output string, values ...string) {
 			t.Errorf("output shows a secret value (%d bytes):\n%s", len(v), output)
 		}
 	}
+}
+
+// assertNoSentinel fails if output shows secret (a hardSentinel) in any form: whole,
+// trimmed, with its blanks collapsed (an unquoted echo $X), escaped for JSON (with and
+// without Go's HTML-safe escapes), quoted for YAML, TOML or a shell, line by line, or any
+// part of it holding one of its tokens.
+func assertNoSentinel(t *testing.T, what, output, secret string) {
+	t.Helper()
+	forms := map[string]string{
+		"value":        secret,
+		"trimmed":      strings.TrimSpace(secret),
+		"unquoted":     strings.Join(strings.Fields(secret), " "),
+		"shell-quoted": strings.ReplaceAll(secret, "'", `'\''`),
+	}
+	html, _ := json.Marshal(secret)
+	forms["JSON"] = unquote(string(html))
+	var plain bytes.Buffer
+	enc := json.NewEncoder(&plain)
+	enc.SetEscapeHTML(false)
+	_ = enc.Encode(secret)
+	forms["JSON without HTML escapes"] = unquote(strings.TrimSpace(plain.String()))
+	y, _ := yaml.Marshal(secret)
+	forms["YAML"] = unquote(strings.TrimSpace(string(y)))
+	v := viper.New()
+	v.Set("k", secret)
+	v.SetConfigType("toml")
+	var toml bytes.Buffer
+	_ = v.WriteConfigTo(&toml)
+	forms["TOML"] = unquote(strings.TrimPrefix(strings.TrimSpace(toml.String()), "k = "))
+	for i, line := range strings.Split(secret, "\n") {
+		if len(strings.TrimSpace(line)) >= 4 {
+			forms[fmt.Sprintf("line %d", i+1)] = line
+			forms[fmt.Sprintf("line %d trimmed", i+1)] = strings.TrimSpace(line)
+		}
+	}
+	var shown []string
+	for name, f := range forms {
+		if f != "" && strings.Contains(output, f) {
+			shown = append(shown, name+" form")
+		}
+	}
+	for _, tok := range sentinelTokens(secret) {
+		if strings.Contains(output, tok) {
+			shown = append(shown, "a part holding "+tok)
+		}
+	}
+	if len(shown) > 0 {
+		slices.Sort(shown)
+		t.Errorf("%s: output shows the secret (%s):\n%s", what, strings.Join(shown, ", "), output)
+	}
+}
+
+// unquote strips one pair of matching quotes.
+func unquote(s string) string {
+	if len(s) >= 2 && (s[0] == '"' || s[0] == '\'') && s[len(s)-1] == s[0] {
+		return s[1 : len(s)-1]
+	}
+	return s
+}
+
+// showsSentinel reports whether output shows any part of secret (a hardSentinel).
+func showsSentinel(output, secret string) bool {
+	for _, tok := range sentinelTokens(secret) {
+		if strings.Contains(output, tok) {
+			return true
+		}
+	}
+	return false
 }
 
 func TestCheckQuickstart(t *testing.T) {
@@ -176,11 +248,42 @@ func TestCheckEnviron(t *testing.T) {
 	assertNoValues(t, out+errOut, seedValues(t)...)
 }
 
-func TestCheckNoReferences(t *testing.T) {
+// TestCheckNothingToCheck: a deployment gate must not pass because its flags were
+// forgotten or point at a configuration without references; --allow-empty says none is
+// expected.
+func TestCheckNothingToCheck(t *testing.T) {
 	t.Parallel()
-	code, out, _ := cli(t, nil, "check", "--config", writeFile(t, "c.json", `{"a": 1}`))
-	if code != 0 || !strings.Contains(out, "No Key Vault references found.") {
-		t.Errorf("exit %d:\n%s", code, out)
+	noRefs := writeFile(t, "c.json", `{"a": 1}`)
+	for _, tc := range []struct {
+		args []string
+		want string
+	}{
+		{[]string{"check"}, "nothing to check: pass --config FILE or --environ"},
+		{[]string{"check", "--output", "json"}, "nothing to check: pass --config FILE or --environ"},
+		{[]string{"check", "--environ"}, "nothing to check: no Key Vault reference in the environment"},
+		{[]string{"check", "--config", noRefs}, "nothing to check: no Key Vault reference in " + noRefs},
+		{[]string{"check", "--config", noRefs, "--environ", "-o", "json"}, "nothing to check: no Key Vault reference in " + noRefs + " or the environment"},
+	} {
+		what := "viperkv " + strings.Join(tc.args, " ")
+		code, out, errOut := cli(t, nil, tc.args...)
+		if code != 2 || out != "" || !strings.Contains(errOut, tc.want) || !strings.Contains(errOut, "--allow-empty") || !strings.Contains(errOut, "--help' for usage.") {
+			t.Errorf("%s: exit %d, want 2 and %q\nstdout:\n%s\nstderr:\n%s", what, code, tc.want, out, errOut)
+		}
+	}
+	// --allow-empty: nothing to check is fine.
+	for _, args := range [][]string{{"check", "--allow-empty"}, {"check", "--config", noRefs, "--allow-empty"}} {
+		code, out, errOut := cli(t, nil, args...)
+		if code != 0 || !strings.Contains(out, "No Key Vault references found.") {
+			t.Errorf("viperkv %s: exit %d:\n%s%s", strings.Join(args, " "), code, out, errOut)
+		}
+	}
+	code, out, _ := cli(t, nil, "check", "--config", noRefs, "--allow-empty", "-o", "json")
+	if code != 0 || !strings.Contains(out, `"references": []`) {
+		t.Errorf("--allow-empty -o json: exit %d:\n%s", code, out)
+	}
+	// The choice is documented.
+	if _, out, _ := cli(t, nil, "check", "--help"); !strings.Contains(out, "--allow-empty") || !strings.Contains(out, "nothing to check") {
+		t.Errorf("check --help does not explain nothing to check:\n%s", out)
 	}
 }
 
@@ -200,6 +303,10 @@ func TestUsageErrors(t *testing.T) {
 		{"nosuchcommand"},
 		{"version", "extra"},
 		{"emulator", "extra"},
+		{"emulator", "--seed", "/no/such/seed.yaml"},
+		{"emulator", "--seed", writeFile(t, "typo.yaml", "vaults:\n  - name: v\n    secrets:\n      - name: db-conn\n        vlaue: x\n")},
+		{"check", "--credential", "password", "--config", quickstart},
+		{"check", "--credential", "azure-cli", "--client-id", "6a1f0c3e-0000-4000-8000-000000000001", "--config", quickstart},
 	} {
 		code, out, errOut := cli(t, nil, args...)
 		if code != 2 {
@@ -264,6 +371,22 @@ func TestResolveFormats(t *testing.T) {
 	}
 }
 
+// TestSeedErrorsAreUsageErrors: a bad seed is the user's mistake (exit 2), said in the
+// seed's words with its line.
+func TestSeedErrorsAreUsageErrors(t *testing.T) {
+	t.Parallel()
+	seed := writeFile(t, "seed.yaml", "vaults:\n  - name: myvault\n    secrets:\n      - name: db-conn\n        vlaue: x\n")
+	code, out, errOut := cli(t, nil, "emulator", "--seed", seed)
+	want := "viperkv: --seed " + seed + `: invalid seed: unknown field "vlaue" in secret "db-conn" (line 5)` + "\n"
+	if code != 2 || !strings.HasPrefix(errOut, want) {
+		t.Errorf("exit %d, want 2 and %q\n%s%s", code, want, out, errOut)
+	}
+	code, _, errOut = cli(t, nil, "emulator", "--seed", "/no/such/seed.yaml")
+	if code != 2 || !strings.HasPrefix(errOut, "viperkv: --seed /no/such/seed.yaml: open /no/such/seed.yaml: no such file or directory\n") {
+		t.Errorf("missing seed: exit %d\n%s", code, errOut)
+	}
+}
+
 func TestResolveFailurePrintsNothing(t *testing.T) {
 	t.Parallel()
 	config := writeFile(t, "c.yaml", "a: \"@KeyVault(VaultName=myvault;SecretName=db-conn)\"\nb: \"@KeyVault(VaultName=myvault;SecretName=nope)\"\n")
@@ -274,36 +397,63 @@ func TestResolveFailurePrintsNothing(t *testing.T) {
 	assertNoValues(t, out+errOut, seedValues(t)...)
 }
 
+// TestSentinelShownOnlyWhenRevealed audits every place the CLI turns values into text
+// (check's table and JSON, resolve in each format, --verbose logs, error messages, run's
+// child environment) with a sentinel full of characters that encodings escape: it shows,
+// in any form, only with --reveal or --no-masking.
 func TestSentinelShownOnlyWhenRevealed(t *testing.T) {
 	t.Parallel()
-	secret := sentinel(t)
+	secret := hardSentinel(t)
 	name := secretName(t)
 	emu.Vault("myvault").SetSecret(name, secret)
-	config := writeFile(t, "c.yaml", fmt.Sprintf("db:\n  conn: \"@KeyVault(VaultName=myvault;SecretName=%s)\"\n  dsn: \"user=app password=@KeyVault(VaultName=myvault;SecretName=%[1]s) host=db\"\n", name))
-	env := []string{"SECRET_ENV=@KeyVault(VaultName=myvault;SecretName=" + name + ")", childEnvVar}
+	disabled := secretName(t) + "-off"
+	emu.Vault("myvault").SetSecret(disabled, secret, kvtest.WithEnabled(false))
+	ref := "@KeyVault(VaultName=myvault;SecretName=" + name + ")"
+	config := writeFile(t, "c.yaml", fmt.Sprintf("db:\n  conn: %q\n  dsn: %q\n  hosts: [%[1]q, plain]\n", ref, "user=app password="+ref+" host=db"))
+	failing := writeFile(t, "failing.yaml", fmt.Sprintf("good: %q\noff: \"@KeyVault(VaultName=myvault;SecretName=%s)\"\nmissing: \"@KeyVault(VaultName=myvault;SecretName=nope)\"\n", ref, disabled))
+	// References in the environment, for the commands that read them (--environ, run).
+	env := []string{"SECRET_ENV=" + ref, "SECRET_DSN=pw=" + ref + ";"}
 	for _, tc := range []struct {
 		args  []string
+		code  int
 		shows bool
 	}{
-		{[]string{"check", "--config", config}, false},
-		{[]string{"check", "--config", config, "--output", "json", "--environ", "--verbose"}, false},
-		{[]string{"resolve", "--config", config}, false},
-		{[]string{"resolve", "--config", config, "--format", "json", "--verbose"}, false},
-		{[]string{"resolve", "--config", config, "--format", "toml"}, false},
-		{[]string{"resolve", "--config", config, "--format", "env"}, false},
-		{[]string{"resolve", "--config", config, "--reveal"}, true},
-		{[]string{"resolve", "--config", config, "--format", "env", "--reveal"}, true},
-		{append([]string{"run", "--config", config, "--verbose"}, childCmd("print", "SECRET_ENV", "DB_CONN", "DB_DSN")...), false},
-		{append([]string{"run", "--no-masking"}, childCmd("print", "SECRET_ENV")...), true},
+		{[]string{"check", "--config", config}, 0, false},
+		{[]string{"check", "--config", config, "--environ"}, 0, false},
+		{[]string{"check", "--config", config, "--output", "json", "--environ", "--verbose"}, 0, false},
+		{[]string{"check", "--config", failing, "--environ", "--verbose"}, 1, false},
+		{[]string{"check", "--config", failing, "--output", "json"}, 1, false},
+		{[]string{"resolve", "--config", config}, 0, false},
+		{[]string{"resolve", "--config", config, "--format", "json", "--verbose"}, 0, false},
+		{[]string{"resolve", "--config", config, "--format", "toml"}, 0, false},
+		{[]string{"resolve", "--config", config, "--format", "env", "--env-prefix", "app"}, 0, false},
+		{[]string{"resolve", "--config", failing, "--verbose"}, 1, false},
+		{[]string{"resolve", "--config", failing, "--reveal"}, 1, false},
+		{[]string{"resolve", "--config", config, "--reveal"}, 0, true},
+		{[]string{"resolve", "--config", config, "--format", "json", "--reveal"}, 0, true},
+		{[]string{"resolve", "--config", config, "--format", "toml", "--reveal"}, 0, true},
+		{[]string{"resolve", "--config", config, "--format", "env", "--reveal"}, 0, true},
+		{append([]string{"run", "--config", config, "--verbose"}, childCmd("print", "SECRET_ENV", "SECRET_DSN", "DB_CONN", "DB_DSN", "DB_HOSTS")...), 0, false},
+		{append([]string{"run", "--config", failing, "--verbose"}, childCmd("print", "GOOD")...), exitNotResolved, false},
+		{append([]string{"run", "--no-masking"}, childCmd("print", "SECRET_ENV")...), 0, true},
 	} {
-		code, out, errOut := cli(t, env, tc.args...)
-		if code != 0 {
-			t.Errorf("viperkv %s: exit %d\n%s%s", strings.Join(tc.args, " "), code, out, errOut)
+		what := "viperkv " + strings.Join(tc.args, " ")
+		var environ []string
+		if tc.args[0] == "run" || slices.Contains(tc.args, "--environ") {
+			environ = append(env, childEnvVar)
+		}
+		code, out, errOut := cli(t, environ, tc.args...)
+		if code != tc.code {
+			t.Errorf("%s: exit %d, want %d\n%s%s", what, code, tc.code, out, errOut)
 			continue
 		}
-		if got := strings.Contains(out+errOut, secret); got != tc.shows {
-			t.Errorf("viperkv %s: shows the secret: %v, want %v\nstdout:\n%s\nstderr:\n%s", strings.Join(tc.args, " "), got, tc.shows, out, errOut)
+		if tc.shows {
+			if !showsSentinel(out+errOut, secret) {
+				t.Errorf("%s: does not show the secret\nstdout:\n%s\nstderr:\n%s", what, out, errOut)
+			}
+			continue
 		}
+		assertNoSentinel(t, what, out+errOut, secret)
 	}
 }
 
@@ -323,5 +473,11 @@ func TestVersionHelpCompletion(t *testing.T) {
 	// Completion of flag values.
 	if code, out, _ := cli(t, nil, "__complete", "check", "--output", ""); code != 0 || !strings.Contains(out, "table\njson\n") {
 		t.Errorf("__complete check --output: exit %d:\n%s", code, out)
+	}
+	for _, cmd := range []string{"check", "resolve", "run"} {
+		if code, out, _ := cli(t, nil, "__complete", cmd, "--credential", ""); code != 0 || !strings.Contains(out, "managed-identity\tthe machine's managed identity (default)\nazure-cli\t") ||
+			!strings.Contains(out, "\ndefault\t") || !strings.Contains(out, "\nworkload-identity\t") {
+			t.Errorf("__complete %s --credential: exit %d:\n%s", cmd, code, out)
+		}
 	}
 }

@@ -5,13 +5,17 @@ import (
 	"fmt"
 	"io"
 	"log/slog"
+	"net/http"
 	"os"
 	"reflect"
+	"slices"
 	"sort"
 	"strconv"
 	"strings"
 	"time"
 
+	"github.com/Azure/azure-sdk-for-go/sdk/azcore"
+	azcloud "github.com/Azure/azure-sdk-for-go/sdk/azcore/cloud"
 	"github.com/Azure/azure-sdk-for-go/sdk/azidentity"
 	"github.com/spf13/cobra"
 	"github.com/spf13/viper"
@@ -32,13 +36,34 @@ const envKey = "$env"
 
 // loadFlags are the flags that load configuration the way an app using viperkv does.
 type loadFlags struct {
-	config    string
-	envPrefix string
-	envKeys   []string
-	clientID  string
-	cloud     string
-	timeout   time.Duration
-	verbose   bool
+	config     string
+	envPrefix  string
+	envKeys    []string
+	credential string
+	clientID   string
+	cloud      string
+	timeout    time.Duration
+	verbose    bool
+}
+
+// credentialChoice is a value of --credential and what it means.
+type credentialChoice struct{ name, help string }
+
+// credentials are the choices of --credential: azidentity's own credentials.
+var credentials = []credentialChoice{
+	{"managed-identity", "the machine's managed identity (default)"},
+	{"azure-cli", "the account signed in with az login"},
+	{"default", "azidentity's DefaultAzureCredential: environment, workload identity, managed identity, az, azd, PowerShell"},
+	{"workload-identity", "AKS workload identity: AZURE_CLIENT_ID, AZURE_TENANT_ID, AZURE_FEDERATED_TOKEN_FILE"},
+}
+
+// credentialNames lists the choices of --credential: "a, b, c or d".
+func credentialNames() string {
+	names := make([]string, len(credentials))
+	for i, c := range credentials {
+		names[i] = c.name
+	}
+	return strings.Join(names[:len(names)-1], ", ") + " or " + names[len(names)-1]
 }
 
 func (f *loadFlags) register(cmd *cobra.Command) {
@@ -46,12 +71,19 @@ func (f *loadFlags) register(cmd *cobra.Command) {
 	fs.StringVarP(&f.config, "config", "c", "", "configuration file (YAML, JSON, TOML, dotenv...; the type is taken from the extension)")
 	fs.StringVar(&f.envPrefix, "env-prefix", "", "environment variable prefix, as viper.SetEnvPrefix (APP: APP_DATABASE_CONN overrides database.conn)")
 	fs.StringSliceVar(&f.envKeys, "env-key", nil, "a key that exists only in the environment (as viperkv.WithEnvKeys); repeatable")
-	fs.StringVar(&f.clientID, "client-id", "", "client ID of a user-assigned managed identity (default: the system-assigned identity)")
+	fs.StringVar(&f.credential, "credential", "managed-identity", "how to authenticate to Key Vault: "+credentialNames()+
+		" (azure-cli or default to run from a laptop against real Azure)")
+	fs.StringVar(&f.clientID, "client-id", "", "client ID of a user-assigned managed identity (default: the system-assigned identity), or of the workload identity's app")
 	fs.StringVar(&f.cloud, "cloud", "AzurePublic", "Azure cloud: AzurePublic, AzureChina or AzureUSGovernment")
 	fs.DurationVar(&f.timeout, "timeout", viperkv.DefaultFetchTimeout, "how long to wait for all references")
 	fs.BoolVarP(&f.verbose, "verbose", "v", false, "log each step to stderr (never a secret value)")
 	_ = cmd.RegisterFlagCompletionFunc("cloud", cobra.FixedCompletions(
 		[]cobra.Completion{"AzurePublic", "AzureChina", "AzureUSGovernment"}, cobra.ShellCompDirectiveNoFileComp))
+	choices := make([]cobra.Completion, len(credentials))
+	for i, c := range credentials {
+		choices[i] = cobra.CompletionWithDesc(c.name, c.help)
+	}
+	_ = cmd.RegisterFlagCompletionFunc("credential", cobra.FixedCompletions(choices, cobra.ShellCompDirectiveNoFileComp))
 	_ = cmd.MarkFlagFilename("config", "yaml", "yml", "json", "toml", "env", "dotenv", "properties", "ini", "hcl")
 }
 
@@ -79,7 +111,7 @@ func (f *loadFlags) viper() (*viper.Viper, error) {
 func (f *loadFlags) options(stderr io.Writer) ([]viperkv.Option, error) {
 	cloud, err := viperkv.ParseCloud(f.cloud)
 	if err != nil {
-		return nil, usageError("--cloud: %v", err)
+		return nil, usageError("--cloud: %s", bare(err))
 	}
 	if f.timeout <= 0 {
 		return nil, usageError("--timeout must be positive")
@@ -90,20 +122,23 @@ func (f *loadFlags) options(stderr io.Writer) ([]viperkv.Option, error) {
 	} else {
 		log = slog.New(slog.DiscardHandler)
 	}
+	if !slices.ContainsFunc(credentials, func(c credentialChoice) bool { return c.name == f.credential }) {
+		return nil, usageError("--credential %q: want %s", f.credential, credentialNames())
+	}
+	if f.clientID != "" && (f.credential == "azure-cli" || f.credential == "default") {
+		return nil, usageError("--client-id selects a managed identity or a workload identity's app; it does not apply to --credential %s", f.credential)
+	}
 	opts := []viperkv.Option{viperkv.WithCloud(cloud), viperkv.WithFetchTimeout(f.timeout), viperkv.WithLogger(log)}
 	if len(f.envKeys) > 0 {
 		opts = append(opts, viperkv.WithEnvKeys(f.envKeys...))
 	}
-	if f.clientID != "" {
-		opts = append(opts, viperkv.WithManagedIdentity(azidentity.ClientID(f.clientID)))
-	}
+	var hc *http.Client // the emulator's, or nil for Azure
 	if path := os.Getenv(emulatorInfoEnv); path != "" {
 		info, err := kvtest.ReadInfo(path)
 		if err != nil {
 			return nil, usageError("%s: %v", emulatorInfoEnv, err)
 		}
-		hc, err := info.Client()
-		if err != nil {
+		if hc, err = info.Client(); err != nil {
 			return nil, usageError("%s: %v", emulatorInfoEnv, err)
 		}
 		for k, v := range info.Env() {
@@ -114,7 +149,85 @@ func (f *loadFlags) options(stderr io.Writer) ([]viperkv.Option, error) {
 		fmt.Fprintf(stderr, "viperkv: using the emulator of %s=%s, not Azure\n", emulatorInfoEnv, path)
 		opts = append(opts, viperkv.WithTransport(hc))
 	}
-	return opts, nil
+	if f.credential == "managed-identity" {
+		// The provider's own default, which guards the identity endpoint's transport itself.
+		if f.clientID != "" {
+			opts = append(opts, viperkv.WithManagedIdentity(azidentity.ClientID(f.clientID)))
+		}
+		return opts, nil
+	}
+	cred, err := f.newCredential(cloud, hc)
+	if err != nil {
+		return nil, err
+	}
+	return append(opts, viperkv.WithCredential(cred)), nil
+}
+
+// newCredential returns the azidentity credential --credential names (other than
+// managed-identity), reaching Entra ID through hc (the emulator's client) when it is set,
+// and never following a redirect.
+func (f *loadFlags) newCredential(cloud viperkv.Cloud, hc *http.Client) (azcore.TokenCredential, error) {
+	co := azcore.ClientOptions{Cloud: azureClouds[cloud], Transport: noRedirects(hc)}
+	var (
+		cred azcore.TokenCredential
+		err  error
+	)
+	switch f.credential {
+	case "azure-cli":
+		cred, err = azidentity.NewAzureCLICredential(nil)
+	case "default":
+		cred, err = azidentity.NewDefaultAzureCredential(&azidentity.DefaultAzureCredentialOptions{ClientOptions: co})
+	case "workload-identity":
+		if err := workloadIdentityEnv(f.clientID); err != nil {
+			return nil, err
+		}
+		cred, err = azidentity.NewWorkloadIdentityCredential(&azidentity.WorkloadIdentityCredentialOptions{ClientOptions: co, ClientID: f.clientID})
+	}
+	if err != nil {
+		return nil, usageError("--credential %s: %v", f.credential, err)
+	}
+	return cred, nil
+}
+
+// workloadIdentityEnv checks the variables AKS workload identity sets in a pod, so that a
+// missing one is a usage error naming it rather than a failed token request.
+func workloadIdentityEnv(clientID string) error {
+	var missing []string
+	for _, v := range []string{"AZURE_CLIENT_ID", "AZURE_TENANT_ID", "AZURE_FEDERATED_TOKEN_FILE"} {
+		if os.Getenv(v) == "" && (v != "AZURE_CLIENT_ID" || clientID == "") {
+			missing = append(missing, v)
+		}
+	}
+	switch len(missing) {
+	case 0:
+	case 1:
+		return usageError("--credential workload-identity: %s is not set (AKS workload identity sets it in the pod)", missing[0])
+	default:
+		return usageError("--credential workload-identity: %s and %s are not set (AKS workload identity sets them in the pod)",
+			strings.Join(missing[:len(missing)-1], ", "), missing[len(missing)-1])
+	}
+	if _, err := os.Stat(os.Getenv("AZURE_FEDERATED_TOKEN_FILE")); err != nil {
+		return usageError("--credential workload-identity: AZURE_FEDERATED_TOKEN_FILE: %v", err)
+	}
+	return nil
+}
+
+// azureClouds are the azcore clouds (Entra ID authority hosts) of viperkv's clouds.
+var azureClouds = map[viperkv.Cloud]azcloud.Configuration{
+	viperkv.CloudPublic:       azcloud.AzurePublic,
+	viperkv.CloudChina:        azcloud.AzureChina,
+	viperkv.CloudUSGovernment: azcloud.AzureGovernment,
+}
+
+// noRedirects returns a client sending through hc's transport (the default one if hc is
+// nil) that never follows a redirect: an Entra ID that redirects is an error, not a new
+// place to send credentials to.
+func noRedirects(hc *http.Client) *http.Client {
+	c := &http.Client{CheckRedirect: func(*http.Request, []*http.Request) error { return http.ErrUseLastResponse }}
+	if hc != nil {
+		c.Transport, c.Timeout = hc.Transport, hc.Timeout
+	}
+	return c
 }
 
 // envRefs are the environment variables whose values hold references.

@@ -8,6 +8,7 @@ import (
 	"os/signal"
 	"path/filepath"
 	"sort"
+	"strings"
 	"syscall"
 	"text/tabwriter"
 	"time"
@@ -55,12 +56,12 @@ func runEmulator(ctx context.Context, out io.Writer, f emulatorFlags) error {
 	if f.seed != "" {
 		r, err := os.Open(f.seed)
 		if err != nil {
-			return fmt.Errorf("emulator: %w", err)
+			return seedError(f.seed, err)
 		}
 		seed, err = kvtest.ParseSeed(r)
 		_ = r.Close() // read-only file: a close error changes nothing
 		if err != nil {
-			return fmt.Errorf("emulator: %s: %w", f.seed, err)
+			return seedError(f.seed, err)
 		}
 	}
 	opts := []kvtest.Option{kvtest.WithTokenLifetime(f.tokenLifetime)}
@@ -73,7 +74,7 @@ func runEmulator(ctx context.Context, out io.Writer, f emulatorFlags) error {
 	}
 	defer srv.Close()
 	if err := srv.ApplySeed(seed); err != nil {
-		return fmt.Errorf("emulator: %w", err)
+		return seedError(f.seed, err)
 	}
 
 	infoPath, caPath := f.info, f.caFile
@@ -108,6 +109,12 @@ func runEmulator(ctx context.Context, out io.Writer, f emulatorFlags) error {
 	<-ctx.Done()
 	fmt.Fprintln(out, "\nviperkv emulator: shutting down")
 	return nil
+}
+
+// seedError is a seed that cannot be read or used: the user's mistake, like an unreadable
+// configuration (exit status 2).
+func seedError(path string, err error) error {
+	return usageError("--seed %s: %s", path, strings.TrimPrefix(err.Error(), "kvtest: "))
 }
 
 // printInstructions tells the user how to reach the emulator. It never prints secret values.

@@ -17,6 +17,7 @@ import (
 	"fmt"
 	"io"
 	"os"
+	"strings"
 
 	"github.com/spf13/cobra"
 )
@@ -55,7 +56,9 @@ func newRootCmd() *cobra.Command {
 		Short: "Key Vault references for Viper configurations",
 		Long: `viperkv resolves Azure Key Vault references such as
   @KeyVault(SecretUri=https://myvault.vault.azure.net/secrets/db-conn/)
-in Viper configuration files and environment variables, with the machine's managed identity.
+in Viper configuration files and environment variables, with the machine's managed identity
+(or, with --credential, the account of az login, DefaultAzureCredential or AKS workload
+identity).
 
 Against the local emulator (viperkv emulator), set VIPERKV_EMULATOR_INFO to the emulator's
 info file: the commands then trust its CA, reach it for *.vault.azure.net and use its
@@ -83,17 +86,23 @@ func execute(ctx context.Context, args []string, stdout, stderr io.Writer) int {
 	}
 	var ee *exitError
 	if !errors.As(err, &ee) {
-		fmt.Fprintf(stderr, "viperkv: %v\nRun '%s --help' for usage.\n", err, cmd.CommandPath())
-		return 2
+		ee = &exitError{code: 2, err: err}
 	}
 	if ee.err != nil {
-		fmt.Fprintf(stderr, "viperkv: %v\n", ee.err)
+		fmt.Fprintln(stderr, prefixed(ee.err))
 		if ee.code == 2 {
 			fmt.Fprintf(stderr, "Run '%s --help' for usage.\n", cmd.CommandPath())
 		}
 	}
 	return ee.code
 }
+
+// prefixed returns the message of err after "viperkv: ", once: the library's errors
+// already start with it.
+func prefixed(err error) string { return "viperkv: " + bare(err) }
+
+// bare returns the message of err without the library's "viperkv: " prefix, to wrap it.
+func bare(err error) string { return strings.TrimPrefix(err.Error(), "viperkv: ") }
 
 // markRunErrors wraps every RunE so that its errors are told apart from cobra's own.
 func markRunErrors(c *cobra.Command) {

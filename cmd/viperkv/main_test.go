@@ -13,6 +13,7 @@ import (
 	"os/exec"
 	"os/signal"
 	"path/filepath"
+	"regexp"
 	"strconv"
 	"strings"
 	"sync"
@@ -75,18 +76,22 @@ func testMain(m *testing.M) int {
 		fmt.Fprintln(os.Stderr, err)
 		return 1
 	}
-	caFile := filepath.Join(dir, "ca.pem")
-	if err := os.WriteFile(caFile, emu.CACertPEM(), 0o644); err != nil {
-		fmt.Fprintln(os.Stderr, err)
-		return 1
-	}
-	info := emu.Info(caFile)
-	infoPath = filepath.Join(dir, "info.json")
-	if err := info.WriteFile(infoPath); err != nil {
+	if infoPath, err = writeInfo(emu, dir); err != nil {
 		fmt.Fprintln(os.Stderr, err)
 		return 1
 	}
 	return m.Run()
+}
+
+// writeInfo writes an emulator's CA and info file into dir and returns the info's path.
+func writeInfo(srv *kvtest.Server, dir string) (string, error) {
+	caFile := filepath.Join(dir, "ca.pem")
+	if err := os.WriteFile(caFile, srv.CACertPEM(), 0o644); err != nil {
+		return "", err
+	}
+	info := srv.Info(caFile)
+	path := filepath.Join(dir, "info.json")
+	return path, info.WriteFile(path)
 }
 
 func readSeed(path string) (*kvtest.Seed, error) {
@@ -106,6 +111,20 @@ func sentinel(t *testing.T) string {
 	return "SENTINEL-" + hex.EncodeToString(b) + "-value"
 }
 
+// hardSentinel is a sentinel secret holding every character an encoding of the CLI's
+// escapes (" ' \\ < > & a tab, a control character), a newline, and leading and trailing
+// blanks. Each of its two lines holds a random token of its own: no form of the value, and
+// no line of it, can show without showing a token (see assertNoSentinel).
+func hardSentinel(t *testing.T) string {
+	t.Helper()
+	return "  " + sentinel(t) + `-"q'b\s<l>g&a` + "\tc\x01d\n" + sentinel(t) + "  "
+}
+
+// sentinelTokens returns the random tokens of a sentinel (see sentinel and hardSentinel).
+func sentinelTokens(secret string) []string {
+	return regexp.MustCompile(`SENTINEL-[0-9a-f]{16}`).FindAllString(secret, -1)
+}
+
 // secretName returns a fresh secret name, so parallel tests never share a secret.
 func secretName(t *testing.T) string {
 	t.Helper()
@@ -120,13 +139,18 @@ func secretName(t *testing.T) string {
 
 // syncBuffer collects a process's output while the test reads it.
 type syncBuffer struct {
-	mu sync.Mutex
-	b  bytes.Buffer
+	mu   sync.Mutex
+	b    bytes.Buffer
+	grew chan struct{} // closed by the next write
 }
 
 func (s *syncBuffer) Write(p []byte) (int, error) {
 	s.mu.Lock()
 	defer s.mu.Unlock()
+	if s.grew != nil {
+		close(s.grew)
+		s.grew = nil
+	}
 	return s.b.Write(p)
 }
 
@@ -134,6 +158,16 @@ func (s *syncBuffer) String() string {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	return s.b.String()
+}
+
+// next returns the output so far and a channel closed when more arrives.
+func (s *syncBuffer) next() (string, <-chan struct{}) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if s.grew == nil {
+		s.grew = make(chan struct{})
+	}
+	return s.b.String(), s.grew
 }
 
 // proc is a viperkv process.
@@ -190,18 +224,34 @@ func (p *proc) wait() int {
 // waitOutput waits until stdout contains s.
 func (p *proc) waitOutput(s string) {
 	p.t.Helper()
-	deadline := time.Now().Add(15 * time.Second)
-	for !strings.Contains(p.stdout.String(), s) {
-		select {
-		case <-p.exited:
-			if strings.Contains(p.stdout.String(), s) {
-				return
-			}
-			p.t.Fatalf("viperkv exited (status %d) before printing %q\nstdout:\n%s\nstderr:\n%s", p.code, s, p.stdout.String(), p.stderr.String())
-		case <-time.After(10 * time.Millisecond):
+	p.waitFor("stdout", &p.stdout, s)
+}
+
+// waitStderr waits until stderr contains s and returns stderr.
+func (p *proc) waitStderr(s string) string {
+	p.t.Helper()
+	return p.waitFor("stderr", &p.stderr, s)
+}
+
+// waitFor waits until the process has written s to buf, and returns what it wrote.
+func (p *proc) waitFor(name string, buf *syncBuffer, s string) string {
+	p.t.Helper()
+	deadline := time.NewTimer(15 * time.Second)
+	defer deadline.Stop()
+	for {
+		out, grew := buf.next()
+		if strings.Contains(out, s) {
+			return out
 		}
-		if time.Now().After(deadline) {
-			p.t.Fatalf("no %q in output after 15 s\nstdout:\n%s\nstderr:\n%s", s, p.stdout.String(), p.stderr.String())
+		select {
+		case <-grew:
+		case <-p.exited:
+			if out := buf.String(); strings.Contains(out, s) {
+				return out
+			}
+			p.t.Fatalf("viperkv exited (status %d) before writing %q to %s\nstdout:\n%s\nstderr:\n%s", p.code, s, name, p.stdout.String(), p.stderr.String())
+		case <-deadline.C:
+			p.t.Fatalf("no %q in %s after 15 s\nstdout:\n%s\nstderr:\n%s", s, name, p.stdout.String(), p.stderr.String())
 		}
 	}
 }
@@ -218,7 +268,14 @@ func cli(t *testing.T, env []string, args ...string) (code int, stdout, stderr s
 	t.Helper()
 	p := start(t, env, args...)
 	code = p.wait()
-	return code, p.stdout.String(), p.stderr.String()
+	stdout, stderr = p.stdout.String(), p.stderr.String()
+	// The library's errors start with "viperkv: " already: the CLI must not add another.
+	for _, line := range strings.Split(stderr, "\n") {
+		if strings.Count(line, "viperkv: ") > 1 {
+			t.Errorf("viperkv %s: doubled prefix in %q", strings.Join(args, " "), line)
+		}
+	}
+	return code, stdout, stderr
 }
 
 // writeFile writes a file in the test's temporary directory and returns its path.

@@ -2,6 +2,7 @@ package main
 
 import (
 	"bytes"
+	"encoding/json"
 	"io"
 	"slices"
 	"strings"
@@ -25,8 +26,8 @@ type matcher struct {
 	byFirst [256][][]byte // candidates by first byte, longest first
 }
 
-// add adds values (and, for multi-line values, each line of them, so output that splits
-// or re-indents a certificate is still concealed). Blank values are ignored.
+// add adds values and every form of them that output may show (see secretForms). Blank
+// values are ignored.
 func (s *secretSet) add(values ...string) {
 	s.mu.Lock()
 	defer s.mu.Unlock()
@@ -39,16 +40,8 @@ func (s *secretSet) add(values ...string) {
 	}
 	n := len(all)
 	for _, v := range values {
-		if strings.TrimSpace(v) == "" {
-			continue
-		}
-		all[v] = true
-		if strings.ContainsAny(v, "\r\n") {
-			for _, line := range strings.FieldsFunc(v, func(r rune) bool { return r == '\r' || r == '\n' }) {
-				if len(strings.TrimSpace(line)) >= 4 {
-					all[line] = true
-				}
-			}
+		for _, f := range secretForms(v) {
+			all[f] = true
 		}
 	}
 	if old != nil && len(all) == n {
@@ -67,6 +60,109 @@ func (s *secretSet) add(values ...string) {
 		})
 	}
 	s.m.Store(m)
+}
+
+// minLineLen is the length (without blanks) a line of a multi-line value needs to be
+// concealed on its own: shorter lines ("-----", "}") would conceal common text.
+const minLineLen = 4
+
+// secretForms returns v and each form of it that a child's output may show, so that
+// masking the child's output conceals all of them:
+//   - v as it is, trimmed of surrounding blanks, and with its blanks collapsed to single
+//     spaces (what an unquoted echo $X prints);
+//   - v as the CLI itself encodes it: JSON with and without Go's HTML-safe escapes (run
+//     exports a list as JSON), quoted by each format resolve writes (YAML, TOML), in each
+//     quoting style those formats choose for a longer string that holds v, and each of
+//     these in the shell quoting of resolve --format env;
+//   - for a multi-line v, and for each multi-line form, each line of at least minLineLen
+//     characters (without blanks), as it is and trimmed, so output that splits or
+//     re-indents a certificate is still concealed.
+//
+// A blank v has no forms.
+func secretForms(v string) []string {
+	if strings.TrimSpace(v) == "" {
+		return nil
+	}
+	forms := []string{v, strings.TrimSpace(v), strings.Join(strings.Fields(v), " ")}
+	forms = append(forms, encodedForms(v)...)
+	for _, f := range forms {
+		// The shell quoting of --format env, also around a list exported as JSON.
+		if strings.Contains(f, "'") {
+			forms = append(forms, strings.ReplaceAll(f, "'", `'\''`))
+		}
+	}
+	out := forms
+	for _, f := range forms {
+		if !strings.ContainsAny(f, "\r\n") {
+			continue
+		}
+		for _, line := range strings.FieldsFunc(f, func(r rune) bool { return r == '\r' || r == '\n' }) {
+			if t := strings.TrimSpace(line); len(t) >= minLineLen {
+				out = append(out, line, t)
+			}
+		}
+	}
+	return slices.DeleteFunc(out, func(f string) bool { return f == "" })
+}
+
+// encodedForms returns v as the CLI's own encoders write it inside a quoted string. Each
+// format is asked for v alone and for v after a character that forces another quoting
+// style (YAML: " " single quotes, "\x01" double quotes; TOML: "'" a basic string), since
+// a secret inside a longer value is quoted the way the whole value needs.
+func encodedForms(v string) []string {
+	forms := []string{jsonForm(v, true), jsonForm(v, false)}
+	for _, f := range []struct{ format, lead string }{
+		{"yaml", ""}, {"yaml", " "}, {"yaml", "\x01"}, {"toml", ""}, {"toml", "'"},
+	} {
+		form, ok := scalarForm(f.lead+v, f.format)
+		if !ok {
+			continue
+		}
+		if f.lead != "" {
+			lead, ok := scalarForm(f.lead, f.format)
+			if !ok || !strings.HasPrefix(form, lead) {
+				continue
+			}
+			form = form[len(lead):]
+		}
+		forms = append(forms, form)
+	}
+	return forms
+}
+
+// jsonForm returns v as a JSON string shows it, without the quotes.
+func jsonForm(v string, escapeHTML bool) string {
+	var b strings.Builder
+	enc := json.NewEncoder(&b)
+	enc.SetEscapeHTML(escapeHTML)
+	_ = enc.Encode(v) // a string always encodes
+	return unquoteForm(strings.TrimSuffix(b.String(), "\n"))
+}
+
+// scalarForm returns v as resolve writes it in format, without the key and the quotes.
+func scalarForm(v, format string) (string, bool) {
+	var b strings.Builder
+	if err := writeSettings(&b, map[string]any{"k": v}, format, ""); err != nil {
+		return "", false
+	}
+	s := strings.TrimSuffix(b.String(), "\n")
+	for _, key := range []string{"k: ", "k = ", "K="} {
+		if rest, ok := strings.CutPrefix(s, key); ok {
+			rest = strings.TrimPrefix(rest, "!!binary ") // YAML's form of invalid UTF-8
+			return unquoteForm(rest), true
+		}
+	}
+	return "", false
+}
+
+// unquoteForm strips the quotes around an encoded string: """, ”', " or '.
+func unquoteForm(s string) string {
+	for _, q := range []string{`"""`, `'''`, `"`, `'`} {
+		if len(s) >= 2*len(q) && strings.HasPrefix(s, q) && strings.HasSuffix(s, q) {
+			return s[len(q) : len(s)-len(q)]
+		}
+	}
+	return s
 }
 
 // maskWriter conceals secrets in a stream. A secret split across writes is still found:

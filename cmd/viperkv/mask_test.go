@@ -2,6 +2,7 @@ package main
 
 import (
 	"bytes"
+	"fmt"
 	"math/rand/v2"
 	"strings"
 	"testing"
@@ -97,6 +98,47 @@ func TestMaskWriterRandomSplits(t *testing.T) {
 		// Filler can combine with a neighbour into a secret; compare only when it did not.
 		if strings.Count(got, concealed) == strings.Count(want.String(), concealed) && got != want.String() {
 			t.Fatalf("in %q (chunks %v)\n got %q\nwant %q", in.String(), sizes, got, want.String())
+		}
+	}
+}
+
+// TestSecretFormsConcealEncodings writes secrets, alone, inside longer values and in
+// lists, in every format resolve writes and as run exports them, and masks the result:
+// the token in each secret (its own, as a line of one may be its token alone) must never
+// come out.
+func TestSecretFormsConcealEncodings(t *testing.T) {
+	secrets := []func(token string) string{
+		func(tok string) string { return "  " + tok + `-"q'b\s<l>g&a` + "\tc\x01d\nline-two-" + tok + "  " },
+		func(tok string) string { return tok + "-it's" },
+		func(tok string) string { return tok + `-a"b` },
+		func(tok string) string { return tok + "-p\u2028q\x7f" },
+		func(tok string) string { return tok + "-bad\xffutf8" },
+		func(tok string) string { return "a b " + tok + " c" },
+		func(tok string) string {
+			return "-----BEGIN KEY-----\n" + tok + "\n  indented-" + tok + "\n-----END KEY-----\n"
+		},
+	}
+	set := &secretSet{}
+	for i, secret := range secrets {
+		set.add(secret(fmt.Sprintf("TOKEN%02d", i)))
+	}
+	for i, secret := range secrets {
+		token := fmt.Sprintf("TOKEN%02d", i)
+		s := secret(token)
+		for _, v := range []any{s, " x" + s, "\x01" + s, "'" + s, "pw=" + s + ";", []any{s, "plain"}, []any{"k=" + s + "'"}} {
+			outputs := map[string]string{"run": envValue(v)}
+			for _, format := range []string{"yaml", "json", "toml", "env"} {
+				var b bytes.Buffer
+				if err := writeSettings(&b, map[string]any{"k": v}, format, ""); err != nil {
+					t.Fatal(err)
+				}
+				outputs[format] = b.String()
+			}
+			for name, out := range outputs {
+				if got := feed(t, set, out, 7); strings.Contains(got, token) {
+					t.Errorf("%s of %q: %q", name, v, got)
+				}
+			}
 		}
 	}
 }

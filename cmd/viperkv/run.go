@@ -166,7 +166,7 @@ resolving:
 				default:
 				}
 			case viperkv.EventError:
-				say("warning: %s: %s; the command keeps its current values", describeSecret(e, refs), e.Status)
+				say("warning: %s: %s; the command keeps its current values", describeSecret(e, refs), eventReason(e))
 			case viperkv.EventRecovered:
 				say("%s resolves again", describeSecret(e, refs))
 			case viperkv.EventNearExpiry:
@@ -293,6 +293,19 @@ func describeSecret(e viperkv.Event, refs *envRefs) string {
 		what += " (" + strings.Join(keys, ", ") + ")"
 	}
 	return what
+}
+
+// eventReason says why a refresh failed: the status and reason of a reference, or the
+// event's error (a config file that does not parse). Neither holds a value.
+func eventReason(e viperkv.Event) string {
+	var re *viperkv.ReferenceError
+	switch {
+	case errors.As(e.Err, &re) && re.Reason != "":
+		return string(re.Status) + ": " + re.Reason
+	case e.Err != nil:
+		return strings.TrimSuffix(bare(e.Err), "; keeping the last good configuration")
+	}
+	return string(e.Status)
 }
 
 func startFailure(name string, err error) error {

@@ -4,12 +4,16 @@ package main
 
 import (
 	"fmt"
+	"os"
 	"path/filepath"
+	"regexp"
 	"slices"
 	"strings"
 	"syscall"
 	"testing"
 	"time"
+
+	"github.com/viperkv/viperkv/kvtest"
 )
 
 // newSecret stores a fresh secret in myvault and returns its name and a reference to it.
@@ -43,6 +47,38 @@ func TestRunResolvesEnvironmentAndMasksOutput(t *testing.T) {
 	code, out, _ = cli(t, env, append([]string{"run", "--no-masking"}, childCmd("print", "DB_CONN")...)...)
 	if code != 0 || out != "DB_CONN="+secret+"\n" {
 		t.Errorf("--no-masking: exit %d, stdout %q", code, out)
+	}
+}
+
+// TestRunMasksEveryFormOfASecret: the CLI exports a list holding a reference as JSON, and
+// a child may print a value unquoted (trimmed), or run viperkv resolve --reveal: none of
+// the forms the CLI itself produces may show the secret.
+func TestRunMasksEveryFormOfASecret(t *testing.T) {
+	t.Parallel()
+	secret := hardSentinel(t)
+	_, ref := newSecret(t, secret)
+	config := writeFile(t, "c.yaml", fmt.Sprintf("conn: %q\nlist: [%[1]q, plain]\ndsn: %q\n", ref, "password="+ref+";"))
+	script := `printf 'raw=%s\n' "$S"; printf unquoted=; echo $S; printf 'list=%s\n' "$APP_LIST"; printf 'dsn=%s\n' "$APP_DSN"
+for f in yaml json toml env; do "$VIPERKV" resolve --config "$CONFIG" --reveal --format $f; done
+echo done`
+	env := []string{"S=" + ref, "VIPERKV=" + binPath, "CONFIG=" + config}
+	args := []string{"run", "--config", config, "--env-prefix", "app", "--", "sh", "-c", script}
+
+	code, out, errOut := cli(t, env, args...)
+	if code != 0 || !strings.HasSuffix(out, "done\n") {
+		t.Fatalf("exit %d\nstdout:\n%s\nstderr:\n%s", code, out, errOut)
+	}
+	assertNoSentinel(t, "run", out+errOut, secret)
+	for _, want := range []string{"raw=<concealed by viperkv>\n", "unquoted=<concealed by viperkv>\n", "list=[\"<concealed by viperkv>\",\"plain\"]\n"} {
+		if !strings.Contains(out, want) {
+			t.Errorf("no %q in:\n%s", want, out)
+		}
+	}
+
+	// The same with --no-masking shows the secret in every form: the child did print them.
+	code, out, _ = cli(t, env, append([]string{"run", "--no-masking"}, args[1:]...)...)
+	if code != 0 || !showsSentinel(out, secret) || !strings.Contains(out, `\u0026`) || !strings.Contains(out, "unquoted="+strings.Join(strings.Fields(secret), " ")+"\n") {
+		t.Errorf("--no-masking: exit %d\n%s", code, out)
 	}
 }
 
@@ -156,11 +192,7 @@ func TestRunWatchRestartsOnRotation(t *testing.T) {
 	}
 	p.waitOutput("started\nstarted\n")
 	// The restart is announced, with the secret and versions, never the values.
-	deadline := time.Now().Add(5 * time.Second)
-	for !strings.Contains(p.stderr.String(), "restarted the command") && time.Now().Before(deadline) {
-		time.Sleep(10 * time.Millisecond)
-	}
-	errOut := p.stderr.String()
+	errOut := p.waitStderr("restarted the command")
 	for _, s := range []string{"rotation: DB_CONN changed (secret myvault.vault.azure.net/" + name + " version ", "-> " + version + ")",
 		"restarting the command: SIGTERM, then SIGKILL after 5s", "restarted the command (pid "} {
 		if !strings.Contains(errOut, s) {
@@ -195,4 +227,89 @@ func TestRunWatchKillsAfterGrace(t *testing.T) {
 	if code := p.wait(); code != 0 {
 		t.Errorf("exit %d after SIGINT, want the child's 0", code)
 	}
+}
+
+// TestRunWatchMessagesHideValues: what run --watch says about a rotation and a failed
+// refresh names variables, secrets and versions, never a value, in any form.
+func TestRunWatchMessagesHideValues(t *testing.T) {
+	t.Parallel()
+	first, second := hardSentinel(t), hardSentinel(t)
+	name, ref := newSecret(t, first)
+	config := writeFile(t, "c.yaml", fmt.Sprintf("db:\n  conn: %q\n  hosts: [%[1]q, plain]\n", ref))
+	p := start(t, []string{childEnvVar, "DB_CONN=" + ref},
+		append([]string{"run", "--watch", "--config", config, "--refresh-interval", "200ms", "--grace", "5s"}, childCmd("serve", filepath.Join(t.TempDir(), "started"), "DB_CONN")...)...)
+	p.waitOutput("started\n")
+	version := emu.Vault("myvault").SetSecret(name, second)
+	p.waitStderr("restarted the command")
+	p.waitOutput("started\nstarted\n")
+	if err := emu.Vault("myvault").SetEnabled(name, version, false); err != nil {
+		t.Fatal(err)
+	}
+	p.waitStderr("SecretDisabled")
+	p.signal(syscall.SIGTERM)
+	if code := p.wait(); code != 0 {
+		t.Errorf("exit %d after SIGTERM", code)
+	}
+	for _, secret := range []string{first, second} {
+		assertNoSentinel(t, "run --watch", p.stdout.String()+p.stderr.String(), secret)
+	}
+}
+
+// TestRunWatchWarningsSayWhy: a warning of run --watch says why the refresh failed: the
+// parser's error for a bad config edit, the network error when the vault is gone.
+func TestRunWatchWarningsSayWhy(t *testing.T) {
+	t.Parallel()
+	t.Run("bad config edit", func(t *testing.T) {
+		t.Parallel()
+		_, ref := newSecret(t, sentinel(t))
+		config := writeFile(t, "c.yaml", fmt.Sprintf("db:\n  conn: %q\n", ref))
+		p := start(t, []string{childEnvVar},
+			append([]string{"run", "--watch", "--config", config, "--grace", "5s"}, childCmd("serve", filepath.Join(t.TempDir(), "started"), "DB_CONN")...)...)
+		p.waitOutput("started\n")
+		if err := os.WriteFile(config, []byte("db:\n  conn: [unclosed\n"), 0o600); err != nil {
+			t.Fatal(err)
+		}
+		errOut := p.waitStderr("; the command keeps its current values\n")
+		if !regexp.MustCompile(`viperkv: warning: configuration: config file .*c\.yaml: .*yaml: line \d+: .+; the command keeps its current values\n`).MatchString(errOut) {
+			t.Errorf("the warning does not say why:\n%s", errOut)
+		}
+		p.signal(syscall.SIGTERM)
+		p.wait()
+	})
+
+	t.Run("vault gone", func(t *testing.T) {
+		t.Parallel()
+		srv, info := ownEmulator(t, func(srv *kvtest.Server) {
+			v := srv.AddVault("myvault")
+			v.SetSecret("db-conn", sentinel(t))
+			v.Grant(srv.SystemIdentity(), kvtest.RoleSecretsUser)
+		})
+		p := start(t, []string{childEnvVar, emulatorInfoEnv + "=" + info, "DB_CONN=@KeyVault(VaultName=myvault;SecretName=db-conn)"},
+			append([]string{"run", "--watch", "--refresh-interval", "100ms"}, childCmd("serve", filepath.Join(t.TempDir(), "started"), "DB_CONN")...)...)
+		p.waitOutput("started\n")
+		srv.Close()
+		errOut := p.waitStderr("; the command keeps its current values\n")
+		if !strings.Contains(errOut, "viperkv: warning: secret myvault.vault.azure.net/db-conn ($DB_CONN): OtherReasons: ") || !strings.Contains(errOut, "connection refused") {
+			t.Errorf("the warning does not say why:\n%s", errOut)
+		}
+		p.signal(syscall.SIGTERM)
+		p.wait()
+	})
+}
+
+// ownEmulator starts an emulator for one test (which may stop it), lets setup add its
+// vaults, and returns it and the path of its info file.
+func ownEmulator(t *testing.T, setup func(*kvtest.Server)) (*kvtest.Server, string) {
+	t.Helper()
+	srv, err := kvtest.Start()
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(srv.Close)
+	setup(srv)
+	path, err := writeInfo(srv, t.TempDir())
+	if err != nil {
+		t.Fatal(err)
+	}
+	return srv, path
 }
