@@ -62,7 +62,8 @@ func (c *sharedCredential) GetToken(ctx context.Context, opts policy.TokenReques
 		defer cancel()
 		tok, err := c.cred.GetToken(tctx, opts)
 		if err != nil {
-			return azcore.AccessToken{}, &credentialError{err: err}
+			_, managed := c.cred.(*azidentity.ManagedIdentityCredential)
+			return azcore.AccessToken{}, &credentialError{err: err, managed: managed}
 		}
 		return tok, nil
 	})
@@ -92,9 +93,20 @@ func (c *sharedCredential) leave(key string, f *tokenFlight) {
 }
 
 // credentialError marks a failure to obtain a token, as opposed to a failure at the vault.
-type credentialError struct{ err error }
+// managed says the credential is a managed identity, whose failures App Service's status
+// names describe (MSINotEnabled); other credentials (az login, workload identity) are named
+// by their own errors.
+type credentialError struct {
+	err     error
+	managed bool
+}
 
-func (e *credentialError) Error() string { return "managed identity: " + e.err.Error() }
+func (e *credentialError) Error() string {
+	if e.managed {
+		return "managed identity: " + e.err.Error()
+	}
+	return "credential: " + e.err.Error()
+}
 func (e *credentialError) Unwrap() error { return e.err }
 
 // NonRetriable tells azcore's retry policy not to retry: the credential already retried.
@@ -103,6 +115,15 @@ func (e *credentialError) NonRetriable() {}
 // classifyCredentialError maps a token failure to a status and a short reason.
 func classifyCredentialError(err *credentialError) (Status, string) {
 	var afe *azidentity.AuthenticationFailedError
+	if !err.managed {
+		switch {
+		case errors.Is(err.err, context.DeadlineExceeded):
+			return StatusFetchTimedOut, "the credential did not get a token in time"
+		case errors.As(err.err, &afe) && afe.RawResponse != nil:
+			return StatusUnauthorizedClient, "Entra ID refused the credential (" + strconv.Itoa(afe.RawResponse.StatusCode) + "): " + firstLine(err.err.Error())
+		}
+		return StatusOtherReasons, "the credential could not get a token: " + firstLine(err.err.Error())
+	}
 	if errors.As(err.err, &afe) && afe.RawResponse != nil {
 		code := afe.RawResponse.StatusCode
 		switch code {

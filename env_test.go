@@ -121,6 +121,21 @@ func TestUnnamedEnvReferenceIsReported(t *testing.T) {
 	if got := p2.GetString("api.key"); got != "k-123" {
 		t.Errorf("api.key = %q with WithEnvKeys, want the secret", got)
 	}
+
+	// Without a prefix no variable can be told to be this app's: none is reported.
+	noPrefix := yamlViper(t, "plain: x
+")
+	noPrefix.AutomaticEnv()
+	p3, err := viperkv.New(noPrefix, viperkv.WithTransport(srv.Client()))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := p3.Load(t.Context()); err != nil {
+		t.Fatal(err)
+	}
+	if st := p3.Status(); len(st) != 0 {
+		t.Errorf("without a prefix: Status = %+v, want nothing", st)
+	}
 }
 
 // logBuffer collects log output written from any goroutine.

@@ -173,9 +173,10 @@ func (s *snapshot) hasKey(k string) bool {
 // StatusEnvKeyNotNamed row saying how to fix it.
 func unnamedEnvRefs(v *viper.Viper, tree map[string]any, pc parseConfig) []ReferenceStatus {
 	prefix := v.GetEnvPrefix()
-	if prefix != "" {
-		prefix = strings.ToUpper(prefix) + "_"
+	if prefix == "" {
+		return nil // without a prefix, no variable can be told to be this app's
 	}
+	prefix = strings.ToUpper(prefix) + "_"
 	read := map[string]bool{} // every string some key holds: a variable bound to a key is read
 	transform("", tree, func(_, s string) (string, bool) {
 		if HasReference(s) {
@@ -202,10 +203,7 @@ func unnamedEnvRefs(v *viper.Viper, tree map[string]any, pc parseConfig) []Refer
 				break
 			}
 		}
-		switch {
-		case key == "" && prefix == "":
-			continue // no prefix and no key reads it: not this app's variable
-		case key == "":
+		if key == "" {
 			key = strings.ReplaceAll(rest, "_", ".")
 		}
 		st := ReferenceStatus{Key: key, Status: StatusEnvKeyNotNamed,

@@ -165,7 +165,9 @@ func writeCheckTable(out io.Writer, status []viperkv.ReferenceStatus, refs *envR
 type checkRow struct {
 	Key string `json:"key"`
 	// Env is the environment variable holding the reference, for --environ rows.
-	Env           string  `json:"env,omitempty"`
+	Env string `json:"env,omitempty"`
+	// Reference is the reference as written in the configuration.
+	Reference     string  `json:"reference"`
 	Vault         string  `json:"vault"`
 	Secret        string  `json:"secret"`
 	PinnedVersion string  `json:"pinned_version"`
@@ -185,6 +187,7 @@ func writeCheckJSON(out io.Writer, status []viperkv.ReferenceStatus, refs *envRe
 		doc.References = append(doc.References, checkRow{
 			Key:           refs.display(st.Key),
 			Env:           refs.name(st.Key),
+			Reference:     st.Written,
 			Vault:         st.Reference.Vault,
 			Secret:        st.Reference.Name,
 			PinnedVersion: st.Reference.Version,

@@ -96,6 +96,11 @@ func runEmulator(ctx context.Context, out io.Writer, f emulatorFlags) error {
 	if caPath, err = filepath.Abs(caPath); err != nil {
 		return fmt.Errorf("emulator: %w", err)
 	}
+	for _, dir := range []string{filepath.Dir(caPath), filepath.Dir(infoPath)} {
+		if err := os.MkdirAll(dir, 0o755); err != nil {
+			return fmt.Errorf("emulator: %w", err)
+		}
+	}
 	if err := os.WriteFile(caPath, srv.CACertPEM(), 0o644); err != nil {
 		return fmt.Errorf("emulator: writing CA: %w", err)
 	}
