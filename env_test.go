@@ -123,8 +123,7 @@ func TestUnnamedEnvReferenceIsReported(t *testing.T) {
 	}
 
 	// Without a prefix no variable can be told to be this app's: none is reported.
-	noPrefix := yamlViper(t, "plain: x
-")
+	noPrefix := yamlViper(t, "plain: x\n")
 	noPrefix.AutomaticEnv()
 	p3, err := viperkv.New(noPrefix, viperkv.WithTransport(srv.Client()))
 	if err != nil {
