@@ -41,7 +41,12 @@ const (
 	OpPurgeDeletedSecret Op = "purgeDeletedSecret"
 	// OpRecoverDeletedSecret counts POST /deletedsecrets/{name}/recover.
 	OpRecoverDeletedSecret Op = "recoverDeletedSecret"
-	// OpThrottled counts secret GETs answered 429 by the vault's token bucket.
+	// OpBackupSecret counts POST /secrets/{name}/backup.
+	OpBackupSecret Op = "backupSecret"
+	// OpRestoreSecret counts POST /secrets/restore.
+	OpRestoreSecret Op = "restoreSecret"
+	// OpThrottled counts secret transactions (any of the operations above) answered 429 by
+	// the vault's token bucket.
 	OpThrottled Op = "throttled"
 	// OpUnauthorized counts vault requests whose token was rejected (401).
 	OpUnauthorized Op = "unauthorized"
@@ -56,7 +61,7 @@ const (
 var allOps = []Op{
 	OpToken, OpChallenge, OpGetSecret, OpSetSecret, OpUpdateSecret, OpDeleteSecret,
 	OpListSecrets, OpListVersions, OpGetDeletedSecret, OpListDeletedSecrets,
-	OpPurgeDeletedSecret, OpRecoverDeletedSecret, OpThrottled, OpUnauthorized,
+	OpPurgeDeletedSecret, OpRecoverDeletedSecret, OpBackupSecret, OpRestoreSecret, OpThrottled, OpUnauthorized,
 	OpForbidden, OpDiscovery, OpJWKS,
 }
 
@@ -222,7 +227,8 @@ func (s *Server) serveFault(w http.ResponseWriter, r *http.Request, f Fault, wri
 }
 
 // DefaultThrottleLimit and DefaultThrottlePeriod are Key Vault's documented service limit
-// for secret GETs per vault.
+// for secret transactions per vault: GET, PUT, PATCH, DELETE, list pages, backup,
+// restore, recover and purge all count; 429s do not.
 const (
 	DefaultThrottleLimit  = 4000
 	DefaultThrottlePeriod = 10 * time.Second

@@ -107,7 +107,8 @@ func TestExpiredAndNotYetValidSecretsAreReturned(t *testing.T) {
 }
 
 func TestSetUpdateDeleteSecret(t *testing.T) {
-	srv := newServer(t)
+	// Deletions complete at once here; TestDeletionTakesTime covers the deletion window.
+	srv := newServer(t, kvtest.WithDeletionWindow(0))
 	id := freshIdentity(t, srv)
 	kv := srv.AddVault("myvault")
 	kv.Grant(id, kvtest.RoleSecretsOfficer)

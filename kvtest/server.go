@@ -28,12 +28,50 @@ const DefaultTokenLifetime = 24 * time.Hour
 type Option func(*config)
 
 type config struct {
-	tenant        string
-	tokenLifetime time.Duration
-	noSystem      bool
-	signingKey    *rsa.PrivateKey
-	errorLog      *log.Logger
-	logger        *slog.Logger
+	tenant         string
+	tokenLifetime  time.Duration
+	noSystem       bool
+	signingKey     *rsa.PrivateKey
+	errorLog       *log.Logger
+	logger         *slog.Logger
+	deletionWindow time.Duration
+	shortPages     bool
+	noRetryAfter   bool
+}
+
+// DefaultDeletionWindow is how long a DELETE or a purge takes to complete unless
+// [WithDeletionWindow] says otherwise. Key Vault deletes asynchronously: a purge or a
+// re-create right after DELETE answers 409 ObjectIsBeingDeleted for a second or a few
+// (longer for secrets with many versions); the other SDKs' delete pollers check every 2 s.
+const DefaultDeletionWindow = 2 * time.Second
+
+// WithDeletionWindow sets how long DELETE /secrets/{name} and a purge take to complete
+// (default [DefaultDeletionWindow]); 0 makes both instant, for tests that need speed.
+// While a secret is being deleted it is neither a secret (GET answers 404) nor yet a
+// deleted secret (GET /deletedsecrets/{name} answers 404, lists leave it out); re-creating
+// (PUT), purging or recovering it answers 409 Conflict, innererror ObjectIsBeingDeleted.
+// While a purge completes, the name cannot be reused: PUT answers the same 409 and a
+// restore answers 409 Conflict. [Vault.DeleteSecret] follows the window too;
+// [Vault.SetSecret] purges at once.
+func WithDeletionWindow(d time.Duration) Option {
+	return func(c *config) { c.deletionWindow = max(d, 0) }
+}
+
+// WithShortPages makes every vault's lists (secrets, versions, deleted secrets) page as
+// the real service may: the first page is empty with a nextLink, pages then alternate
+// between a short one (at most half of maxresults) and an empty one, and the last page is
+// empty with no nextLink. A client must follow nextLink until there is none, whatever the
+// pages hold, to see everything.
+func WithShortPages() Option {
+	return func(c *config) { c.shortPages = true }
+}
+
+// WithoutThrottleRetryAfter makes the vaults' 429 Throttled answers carry no Retry-After
+// header, as Key Vault's sometimes do, so clients fall back to their own back-off (azcore
+// retries with exponential delays from 800 ms). By default they carry Retry-After: the
+// seconds until the token bucket has a token again.
+func WithoutThrottleRetryAfter() Option {
+	return func(c *config) { c.noRetryAfter = true }
 }
 
 // WithTenantID sets the emulated tenant (default [DefaultTenantID]). Tokens from another
@@ -120,7 +158,7 @@ func NewServer(opts ...Option) *Server {
 
 // Start is [NewServer] returning an error instead of panicking.
 func Start(opts ...Option) (*Server, error) {
-	cfg := config{tenant: DefaultTenantID, tokenLifetime: DefaultTokenLifetime}
+	cfg := config{tenant: DefaultTenantID, tokenLifetime: DefaultTokenLifetime, deletionWindow: DefaultDeletionWindow}
 	for _, o := range opts {
 		o(&cfg)
 	}

@@ -31,6 +31,7 @@ type Vault struct {
 	mu      sync.RWMutex
 	secrets map[string]*secret // lowercase name -> secret
 	deleted map[string]*deletedSecret
+	purging map[string]purge         // lowercase name -> a purge still completing
 	grants  map[string]map[Role]bool // object ID -> roles
 }
 
@@ -52,7 +53,38 @@ type secretVersion struct {
 
 type deletedSecret struct {
 	*secret
-	deletedAt time.Time
+	deletedAt time.Time // as reported: whole seconds
+	readyAt   time.Time // when the deletion completes (the deletion window)
+}
+
+// deleting reports whether the deletion has not completed yet at now.
+func (d *deletedSecret) deleting(now time.Time) bool { return now.Before(d.readyAt) }
+
+// purge is a purged name whose purge has not completed yet: it cannot be reused until.
+type purge struct {
+	name  string
+	until time.Time
+}
+
+// purgingLocked reports whether the name's purge is still completing at now, forgetting
+// purges that have completed. The caller holds v.mu for writing.
+func (v *Vault) purgingLocked(key string, now time.Time) (purge, bool) {
+	p, ok := v.purging[key]
+	if ok && !now.Before(p.until) {
+		delete(v.purging, key)
+		ok = false
+	}
+	return p, ok
+}
+
+// deleteLocked turns the secret into a deleted secret whose deletion completes after the
+// server's deletion window. The caller holds v.mu for writing.
+func (v *Vault) deleteLocked(key string, s *secret) *deletedSecret {
+	now := time.Now()
+	delete(v.secrets, key)
+	d := &deletedSecret{secret: s, deletedAt: now.Truncate(time.Second), readyAt: now.Add(v.srv.cfg.deletionWindow)}
+	v.deleted[key] = d
+	return d
 }
 
 func (s *secret) latest() *secretVersion { return s.versions[len(s.versions)-1] }
@@ -119,6 +151,7 @@ func (s *Server) AddVault(name string) *Vault {
 		counters: newCounters(),
 		secrets:  map[string]*secret{},
 		deleted:  map[string]*deletedSecret{},
+		purging:  map[string]purge{},
 		grants:   map[string]map[Role]bool{},
 	}
 	for _, c := range clouds {
@@ -195,7 +228,8 @@ func WithEnabled(enabled bool) SecretOption {
 
 // SetSecret creates a new version of the secret, which becomes the latest, and returns
 // the version (32 lowercase hex). Unlike the wire PUT, it first purges a deleted secret
-// of the same name. It panics on an invalid secret name.
+// of the same name, at once, even one whose deletion or purge has not completed. It panics
+// on an invalid secret name.
 func (v *Vault) SetSecret(name, value string, opts ...SecretOption) (version string) {
 	if !secretNameRE.MatchString(name) {
 		panic(fmt.Sprintf("kvtest: invalid secret name %q", name))
@@ -208,6 +242,7 @@ func (v *Vault) SetSecret(name, value string, opts ...SecretOption) (version str
 	v.mu.Lock()
 	defer v.mu.Unlock()
 	delete(v.deleted, strings.ToLower(name))
+	delete(v.purging, strings.ToLower(name))
 	v.addVersionLocked(name, sv)
 	return sv.version
 }
@@ -242,7 +277,8 @@ func (v *Vault) SetEnabled(name, version string, enabled bool) error {
 }
 
 // DeleteSecret deletes the secret (every version), as DELETE /secrets/{name} does: it
-// becomes a deleted, recoverable secret.
+// becomes a deleted, recoverable secret once the deletion window has passed (see
+// [WithDeletionWindow]).
 func (v *Vault) DeleteSecret(name string) error {
 	v.mu.Lock()
 	defer v.mu.Unlock()
@@ -251,8 +287,7 @@ func (v *Vault) DeleteSecret(name string) error {
 	if s == nil {
 		return fmt.Errorf("%w: %s", errNoSecret, name)
 	}
-	delete(v.secrets, key)
-	v.deleted[key] = &deletedSecret{secret: s, deletedAt: time.Now().Truncate(time.Second)}
+	v.deleteLocked(key, s)
 	return nil
 }
 
@@ -351,6 +386,10 @@ func dataAction(op Op) (action string, roles []Role) {
 		return "Microsoft.KeyVault/vaults/deletedSecrets/recover/action", []Role{RoleSecretsOfficer, RoleAdministrator}
 	case OpPurgeDeletedSecret:
 		return "Microsoft.KeyVault/vaults/deletedSecrets/delete", []Role{RoleSecretsOfficer, RoleAdministrator}
+	case OpBackupSecret:
+		return "Microsoft.KeyVault/vaults/secrets/backup/action", []Role{RoleSecretsOfficer, RoleAdministrator}
+	case OpRestoreSecret:
+		return "Microsoft.KeyVault/vaults/secrets/restore/action", []Role{RoleSecretsOfficer, RoleAdministrator}
 	}
 	return "", nil
 }
@@ -389,9 +428,13 @@ func (v *Vault) allowed(oid string, op Op) bool {
 // SetLatency delays every response of the vault, the challenge included, by d.
 func (v *Vault) SetLatency(d time.Duration) { v.latency.Store(int64(d)) }
 
-// SetThrottle sets the vault's token bucket on secret GETs: limit requests per period
-// (default 4000 per 10 s, Key Vault's limit); limit <= 0 turns throttling off. The bucket
-// starts full. Throttled requests get 429 Throttled with Retry-After and use no token.
+// SetThrottle sets the vault's token bucket on secret transactions: limit requests per
+// period (default 4000 per 10 s, Key Vault's limit); limit <= 0 turns throttling off. The
+// bucket starts full. Every authenticated, authorized request of an operation counts
+// (GET, PUT, PATCH, DELETE, each list page, backup, restore, recover, purge, the deleted
+// secrets' reads); challenges, rejected tokens and RBAC denials do not. Throttled requests
+// use no token and get 429 Throttled with Key Vault's text ("... Reason:
+// VaultRequestTypeLimitReached") and Retry-After, unless [WithoutThrottleRetryAfter].
 func (v *Vault) SetThrottle(limit int, per time.Duration) { v.throttle.configure(limit, per) }
 
 // InjectFault makes requests for op fail as f describes, replacing any fault for op.

@@ -1,6 +1,11 @@
 package kvtest
 
 import (
+	"bytes"
+	"crypto/aes"
+	"crypto/cipher"
+	"crypto/rand"
+	"crypto/sha256"
 	"encoding/base64"
 	"encoding/json"
 	"errors"
@@ -14,6 +19,7 @@ import (
 	"strconv"
 	"strings"
 	"time"
+	"unicode/utf8"
 )
 
 const (
@@ -21,7 +27,34 @@ const (
 	recoverableDays = 90
 	pageSize        = 25
 	notFoundHelp    = " If you recently deleted this secret you may be able to recover it using the correct recovery command. For help resolving this issue, please see https://go.microsoft.com/fwlink/?linkid=2125182"
+
+	// Key Vault's limits on a secret besides its value (maxSecretSize): contentType
+	// characters, tags, and characters of a tag's name or value.
+	maxContentType = 255
+	maxTags        = 15
+	maxTagLength   = 512
+	// invalidProperty is the message of Key Vault's 400 BadParameter for a property over
+	// its limit (too many tags, a value too large, ...): it names no property.
+	invalidProperty = "Property has invalid value\r\n"
 )
+
+// latestAPIVersion is the newest stable data plane version, the one Key Vault suggests
+// when it does not recognize the one a request names.
+const latestAPIVersion = "2026-04-01"
+
+// apiVersions are the data plane versions the vault accepts (lowercase): every stable and
+// preview version of the REST spec, which covers what the SDKs send (Go azsecrets
+// 2026-04-01; Python and JS 7.x and 2025-07-01; older SDKs 7.0-7.5 and 2016-10-01).
+var apiVersions = map[string]bool{
+	"2015-06-01": true, "2016-10-01": true,
+	"7.0-preview": true, "7.0": true, "7.1-preview": true, "7.1": true,
+	"7.2-preview": true, "7.2": true, "7.3-preview": true, "7.3": true,
+	"7.4-preview.1": true, "7.4": true, "7.5-preview.1": true, "7.5": true,
+	"7.6-preview.1": true, "7.6-preview.2": true, "7.6": true,
+	"2025-06-01-preview": true, "2025-07-01": true, "2026-01-01-preview": true,
+	"2026-03-01-preview": true, "2026-04-01": true, "2026-05-01-preview": true,
+	"2026-07-01-preview": true,
+}
 
 // serveHTTP is the vault's data plane: latency, challenge, token validation, routing,
 // RBAC, throttling, faults, then the operation.
@@ -89,8 +122,12 @@ func (v *Vault) serveHTTP(w http.ResponseWriter, r *http.Request) {
 		v.writeError(w, rerr.status, rerr.code, rerr.msg)
 		return
 	}
-	if r.URL.Query().Get("api-version") == "" {
+	if av := r.URL.Query().Get("api-version"); av == "" {
 		v.writeError(w, http.StatusBadRequest, "BadParameter", "The 'api-version' query parameter is missing.")
+		return
+	} else if !apiVersions[strings.ToLower(av)] {
+		v.writeError(w, http.StatusBadRequest, "BadParameter",
+			"The specified version ("+av+") is not recognized. Consider using the latest supported version ("+latestAPIVersion+").")
 		return
 	}
 	if !v.allowed(caller.oid, rt.op) {
@@ -100,14 +137,16 @@ func (v *Vault) serveHTTP(w http.ResponseWriter, r *http.Request) {
 		v.forbidden(w, caller, rt)
 		return
 	}
-	if rt.op == OpGetSecret {
-		if ok, wait := v.throttle.take(time.Now()); !ok {
-			v.counters.add(OpThrottled)
+	// Every secret transaction counts against the vault's limit, lists included.
+	if ok, wait := v.throttle.take(time.Now()); !ok {
+		v.counters.add(OpThrottled)
+		flow.Info("throttled", "op", string(rt.op))
+		if !s.cfg.noRetryAfter {
 			h.Set("Retry-After", retryAfterSeconds(wait))
-			v.writeError(w, http.StatusTooManyRequests, "Throttled",
-				"Operations per second is over the limit for this vault. For more information, please see https://aka.ms/kv-service-limits")
-			return
 		}
+		v.writeError(w, http.StatusTooManyRequests, "Throttled",
+			"Request was not processed because too many requests were received. Reason: VaultRequestTypeLimitReached")
+		return
 	}
 	action, _ := dataAction(rt.op)
 	flow.Info("RBAC allowed", "action", action)
@@ -172,6 +211,10 @@ func (v *Vault) route(r *http.Request) (route, *kvError) {
 			return route{}, badMethod
 		}
 		return route{op: OpListSecrets, serve: v.listSecrets}, nil
+	case m == http.MethodPost && segs[1] == "restore" && (len(segs) == 2 || (len(segs) == 3 && segs[2] == "")):
+		return route{op: OpRestoreSecret, serve: v.restoreSecret}, nil
+	case len(segs) == 3 && segs[2] == "backup" && m == http.MethodPost:
+		return route{op: OpBackupSecret, name: segs[1], serve: v.backupSecret}, nil
 	case len(segs) == 2 || (len(segs) == 3 && segs[2] == ""):
 		// /secrets/{name} and /secrets/{name}/: the latest version
 		switch m {
@@ -243,6 +286,47 @@ func (v *Vault) forbidden(w http.ResponseWriter, caller *verifiedToken, rt route
 
 func secretNotFound(name string) (int, string, string) {
 	return http.StatusNotFound, "SecretNotFound", "A secret with (name/id) " + name + " was not found in this key vault." + notFoundHelp
+}
+
+func (v *Vault) deletedNotFound(w http.ResponseWriter, name string) {
+	v.writeError(w, http.StatusNotFound, "SecretNotFound", "Deleted Secret not found: "+name)
+}
+
+// beingDeleted answers a purge or recover of a secret whose deletion (or purge) has not
+// completed.
+func (v *Vault) beingDeleted(w http.ResponseWriter) {
+	v.writeErrorInner(w, http.StatusConflict, "Conflict", "Secret is currently being deleted.", "ObjectIsBeingDeleted")
+}
+
+// restoreConflict answers a restore whose name is in use, deleted or being purged.
+func (v *Vault) restoreConflict(w http.ResponseWriter, id string) {
+	v.writeError(w, http.StatusConflict, "Conflict", "There was a conflict restoring the secret '"+id+"'. "+
+		"This can happen if either: a second secret with the same name was created after the first secret was deleted; "+
+		"thus trying to restore a secret whose name is already in use. To fix this, rename the second secret to something else so that the restore works. "+
+		"The second probable cause of this exception is when multiple operations are performed in parallel against the secret. "+
+		"To avoid this error, perform operations against a secret in a sequential manner.")
+}
+
+// checkLimits enforces Key Vault's limits on what a PUT or PATCH sets.
+func checkLimits(body *secretBody) *kvError {
+	bad := &kvError{http.StatusBadRequest, "BadParameter", invalidProperty}
+	if body.Value != nil && len(*body.Value) > maxSecretSize {
+		return bad
+	}
+	if body.ContentType != nil && utf8.RuneCountInString(*body.ContentType) > maxContentType {
+		return bad
+	}
+	if body.Tags != nil {
+		if len(*body.Tags) > maxTags {
+			return bad
+		}
+		for k, val := range *body.Tags {
+			if utf8.RuneCountInString(k) > maxTagLength || utf8.RuneCountInString(val) > maxTagLength {
+				return bad
+			}
+		}
+	}
+	return nil
 }
 
 type secretAttributes struct {
@@ -391,8 +475,8 @@ func (v *Vault) setSecret(w http.ResponseWriter, r *http.Request, rt route) {
 		v.writeError(w, http.StatusBadRequest, "BadParameter", "Property 'value' is required.")
 		return
 	}
-	if len(*body.Value) > maxSecretSize {
-		v.writeError(w, http.StatusBadRequest, "BadParameter", "Secret value exceeds the maximum size of 25 KB.")
+	if e := checkLimits(&body); e != nil {
+		v.writeError(w, e.status, e.code, e.msg)
 		return
 	}
 	now := time.Now().Truncate(time.Second)
@@ -404,8 +488,21 @@ func (v *Vault) setSecret(w http.ResponseWriter, r *http.Request, rt route) {
 		sv.tags = maps.Clone(*body.Tags)
 	}
 	body.Attributes.apply(sv)
+	key := strings.ToLower(rt.name)
 	v.mu.Lock()
-	if d := v.deleted[strings.ToLower(rt.name)]; d != nil {
+	if d := v.deleted[key]; d != nil && d.deleting(time.Now()) {
+		v.mu.Unlock()
+		v.writeErrorInner(w, http.StatusConflict, "Conflict",
+			"Secret "+d.name+" is currently being deleted and cannot be re-created; retry later.", "ObjectIsBeingDeleted")
+		return
+	}
+	if p, ok := v.purgingLocked(key, time.Now()); ok {
+		v.mu.Unlock()
+		v.writeErrorInner(w, http.StatusConflict, "Conflict",
+			"Secret "+p.name+" is currently being deleted and cannot be re-created; retry later.", "ObjectIsBeingDeleted")
+		return
+	}
+	if d := v.deleted[key]; d != nil {
 		v.mu.Unlock()
 		v.writeErrorInner(w, http.StatusConflict, "Conflict",
 			"Secret "+d.name+" is currently in a deleted but recoverable state, and its name cannot be reused; in this state, the secret can only be recovered or purged.",
@@ -421,6 +518,11 @@ func (v *Vault) setSecret(w http.ResponseWriter, r *http.Request, rt route) {
 func (v *Vault) updateSecret(w http.ResponseWriter, r *http.Request, rt route) {
 	var body secretBody
 	if e := readBody(r, &body); e != nil {
+		v.writeError(w, e.status, e.code, e.msg)
+		return
+	}
+	body.Value = nil // PATCH changes properties only
+	if e := checkLimits(&body); e != nil {
 		v.writeError(w, e.status, e.code, e.msg)
 		return
 	}
@@ -467,49 +569,72 @@ func (v *Vault) deleteSecret(w http.ResponseWriter, _ *http.Request, rt route) {
 		v.writeError(w, st, code, msg)
 		return
 	}
-	delete(v.secrets, key)
-	d := &deletedSecret{secret: s, deletedAt: time.Now().Truncate(time.Second)}
-	v.deleted[key] = d
+	d := v.deleteLocked(key, s)
 	b := v.deletedBundle(d, true)
 	v.mu.Unlock()
 	writeJSON(w, http.StatusOK, b)
 }
 
+// getDeleted answers GET /deletedsecrets/{name}: 404 until the deletion has completed, as
+// the other SDKs' delete pollers expect.
 func (v *Vault) getDeleted(w http.ResponseWriter, _ *http.Request, rt route) {
 	v.mu.RLock()
 	d := v.deleted[strings.ToLower(rt.name)]
 	var b secretBundle
+	if d != nil && d.deleting(time.Now()) {
+		d = nil
+	}
 	if d != nil {
 		b = v.deletedBundle(d, true)
 	}
 	v.mu.RUnlock()
 	if d == nil {
-		v.writeError(w, http.StatusNotFound, "SecretNotFound", "Deleted Secret not found")
+		v.deletedNotFound(w, rt.name)
 		return
 	}
 	writeJSON(w, http.StatusOK, b)
 }
 
+// purgeDeleted answers DELETE /deletedsecrets/{name}. The purge completes after the
+// deletion window; until then the name cannot be reused.
 func (v *Vault) purgeDeleted(w http.ResponseWriter, _ *http.Request, rt route) {
 	key := strings.ToLower(rt.name)
+	now := time.Now()
 	v.mu.Lock()
 	d := v.deleted[key]
-	delete(v.deleted, key)
-	v.mu.Unlock()
-	if d == nil {
-		v.writeError(w, http.StatusNotFound, "SecretNotFound", "Deleted Secret not found")
+	_, purging := v.purgingLocked(key, now)
+	switch {
+	case d != nil && d.deleting(now), d == nil && purging:
+		v.mu.Unlock()
+		v.beingDeleted(w)
+		return
+	case d == nil:
+		v.mu.Unlock()
+		v.deletedNotFound(w, rt.name)
 		return
 	}
+	delete(v.deleted, key)
+	if win := v.srv.cfg.deletionWindow; win > 0 {
+		v.purging[key] = purge{name: d.name, until: now.Add(win)}
+	}
+	v.mu.Unlock()
 	w.WriteHeader(http.StatusNoContent)
 }
 
 func (v *Vault) recoverDeleted(w http.ResponseWriter, _ *http.Request, rt route) {
 	key := strings.ToLower(rt.name)
+	now := time.Now()
 	v.mu.Lock()
 	d := v.deleted[key]
+	_, purging := v.purgingLocked(key, now)
+	if (d != nil && d.deleting(now)) || (d == nil && purging) {
+		v.mu.Unlock()
+		v.beingDeleted(w)
+		return
+	}
 	if d == nil {
 		v.mu.Unlock()
-		v.writeError(w, http.StatusNotFound, "SecretNotFound", "Deleted Secret not found")
+		v.deletedNotFound(w, rt.name)
 		return
 	}
 	if v.secrets[key] != nil {
@@ -524,55 +649,83 @@ func (v *Vault) recoverDeleted(w http.ResponseWriter, _ *http.Request, rt route)
 	writeJSON(w, http.StatusOK, b)
 }
 
-// page reads maxresults and $skiptoken and returns the first index and page size.
-func page(r *http.Request) (start, size int, e *kvError) {
+// pageReq is a list request's position: the first item, the page size (maxresults) and,
+// with short pages, the page's number.
+type pageReq struct {
+	start, size, num int
+}
+
+// skipToken is the decoded $skiptoken. Key Vault's holds NextMarker and TargetLocation;
+// clients treat it as opaque, so the emulator adds its short pages' page number.
+type skipToken struct {
+	NextMarker     string `json:"NextMarker"`
+	TargetLocation int    `json:"TargetLocation"`
+	Page           int    `json:"kvtestPage,omitempty"`
+}
+
+// page reads maxresults and $skiptoken.
+func page(r *http.Request) (pageReq, *kvError) {
 	q := r.URL.Query()
-	size = pageSize
+	p := pageReq{size: pageSize}
 	if m := q.Get("maxresults"); m != "" {
 		n, err := strconv.Atoi(m)
 		if err != nil || n < 1 || n > pageSize {
-			return 0, 0, &kvError{http.StatusBadRequest, "BadParameter", "maxresults must be between 1 and 25."}
+			return pageReq{}, &kvError{http.StatusBadRequest, "BadParameter", "maxresults must be between 1 and 25."}
 		}
-		size = n
+		p.size = n
 	}
 	if tok := q.Get("$skiptoken"); tok != "" {
-		var st struct {
-			NextMarker string `json:"NextMarker"`
-		}
+		var st skipToken
 		b, err := base64.RawURLEncoding.DecodeString(tok)
 		if err == nil {
 			err = json.Unmarshal(b, &st)
 		}
 		if err == nil {
-			start, err = strconv.Atoi(st.NextMarker)
+			p.start, err = strconv.Atoi(st.NextMarker)
 		}
-		if err != nil || start < 0 {
-			return 0, 0, &kvError{http.StatusBadRequest, "BadParameter", "The $skiptoken is invalid."}
+		if err != nil || p.start < 0 || st.Page < 0 {
+			return pageReq{}, &kvError{http.StatusBadRequest, "BadParameter", "The $skiptoken is invalid."}
 		}
+		p.num = st.Page
 	}
-	return start, size, nil
+	return p, nil
 }
 
-// writePage writes value[start:start+size] with a nextLink to the rest, if any. The
-// nextLink names the host the client used, so paging works through 127.0.0.1 too.
-func writePage[T any](w http.ResponseWriter, r *http.Request, items []T, start, size int) {
-	end := min(start+size, len(items))
-	start = min(start, end)
+// writePage writes a page of items with a nextLink to the rest, if any. The nextLink names
+// the host the client used, so paging works through 127.0.0.1 too. With short pages
+// ([WithShortPages]), even-numbered pages are empty and odd ones hold at most half of
+// maxresults; the last page is an empty one without nextLink.
+func writePage[T any](v *Vault, w http.ResponseWriter, r *http.Request, items []T, p pageReq) {
+	start := min(p.start, len(items))
+	end := min(start+p.size, len(items))
+	next, more := end, end < len(items)
+	if v.srv.cfg.shortPages {
+		if p.num%2 == 0 {
+			end, next, more = start, start, start < len(items)
+		} else {
+			end = min(start+max(p.size/2, 1), len(items))
+			next, more = end, true // an empty page ends the list
+		}
+	}
 	out := map[string]any{"value": items[start:end], "nextLink": nil}
-	if end < len(items) {
+	if more {
 		host := r.Host
 		if _, _, err := net.SplitHostPort(host); err != nil {
 			host += ":443" // as Key Vault writes it
 		}
-		tok, _ := json.Marshal(map[string]any{"NextMarker": strconv.Itoa(end), "TargetLocation": 0})
+		st := skipToken{NextMarker: strconv.Itoa(next)}
+		if v.srv.cfg.shortPages {
+			st.Page = p.num + 1
+		}
+		tok, _ := json.Marshal(st)
 		out["nextLink"] = "https://" + host + r.URL.Path + "?api-version=" + url.QueryEscape(r.URL.Query().Get("api-version")) +
-			"&$skiptoken=" + base64.RawURLEncoding.EncodeToString(tok) + "&maxresults=" + strconv.Itoa(size)
+			"&$skiptoken=" + base64.RawURLEncoding.EncodeToString(tok) + "&maxresults=" + strconv.Itoa(p.size)
 	}
 	writeJSON(w, http.StatusOK, out)
 }
 
 func (v *Vault) listSecrets(w http.ResponseWriter, r *http.Request, _ route) {
-	start, size, e := page(r)
+	p, e := page(r)
 	if e != nil {
 		v.writeError(w, e.status, e.code, e.msg)
 		return
@@ -589,11 +742,11 @@ func (v *Vault) listSecrets(w http.ResponseWriter, r *http.Request, _ route) {
 		items[i] = v.bundle(s, s.latest(), false, false)
 	}
 	v.mu.RUnlock()
-	writePage(w, r, items, start, size)
+	writePage(v, w, r, items, p)
 }
 
 func (v *Vault) listVersions(w http.ResponseWriter, r *http.Request, rt route) {
-	start, size, e := page(r)
+	p, e := page(r)
 	if e != nil {
 		v.writeError(w, e.status, e.code, e.msg)
 		return
@@ -612,19 +765,23 @@ func (v *Vault) listVersions(w http.ResponseWriter, r *http.Request, rt route) {
 		v.writeError(w, st, code, msg)
 		return
 	}
-	writePage(w, r, items, start, size)
+	writePage(v, w, r, items, p)
 }
 
+// listDeleted lists the deleted secrets whose deletion has completed.
 func (v *Vault) listDeleted(w http.ResponseWriter, r *http.Request, _ route) {
-	start, size, e := page(r)
+	p, e := page(r)
 	if e != nil {
 		v.writeError(w, e.status, e.code, e.msg)
 		return
 	}
+	now := time.Now()
 	v.mu.RLock()
 	keys := make([]string, 0, len(v.deleted))
-	for k := range v.deleted {
-		keys = append(keys, k)
+	for k, d := range v.deleted {
+		if !d.deleting(now) {
+			keys = append(keys, k)
+		}
 	}
 	sort.Strings(keys)
 	items := make([]secretBundle, len(keys))
@@ -632,5 +789,145 @@ func (v *Vault) listDeleted(w http.ResponseWriter, r *http.Request, _ route) {
 		items[i] = v.deletedBundle(v.deleted[k], false)
 	}
 	v.mu.RUnlock()
-	writePage(w, r, items, start, size)
+	writePage(v, w, r, items, p)
+}
+
+// Backups. A blob is opaque, as Key Vault's are: a marker, then the secret (every version
+// with its properties) as JSON sealed with AES-256-GCM under a key derived from the
+// tenant. It restores into any vault of a Server with the same tenant (Key Vault restores
+// within the subscription and geography it was taken in), also after a restart.
+
+// backupMarker starts every blob.
+const backupMarker = "&KvtestSecretBackupV1."
+
+type backupVersion struct {
+	Version     string            `json:"version"`
+	Value       string            `json:"value"`
+	ContentType string            `json:"contentType,omitempty"`
+	Tags        map[string]string `json:"tags,omitempty"`
+	Enabled     bool              `json:"enabled"`
+	NotBefore   *int64            `json:"nbf,omitempty"`
+	Expires     *int64            `json:"exp,omitempty"`
+	Created     int64             `json:"created"`
+	Updated     int64             `json:"updated"`
+}
+
+type backupPayload struct {
+	Name     string          `json:"name"`
+	Versions []backupVersion `json:"versions"`
+}
+
+func (v *Vault) backupAEAD() cipher.AEAD {
+	key := sha256.Sum256([]byte("kvtest secret backup v1\x00" + v.srv.tenant))
+	block, err := aes.NewCipher(key[:])
+	if err != nil {
+		panic(err) // a 32-byte key never fails
+	}
+	aead, err := cipher.NewGCM(block)
+	if err != nil {
+		panic(err)
+	}
+	return aead
+}
+
+func (v *Vault) sealBackup(p backupPayload) []byte {
+	plain, _ := json.Marshal(p)
+	aead := v.backupAEAD()
+	nonce := make([]byte, aead.NonceSize())
+	_, _ = rand.Read(nonce)
+	out := append([]byte(backupMarker), nonce...)
+	return aead.Seal(out, nonce, plain, []byte(backupMarker))
+}
+
+func (v *Vault) openBackup(blob []byte) (backupPayload, bool) {
+	var p backupPayload
+	aead := v.backupAEAD()
+	rest, ok := bytes.CutPrefix(blob, []byte(backupMarker))
+	if !ok || len(rest) < aead.NonceSize() {
+		return p, false
+	}
+	plain, err := aead.Open(nil, rest[:aead.NonceSize()], rest[aead.NonceSize():], []byte(backupMarker))
+	if err != nil || json.Unmarshal(plain, &p) != nil || !secretNameRE.MatchString(p.Name) || len(p.Versions) == 0 {
+		return p, false
+	}
+	return p, true
+}
+
+func unixTime(u *int64) *time.Time {
+	if u == nil {
+		return nil
+	}
+	t := time.Unix(*u, 0)
+	return &t
+}
+
+// backupSecret answers POST /secrets/{name}/backup with {"value": "<base64url blob>"}.
+func (v *Vault) backupSecret(w http.ResponseWriter, _ *http.Request, rt route) {
+	v.mu.RLock()
+	s := v.secrets[strings.ToLower(rt.name)]
+	var p backupPayload
+	if s != nil {
+		p.Name = s.name
+		for _, sv := range s.versions {
+			p.Versions = append(p.Versions, backupVersion{
+				Version: sv.version, Value: sv.value, ContentType: sv.contentType, Tags: maps.Clone(sv.tags),
+				Enabled: sv.enabled, NotBefore: unixPtr(sv.nbf), Expires: unixPtr(sv.exp),
+				Created: sv.created.Unix(), Updated: sv.updated.Unix(),
+			})
+		}
+	}
+	v.mu.RUnlock()
+	if s == nil {
+		st, code, msg := secretNotFound(rt.name)
+		v.writeError(w, st, code, msg)
+		return
+	}
+	writeJSON(w, http.StatusOK, map[string]string{"value": base64.RawURLEncoding.EncodeToString(v.sealBackup(p))})
+}
+
+// restoreSecret answers POST /secrets/restore {"value": "<base64url blob>"}: the secret
+// comes back with every version, unless its name is in use, deleted or being purged (409).
+func (v *Vault) restoreSecret(w http.ResponseWriter, r *http.Request, _ route) {
+	b, err := io.ReadAll(io.LimitReader(r.Body, 4<<20))
+	if err != nil {
+		v.writeError(w, http.StatusBadRequest, "BadParameter", "The request body could not be read.")
+		return
+	}
+	var body struct {
+		Value *string `json:"value"`
+	}
+	if err := json.Unmarshal(b, &body); err != nil {
+		v.writeError(w, http.StatusBadRequest, "BadParameter", "The request body is not valid JSON: "+err.Error())
+		return
+	}
+	if body.Value == nil {
+		v.writeError(w, http.StatusBadRequest, "BadParameter", "Property 'value' is required.")
+		return
+	}
+	blob, err := base64.RawURLEncoding.DecodeString(strings.TrimRight(*body.Value, "="))
+	p, ok := v.openBackup(blob)
+	if err != nil || !ok {
+		v.writeError(w, http.StatusBadRequest, "Malformed backup blob", "Backup blob contains invalid or corrupt version.")
+		return
+	}
+	s := &secret{name: p.Name}
+	for _, bv := range p.Versions {
+		s.versions = append(s.versions, &secretVersion{
+			version: bv.Version, value: bv.Value, contentType: bv.ContentType, tags: maps.Clone(bv.Tags),
+			enabled: bv.Enabled, nbf: unixTime(bv.NotBefore), exp: unixTime(bv.Expires),
+			created: time.Unix(bv.Created, 0), updated: time.Unix(bv.Updated, 0),
+		})
+	}
+	key := strings.ToLower(p.Name)
+	v.mu.Lock()
+	_, purging := v.purgingLocked(key, time.Now())
+	if v.secrets[key] != nil || v.deleted[key] != nil || purging {
+		v.mu.Unlock()
+		v.restoreConflict(w, "https://"+v.host+"/secrets/"+p.Name+"/"+s.latest().version)
+		return
+	}
+	v.secrets[key] = s
+	out := v.bundle(s, s.latest(), false, true)
+	v.mu.Unlock()
+	writeJSON(w, http.StatusOK, out)
 }
