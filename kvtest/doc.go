@@ -29,8 +29,9 @@
 //     cloud's resource), token validation from the Entra listener's discovery document and
 //     JWKS (signature, algorithm, audience, issuer, expiry, with 5 minutes of clock skew),
 //     RBAC per identity and vault, secrets with versions, attributes and tags, soft delete,
-//     paged lists, the error bodies of the real service, and a token bucket of 4,000 secret
-//     GETs per 10 s per vault answering 429 Throttled with Retry-After.
+//     paged lists (short pages on request), backup and restore, a deletion window, limits and
+//     api-version checks, the error bodies of the real service, and a token bucket of 4,000
+//     secret transactions per 10 s per vault answering 429 Throttled with Retry-After.
 //   - Managed identity: App Service style (IDENTITY_ENDPOINT, X-IDENTITY-HEADER,
 //     api-version 2019-08-01, mi_res_id) and IMDS style (Metadata: true, api-version
 //     2018-02-01, msi_res_id); system-assigned and user-assigned identities by client,
