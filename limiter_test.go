@@ -6,8 +6,12 @@ import (
 	"sort"
 	"sync"
 	"testing"
+	"testing/synctest"
 	"time"
 )
+
+// The limiter's pauses and pacing run under testing/synctest: time is simulated, so the
+// start times below are exact and no test waits on the wall clock.
 
 // throttle has l start n requests at once: the vault accepts ok of them and throttles the
 // rest, asking for retryAfter. It returns when the last 429 arrived.
@@ -57,97 +61,105 @@ func startAll(t *testing.T, l *limiter, n int) []time.Time {
 // After a 429 the limiter waits out Retry-After, then paces the starts from the rate the
 // vault accepted instead of letting everyone go at once, and speeds up as requests succeed.
 func TestLimiterPacesAfterThrottling(t *testing.T) {
-	l := newLimiter(256)
-	const retryAfter = 200 * time.Millisecond
-	// 5 accepted over the burst and the 200 ms pause: resume at about 25 a second.
-	at := throttle(t, l, 20, 5, retryAfter)
-	starts := startAll(t, l, 30)
-	if len(starts) != 30 {
-		t.Fatalf("%d of 30 requests started", len(starts))
-	}
-	resume := at.Add(retryAfter)
-	if starts[0].Before(resume) {
-		t.Fatalf("a request started %v before Retry-After had passed", resume.Sub(starts[0]))
-	}
-	// Unpaced, all 30 would start at once. Paced from 25 a second, growing by one a second
-	// per success, about 6 start in the first 200 ms.
-	n := 0
-	for _, s := range starts {
-		if s.Sub(resume) < 200*time.Millisecond {
-			n++
+	synctest.Test(t, func(t *testing.T) {
+		l := newLimiter(256)
+		const retryAfter = 200 * time.Millisecond
+		// 5 accepted over the burst and the 200 ms pause: resume at about 25 a second.
+		at := throttle(t, l, 20, 5, retryAfter)
+		starts := startAll(t, l, 30)
+		if len(starts) != 30 {
+			t.Fatalf("%d of 30 requests started", len(starts))
 		}
-	}
-	if n > 10 {
-		t.Errorf("%d requests started within 200 ms of the pause's end, want at most 10", n)
-	}
-	if d := starts[len(starts)-1].Sub(resume); d > 5*time.Second {
-		t.Errorf("the 30 paced requests took %v to start", d)
-	}
+		resume := at.Add(retryAfter)
+		if starts[0].Before(resume) {
+			t.Fatalf("a request started %v before Retry-After had passed", resume.Sub(starts[0]))
+		}
+		// Unpaced, all 30 would start at once. Paced from 25 a second, growing by one a second
+		// per success, about 6 start in the first 200 ms.
+		n := 0
+		for _, s := range starts {
+			if s.Sub(resume) < 200*time.Millisecond {
+				n++
+			}
+		}
+		if n > 10 {
+			t.Errorf("%d requests started within 200 ms of the pause's end, want at most 10", n)
+		}
+		if d := starts[len(starts)-1].Sub(resume); d > 5*time.Second {
+			t.Errorf("the 30 paced requests took %v to start", d)
+		}
+	})
 }
 
 // A 429 during pacing pauses the request waiting for its paced start too.
 func TestLimiterPacedRequestWaitsOutRetryAfter(t *testing.T) {
-	l := newLimiter(256)
-	throttle(t, l, 2, 1, 50*time.Millisecond)
-	time.Sleep(60 * time.Millisecond)
-	ctx := context.Background()
-	if err := l.acquire(ctx); err != nil { // resumes at about 10 a second
-		t.Fatal(err)
-	}
-	done := make(chan time.Time)
-	go func() {
-		if err := l.acquire(ctx); err != nil { // waits about 100 ms for its paced start
-			t.Error(err)
+	synctest.Test(t, func(t *testing.T) {
+		l := newLimiter(256)
+		throttle(t, l, 2, 1, 50*time.Millisecond)
+		time.Sleep(60 * time.Millisecond)
+		ctx := context.Background()
+		if err := l.acquire(ctx); err != nil { // resumes at about 10 a second
+			t.Fatal(err)
 		}
-		done <- time.Now()
-	}()
-	time.Sleep(20 * time.Millisecond)
-	const retryAfter = 300 * time.Millisecond
-	throttledAt := time.Now()
-	l.release(true, retryAfter)
-	if started := <-done; started.Sub(throttledAt) < retryAfter {
-		t.Errorf("the paced request started %v after a 429 asking for %v", started.Sub(throttledAt), retryAfter)
-	}
+		done := make(chan time.Time)
+		go func() {
+			if err := l.acquire(ctx); err != nil { // waits about 100 ms for its paced start
+				t.Error(err)
+			}
+			done <- time.Now()
+		}()
+		time.Sleep(20 * time.Millisecond)
+		const retryAfter = 300 * time.Millisecond
+		throttledAt := time.Now()
+		l.release(true, retryAfter)
+		if started := <-done; started.Sub(throttledAt) < retryAfter {
+			t.Errorf("the paced request started %v after a 429 asking for %v", started.Sub(throttledAt), retryAfter)
+		}
+	})
 }
 
 // A request whose context ends while it waits for its paced start hands the turn on.
 func TestLimiterPacerCancelled(t *testing.T) {
-	l := newLimiter(256)
-	now := time.Now()
-	l.rate, l.paused, l.next = 5, now, now.Add(300*time.Millisecond)
-	short, cancel := context.WithTimeout(context.Background(), 50*time.Millisecond)
-	defer cancel()
-	first := make(chan error)
-	go func() { first <- l.acquire(short) }()
-	time.Sleep(10 * time.Millisecond)
-	ctx, cancel2 := context.WithTimeout(context.Background(), 5*time.Second)
-	defer cancel2()
-	if err := l.acquire(ctx); err != nil { // queued behind the first, which gives up
-		t.Fatalf("the request behind a cancelled one: %v", err)
-	}
-	if d := time.Since(now); d < 300*time.Millisecond {
-		t.Errorf("started after %v, before its paced start", d)
-	}
-	if err := <-first; !errors.Is(err, errThrottleWait) {
-		t.Errorf("the cancelled request: %v, want errThrottleWait", err)
-	}
+	synctest.Test(t, func(t *testing.T) {
+		l := newLimiter(256)
+		now := time.Now()
+		l.rate, l.paused, l.next = 5, now, now.Add(300*time.Millisecond)
+		short, cancel := context.WithTimeout(context.Background(), 50*time.Millisecond)
+		defer cancel()
+		first := make(chan error)
+		go func() { first <- l.acquire(short) }()
+		time.Sleep(10 * time.Millisecond)
+		ctx, cancel2 := context.WithTimeout(context.Background(), 5*time.Second)
+		defer cancel2()
+		if err := l.acquire(ctx); err != nil { // queued behind the first, which gives up
+			t.Fatalf("the request behind a cancelled one: %v", err)
+		}
+		if d := time.Since(now); d < 300*time.Millisecond {
+			t.Errorf("started after %v, before its paced start", d)
+		}
+		if err := <-first; !errors.Is(err, errThrottleWait) {
+			t.Errorf("the cancelled request: %v, want errThrottleWait", err)
+		}
+	})
 }
 
 // Pacing stops once the vault has not throttled for calm.
 func TestLimiterPacingStopsWhenCalm(t *testing.T) {
-	l := newLimiter(256)
-	throttle(t, l, 2, 1, 50*time.Millisecond)
-	l.mu.Lock()
-	l.paused = time.Now().Add(-calm - time.Millisecond)
-	l.next = l.paused
-	l.mu.Unlock()
-	start := time.Now()
-	for range 100 {
-		if err := l.acquire(context.Background()); err != nil {
-			t.Fatal(err)
+	synctest.Test(t, func(t *testing.T) {
+		l := newLimiter(256)
+		throttle(t, l, 2, 1, 50*time.Millisecond)
+		l.mu.Lock()
+		l.paused = time.Now().Add(-calm - time.Millisecond)
+		l.next = l.paused
+		l.mu.Unlock()
+		start := time.Now()
+		for range 100 {
+			if err := l.acquire(context.Background()); err != nil {
+				t.Fatal(err)
+			}
 		}
-	}
-	if d := time.Since(start); d > time.Second {
-		t.Errorf("100 starts took %v after a calm spell, want no pacing", d)
-	}
+		if d := time.Since(start); d > time.Second {
+			t.Errorf("100 starts took %v after a calm spell, want no pacing", d)
+		}
+	})
 }

@@ -8,6 +8,7 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"runtime"
 	"strings"
 	"sync"
 	"testing"
@@ -32,6 +33,16 @@ func newEmulator(t *testing.T) *kvtest.Server {
 	return srv
 }
 
+// newVault starts an emulator (see newEmulator) with one vault the system-assigned
+// identity may read.
+func newVault(t *testing.T, name string) (*kvtest.Server, *kvtest.Vault) {
+	t.Helper()
+	srv := newEmulator(t)
+	kv := srv.AddVault(name)
+	kv.Grant(srv.SystemIdentity(), kvtest.RoleSecretsUser)
+	return srv, kv
+}
+
 // newIdentity adds a user-assigned identity with a fresh client ID, so no token for it sits
 // in MSAL's process-wide cache and token requests can be counted exactly.
 func newIdentity(t *testing.T, srv *kvtest.Server) kvtest.Identity {
@@ -41,14 +52,10 @@ func newIdentity(t *testing.T, srv *kvtest.Server) kvtest.Identity {
 	return srv.AddUserIdentity("id-" + hex.EncodeToString(b))
 }
 
+// yamlViper and statusOf are shared with the package's internal tests (export_test.go).
 func yamlViper(t *testing.T, doc string) *viper.Viper {
 	t.Helper()
-	v := viper.New()
-	v.SetConfigType("yaml")
-	if err := v.ReadConfig(strings.NewReader(doc)); err != nil {
-		t.Fatal(err)
-	}
-	return v
+	return viperkv.YAMLViper(t, doc)
 }
 
 func load(t *testing.T, srv *kvtest.Server, v *viper.Viper, opts ...viperkv.Option) (*viperkv.Provider, error) {
@@ -64,13 +71,7 @@ func load(t *testing.T, srv *kvtest.Server, v *viper.Viper, opts ...viperkv.Opti
 
 func statusOf(t *testing.T, p *viperkv.Provider, key string) viperkv.ReferenceStatus {
 	t.Helper()
-	for _, st := range p.Status() {
-		if st.Key == key {
-			return st
-		}
-	}
-	t.Fatalf("no status for key %q in %+v", key, p.Status())
-	return viperkv.ReferenceStatus{}
+	return viperkv.StatusOf(t, p, key)
 }
 
 func TestLoadResolvesEveryPlaceViperGetsValues(t *testing.T) {
@@ -201,9 +202,7 @@ func TestLoadFetchesEachSecretOnceWithOneTokenRequest(t *testing.T) {
 }
 
 func TestLoadStatuses(t *testing.T) {
-	srv := newEmulator(t)
-	kv := srv.AddVault("myvault")
-	kv.Grant(srv.SystemIdentity(), kvtest.RoleSecretsUser)
+	srv, kv := newVault(t, "myvault")
 	denied := srv.AddVault("deniedvault") // no grant
 	denied.SetSecret("s", "x")
 	kv.SetSecret("good", "good-value")
@@ -384,9 +383,7 @@ b: "@KeyVault(SecretUri=https://cnvault.vault.azure.cn/secrets/s/)"
 }
 
 func TestLoadResolvesEverythingWhenThrottled(t *testing.T) {
-	srv := newEmulator(t)
-	kv := srv.AddVault("myvault")
-	kv.Grant(srv.SystemIdentity(), kvtest.RoleSecretsUser)
+	srv, kv := newVault(t, "myvault")
 	kv.SetThrottle(60, time.Second)
 	var doc strings.Builder
 	for i := range 150 {
@@ -412,9 +409,7 @@ func TestLoadResolvesEverythingWhenThrottled(t *testing.T) {
 // A secret value must never reach a log line, an error, a status or the masked view.
 func TestSentinelValueNeverLeaks(t *testing.T) {
 	const sentinel = "SENTINEL-7f3a9c-do-not-print"
-	srv := newEmulator(t)
-	kv := srv.AddVault("myvault")
-	kv.Grant(srv.SystemIdentity(), kvtest.RoleSecretsUser)
+	srv, kv := newVault(t, "myvault")
 	kv.SetSecret("pw", sentinel)
 	// A secret whose value looks like a reference is not scanned again.
 	kv.SetSecret("chain", "@KeyVault(SecretUri=https://myvault.vault.azure.net/secrets/pw/)")
@@ -455,9 +450,7 @@ bad: "@KeyVault(VaultName=myvault;SecretName=missing)"
 
 // Readers may read the resolved configuration while Load runs again; -race checks it.
 func TestConcurrentReadersDuringLoad(t *testing.T) {
-	srv := newEmulator(t)
-	kv := srv.AddVault("myvault")
-	kv.Grant(srv.SystemIdentity(), kvtest.RoleSecretsUser)
+	srv, kv := newVault(t, "myvault")
 	kv.SetSecret("s", "v0")
 	v := yamlViper(t, "a:\n  s: \"@KeyVault(VaultName=myvault;SecretName=s)\"\n  n: 1\n")
 	p, err := load(t, srv, v)
@@ -477,6 +470,8 @@ func TestConcurrentReadersDuringLoad(t *testing.T) {
 				}
 				_ = p.Viper().GetInt("a.n")
 				_ = p.Viper().AllSettings()
+				// Readers spin; yielding keeps 8 of them on 2 cores from starving Load.
+				runtime.Gosched()
 			}
 		}()
 	}

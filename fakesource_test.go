@@ -1,0 +1,362 @@
+package viperkv
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"path/filepath"
+	"regexp"
+	"runtime"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/spf13/viper"
+)
+
+// fakeSource is the secretSource of the logic tests: secret versions per (vault, name) in
+// memory, per-secret failures, latency and hangs, and a record of every call. It waits only
+// on channels and timers, so inside a testing/synctest bubble its latency and hangs take
+// simulated time.
+type fakeSource struct {
+	mu      sync.Mutex
+	secrets map[fakeKey]*fakeSecret
+	calls   []fakeCall
+	busy    int // calls in progress
+	made    int // versions made, for unique version ids
+}
+
+// fakeKey names a secret: the vault's host and the name in lower case (Key Vault compares
+// names case-insensitively).
+type fakeKey struct{ vault, name string }
+
+type fakeSecret struct {
+	versions []secretVersion // oldest first: the last is the latest
+	fail     *fetchError     // every GET fails with this
+	hang     bool            // every GET waits until its context ends
+	latency  time.Duration   // every GET takes this long
+}
+
+// fakeCall is one getSecret call: the reference asked for, when it started and ended.
+type fakeCall struct {
+	ref        Reference
+	start, end time.Time
+}
+
+func newFakeSource() *fakeSource { return &fakeSource{secrets: map[fakeKey]*fakeSecret{}} }
+
+// vaultHost is the host of a vault of the public cloud.
+func vaultHost(vault string) string { return vault + ".vault.azure.net" }
+
+func keyOf(vault, name string) fakeKey { return fakeKey{vaultHost(vault), strings.ToLower(name)} }
+
+// secret returns the state of a secret, creating it. The caller holds f.mu.
+func (f *fakeSource) secret(vault, name string) *fakeSecret {
+	k := keyOf(vault, name)
+	s := f.secrets[k]
+	if s == nil {
+		s = &fakeSecret{}
+		f.secrets[k] = s
+	}
+	return s
+}
+
+// versionOption sets an attribute of a new version.
+type versionOption func(*secretVersion)
+
+func expiresAt(t time.Time) versionOption   { return func(v *secretVersion) { v.expires = &t } }
+func notBeforeAt(t time.Time) versionOption { return func(v *secretVersion) { v.notBefore = &t } }
+
+// set makes value the latest version of the secret and returns the new version's id.
+func (f *fakeSource) set(vault, name, value string, opts ...versionOption) string {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	f.made++
+	sv := secretVersion{value: value, version: fmt.Sprintf("%032x", f.made)}
+	for _, o := range opts {
+		o(&sv)
+	}
+	s := f.secret(vault, name)
+	s.versions = append(s.versions, sv)
+	return sv.version
+}
+
+// fail makes every GET of the secret fail with status and reason, as keyVault reports a
+// failure, until heal.
+func (f *fakeSource) fail(vault, name string, status Status, reason string) {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	f.secret(vault, name).fail = &fetchError{status: status, reason: reason}
+}
+
+// hang makes every GET of the secret wait until its context ends, until heal.
+func (f *fakeSource) hang(vault, name string) {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	f.secret(vault, name).hang = true
+}
+
+// delay makes every GET of the secret take d.
+func (f *fakeSource) delay(vault, name string, d time.Duration) {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	f.secret(vault, name).latency = d
+}
+
+// heal ends the secret's failure, hang and latency.
+func (f *fakeSource) heal(vault, name string) {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	s := f.secret(vault, name)
+	s.fail, s.hang, s.latency = nil, false, 0
+}
+
+func (f *fakeSource) getSecret(ctx context.Context, r Reference) (secretVersion, error) {
+	call := fakeCall{ref: r.key(), start: time.Now()}
+	f.mu.Lock()
+	f.busy++
+	f.mu.Unlock()
+	defer func() {
+		call.end = time.Now()
+		f.mu.Lock()
+		f.busy--
+		f.calls = append(f.calls, call)
+		f.mu.Unlock()
+	}()
+	timedOut := func() error {
+		// What keyVault reports for a fetch its context ended.
+		reason := "GET " + r.ID() + ": timed out"
+		if errors.Is(ctx.Err(), context.Canceled) {
+			reason = "GET " + r.ID() + ": canceled"
+		}
+		return &fetchError{status: StatusFetchTimedOut, reason: reason}
+	}
+	if ctx.Err() != nil {
+		return secretVersion{}, timedOut()
+	}
+	f.mu.Lock()
+	s := f.secrets[fakeKey{r.Vault, strings.ToLower(r.Name)}]
+	var hang bool
+	var latency time.Duration
+	if s != nil {
+		hang, latency = s.hang, s.latency
+	}
+	f.mu.Unlock()
+	switch {
+	case hang:
+		<-ctx.Done()
+		return secretVersion{}, timedOut()
+	case latency > 0:
+		timer := time.NewTimer(latency)
+		defer timer.Stop()
+		select {
+		case <-timer.C:
+		case <-ctx.Done():
+			return secretVersion{}, timedOut()
+		}
+	}
+
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	switch {
+	case s == nil || len(s.versions) == 0:
+		return secretVersion{}, &fetchError{status: StatusSecretNotFound, reason: "GET " + r.ID() + ": 404 SecretNotFound"}
+	case s.fail != nil:
+		return secretVersion{}, &fetchError{status: s.fail.status, reason: s.fail.reason}
+	case r.Version == "":
+		return s.versions[len(s.versions)-1], nil
+	}
+	for _, sv := range s.versions {
+		if sv.version == r.Version {
+			return sv, nil
+		}
+	}
+	return secretVersion{}, &fetchError{status: StatusSecretVersionNotFound, reason: "GET " + r.ID() + ": 404 SecretNotFound"}
+}
+
+// callsOf returns the calls that asked for the secret (any version, or the one given),
+// in the order they ended.
+func (f *fakeSource) callsOf(vault, name string, version ...string) []fakeCall {
+	k := keyOf(vault, name)
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	var out []fakeCall
+	for _, c := range f.calls {
+		if c.ref.Vault != k.vault || c.ref.Name != k.name || len(version) > 0 && c.ref.Version != version[0] {
+			continue
+		}
+		out = append(out, c)
+	}
+	return out
+}
+
+// count is len(callsOf(...)).
+func (f *fakeSource) count(vault, name string, version ...string) int {
+	return len(f.callsOf(vault, name, version...))
+}
+
+// inFlight returns the number of calls in progress.
+func (f *fakeSource) inFlight() int {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	return f.busy
+}
+
+// callCount returns the number of calls per reference (versions kept apart).
+func (f *fakeSource) callCount() map[Reference]int {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	out := map[Reference]int{}
+	for _, c := range f.calls {
+		out[c.ref]++
+	}
+	return out
+}
+
+// newFakeProvider returns a Provider for v that fetches from src and watches no file.
+func newFakeProvider(t *testing.T, src *fakeSource, v *viper.Viper, opts ...Option) *Provider {
+	t.Helper()
+	p, err := New(v, append([]Option{withSource(src), WithoutFileWatch()}, opts...)...)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return p
+}
+
+// loadFake is newFakeProvider followed by a Load that must succeed.
+func loadFake(t *testing.T, src *fakeSource, doc string, opts ...Option) *Provider {
+	t.Helper()
+	p := newFakeProvider(t, src, YAMLViper(t, doc), opts...)
+	if err := p.Load(context.Background()); err != nil {
+		t.Fatalf("Load: %v", err)
+	}
+	return p
+}
+
+// recorder keeps the events a provider announces.
+type recorder struct {
+	mu  sync.Mutex
+	evs []Event
+}
+
+func record(p *Provider) *recorder {
+	r := &recorder{}
+	p.OnChange(func(e Event) {
+		r.mu.Lock()
+		r.evs = append(r.evs, e)
+		r.mu.Unlock()
+	})
+	return r
+}
+
+// all returns the events so far; of the given kinds only, when kinds are given.
+func (r *recorder) all(kinds ...EventKind) []Event {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	var out []Event
+	for _, e := range r.evs {
+		if len(kinds) == 0 || containsKind(kinds, e.Kind) {
+			out = append(out, e)
+		}
+	}
+	return out
+}
+
+func containsKind(kinds []EventKind, k EventKind) bool {
+	for _, x := range kinds {
+		if x == k {
+			return true
+		}
+	}
+	return false
+}
+
+// only returns the one event of kind, failing the test when there is not exactly one.
+func (r *recorder) only(t *testing.T, kind EventKind) Event {
+	t.Helper()
+	evs := r.all(kind)
+	if len(evs) != 1 {
+		t.Fatalf("%d %s events, want 1: %v", len(evs), kind, r.all())
+	}
+	return evs[0]
+}
+
+// startWatch runs p.Watch in the bubble until the test ends (or stop is called), then
+// checks that Watch returned the context's error.
+func startWatch(t *testing.T, p *Provider) (stop func()) {
+	t.Helper()
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan error, 1)
+	go func() { done <- p.Watch(ctx) }()
+	var once sync.Once
+	stop = func() {
+		once.Do(func() {
+			cancel()
+			if err := <-done; !errors.Is(err, context.Canceled) {
+				t.Errorf("Watch returned %v, want context.Canceled", err)
+			}
+		})
+	}
+	t.Cleanup(stop)
+	return stop
+}
+
+// within reports whether d lies in [lo, hi].
+func within(d, lo, hi time.Duration) bool { return d >= lo && d <= hi }
+
+// frac returns f x d.
+func frac(d time.Duration, f float64) time.Duration { return time.Duration(float64(d) * f) }
+
+var (
+	bubbleRE    = regexp.MustCompile(`^goroutine (\d+) \[[^\]]*(synctest bubble \d+)\]`)
+	packageDir  = func() string { _, file, _, _ := runtime.Caller(0); return filepath.Dir(file) }()
+	coreFrameRE = regexp.MustCompile(`(?m)^\t` + regexp.QuoteMeta(packageDir) + `/[a-z]+\.go:\d+`)
+)
+
+// coreGoroutines returns the stacks of the goroutines of the caller's synctest bubble that
+// run the package's own (non-test) code, other than the caller.
+func coreGoroutines() []string {
+	self := make([]byte, 1024)
+	self = self[:runtime.Stack(self, false)]
+	m := bubbleRE.FindSubmatch(self)
+	if m == nil {
+		panic("coreGoroutines: not in a synctest bubble")
+	}
+	buf := make([]byte, 1<<20)
+	for {
+		n := runtime.Stack(buf, true)
+		if n < len(buf) {
+			buf = buf[:n]
+			break
+		}
+		buf = make([]byte, 2*len(buf))
+	}
+	var out []string
+	for g := range strings.SplitSeq(string(buf), "\n\n") {
+		gm := bubbleRE.FindStringSubmatch(g)
+		if gm == nil || gm[2] != string(m[2]) || gm[1] == string(m[1]) || !coreFrameRE.MatchString(g) {
+			continue
+		}
+		out = append(out, g)
+	}
+	return out
+}
+
+// logSink collects log output written from any goroutine.
+type logSink struct {
+	mu sync.Mutex
+	b  strings.Builder
+}
+
+func (l *logSink) Write(p []byte) (int, error) {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	return l.b.Write(p)
+}
+
+func (l *logSink) String() string {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	return l.b.String()
+}
