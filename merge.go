@@ -78,6 +78,10 @@ func merge(r Reference, old, s *secret, src Source, now time.Time) (*secret, []E
 	case old != nil && old.has && s.status == StatusSecretNotYetValid:
 		// The newest version is not valid yet: keep serving the current one.
 		return old, nil
+	case old != nil && old.has && s.status == StatusSecretExpired && s.version == old.version:
+		// The version held has expired and no newer one exists: checkExpiry marks it (it keeps
+		// serving) and says so once; this fetch adds nothing.
+		return old, nil
 	case old != nil && old.has:
 		if old.status == s.status && old.reason == s.reason {
 			return old, nil

@@ -146,8 +146,14 @@ func (s *schedule) record(fetched, held map[Reference]*secret, now time.Time) {
 			st = &pollState{}
 			s.polls[r] = st
 		}
+		h := held[r]
 		switch {
-		case f.status == StatusResolved || (f.status == StatusSecretNotYetValid && held[r] != nil && held[r].has):
+		// Success, or the vault answered with nothing new to use while a good value is held:
+		// a newest version not valid yet, or the held version itself expired. Neither is a
+		// fault to retry quickly; the next version arrives on the interval.
+		case f.status == StatusResolved,
+			f.status == StatusSecretNotYetValid && h != nil && h.has,
+			f.status == StatusSecretExpired && h != nil && h.has && h.version == f.version:
 			st.fails, st.next = 0, next
 			if f.notBefore != nil && f.notBefore.After(now) && f.notBefore.Before(st.next) {
 				st.next = *f.notBefore
