@@ -70,8 +70,14 @@ func (r Reference) ID() string {
 	return id
 }
 
-// String returns the reference in canonical form, "@KeyVault(SecretUri=<ID>)".
-func (r Reference) String() string { return "@KeyVault(SecretUri=" + r.ID() + ")" }
+// String returns the reference in canonical form, "@KeyVault(SecretUri=<ID>)", or "" for
+// the zero Reference (a malformed reference has none: see ReferenceStatus.Written).
+func (r Reference) String() string {
+	if r == (Reference{}) {
+		return ""
+	}
+	return "@KeyVault(SecretUri=" + r.ID() + ")"
+}
 
 // key returns r with the name lowercased: Key Vault secret names are case-insensitive, so
 // "DB-Conn" and "db-conn" are one secret and must be fetched once.
