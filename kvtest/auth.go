@@ -13,6 +13,7 @@ import (
 	"log/slog"
 	"math/big"
 	"net/http"
+	"slices"
 	"strings"
 	"sync"
 	"time"
@@ -76,16 +77,31 @@ func (tv *tokenValidator) validate(ctx context.Context, token string, audiences 
 	if vt.hasNbf && now.Add(clockSkew).Unix() < vt.nbf {
 		return nil, &authFailure{fmt.Sprintf("Invalid token: the token is not valid before %s.", time.Unix(vt.nbf, 0).UTC().Format(time.RFC3339))}
 	}
-	if !audienceMatches(vt.aud, audiences) {
+	// Key Vault also accepts its app ID as the audience.
+	if !audienceMatches(vt.aud, append(slices.Clip(audiences), keyVaultAppID)) {
 		return nil, &authFailure{fmt.Sprintf("AKV10022: Invalid audience. Expected %s, found: %s.", audiences[0], strings.Join(vt.aud, ", "))}
 	}
 	tv.mu.RLock()
-	issuer := tv.issuer
+	issuers := validIssuers(tv.issuer)
 	tv.mu.RUnlock()
-	if vt.iss != issuer {
-		return nil, &authFailure{fmt.Sprintf("AKV10032: Invalid issuer. Expected one of %s, found %s.", issuer, vt.iss)}
+	if !slices.Contains(issuers, vt.iss) {
+		return nil, &authFailure{fmt.Sprintf("AKV10032: Invalid issuer. Expected one of %s, found %s.", strings.Join(issuers, ", "), vt.iss)}
 	}
 	return vt, nil
+}
+
+// validIssuers are the issuers Key Vault accepts for the tenant whose v1 issuer
+// (https://sts.windows.net/<tenant>/, from the discovery document) is given: that one and
+// the tenant's v2 issuer, https://login.microsoftonline.com/<tenant>/v2.0. The v2 issuer
+// is derived rather than fetched from the v2 discovery document, whose keys are the same,
+// so the vault still makes one discovery request.
+func validIssuers(v1 string) []string {
+	tenant, ok := strings.CutPrefix(v1, "https://sts.windows.net/")
+	tenant = strings.TrimSuffix(tenant, "/")
+	if !ok || tenant == "" || strings.Contains(tenant, "/") {
+		return []string{v1}
+	}
+	return []string{v1, "https://login.microsoftonline.com/" + tenant + "/v2.0"}
 }
 
 func audienceMatches(got, want []string) bool {

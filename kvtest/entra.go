@@ -6,6 +6,7 @@ import (
 	"crypto/rsa"
 	"crypto/sha1" // #nosec G505 -- x5t is defined as the SHA-1 thumbprint; not a security use.
 	"crypto/sha256"
+	"crypto/subtle"
 	"crypto/x509"
 	"crypto/x509/pkix"
 	"encoding/base64"
@@ -13,6 +14,9 @@ import (
 	"fmt"
 	"math/big"
 	"net/http"
+	"net/url"
+	"slices"
+	"strconv"
 	"strings"
 	"sync"
 	"time"
@@ -143,19 +147,28 @@ func (s *Server) TokenClaims(id Identity, resource string) map[string]any {
 // SignToken signs arbitrary claims with the emulator's RS256 key (header kid and x5t set).
 func (s *Server) SignToken(claims map[string]any) string { return s.signer.sign(claims) }
 
-// entraHandler serves OpenID Connect discovery (v1 and v2) and the JWKS.
+// entraHandler serves OpenID Connect discovery (v1 and v2), the JWKS, instance discovery
+// and the token endpoints (v2 and v1) for client credentials.
 func (s *Server) entraHandler() http.Handler {
 	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
-		if r.Method != http.MethodGet && r.Method != http.MethodHead {
-			writeAADError(w, http.StatusMethodNotAllowed, "invalid_request", "AADSTS900561: The endpoint only accepts GET requests.")
-			return
-		}
 		parts := strings.Split(strings.Trim(r.URL.Path, "/"), "/")
 		if len(parts) < 2 {
 			http.NotFound(w, r)
 			return
 		}
 		tenant := parts[0]
+		switch rest := strings.Join(parts[1:], "/"); {
+		case rest == "oauth2/v2.0/token" || rest == "oauth2/token":
+			s.serveToken(w, r, tenant, rest == "oauth2/token")
+			return
+		case tenant == "common" && rest == "discovery/instance":
+			s.serveInstanceDiscovery(w, r)
+			return
+		}
+		if r.Method != http.MethodGet && r.Method != http.MethodHead {
+			writeAADError(w, http.StatusMethodNotAllowed, "invalid_request", "AADSTS900561: The endpoint only accepts GET requests.")
+			return
+		}
 		if !s.knownTenant(tenant) {
 			writeAADError(w, http.StatusBadRequest, "invalid_tenant",
 				fmt.Sprintf("AADSTS90002: Tenant '%s' not found. Check to make sure you have the correct tenant ID and are signing into the correct cloud.", tenant))
@@ -246,13 +259,388 @@ func (s *Server) discoveryV2(base, tenant string) map[string]any {
 	}
 }
 
+// writeAADError writes Entra ID's error body: error, error_description (with the trace,
+// correlation and timestamp lines Entra appends), error_codes (the AADSTS number of the
+// description), timestamp, trace_id, correlation_id and error_uri.
 func writeAADError(w http.ResponseWriter, status int, code, desc string) {
-	writeJSON(w, status, map[string]any{
+	trace, corr, now := newUUID(), newUUID(), time.Now()
+	body := map[string]any{
 		"error":             code,
-		"error_description": desc,
+		"error_description": desc + aadTrace(trace, corr, now),
 		"error_codes":       []int{},
-		"timestamp":         time.Now().UTC().Format("2006-01-02 15:04:05Z"),
-		"trace_id":          newUUID(),
-		"correlation_id":    newUUID(),
+		"timestamp":         now.UTC().Format("2006-01-02 15:04:05Z"),
+		"trace_id":          trace,
+		"correlation_id":    corr,
+	}
+	if n := aadCode(desc); n != 0 {
+		body["error_codes"] = []int{n}
+		body["error_uri"] = "https://login.microsoftonline.com/error?code=" + strconv.Itoa(n)
+	}
+	writeJSON(w, status, body)
+}
+
+// aadTrace is what Entra ID appends to an error description.
+func aadTrace(trace, corr string, now time.Time) string {
+	return "\r\nTrace ID: " + trace + "\r\nCorrelation ID: " + corr + "\r\nTimestamp: " + now.UTC().Format("2006-01-02 15:04:05Z")
+}
+
+// aadCode is the number of the description's leading AADSTS code, or 0.
+func aadCode(desc string) int {
+	rest, ok := strings.CutPrefix(desc, "AADSTS")
+	if !ok {
+		return 0
+	}
+	digits, _, _ := strings.Cut(rest, ":")
+	n, err := strconv.Atoi(digits)
+	if err != nil {
+		return 0
+	}
+	return n
+}
+
+// The Entra token endpoint for the client credentials grant (azidentity's
+// ClientSecretCredential, ClientAssertionCredential and WorkloadIdentityCredential).
+
+const (
+	jwtBearer = "urn:ietf:params:oauth:client-assertion-type:jwt-bearer"
+	// tokenExchangeAudience is the audience of federated tokens Entra ID accepts.
+	tokenExchangeAudience = "api://AzureADTokenExchange"
+	// appTokenLifetime is the lifetime of app tokens from the token endpoint (expires_in
+	// 3599) unless WithTokenLifetime sets another.
+	appTokenLifetime = 3599 * time.Second
+	// federatedTokenLifetime is the lifetime of [Server.FederatedToken]'s tokens, a
+	// projected service account token's default.
+	federatedTokenLifetime = time.Hour
+)
+
+// oidcScopes are the scopes MSAL adds to every request, which the client credentials
+// grant ignores.
+var oidcScopes = map[string]bool{"openid": true, "profile": true, "offline_access": true, "email": true}
+
+// aadFailure is an Entra ID error answer.
+type aadFailure struct {
+	status     int
+	code, desc string
+}
+
+func aadFail(status int, code, desc string) *aadFailure {
+	return &aadFailure{status: status, code: code, desc: desc}
+}
+
+// federatedIssuer is the issuer of the emulator's service account tokens, standing for an
+// AKS cluster's OIDC issuer. The .invalid name never resolves: Entra ID (the emulator)
+// verifies these tokens with its own key.
+func (s *Server) federatedIssuer() string { return "https://oidc.kvtest.invalid/" + s.tenant + "/" }
+
+func federatedSubject(id Identity) string { return "system:serviceaccount:default:" + id.Name }
+
+// FederatedToken returns a Kubernetes service account token for id, valid for an hour:
+// what AKS workload identity projects into a pod and names in AZURE_FEDERATED_TOKEN_FILE.
+// Write it to a file for azidentity.NewWorkloadIdentityCredential (TokenFilePath, or the
+// AZURE_FEDERATED_TOKEN_FILE variable), or return it from a ClientAssertionCredential's
+// callback. The Entra token endpoint accepts it for an identity added
+// [WithFederated]; for others it answers AADSTS70021 (no matching federated identity
+// record), as Entra ID does.
+func (s *Server) FederatedToken(id Identity) string {
+	return s.signer.sign(s.FederatedTokenClaims(id))
+}
+
+// FederatedTokenClaims returns the claims [Server.FederatedToken] signs, so a test can
+// alter one (exp, sub, aud, iss...) and sign the result with [Server.SignToken]: iss is
+// the emulator's OIDC issuer (https://oidc.kvtest.invalid/<tenant>/), sub
+// system:serviceaccount:default:<identity name>, aud ["api://AzureADTokenExchange"].
+func (s *Server) FederatedTokenClaims(id Identity) map[string]any {
+	now := time.Now()
+	return map[string]any{
+		"aud": []string{tokenExchangeAudience},
+		"exp": now.Add(federatedTokenLifetime).Unix(),
+		"iat": now.Unix(),
+		"nbf": now.Unix(),
+		"iss": s.federatedIssuer(),
+		"jti": newUUID(),
+		"kubernetes.io": map[string]any{
+			"namespace": "default",
+			"serviceaccount": map[string]any{
+				"name": id.Name,
+				"uid":  nameUUID(s.tenant, "serviceaccount", strings.ToLower(id.Name)),
+			},
+		},
+		"sub": federatedSubject(id),
+	}
+}
+
+// serveToken is POST /<tenant>/oauth2/v2.0/token (v1: /oauth2/token) for
+// grant_type=client_credentials with a client secret or a federated client assertion.
+func (s *Server) serveToken(w http.ResponseWriter, r *http.Request, tenant string, v1 bool) {
+	if r.Method != http.MethodPost {
+		writeAADError(w, http.StatusMethodNotAllowed, "invalid_request",
+			fmt.Sprintf("AADSTS900561: The endpoint only accepts POST, OPTIONS requests. Received a %s request.", r.Method))
+		return
+	}
+	r.Body = http.MaxBytesReader(w, r.Body, 1<<20)
+	resp, f := s.clientCredentials(r, tenant, v1)
+	if f != nil {
+		writeAADError(w, f.status, f.code, f.desc)
+		return
+	}
+	writeJSON(w, http.StatusOK, resp)
+}
+
+func missingParam(name string) *aadFailure {
+	return aadFail(http.StatusBadRequest, "invalid_request",
+		fmt.Sprintf("AADSTS900144: The request body must contain the following parameter: '%s'.", name))
+}
+
+// clientCredentials checks a client credentials request and returns the response body.
+func (s *Server) clientCredentials(r *http.Request, tenant string, v1 bool) (any, *aadFailure) {
+	switch {
+	case strings.EqualFold(tenant, s.tenant):
+	case tenant == "common" || tenant == "organizations":
+		return nil, aadFail(http.StatusBadRequest, "invalid_request",
+			"AADSTS50059: No tenant-identifying information found in either the request or implied by any provided credentials.")
+	default:
+		return nil, aadFail(http.StatusBadRequest, "invalid_tenant",
+			fmt.Sprintf("AADSTS90002: Tenant '%s' not found. Check to make sure you have the correct tenant ID and are signing into the correct cloud.", tenant))
+	}
+	if err := r.ParseForm(); err != nil {
+		return nil, missingParam("grant_type")
+	}
+	form := r.PostForm
+	grant := form.Get("grant_type")
+	switch grant {
+	case "":
+		return nil, missingParam("grant_type")
+	case "client_credentials":
+	default:
+		return nil, aadFail(http.StatusBadRequest, "unsupported_grant_type",
+			fmt.Sprintf("AADSTS70003: The app requested an unsupported grant type '%s'.", grant))
+	}
+	clientID, secret := form.Get("client_id"), form.Get("client_secret")
+	if u, p, ok := r.BasicAuth(); ok { // client_secret_basic: form-encoded, RFC 6749 section 2.3.1
+		if uu, err := url.QueryUnescape(u); err == nil {
+			u = uu
+		}
+		if pp, err := url.QueryUnescape(p); err == nil {
+			p = pp
+		}
+		clientID, secret = u, p
+	}
+	if clientID == "" {
+		return nil, missingParam("client_id")
+	}
+	id, ok := s.identityByClientID(clientID)
+	if !ok {
+		return nil, aadFail(http.StatusBadRequest, "unauthorized_client", fmt.Sprintf("AADSTS700016: Application with identifier '%s' was not found in the directory '%s'. "+
+			"This can happen if the application has not been installed by the administrator of the tenant or consented to by any user in the tenant. "+
+			"You may have sent your authentication request to the wrong tenant.", clientID, s.tenant))
+	}
+
+	var acr, how string // appidacr: 1 for a secret, 2 for an assertion
+	switch assertion := form.Get("client_assertion"); {
+	case assertion != "":
+		switch typ := form.Get("client_assertion_type"); typ {
+		case jwtBearer:
+		case "":
+			return nil, missingParam("client_assertion_type")
+		default:
+			return nil, aadFail(http.StatusBadRequest, "invalid_request",
+				fmt.Sprintf("AADSTS70002: Error validating credentials. The client_assertion_type '%s' is not supported.", typ))
+		}
+		if f := s.checkAssertion(id, assertion, time.Now()); f != nil {
+			return nil, f
+		}
+		acr, how = "2", "federated token"
+	case secret != "":
+		if !slices.ContainsFunc(s.credentials(id.Name).secrets, func(k string) bool {
+			return subtle.ConstantTimeCompare([]byte(k), []byte(secret)) == 1
+		}) {
+			return nil, aadFail(http.StatusUnauthorized, "invalid_client", fmt.Sprintf("AADSTS7000215: Invalid client secret provided. "+
+				"Ensure the secret being sent in the request is the client secret value, not the client secret ID, for a secret added to app '%s'.", id.ClientID))
+		}
+		acr, how = "1", "client secret"
+	default:
+		return nil, aadFail(http.StatusUnauthorized, "invalid_client",
+			"AADSTS7000218: The request body must contain the following parameter: 'client_assertion' or 'client_secret'.")
+	}
+
+	var resource string
+	if v1 {
+		if resource = form.Get("resource"); resource == "" {
+			return nil, missingParam("resource")
+		}
+	} else {
+		var f *aadFailure
+		if resource, f = parseScope(form.Get("scope")); f != nil {
+			return nil, f
+		}
+	}
+	if !knownResource(resource) {
+		return nil, aadFail(http.StatusBadRequest, "invalid_resource", s.resourceNotFound(resource))
+	}
+
+	claims := s.TokenClaims(id, resource)
+	claims["appidacr"] = acr
+	if acr == "1" {
+		delete(claims, "xms_mirid") // an app registration's token, not a managed identity's
+	}
+	life := appTokenLifetime
+	if s.cfg.tokenLifetime != DefaultTokenLifetime {
+		life = s.cfg.tokenLifetime
+	}
+	iat := claims["iat"].(int64)
+	exp := time.Unix(iat, 0).Add(life).Unix()
+	claims["exp"] = exp
+	token := s.signer.sign(claims)
+	s.counters.add(OpToken)
+	s.cfg.logger.Info("token issued", "identity", id.Name, "client_id", id.ClientID, "resource", resource,
+		"endpoint", "Entra ID token endpoint", "credential", how)
+	secs := exp - iat
+	if v1 {
+		return map[string]string{
+			"token_type":     "Bearer",
+			"expires_in":     strconv.FormatInt(secs, 10),
+			"ext_expires_in": strconv.FormatInt(secs, 10),
+			"expires_on":     strconv.FormatInt(exp, 10),
+			"not_before":     strconv.FormatInt(iat, 10),
+			"resource":       resource,
+			"access_token":   token,
+		}, nil
+	}
+	return map[string]any{"token_type": "Bearer", "expires_in": secs, "ext_expires_in": secs, "access_token": token}, nil
+}
+
+// parseScope returns the resource of a client credentials scope: one "<resource>/.default"
+// besides the OpenID scopes MSAL adds.
+func parseScope(scope string) (string, *aadFailure) {
+	var scopes []string
+	for _, sc := range strings.Fields(scope) {
+		if !oidcScopes[sc] {
+			scopes = append(scopes, sc)
+		}
+	}
+	switch len(scopes) {
+	case 0:
+		return "", missingParam("scope")
+	case 1:
+	default:
+		return "", aadFail(http.StatusBadRequest, "invalid_scope",
+			fmt.Sprintf("AADSTS70011: The provided value for the input parameter 'scope' is not valid. The scope '%s' is not valid.", strings.Join(scopes, " ")))
+	}
+	resource, ok := strings.CutSuffix(scopes[0], "/.default")
+	if !ok || resource == "" {
+		return "", aadFail(http.StatusBadRequest, "invalid_scope", fmt.Sprintf("AADSTS1002012: The provided value for scope %s is not valid. "+
+			"Client credential flows must have a scope value with /.default suffixed to the resource identifier (application ID URI).", scopes[0]))
+	}
+	return resource, nil
+}
+
+// checkAssertion checks a federated client assertion as Entra ID does: a JWT matching a
+// federated identity credential of the app (issuer, subject, audience), signed by the
+// issuer's key, within its lifetime.
+func (s *Server) checkAssertion(id Identity, assertion string, now time.Time) *aadFailure {
+	malformed := aadFail(http.StatusBadRequest, "invalid_request", "AADSTS50027: JWT token is invalid or malformed.")
+	parts := strings.Split(assertion, ".")
+	if len(parts) != 3 {
+		return malformed
+	}
+	var header struct {
+		Alg string `json:"alg"`
+		Kid string `json:"kid"`
+	}
+	var c struct {
+		Iss string          `json:"iss"`
+		Sub string          `json:"sub"`
+		Aud json.RawMessage `json:"aud"`
+		Exp json.RawMessage `json:"exp"`
+		Nbf json.RawMessage `json:"nbf"`
+	}
+	if decodeSegment(parts[0], &header) != nil || decodeSegment(parts[1], &c) != nil {
+		return malformed
+	}
+	var aud []string
+	if json.Unmarshal(c.Aud, &aud) != nil {
+		var one string
+		_ = json.Unmarshal(c.Aud, &one)
+		aud = []string{one}
+	}
+	if !s.credentials(id.Name).federated || c.Iss != s.federatedIssuer() || c.Sub != federatedSubject(id) || !slices.Contains(aud, tokenExchangeAudience) {
+		return aadFail(http.StatusBadRequest, "invalid_request", fmt.Sprintf("AADSTS70021: No matching federated identity record found for presented assertion. "+
+			"Assertion Issuer: '%s'. Assertion Subject: '%s'. Assertion Audience: '%s'. https://learn.microsoft.com/entra/workload-id/workload-identity-federation",
+			c.Iss, c.Sub, strings.Join(aud, ",")))
+	}
+	if header.Alg != "RS256" || header.Kid != s.signer.kid {
+		return aadFail(http.StatusUnauthorized, "invalid_client", fmt.Sprintf("AADSTS50013: Assertion failed signature validation. "+
+			"[Reason - The key was not found., Thumbprint of key used by client: '%s']", header.Kid))
+	}
+	sig, err := base64.RawURLEncoding.DecodeString(parts[2])
+	digest := sha256.Sum256([]byte(parts[0] + "." + parts[1]))
+	if err != nil || rsa.VerifyPKCS1v15(&s.signer.key.PublicKey, crypto.SHA256, digest[:], sig) != nil {
+		return aadFail(http.StatusUnauthorized, "invalid_client",
+			"AADSTS50013: Assertion failed signature validation. [Reason - Key was found, but use of the key to verify the signature failed.]")
+	}
+	exp, hasExp := numericDate(c.Exp)
+	nbf, _ := numericDate(c.Nbf)
+	if !hasExp || now.Add(-clockSkew).Unix() >= exp || now.Add(clockSkew).Unix() < nbf {
+		const layout = "2006-01-02T15:04:05.0000000Z"
+		return aadFail(http.StatusUnauthorized, "invalid_client", fmt.Sprintf("AADSTS700024: Client assertion is not within its valid time range. "+
+			"Current time: %s, assertion valid from %s, expiry time of assertion %s. Review the documentation at https://learn.microsoft.com/entra/identity-platform/certificate-credentials .",
+			now.UTC().Format(layout), time.Unix(nbf, 0).UTC().Format(layout), time.Unix(exp, 0).UTC().Format(layout)))
+	}
+	return nil
+}
+
+// entraInstances are the Entra ID hosts instance discovery knows, by cloud.
+var entraInstances = []struct {
+	preferredNetwork, preferredCache string
+	aliases                          []string
+}{
+	{"login.microsoftonline.com", "login.windows.net", []string{"login.microsoftonline.com", "login.windows.net", "login.microsoft.com", "sts.windows.net"}},
+	{"login.partner.microsoftonline.cn", "login.partner.microsoftonline.cn", []string{"login.partner.microsoftonline.cn", "login.chinacloudapi.cn"}},
+	{"login.microsoftonline.de", "login.microsoftonline.de", []string{"login.microsoftonline.de"}},
+	{"login.microsoftonline.us", "login.microsoftonline.us", []string{"login.microsoftonline.us", "login.usgovcloudapi.net"}},
+	{"login-us.microsoftonline.com", "login-us.microsoftonline.com", []string{"login-us.microsoftonline.com"}},
+}
+
+// serveInstanceDiscovery is GET /common/discovery/instance, which MSAL asks about an
+// authority host it does not know (AZURE_AUTHORITY_HOST naming the emulator's own
+// listener, https://127.0.0.1:PORT/): it answers for the Entra ID hosts and for the
+// emulator's listener, and 400 invalid_instance for any other host.
+func (s *Server) serveInstanceDiscovery(w http.ResponseWriter, r *http.Request) {
+	if r.Method != http.MethodGet && r.Method != http.MethodHead {
+		writeAADError(w, http.StatusMethodNotAllowed, "invalid_request", "AADSTS900561: The endpoint only accepts GET requests.")
+		return
+	}
+	invalid := func() {
+		writeAADError(w, http.StatusBadRequest, "invalid_instance", "AADSTS50049: Unknown or invalid instance.")
+	}
+	u, err := url.Parse(r.URL.Query().Get("authorization_endpoint"))
+	if err != nil || u.Scheme != "https" || u.Host == "" {
+		invalid()
+		return
+	}
+	host := strings.ToLower(u.Host)
+	metadata := make([]map[string]any, 0, len(entraInstances)+1)
+	known := false
+	for _, in := range entraInstances {
+		known = known || slices.Contains(in.aliases, host)
+		metadata = append(metadata, map[string]any{"preferred_network": in.preferredNetwork, "preferred_cache": in.preferredCache, "aliases": in.aliases})
+	}
+	_, port, _ := strings.Cut(s.entra.addr, ":")
+	if own := []string{s.entra.addr, "localhost:" + port}; slices.Contains(own, host) {
+		known = true
+		metadata = append(metadata, map[string]any{"preferred_network": host, "preferred_cache": host, "aliases": own})
+	}
+	if !known {
+		invalid()
+		return
+	}
+	tenant, _, _ := strings.Cut(strings.TrimPrefix(u.Path, "/"), "/")
+	if tenant == "" {
+		tenant = "common"
+	}
+	writeJSON(w, http.StatusOK, map[string]any{
+		"tenant_discovery_endpoint": "https://" + host + "/" + tenant + "/v2.0/.well-known/openid-configuration",
+		"api-version":               "1.1",
+		"metadata":                  metadata,
 	})
 }

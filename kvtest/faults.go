@@ -16,7 +16,8 @@ type Op string
 // Operations and outcomes counted by [Server.Count] and [Vault.Count], and the operations
 // [Vault.InjectFault] can target.
 const (
-	// OpToken counts managed identity token requests answered 200 (both endpoint styles).
+	// OpToken counts token requests answered 200: the managed identity endpoints (both
+	// styles) and the Entra token endpoint (client secret, client assertion).
 	OpToken Op = "token"
 	// OpChallenge counts vault requests without an Authorization header, answered with the
 	// 401 authentication challenge. They are not counted under the operation they named.

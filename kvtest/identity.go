@@ -5,8 +5,10 @@ import (
 	"encoding/json"
 	"fmt"
 	"net/http"
+	"slices"
 	"strconv"
 	"strings"
+	"sync"
 	"time"
 )
 
@@ -21,6 +23,10 @@ type Identity struct {
 	ObjectID string `json:"object_id"`
 	// ResourceID is the Azure resource ID, the token's xms_mirid claim.
 	ResourceID string `json:"resource_id"`
+	// FederatedTokenFile is, in an [Info] the standalone emulator wrote, the file holding
+	// a [Server.FederatedToken] for a federated identity (export it as
+	// AZURE_FEDERATED_TOKEN_FILE; see [Info.WorkloadIdentityEnv]). It is empty elsewhere.
+	FederatedTokenFile string `json:"federated_token_file,omitempty"`
 }
 
 // SystemIdentityName is the Name of the system-assigned identity, and the identity name
@@ -30,11 +36,81 @@ const SystemIdentityName = "system"
 // IdentityOption configures [Server.AddUserIdentity].
 type IdentityOption func(*identityConfig)
 
-type identityConfig struct{ clientID string }
+type identityConfig struct {
+	clientID  string
+	secrets   []string
+	federated bool
+}
 
 // WithClientID fixes a user-assigned identity's client ID instead of deriving it.
 func WithClientID(clientID string) IdentityOption {
 	return func(c *identityConfig) { c.clientID = strings.ToLower(clientID) }
+}
+
+// WithClientSecret gives the identity a client secret, as an app registration has one:
+// the Entra token endpoint (POST /<tenant>/oauth2/v2.0/token, grant_type
+// client_credentials) then issues tokens for the identity's client ID and this secret, so
+// azidentity.NewClientSecretCredential works against the emulator. A wrong secret gets
+// 401 invalid_client AADSTS7000215. Options are additive: give it several times, or to
+// an identity that exists already, for several valid secrets.
+func WithClientSecret(secret string) IdentityOption {
+	return func(c *identityConfig) { c.secrets = append(c.secrets, secret) }
+}
+
+// WithFederated gives the identity a federated identity credential trusting the tokens of
+// [Server.FederatedToken], as an AKS workload identity's managed identity trusts its
+// cluster's service account (issuer: the emulator's OIDC issuer, subject
+// system:serviceaccount:default:<name>, audience api://AzureADTokenExchange). The Entra
+// token endpoint then exchanges such a token (client_assertion) for an access token, so
+// azidentity.NewWorkloadIdentityCredential and NewClientAssertionCredential work against
+// the emulator.
+func WithFederated() IdentityOption {
+	return func(c *identityConfig) { c.federated = true }
+}
+
+// appCredentials are the credentials an identity can present at the Entra token endpoint.
+type appCredentials struct {
+	secrets   []string
+	federated bool
+}
+
+// appCreds holds the client credentials of a Server's identities.
+type appCreds struct {
+	mu    sync.Mutex
+	creds map[string]*appCredentials // lowercase identity name -> credentials
+}
+
+// addCredentials records the client credentials cfg gives the identity name.
+func (s *Server) addCredentials(name string, cfg identityConfig) {
+	if len(cfg.secrets) == 0 && !cfg.federated {
+		return
+	}
+	st := &s.appCreds
+	st.mu.Lock()
+	defer st.mu.Unlock()
+	key := strings.ToLower(name)
+	if st.creds == nil {
+		st.creds = map[string]*appCredentials{}
+	}
+	c := st.creds[key]
+	if c == nil {
+		c = &appCredentials{}
+		st.creds[key] = c
+	}
+	c.secrets = append(c.secrets, cfg.secrets...)
+	c.federated = c.federated || cfg.federated
+}
+
+// credentials returns a copy of the identity's client credentials.
+func (s *Server) credentials(name string) appCredentials {
+	st := &s.appCreds
+	st.mu.Lock()
+	defer st.mu.Unlock()
+	c := st.creds[strings.ToLower(name)]
+	if c == nil {
+		return appCredentials{}
+	}
+	return appCredentials{secrets: slices.Clone(c.secrets), federated: c.federated}
 }
 
 // IDs are derived from the tenant and the name, not random: MSAL's token cache is
@@ -104,7 +180,9 @@ func (s *Server) SetSystemIdentityEnabled(enabled bool) {
 // AddUserIdentity assigns a user-assigned identity to the emulated app and returns it.
 // Its IDs are derived from the tenant and name, so the same name gives the same identity
 // in every Server of the process; adding an existing name returns the existing identity.
-// It panics if WithClientID names a client ID another identity has.
+// Options given for an existing identity add to its credentials ([WithClientSecret],
+// [WithFederated]). It panics if WithClientID names a client ID another identity has, or
+// on an empty client secret.
 func (s *Server) AddUserIdentity(name string, opts ...IdentityOption) Identity {
 	id, err := s.addUserIdentity(name, opts...)
 	if err != nil {
@@ -121,6 +199,9 @@ func (s *Server) addUserIdentity(name string, opts ...IdentityOption) (Identity,
 	if name == "" || strings.EqualFold(name, SystemIdentityName) {
 		return Identity{}, fmt.Errorf("kvtest: invalid user-assigned identity name %q", name)
 	}
+	if slices.Contains(cfg.secrets, "") {
+		return Identity{}, fmt.Errorf("kvtest: empty client secret for identity %q", name)
+	}
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	key := strings.ToLower(name)
@@ -128,6 +209,7 @@ func (s *Server) addUserIdentity(name string, opts ...IdentityOption) (Identity,
 		if cfg.clientID != "" && cfg.clientID != id.ClientID {
 			return Identity{}, fmt.Errorf("kvtest: identity %q already exists with client ID %s", name, id.ClientID)
 		}
+		s.addCredentials(name, cfg)
 		return id, nil
 	}
 	id := s.deriveIdentity(name, true)
@@ -140,6 +222,7 @@ func (s *Server) addUserIdentity(name string, opts ...IdentityOption) (Identity,
 		}
 	}
 	s.users[key] = id
+	s.addCredentials(name, cfg)
 	return id, nil
 }
 
@@ -163,11 +246,59 @@ func (s *Server) UserIdentities() []Identity {
 }
 
 // RemoveUserIdentity unassigns a user-assigned identity: token requests for it then fail
-// as for an identity that was never assigned. Its role assignments stay.
+// as for an identity that was never assigned, at the Entra token endpoint too (its client
+// secrets and federated credential go with it). Its role assignments stay.
 func (s *Server) RemoveUserIdentity(name string) {
 	s.mu.Lock()
-	defer s.mu.Unlock()
 	delete(s.users, strings.ToLower(name))
+	s.mu.Unlock()
+	st := &s.appCreds
+	st.mu.Lock()
+	delete(st.creds, strings.ToLower(name))
+	st.mu.Unlock()
+}
+
+// identityByClientID returns the identity (system-assigned, while enabled, or
+// user-assigned) whose client ID is clientID.
+func (s *Server) identityByClientID(clientID string) (Identity, bool) {
+	s.mu.RLock()
+	defer s.mu.RUnlock()
+	if s.systemEnabled && strings.EqualFold(s.system.ClientID, clientID) {
+		return s.system, true
+	}
+	for _, u := range s.users {
+		if strings.EqualFold(u.ClientID, clientID) {
+			return u, true
+		}
+	}
+	return Identity{}, false
+}
+
+// keyVaultAppID is Key Vault's application ID in Entra ID, the same in every cloud. A
+// token may name Key Vault by it (aud) instead of by its URI.
+const keyVaultAppID = "cfa8b339-82a2-471a-a3c9-0fc0be7a4093"
+
+// knownResource reports whether Entra ID knows the resource, as the emulator's tenant
+// does: Key Vault of one of the clouds, by URI (with or without a trailing slash) or by
+// its app ID. Scopes (".../.default") are not resources.
+func knownResource(resource string) bool {
+	if strings.EqualFold(resource, keyVaultAppID) {
+		return true
+	}
+	r := strings.TrimSuffix(resource, "/")
+	for _, c := range clouds {
+		if strings.EqualFold(r, c.resource) {
+			return true
+		}
+	}
+	return false
+}
+
+// resourceNotFound is Entra ID's AADSTS500011 description for an unknown resource.
+func (s *Server) resourceNotFound(resource string) string {
+	return fmt.Sprintf("AADSTS500011: The resource principal named %s was not found in the tenant named %s. "+
+		"This can happen if the application has not been installed by the administrator of the tenant or consented to by any user in the tenant. "+
+		"You might have sent your authentication request to the wrong tenant.", resource, s.tenant)
 }
 
 // InjectIdentityFault makes both managed identity endpoints fail as f describes.
@@ -295,6 +426,11 @@ func (s *Server) appServiceHandler() http.Handler {
 			fail(w, http.StatusBadRequest, "", msg)
 			return
 		}
+		if !knownResource(resource) {
+			// Entra ID's answer, relayed by the endpoint (not retried by the SDKs).
+			fail(w, http.StatusBadRequest, "invalid_resource", s.resourceNotFound(resource)+aadTrace(newUUID(), newUUID(), time.Now()))
+			return
+		}
 		s.counters.add(OpToken)
 		writeJSON(w, http.StatusOK, s.tokenResponse(id, resource, false))
 	})
@@ -314,7 +450,8 @@ func (s *Server) imdsHandler() http.Handler {
 			s.serveFault(w, r, f, fail)
 			return
 		}
-		if r.URL.Path != imdsPath {
+		// msal-node asks for the path with a trailing slash, which IMDS serves too.
+		if r.URL.Path != imdsPath && r.URL.Path != imdsPath+"/" {
 			fail(w, http.StatusNotFound, "not_found", "The requested path was not found.")
 			return
 		}
@@ -343,6 +480,11 @@ func (s *Server) imdsHandler() http.Handler {
 		id, _, ok := s.lookupIdentity(q, "msi_res_id", "mi_res_id")
 		if !ok {
 			fail(w, http.StatusBadRequest, "invalid_request", "Identity not found")
+			return
+		}
+		if !knownResource(resource) {
+			// IMDS relays Entra ID's error body.
+			writeAADError(w, http.StatusBadRequest, "invalid_resource", s.resourceNotFound(resource))
 			return
 		}
 		s.counters.add(OpToken)

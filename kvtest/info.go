@@ -33,6 +33,10 @@ type Info struct {
 	EntraEndpoint string `json:"entra_endpoint"`
 	// Authority is EntraEndpoint + "/" + TenantID.
 	Authority string `json:"authority"`
+	// AuthorityHost is EntraEndpoint + "/", for AZURE_AUTHORITY_HOST (or an azcore
+	// cloud.Configuration's ActiveDirectoryAuthorityHost). Through [Info.Client]
+	// https://login.microsoftonline.com/ reaches the same listener.
+	AuthorityHost string `json:"authority_host"`
 	// Issuer is the iss claim of issued tokens, https://sts.windows.net/<tenant>/.
 	Issuer string `json:"issuer"`
 	// OIDCDiscoveryURL is the v1 discovery document (issuer https://sts.windows.net/<tenant>/).
@@ -61,6 +65,7 @@ func (s *Server) Info(caFile string) Info {
 		IMDSEndpoint:       s.IMDSEndpoint(),
 		EntraEndpoint:      s.EntraURL(),
 		Authority:          s.AuthorityURL(),
+		AuthorityHost:      s.EntraURL() + "/",
 		Issuer:             s.Issuer(),
 		OIDCDiscoveryURL:   s.OIDCDiscoveryURL(),
 		OIDCDiscoveryURLV2: s.AuthorityURL() + "/v2.0/.well-known/openid-configuration",
@@ -121,7 +126,8 @@ func writeFileAtomic(path string, data []byte, perm os.FileMode) error {
 	return nil
 }
 
-// ReadInfo reads an info file. A relative CAFile is taken relative to the file's directory.
+// ReadInfo reads an info file. A relative CAFile or federated token file is taken
+// relative to the file's directory.
 func ReadInfo(path string) (*Info, error) {
 	b, err := os.ReadFile(path)
 	if err != nil {
@@ -134,12 +140,45 @@ func ReadInfo(path string) (*Info, error) {
 	if in.CAFile != "" && !filepath.IsAbs(in.CAFile) {
 		in.CAFile = filepath.Join(filepath.Dir(path), in.CAFile)
 	}
+	for name, id := range in.Identities {
+		if id.FederatedTokenFile != "" && !filepath.IsAbs(id.FederatedTokenFile) {
+			id.FederatedTokenFile = filepath.Join(filepath.Dir(path), id.FederatedTokenFile)
+			in.Identities[name] = id
+		}
+	}
 	return &in, nil
 }
 
 // Env returns IDENTITY_ENDPOINT and IDENTITY_HEADER for the App Service style endpoint.
 func (i *Info) Env() map[string]string {
 	return map[string]string{"IDENTITY_ENDPOINT": i.IdentityEndpoint, "IDENTITY_HEADER": i.IdentityHeader}
+}
+
+// WorkloadIdentityEnv returns the variables AKS workload identity sets in a pod for the
+// federated identity name: AZURE_CLIENT_ID, AZURE_TENANT_ID, AZURE_FEDERATED_TOKEN_FILE
+// and AZURE_AUTHORITY_HOST (the emulator's Entra listener, [Info.AuthorityHost]). With
+// them azidentity.NewWorkloadIdentityCredential signs in through the emulator; with a
+// transport other than [Info.Client] set DisableInstanceDiscovery, since MSAL would ask
+// https://login.microsoftonline.com about the loopback authority. It fails if the
+// identity is unknown or has no federated token file.
+func (i *Info) WorkloadIdentityEnv(name string) (map[string]string, error) {
+	id, ok := i.Identities[name]
+	if !ok {
+		return nil, fmt.Errorf("kvtest: info has no identity %q", name)
+	}
+	if id.FederatedTokenFile == "" {
+		return nil, fmt.Errorf("kvtest: identity %q has no federated_token_file (not federated in the seed?)", name)
+	}
+	host := i.AuthorityHost
+	if host == "" && i.EntraEndpoint != "" {
+		host = i.EntraEndpoint + "/"
+	}
+	return map[string]string{
+		"AZURE_CLIENT_ID":            id.ClientID,
+		"AZURE_TENANT_ID":            i.TenantID,
+		"AZURE_FEDERATED_TOKEN_FILE": id.FederatedTokenFile,
+		"AZURE_AUTHORITY_HOST":       host,
+	}, nil
 }
 
 // VaultNames returns the keys of Vaults, sorted.

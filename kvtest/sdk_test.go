@@ -337,8 +337,10 @@ func TestUnknownUserIdentity(t *testing.T) {
 }
 
 func TestSystemIdentityDisabled(t *testing.T) {
-	// A resource no other test asks for, so MSAL's process-wide cache holds no token.
-	scope := []string{"https://storage.azure.com/.default"}
+	// A resource no other managed identity test asks for, so MSAL's process-wide cache
+	// holds no token. It must be one Entra ID knows (the emulator issues tokens for Key
+	// Vault's resources only).
+	scope := []string{"https://vault.usgovcloudapi.net/.default"}
 	for _, imds := range []bool{false, true} {
 		t.Run(map[bool]string{false: "AppService", true: "IMDS"}[imds], func(t *testing.T) {
 			srv := newServer(t, kvtest.WithoutSystemIdentity(), kvtest.WithTokenLifetime(5*time.Minute))

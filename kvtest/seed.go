@@ -18,6 +18,7 @@ import (
 //	identities:                                       # user-assigned identities
 //	  - name: batch
 //	    client_id: 6a1f0c3e-...                       # optional, derived from the name if absent
+//	    federated: true                               # optional: AKS workload identity
 //	vaults:
 //	  - name: myvault                                 # or a full host: x.vault.azure.cn
 //	    secrets:
@@ -48,6 +49,10 @@ type SeedIdentity struct {
 	Name string `yaml:"name"`
 	// ClientID, if set, fixes the client ID (a GUID).
 	ClientID string `yaml:"client_id,omitempty"`
+	// Federated gives the identity a federated identity credential ([WithFederated]), so
+	// it can sign in with [Server.FederatedToken] as an AKS workload identity. The
+	// standalone emulator writes such a token to a file for each federated identity.
+	Federated bool `yaml:"federated,omitempty"`
 }
 
 // SeedVault is a vault of a [Seed].
@@ -279,6 +284,9 @@ func (s *Server) ApplySeed(sd *Seed) error {
 		var opts []IdentityOption
 		if si.ClientID != "" {
 			opts = append(opts, WithClientID(si.ClientID))
+		}
+		if si.Federated {
+			opts = append(opts, WithFederated())
 		}
 		id, err := s.addUserIdentity(si.Name, opts...)
 		if err != nil {

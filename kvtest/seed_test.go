@@ -11,6 +11,7 @@ import (
 
 	"github.com/Azure/azure-sdk-for-go/sdk/azcore"
 	"github.com/Azure/azure-sdk-for-go/sdk/azcore/policy"
+	"github.com/Azure/azure-sdk-for-go/sdk/azcore/to"
 	"github.com/Azure/azure-sdk-for-go/sdk/azidentity"
 	"github.com/Azure/azure-sdk-for-go/sdk/security/keyvault/azsecrets"
 
@@ -239,5 +240,70 @@ func TestInfoClient(t *testing.T) {
 	}
 	if _, err := imdsCred.GetToken(ctx, policy.TokenRequestOptions{Scopes: []string{"https://vault.azure.net/.default"}}); err != nil {
 		t.Errorf("IMDS via info client: %v", err)
+	}
+}
+
+// TestSeedWorkloadAndRotator: the example seed has a federated identity "workload" that
+// reads myvault only (through workload identity, with a token the emulator signs) and an
+// identity "rotator" that is Key Vault Secrets Officer on both vaults.
+func TestSeedWorkloadAndRotator(t *testing.T) {
+	sd := loadSeed(t)
+	federated := map[string]bool{}
+	for _, id := range sd.Identities {
+		federated[id.Name] = id.Federated
+	}
+	if !federated["workload"] || federated["rotator"] || federated["noaccess"] {
+		t.Errorf("federated identities of the seed: %v", federated)
+	}
+	srv := newServer(t)
+	if err := srv.ApplySeed(sd); err != nil {
+		t.Fatal(err)
+	}
+	ctx := ctxTimeout(t, 30*time.Second)
+	workload, ok := srv.UserIdentity("workload")
+	if !ok {
+		t.Fatal("identity workload missing")
+	}
+	file := filepath.Join(t.TempDir(), "token")
+	if err := os.WriteFile(file, []byte(srv.FederatedToken(workload)), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	wi, err := azidentity.NewWorkloadIdentityCredential(&azidentity.WorkloadIdentityCredentialOptions{
+		ClientOptions: entraOptions(srv), ClientID: workload.ClientID, TenantID: srv.TenantID(), TokenFilePath: file,
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	my := newSecretsClient(t, srv, srv.Vault("myvault").URL(), wi)
+	if _, err := my.GetSecret(ctx, "db-conn", "", nil); err != nil {
+		t.Errorf("workload reads myvault: %v", err)
+	}
+	if _, err := my.SetSecret(ctx, "db-conn", azsecrets.SetSecretParameters{Value: to.Ptr("v")}, nil); err == nil {
+		t.Error("workload (Secrets User) could write")
+	}
+	_, err = newSecretsClient(t, srv, srv.Vault("othervault").URL(), wi).GetSecret(ctx, "feature-flags", "", nil)
+	if st, _, inner := responseError(t, err); st != 403 || inner != "ForbiddenByRbac" {
+		t.Errorf("workload on othervault: %d %s", st, inner)
+	}
+
+	rotator, ok := srv.UserIdentity("rotator")
+	if !ok {
+		t.Fatal("identity rotator missing")
+	}
+	cred := newCred(t, srv, azidentity.ClientID(rotator.ClientID))
+	for vault, secret := range map[string]string{"myvault": "api-key", "othervault": "feature-flags"} {
+		c := newSecretsClient(t, srv, srv.Vault(vault).URL(), cred)
+		if _, err := c.GetSecret(ctx, secret, "", nil); err != nil {
+			t.Errorf("rotator reads %s: %v", vault, err)
+		}
+		if _, err := c.SetSecret(ctx, "rotated", azsecrets.SetSecretParameters{Value: to.Ptr("new")}, nil); err != nil {
+			t.Errorf("rotator writes %s: %v", vault, err)
+		}
+	}
+
+	// federated is a boolean, reported in the seed's own words.
+	_, err = kvtest.ParseSeed(strings.NewReader("identities:\n  - name: wi\n    federated: sure\n"))
+	if err == nil || !strings.Contains(err.Error(), `field "federated" in identity "wi" (line 3): want true or false`) {
+		t.Errorf("federated: sure: %v", err)
 	}
 }

@@ -142,6 +142,8 @@ type Server struct {
 	systemEnabled bool
 	users         map[string]Identity // lowercase name -> identity
 	vaults        map[string]*Vault   // lowercase host -> vault
+
+	appCreds appCreds // client secrets and federated credentials, for the Entra token endpoint
 }
 
 // NewServer starts an emulator on 127.0.0.1: the Entra listener (TLS), the App Service

@@ -86,8 +86,13 @@ func TestTokenValidation(t *testing.T) {
 			token: srv.SignToken(claims(func(c map[string]any) { c["aud"] = "https://management.azure.com" }))},
 		{name: "wrong issuer", msg: "AKV10032: Invalid issuer",
 			token: srv.SignToken(claims(func(c map[string]any) { c["iss"] = "https://sts.windows.net/00000000-0000-0000-0000-000000000000/" }))},
-		{name: "v2 issuer", msg: "AKV10032",
+		// Key Vault accepts the tenant's v2 issuer too (TestVaultAcceptsV2IssuerAndAppIDAudience).
+		{name: "v2 issuer", ok: true,
 			token: srv.SignToken(claims(func(c map[string]any) { c["iss"] = "https://login.microsoftonline.com/" + srv.TenantID() + "/v2.0" }))},
+		{name: "v2 issuer of another tenant", msg: "AKV10032",
+			token: srv.SignToken(claims(func(c map[string]any) {
+				c["iss"] = "https://login.microsoftonline.com/00000000-0000-0000-0000-000000000000/v2.0"
+			}))},
 		{name: "expired", msg: "expired",
 			token: srv.SignToken(claims(func(c map[string]any) {
 				c["exp"] = now.Add(-time.Hour).Unix()
@@ -120,8 +125,8 @@ func TestTokenValidation(t *testing.T) {
 			}
 		})
 	}
-	if got := kv.Count(kvtest.OpGetSecret); got != 3 {
-		t.Errorf("GETs = %d, want 3 (only the accepted tokens)", got)
+	if got := kv.Count(kvtest.OpGetSecret); got != 4 {
+		t.Errorf("GETs = %d, want 4 (only the accepted tokens)", got)
 	}
 }
 

@@ -2,6 +2,7 @@ package main
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"io"
 	"os"
@@ -33,7 +34,13 @@ identity endpoint and the Key Vault secrets data plane, on 127.0.0.1.
 
 The emulator loads the vaults, secrets, identities and role assignments of a YAML seed,
 writes its CA certificate and an info file (JSON: endpoints, vault ports, identities),
-prints how to point applications at it, and serves until interrupted (Ctrl+C or SIGTERM).`,
+prints how to point applications at it, and serves until interrupted (Ctrl+C or SIGTERM).
+
+For each identity with "federated: true" it also writes a Kubernetes service account
+token next to the info file (recorded as identities.<name>.federated_token_file) and
+prints the variables AKS workload identity sets in a pod, so that
+azidentity.NewWorkloadIdentityCredential and "viperkv --credential workload-identity"
+sign in through its Entra ID token endpoint.`,
 		Example: `  viperkv emulator --seed testdata/emulator-seed.yaml --info /tmp/kv/info.json`,
 		Args:    cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
@@ -105,14 +112,100 @@ func runEmulator(ctx context.Context, out io.Writer, f emulatorFlags) error {
 		return fmt.Errorf("emulator: writing CA: %w", err)
 	}
 	info := srv.Info(caPath)
-	// The info file is written last, so a program waiting for it finds the CA in place.
+	tokens, err := writeFederatedTokens(srv, seed, &info, infoPath)
+	if err != nil {
+		return err
+	}
+	// The info file is written last, so a program waiting for it finds the CA (and the
+	// federated token files) in place.
 	if err := info.WriteFile(infoPath); err != nil {
 		return fmt.Errorf("emulator: %w", err)
 	}
 	printInstructions(out, &info, infoPath, srv)
 
-	<-ctx.Done()
-	fmt.Fprintln(out, "\nviperkv emulator: shutting down")
+	// Kubernetes rotates projected service account tokens before they expire (they live
+	// an hour); so does the emulator, well before azidentity rereads the file (every 10 min).
+	tick := time.NewTicker(federatedTokenRefresh)
+	defer tick.Stop()
+	for {
+		select {
+		case <-ctx.Done():
+			fmt.Fprintln(out, "\nviperkv emulator: shutting down")
+			return nil
+		case <-tick.C:
+			for _, ft := range tokens {
+				if err := writeAtomic(ft.path, []byte(srv.FederatedToken(ft.id))); err != nil {
+					fmt.Fprintf(out, "viperkv emulator: rotating %s: %v\n", ft.path, err)
+				}
+			}
+		}
+	}
+}
+
+// federatedTokenRefresh is how often the emulator rewrites the federated token files.
+const federatedTokenRefresh = 5 * time.Minute
+
+// federatedToken is a federated identity's token file.
+type federatedToken struct {
+	id   kvtest.Identity
+	path string
+}
+
+// writeFederatedTokens writes a service account token file for each federated identity of
+// the seed, next to the info file and named after it (info.json: info.<identity>.token),
+// and records the files in info.
+func writeFederatedTokens(srv *kvtest.Server, seed *kvtest.Seed, info *kvtest.Info, infoPath string) ([]federatedToken, error) {
+	if seed == nil {
+		return nil, nil
+	}
+	base := strings.TrimSuffix(filepath.Base(infoPath), filepath.Ext(infoPath))
+	var out []federatedToken
+	for _, si := range seed.Identities {
+		if !si.Federated {
+			continue
+		}
+		id, ok := srv.UserIdentity(si.Name)
+		if !ok {
+			return nil, fmt.Errorf("emulator: identity %q missing", si.Name)
+		}
+		path := filepath.Join(filepath.Dir(infoPath), base+"."+fileSafe(id.Name)+".token")
+		if err := writeAtomic(path, []byte(srv.FederatedToken(id))); err != nil {
+			return nil, fmt.Errorf("emulator: federated token of %s: %w", id.Name, err)
+		}
+		id.FederatedTokenFile = path
+		info.Identities[id.Name] = id
+		out = append(out, federatedToken{id: id, path: path})
+	}
+	return out, nil
+}
+
+// fileSafe keeps letters, digits, dots, dashes and underscores of name; others become "_".
+func fileSafe(name string) string {
+	return strings.Map(func(r rune) rune {
+		if r == '.' || r == '-' || r == '_' || ('a' <= r && r <= 'z') || ('A' <= r && r <= 'Z') || ('0' <= r && r <= '9') {
+			return r
+		}
+		return '_'
+	}, name)
+}
+
+// writeAtomic writes data to path (mode 0600) through a temporary file and a rename, so
+// a reader never sees a partial token.
+func writeAtomic(path string, data []byte) error {
+	f, err := os.CreateTemp(filepath.Dir(path), "."+filepath.Base(path)+".*")
+	if err != nil {
+		return err
+	}
+	tmp := f.Name()
+	_, werr := f.Write(data)
+	if err := errors.Join(werr, f.Close(), os.Chmod(tmp, 0o600)); err != nil {
+		_ = os.Remove(tmp)
+		return err
+	}
+	if err := os.Rename(tmp, path); err != nil {
+		_ = os.Remove(tmp)
+		return err
+	}
 	return nil
 }
 
@@ -177,6 +270,23 @@ func printInstructions(out io.Writer, info *kvtest.Info, infoPath string, srv *k
 	p("         p, _ := viperkv.New(v, viperkv.WithTransport(hc))")
 	p("   CLI:  VIPERKV_EMULATOR_INFO=%s viperkv ...", infoPath)
 	p("")
+	step := 4
+	for _, n := range names {
+		env, err := info.WorkloadIdentityEnv(n)
+		if err != nil {
+			continue // not federated
+		}
+		p("%d. AKS workload identity as %q (a service account token the emulator signs, renewed", step, n)
+		step++
+		p("   every few minutes). In the shell that runs your app, as in the pod:")
+		for _, k := range []string{"AZURE_CLIENT_ID", "AZURE_TENANT_ID", "AZURE_FEDERATED_TOKEN_FILE", "AZURE_AUTHORITY_HOST"} {
+			p("     export %s=%s", k, env[k])
+		}
+		p("   Go:   azidentity.NewWorkloadIdentityCredential with the transport of kvtest.Info.Client()")
+		p("         (or DisableInstanceDiscovery: true and a transport trusting the CA file).")
+		p("   CLI:  VIPERKV_EMULATOR_INFO=%s viperkv check --credential workload-identity ...", infoPath)
+		p("")
+	}
 	p("OpenID Connect discovery: %s", info.OIDCDiscoveryURL)
 	p("Press Ctrl+C to stop.")
 }
