@@ -47,6 +47,8 @@ type options struct {
 	watchFile          bool
 
 	source secretSource // replaces Key Vault in the logic tests; never set by users
+
+	localEmulator *localEmulator // WithLocalEmulator; New applies it
 }
 
 // parseConfig is what the reference parser needs of the options.

@@ -76,6 +76,11 @@ func New(v *viper.Viper, opts ...Option) (*Provider, error) {
 		return nil, fmt.Errorf("viperkv: New: refresh interval %v and retry back-off %v..%v must be positive and ordered",
 			o.refreshInterval, o.retryMin, o.retryMax)
 	}
+	if o.localEmulator != nil {
+		if err := o.localEmulator.apply(&o); err != nil {
+			return nil, err
+		}
+	}
 	p := &Provider{
 		src:    v,
 		opts:   o,
@@ -118,6 +123,7 @@ func New(v *viper.Viper, opts ...Option) (*Provider, error) {
 // ends first, fetches cut short do not replace what the provider held, and the error also
 // wraps ctx's error.
 func (p *Provider) Load(ctx context.Context) error {
+	p.opts.localEmulator.warn()
 	p.updateMu.Lock()
 	defer p.updateMu.Unlock()
 	start := time.Now()

@@ -2,16 +2,20 @@ package main
 
 import (
 	"encoding/json"
+	"errors"
 	"fmt"
 	"io"
 	"log/slog"
+	"net"
 	"net/http"
+	"net/url"
 	"os"
 	"reflect"
 	"slices"
 	"sort"
 	"strconv"
 	"strings"
+	"syscall"
 	"time"
 
 	"github.com/Azure/azure-sdk-for-go/sdk/azcore"
@@ -134,17 +138,8 @@ func (f *loadFlags) options(stderr io.Writer) ([]viperkv.Option, error) {
 	}
 	var hc *http.Client // the emulator's, or nil for Azure
 	if path := os.Getenv(emulatorInfoEnv); path != "" {
-		info, err := kvtest.ReadInfo(path)
-		if err != nil {
-			return nil, usageError("%s: %v", emulatorInfoEnv, err)
-		}
-		if hc, err = info.Client(); err != nil {
-			return nil, usageError("%s: %v", emulatorInfoEnv, err)
-		}
-		for k, v := range info.Env() {
-			if err := os.Setenv(k, v); err != nil {
-				return nil, err
-			}
+		if _, hc, err = openEmulator(emulatorInfoEnv, path); err != nil {
+			return nil, err
 		}
 		fmt.Fprintf(stderr, "viperkv: using the emulator of %s=%s, not Azure\n", emulatorInfoEnv, path)
 		opts = append(opts, viperkv.WithTransport(hc))
@@ -161,6 +156,53 @@ func (f *loadFlags) options(stderr io.Writer) ([]viperkv.Option, error) {
 		return nil, err
 	}
 	return append(opts, viperkv.WithCredential(cred)), nil
+}
+
+// openEmulator reads the emulator info file at path (given as name: VIPERKV_EMULATOR_INFO
+// or --info), checks that its emulator is running, points this process's managed identity
+// variables at it, and returns the info and a client that reaches it for production host
+// names.
+func openEmulator(name, path string) (*kvtest.Info, *http.Client, error) {
+	info, err := kvtest.ReadInfo(path)
+	if err != nil {
+		return nil, nil, usageError("%s: %v", name, err)
+	}
+	if err := emulatorRunning(name+"="+path, info); err != nil {
+		return nil, nil, err
+	}
+	hc, err := info.Client()
+	if err != nil {
+		return nil, nil, usageError("%s: %v", name, err)
+	}
+	for k, v := range info.Env() {
+		if err := os.Setenv(k, v); err != nil {
+			return nil, nil, err
+		}
+	}
+	return info, hc, nil
+}
+
+// emulatorRunning dials the emulator's identity endpoint once, so that an emulator that is
+// gone (its info file left behind) is said at once, not after the SDK's retries.
+func emulatorRunning(what string, info *kvtest.Info) error {
+	u, err := url.Parse(info.IdentityEndpoint)
+	if err != nil || u.Host == "" {
+		return usageError("%s: the info file has no identity_endpoint", what)
+	}
+	c, err := net.DialTimeout("tcp", u.Host, time.Second)
+	if err != nil {
+		why := err.Error()
+		var ne net.Error
+		switch {
+		case errors.Is(err, syscall.ECONNREFUSED):
+			why = "connection refused"
+		case errors.As(err, &ne) && ne.Timeout():
+			why = "no answer within 1s"
+		}
+		return fmt.Errorf("the emulator of %s is not running (%s at %s)", what, why, u.Host)
+	}
+	_ = c.Close() // only the dial mattered
+	return nil
 }
 
 // newCredential returns the azidentity credential --credential names (other than

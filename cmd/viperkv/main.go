@@ -17,6 +17,7 @@ import (
 	"fmt"
 	"io"
 	"os"
+	"slices"
 	"strings"
 
 	"github.com/spf13/cobra"
@@ -66,7 +67,12 @@ managed identity endpoint, with no change to the configuration.`,
 		SilenceUsage:  true,
 		SilenceErrors: true,
 	}
-	root.AddCommand(newCheckCmd(), newResolveCmd(), newRunCmd(), newEmulatorCmd(), newVersionCmd())
+	emulator := newEmulatorCmd()
+	// viperkv emulator secret: registered here until emulator.go registers it itself.
+	if !slices.ContainsFunc(emulator.Commands(), func(c *cobra.Command) bool { return c.Name() == "secret" }) {
+		emulator.AddCommand(newEmulatorSecretCmd())
+	}
+	root.AddCommand(newCheckCmd(), newResolveCmd(), newRunCmd(), emulator, newVersionCmd())
 	return root
 }
 

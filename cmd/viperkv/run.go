@@ -51,7 +51,7 @@ in a configuration file whose keys are exported as variables (database.conn with
 - Secret values in the command's stdout and stderr are replaced with
   "<concealed by viperkv>", even when split across writes, unless --no-masking. The
   output then goes through a pipe, not the terminal.
-- With --watch, versionless references are re-checked every refresh interval (and the
+- With --watch, versionless references are re-checked every --refresh-interval (and the
   configuration file is watched); when a value changes, viperkv says so (never the
   value), sends the command SIGTERM, waits up to --grace, sends SIGKILL if it is still
   running, and starts it again with the new environment.
@@ -86,8 +86,8 @@ If a reference does not resolve, the command is not started and the exit status 
 	cmd.Flags().BoolVar(&f.noMasking, "no-masking", false, "do not conceal secret values in the command's output")
 	cmd.Flags().BoolVar(&f.watch, "watch", false, "restart the command when a secret rotates or the config file changes")
 	cmd.Flags().DurationVar(&f.grace, "grace", 10*time.Second, "with --watch: how long the command has to exit after SIGTERM before SIGKILL")
-	cmd.Flags().DurationVar(&f.refreshInterval, "refresh-interval", viperkv.DefaultRefreshInterval, "with --watch: how often versionless references are re-checked")
-	_ = cmd.Flags().MarkHidden("refresh-interval")
+	cmd.Flags().DurationVar(&f.refreshInterval, "refresh-interval", viperkv.DefaultRefreshInterval,
+		"with --watch: how often versionless references are re-checked for a new version (try 2s against the emulator)")
 	return cmd
 }
 
