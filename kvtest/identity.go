@@ -78,6 +78,8 @@ type appCredentials struct {
 type appCreds struct {
 	mu    sync.Mutex
 	creds map[string]*appCredentials // lowercase identity name -> credentials
+
+	system systemCredential // what [Server.Credential] returns, made on first use (testing.go)
 }
 
 // addCredentials records the client credentials cfg gives the identity name.
