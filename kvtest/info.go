@@ -52,6 +52,11 @@ type Info struct {
 	SystemIdentity *Identity `json:"system_identity,omitempty"`
 	// Identities maps user-assigned identity names to their IDs.
 	Identities map[string]Identity `json:"identities"`
+	// ProxyURL is the emulator's HTTP proxy, http://127.0.0.1:PORT (see
+	// [Server.ProxyURL]): export it as HTTPS_PROXY and HTTP_PROXY, with the CA file as
+	// SSL_CERT_FILE, REQUESTS_CA_BUNDLE or NODE_EXTRA_CA_CERTS ([Info.ProxyEnv]), and any
+	// SDK reaches the emulator with production URLs.
+	ProxyURL string `json:"proxy_url,omitempty"`
 }
 
 // Info describes the server; caFile is recorded as the CA file's path (the caller writes
@@ -72,6 +77,7 @@ func (s *Server) Info(caFile string) Info {
 		Vaults:             map[string]string{},
 		VaultHosts:         map[string]string{},
 		Identities:         map[string]Identity{},
+		ProxyURL:           s.ProxyURL(),
 	}
 	for _, v := range s.Vaults() {
 		in.Vaults[v.infoKey()] = v.DirectURL()
@@ -178,6 +184,38 @@ func (i *Info) WorkloadIdentityEnv(name string) (map[string]string, error) {
 		"AZURE_TENANT_ID":            i.TenantID,
 		"AZURE_FEDERATED_TOKEN_FILE": id.FederatedTokenFile,
 		"AZURE_AUTHORITY_HOST":       host,
+	}, nil
+}
+
+// ProxyEnv returns the variables that send a program's Azure traffic through the
+// emulator's proxy ([Server.ProxyURL]) with production URLs and challenge resource
+// verification on: HTTPS_PROXY and HTTP_PROXY (ProxyURL; HTTP_PROXY carries IMDS's
+// http://169.254.169.254), and the CA file under the names TLS stacks read:
+// SSL_CERT_FILE (Go and .NET on Linux, OpenSSL's default paths; curl reads
+// CURL_CA_BUNDLE instead), REQUESTS_CA_BUNDLE (Python's requests, so the Azure SDK for
+// Python) and NODE_EXTRA_CA_CERTS (Node.js). Each of these replaces the system's roots
+// except NODE_EXTRA_CA_CERTS, which adds to them.
+//
+// Add the variables of a managed identity source: none for the IMDS style (the SDKs'
+// default), [Info.Env] for the App Service style, or [Info.WorkloadIdentityEnv] (whose
+// AZURE_AUTHORITY_HOST may then also be https://login.microsoftonline.com/, as AKS sets
+// it, or be left out for SDKs that default to it: through the proxy it reaches the
+// emulator). NO_PROXY must not name the vault hosts,
+// login.microsoftonline.com or 169.254.169.254. It fails if the info has no proxy_url
+// or no ca_file.
+func (i *Info) ProxyEnv() (map[string]string, error) {
+	if i.ProxyURL == "" {
+		return nil, errors.New("kvtest: info has no proxy_url (written by an emulator without a proxy?)")
+	}
+	if i.CAFile == "" {
+		return nil, errors.New("kvtest: info has no ca_file")
+	}
+	return map[string]string{
+		"HTTPS_PROXY":         i.ProxyURL,
+		"HTTP_PROXY":          i.ProxyURL,
+		"SSL_CERT_FILE":       i.CAFile,
+		"REQUESTS_CA_BUNDLE":  i.CAFile,
+		"NODE_EXTRA_CA_CERTS": i.CAFile,
 	}, nil
 }
 

@@ -144,6 +144,9 @@ type Server struct {
 	vaults        map[string]*Vault   // lowercase host -> vault
 
 	appCreds appCreds // client secrets and federated credentials, for the Entra token endpoint
+
+	proxyMu sync.Mutex
+	proxy   *proxy // started by the first ProxyURL call
 }
 
 // NewServer starts an emulator on 127.0.0.1: the Entra listener (TLS), the App Service
@@ -260,6 +263,7 @@ func (s *Server) Close() {
 		for _, v := range vaults {
 			_ = v.ln.hs.Close()
 		}
+		s.closeProxy()
 		if s.client != nil {
 			s.client.CloseIdleConnections()
 		}

@@ -1,7 +1,9 @@
 package main
 
 import (
+	"bytes"
 	"context"
+	"encoding/json"
 	"errors"
 	"fmt"
 	"io"
@@ -22,6 +24,7 @@ import (
 type emulatorFlags struct {
 	seed, info, caFile string
 	tokenLifetime      time.Duration
+	deletionWindow     time.Duration
 }
 
 func newEmulatorCmd() *cobra.Command {
@@ -35,6 +38,15 @@ identity endpoint and the Key Vault secrets data plane, on 127.0.0.1.
 The emulator loads the vaults, secrets, identities and role assignments of a YAML seed,
 writes its CA certificate and an info file (JSON: endpoints, vault ports, identities),
 prints how to point applications at it, and serves until interrupted (Ctrl+C or SIGTERM).
+On shutdown it removes the files it wrote (the info file, the CA and the federated token
+files), so a stale info file never points at a stopped emulator.
+
+Its HTTP proxy (proxy_url in the info file) lets any SDK or tool reach it with production
+URLs and challenge resource verification on, configured by environment variables only:
+HTTPS_PROXY and HTTP_PROXY name the proxy, and the CA file goes in the variable of the
+language's TLS stack (SSL_CERT_FILE, REQUESTS_CA_BUNDLE, NODE_EXTRA_CA_CERTS). The proxy
+routes https://<vault>.vault.azure.net, https://login.microsoftonline.com and IMDS's
+http://169.254.169.254 to the emulator and refuses every other host.
 
 For each identity with "federated: true" it also writes a Kubernetes service account
 token next to the info file (recorded as identities.<name>.federated_token_file) and
@@ -51,10 +63,46 @@ sign in through its Entra ID token endpoint.`,
 	}
 	cmd.Flags().StringVar(&f.seed, "seed", "", "YAML seed with vaults, secrets, identities and grants")
 	cmd.Flags().StringVar(&f.info, "info", "", "where to write the info JSON (default: a temporary directory)")
-	cmd.Flags().StringVar(&f.caFile, "ca-file", "", "where to write the CA certificate PEM (default: emulator-ca.pem next to the info file)")
+	cmd.Flags().StringVar(&f.caFile, "ca-file", "", "where to write the CA certificate PEM (default: next to the info file, named after it: info.json -> info.ca.pem)")
 	cmd.Flags().DurationVar(&f.tokenLifetime, "token-lifetime", kvtest.DefaultTokenLifetime,
 		"lifetime of issued tokens; 5m or less makes MSAL fetch a new token for every call")
+	cmd.Flags().DurationVar(&f.deletionWindow, "deletion-window", kvtest.DefaultDeletionWindow,
+		"how long a DELETE or a purge takes, as on Key Vault: meanwhile purge, recover and re-create answer 409 ObjectIsBeingDeleted (0: instant)")
 	return cmd
+}
+
+// ownedFiles are the files the emulator wrote, with what it last wrote there, so that it
+// removes them on exit unless another process replaced them since (a second emulator
+// given the same --info).
+type ownedFiles struct {
+	paths []string
+	data  map[string][]byte
+}
+
+// write writes data to path atomically (mode perm) and records it as the emulator's.
+func (o *ownedFiles) write(path string, data []byte, perm os.FileMode) error {
+	if err := writeAtomic(path, data, perm); err != nil {
+		return err
+	}
+	if o.data == nil {
+		o.data = map[string][]byte{}
+	}
+	if _, ok := o.data[path]; !ok {
+		o.paths = append(o.paths, path)
+	}
+	o.data[path] = data
+	return nil
+}
+
+// removeAll removes the files still holding what the emulator wrote, newest first (the
+// info file, written last, goes first).
+func (o *ownedFiles) removeAll() {
+	for i := len(o.paths) - 1; i >= 0; i-- {
+		p := o.paths[i]
+		if b, err := os.ReadFile(p); err == nil && bytes.Equal(b, o.data[p]) {
+			_ = os.Remove(p)
+		}
+	}
 }
 
 // runEmulator starts the emulator and serves until ctx ends.
@@ -71,7 +119,10 @@ func runEmulator(ctx context.Context, out io.Writer, f emulatorFlags) error {
 			return seedError(f.seed, err)
 		}
 	}
-	opts := []kvtest.Option{kvtest.WithTokenLifetime(f.tokenLifetime)}
+	if f.deletionWindow < 0 {
+		return usageError("--deletion-window must not be negative")
+	}
+	opts := []kvtest.Option{kvtest.WithTokenLifetime(f.tokenLifetime), kvtest.WithDeletionWindow(f.deletionWindow)}
 	if seed != nil && seed.TenantID != "" {
 		opts = append(opts, kvtest.WithTenantID(seed.TenantID))
 	}
@@ -95,7 +146,8 @@ func runEmulator(ctx context.Context, out io.Writer, f emulatorFlags) error {
 		infoPath = filepath.Join(dir, "info.json")
 	}
 	if caPath == "" {
-		caPath = filepath.Join(filepath.Dir(infoPath), "emulator-ca.pem")
+		// Named after the info file, so emulators sharing a directory keep their own CA.
+		caPath = strings.TrimSuffix(infoPath, filepath.Ext(infoPath)) + ".ca.pem"
 	}
 	if infoPath, err = filepath.Abs(infoPath); err != nil {
 		return fmt.Errorf("emulator: %w", err)
@@ -108,18 +160,26 @@ func runEmulator(ctx context.Context, out io.Writer, f emulatorFlags) error {
 			return fmt.Errorf("emulator: %w", err)
 		}
 	}
-	if err := os.WriteFile(caPath, srv.CACertPEM(), 0o644); err != nil {
+	// Every file written is removed on exit: the CA and the tokens die with the process,
+	// and an info file left behind would point at ports nobody serves.
+	var files ownedFiles
+	defer files.removeAll()
+	if err := files.write(caPath, srv.CACertPEM(), 0o644); err != nil {
 		return fmt.Errorf("emulator: writing CA: %w", err)
 	}
 	info := srv.Info(caPath)
-	tokens, err := writeFederatedTokens(srv, seed, &info, infoPath)
+	tokens, err := writeFederatedTokens(srv, seed, &info, infoPath, &files)
 	if err != nil {
 		return err
 	}
 	// The info file is written last, so a program waiting for it finds the CA (and the
 	// federated token files) in place.
-	if err := info.WriteFile(infoPath); err != nil {
-		return fmt.Errorf("emulator: %w", err)
+	infoJSON, err := json.MarshalIndent(&info, "", "  ")
+	if err != nil {
+		return fmt.Errorf("emulator: encoding info: %w", err)
+	}
+	if err := files.write(infoPath, append(infoJSON, '\n'), 0o600); err != nil {
+		return fmt.Errorf("emulator: writing info: %w", err)
 	}
 	printInstructions(out, &info, infoPath, srv)
 
@@ -134,7 +194,7 @@ func runEmulator(ctx context.Context, out io.Writer, f emulatorFlags) error {
 			return nil
 		case <-tick.C:
 			for _, ft := range tokens {
-				if err := writeAtomic(ft.path, []byte(srv.FederatedToken(ft.id))); err != nil {
+				if err := files.write(ft.path, []byte(srv.FederatedToken(ft.id)), 0o600); err != nil {
 					fmt.Fprintf(out, "viperkv emulator: rotating %s: %v\n", ft.path, err)
 				}
 			}
@@ -154,7 +214,7 @@ type federatedToken struct {
 // writeFederatedTokens writes a service account token file for each federated identity of
 // the seed, next to the info file and named after it (info.json: info.<identity>.token),
 // and records the files in info.
-func writeFederatedTokens(srv *kvtest.Server, seed *kvtest.Seed, info *kvtest.Info, infoPath string) ([]federatedToken, error) {
+func writeFederatedTokens(srv *kvtest.Server, seed *kvtest.Seed, info *kvtest.Info, infoPath string, files *ownedFiles) ([]federatedToken, error) {
 	if seed == nil {
 		return nil, nil
 	}
@@ -169,7 +229,7 @@ func writeFederatedTokens(srv *kvtest.Server, seed *kvtest.Seed, info *kvtest.In
 			return nil, fmt.Errorf("emulator: identity %q missing", si.Name)
 		}
 		path := filepath.Join(filepath.Dir(infoPath), base+"."+fileSafe(id.Name)+".token")
-		if err := writeAtomic(path, []byte(srv.FederatedToken(id))); err != nil {
+		if err := files.write(path, []byte(srv.FederatedToken(id)), 0o600); err != nil {
 			return nil, fmt.Errorf("emulator: federated token of %s: %w", id.Name, err)
 		}
 		id.FederatedTokenFile = path
@@ -189,16 +249,16 @@ func fileSafe(name string) string {
 	}, name)
 }
 
-// writeAtomic writes data to path (mode 0600) through a temporary file and a rename, so
-// a reader never sees a partial token.
-func writeAtomic(path string, data []byte) error {
+// writeAtomic writes data to path (mode perm) through a temporary file and a rename, so
+// a reader never sees a partial file.
+func writeAtomic(path string, data []byte, perm os.FileMode) error {
 	f, err := os.CreateTemp(filepath.Dir(path), "."+filepath.Base(path)+".*")
 	if err != nil {
 		return err
 	}
 	tmp := f.Name()
 	_, werr := f.Write(data)
-	if err := errors.Join(werr, f.Close(), os.Chmod(tmp, 0o600)); err != nil {
+	if err := errors.Join(werr, f.Close(), os.Chmod(tmp, perm)); err != nil {
 		_ = os.Remove(tmp)
 		return err
 	}
@@ -256,7 +316,28 @@ func printInstructions(out io.Writer, info *kvtest.Info, infoPath string, srv *k
 	p("   A user-assigned identity is chosen by its client_id (Go: azidentity.ClientID(\"...\")).")
 	p("   IMDS style endpoint: %s (header Metadata: true).", info.IMDSEndpoint)
 	p("")
-	p("2. Any Azure SDK: use a vault URL above (https://127.0.0.1:PORT) and trust the CA file.")
+	step := 2
+	if info.ProxyURL != "" {
+		p("2. Any SDK or tool, with production URLs and challenge resource verification on, through")
+		p("   the emulator's proxy. In the shell that runs your app:")
+		p("     export HTTPS_PROXY=%s", info.ProxyURL)
+		p("     export HTTP_PROXY=%s", info.ProxyURL)
+		p("   and the CA file in the variable of your language's TLS stack:")
+		tw = tabwriter.NewWriter(out, 0, 4, 2, ' ', 0)
+		fmt.Fprintf(tw, "     export SSL_CERT_FILE=%s\t# Go, .NET (Linux), OpenSSL defaults; curl: CURL_CA_BUNDLE\n", info.CAFile)
+		fmt.Fprintf(tw, "     export REQUESTS_CA_BUNDLE=%s\t# Python (azure-identity, azure-keyvault-*)\n", info.CAFile)
+		fmt.Fprintf(tw, "     export NODE_EXTRA_CA_CERTS=%s\t# Node.js (@azure/identity, @azure/keyvault-*)\n", info.CAFile)
+		_ = tw.Flush()
+		p("   https://<vault>.vault.azure.net, https://login.microsoftonline.com and IMDS's")
+		p("   http://169.254.169.254 (managed identity with IDENTITY_ENDPOINT unset) then reach the")
+		p("   emulator; the proxy refuses every other host. NO_PROXY must not name those hosts")
+		p("   (127.0.0.1 and localhost may stay). SSL_CERT_FILE and REQUESTS_CA_BUNDLE replace the")
+		p("   system's roots for the process; Java: -Dhttps.proxyHost/-Dhttps.proxyPort and a trust store.")
+		p("")
+		step++
+	}
+	p("%d. Without the proxy: use a vault URL above (https://127.0.0.1:PORT) and trust the CA file.", step)
+	step++
 	p("   Go:       azsecrets.ClientOptions{DisableChallengeResourceVerification: true} (the host is an IP,")
 	p("             so it cannot match the challenge resource) and a transport trusting the CA file,")
 	p("             or SSL_CERT_FILE=%s (Linux)", info.CAFile)
@@ -264,13 +345,13 @@ func printInstructions(out io.Writer, info *kvtest.Info, infoPath string, srv *k
 	p("   Node.js:  NODE_EXTRA_CA_CERTS=%s (and disableChallengeResourceVerification: true)", info.CAFile)
 	p("   .NET/Java: add the CA to the trust store and disable challenge resource verification.")
 	p("")
-	p("3. viperkv apps, with no config edits (references keep https://<vault>.vault.azure.net):")
+	p("%d. viperkv apps, with no config edits (references keep https://<vault>.vault.azure.net):", step)
+	step++
 	p("   Go:   c, _ := kvtest.ReadInfo(%q)", infoPath)
 	p("         hc, _ := c.Client()")
 	p("         p, _ := viperkv.New(v, viperkv.WithTransport(hc))")
 	p("   CLI:  VIPERKV_EMULATOR_INFO=%s viperkv ...", infoPath)
 	p("")
-	step := 4
 	for _, n := range names {
 		env, err := info.WorkloadIdentityEnv(n)
 		if err != nil {
@@ -284,6 +365,10 @@ func printInstructions(out io.Writer, info *kvtest.Info, infoPath string, srv *k
 		}
 		p("   Go:   azidentity.NewWorkloadIdentityCredential with the transport of kvtest.Info.Client()")
 		p("         (or DisableInstanceDiscovery: true and a transport trusting the CA file).")
+		if info.ProxyURL != "" {
+			p("   Any SDK through the proxy (2.): these variables, or AZURE_AUTHORITY_HOST as AKS sets it,")
+			p("         https://login.microsoftonline.com/, which reaches the emulator through the proxy.")
+		}
 		p("   CLI:  VIPERKV_EMULATOR_INFO=%s viperkv check --credential workload-identity ...", infoPath)
 		p("")
 	}

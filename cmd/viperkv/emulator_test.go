@@ -4,13 +4,19 @@ package main
 
 import (
 	"context"
+	"crypto/sha256"
 	"crypto/tls"
 	"crypto/x509"
+	"encoding/json"
+	"fmt"
+	"maps"
 	"net/http"
+	"net/url"
 	"os"
 	"os/exec"
 	"path/filepath"
 	"strings"
+	"syscall"
 	"testing"
 	"time"
 
@@ -77,8 +83,8 @@ func TestEmulatorCommand(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if info.CAFile != filepath.Join(tmp, "emulator-ca.pem") {
-		t.Errorf("CA file %s, want it next to the info file", info.CAFile)
+	if info.CAFile != filepath.Join(tmp, "info.ca.pem") {
+		t.Errorf("CA file %s, want it next to the info file, named after it", info.CAFile)
 	}
 
 	// MSAL reads the managed identity variables from the process environment.
@@ -167,10 +173,286 @@ func TestEmulatorCommand(t *testing.T) {
 	case <-time.After(15 * time.Second):
 		t.Fatal("the emulator did not stop on SIGINT")
 	}
-	// Files the user named stay.
-	for _, p := range []string{infoPath, info.CAFile} {
-		if _, err := os.Stat(p); err != nil {
-			t.Errorf("%s removed: %v", p, err)
+	// The files the emulator wrote go with it.
+	for _, p := range []string{infoPath, info.CAFile, info.Identities["workload"].FederatedTokenFile} {
+		if _, err := os.Stat(p); !os.IsNotExist(err) {
+			t.Errorf("%s still there after shutdown: %v", p, err)
 		}
+	}
+}
+
+// emulatorFiles returns the files an emulator's info file names: the info file, the CA
+// and the federated token files.
+func emulatorFiles(t *testing.T, infoPath string) []string {
+	t.Helper()
+	info, err := kvtest.ReadInfo(infoPath)
+	if err != nil {
+		t.Fatal(err)
+	}
+	files := []string{infoPath, info.CAFile}
+	for _, id := range info.Identities {
+		if id.FederatedTokenFile != "" {
+			files = append(files, id.FederatedTokenFile)
+		}
+	}
+	return files
+}
+
+func assertExist(t *testing.T, what string, files []string, exist bool) {
+	t.Helper()
+	for _, f := range files {
+		_, err := os.Stat(f)
+		if exist && err != nil {
+			t.Errorf("%s: %s missing: %v", what, f, err)
+		}
+		if !exist && !os.IsNotExist(err) {
+			t.Errorf("%s: %s still there: %v", what, f, err)
+		}
+	}
+}
+
+// TestEmulatorFilesPerInfoFile: two emulators in one directory with different --info names
+// keep their own CA and token files (named after the info file), and each removes the
+// files it wrote on SIGTERM or SIGINT, leaving the other's alone; an emulator whose info
+// file another emulator replaced leaves it in place.
+func TestEmulatorFilesPerInfoFile(t *testing.T) {
+	dir := t.TempDir()
+	seed := filepath.Join("..", "..", "testdata", "emulator-seed.yaml")
+	emulator := func(info string) *proc {
+		p := start(t, nil, "emulator", "--seed", seed, "--info", filepath.Join(dir, info))
+		p.waitOutput("Press Ctrl+C to stop.")
+		return p
+	}
+	a, b := emulator("a.json"), emulator("b.json")
+	aInfo, err := kvtest.ReadInfo(filepath.Join(dir, "a.json"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	bInfo, err := kvtest.ReadInfo(filepath.Join(dir, "b.json"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if aInfo.CAFile != filepath.Join(dir, "a.ca.pem") || bInfo.CAFile != filepath.Join(dir, "b.ca.pem") {
+		t.Fatalf("CA files %s and %s, want a.ca.pem and b.ca.pem in %s", aInfo.CAFile, bInfo.CAFile, dir)
+	}
+	if aw, bw := aInfo.Identities["workload"].FederatedTokenFile, bInfo.Identities["workload"].FederatedTokenFile; aw == bw || aw == "" {
+		t.Errorf("federated token files %q and %q", aw, bw)
+	}
+	// Each CA file is its own emulator's: its vault's certificate verifies against it.
+	for _, in := range []*kvtest.Info{aInfo, bInfo} {
+		hc, err := in.Client()
+		if err != nil {
+			t.Fatal(err)
+		}
+		resp, err := hc.Get("https://myvault.vault.azure.net/")
+		if err != nil {
+			t.Errorf("%s: %v", in.CAFile, err)
+		} else {
+			resp.Body.Close()
+		}
+		hc.CloseIdleConnections()
+	}
+	aFiles, bFiles := emulatorFiles(t, filepath.Join(dir, "a.json")), emulatorFiles(t, filepath.Join(dir, "b.json"))
+
+	a.signal(syscall.SIGTERM)
+	if code := a.wait(); code != 0 {
+		t.Fatalf("a exited %d after SIGTERM\n%s", code, a.stderr.String())
+	}
+	assertExist(t, "a after SIGTERM", aFiles, false)
+	assertExist(t, "b while running", bFiles, true)
+	b.signal(os.Interrupt)
+	if code := b.wait(); code != 0 {
+		t.Fatalf("b exited %d after SIGINT\n%s", code, b.stderr.String())
+	}
+	assertExist(t, "b after SIGINT", bFiles, false)
+
+	// Same --info twice: the second emulator's files replace the first's, and the first's
+	// shutdown leaves them.
+	c, d := emulator("same.json"), emulator("same.json")
+	dFiles := emulatorFiles(t, filepath.Join(dir, "same.json"))
+	c.signal(syscall.SIGTERM)
+	c.wait()
+	assertExist(t, "d after c's shutdown", dFiles, true)
+	d.signal(syscall.SIGTERM)
+	d.wait()
+	assertExist(t, "d after SIGTERM", dFiles, false)
+	if left, _ := filepath.Glob(filepath.Join(dir, "*")); len(left) != 0 {
+		t.Errorf("left in the directory: %v", left)
+	}
+}
+
+// TestEmulatorProxy: the standalone emulator's info file has proxy_url and its
+// instructions say what to export; through the proxy alone (no dialer routing) a client
+// trusting the CA file reaches https://myvault.vault.azure.net with challenge resource
+// verification on, and the proxy refuses other hosts.
+func TestEmulatorProxy(t *testing.T) {
+	info, infoPath, stdout := startEmulator(t, "--token-lifetime", "5m")
+	var raw struct {
+		ProxyURL string `json:"proxy_url"`
+	}
+	b, err := os.ReadFile(infoPath)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := json.Unmarshal(b, &raw); err != nil || !strings.HasPrefix(raw.ProxyURL, "http://127.0.0.1:") {
+		t.Fatalf("proxy_url = %q (%v)", raw.ProxyURL, err)
+	}
+	out := stdout.String()
+	for _, s := range []string{"export HTTPS_PROXY=" + raw.ProxyURL, "export HTTP_PROXY=" + raw.ProxyURL,
+		"export SSL_CERT_FILE=" + info.CAFile, "export REQUESTS_CA_BUNDLE=" + info.CAFile, "export NODE_EXTRA_CA_CERTS=" + info.CAFile} {
+		if !strings.Contains(out, s) {
+			t.Errorf("instructions lack %q:\n%s", s, out)
+		}
+	}
+
+	pemBytes, err := os.ReadFile(info.CAFile)
+	if err != nil {
+		t.Fatal(err)
+	}
+	pool := x509.NewCertPool()
+	pool.AppendCertsFromPEM(pemBytes)
+	proxyURL, err := url.Parse(info.ProxyURL)
+	if err != nil {
+		t.Fatal(err)
+	}
+	tr := &http.Transport{Proxy: http.ProxyURL(proxyURL), TLSClientConfig: &tls.Config{RootCAs: pool}}
+	defer tr.CloseIdleConnections()
+	hc := &http.Client{Transport: tr, Timeout: 30 * time.Second}
+	if resp, err := hc.Get("https://example.com/"); err == nil {
+		resp.Body.Close()
+		t.Errorf("https://example.com through the proxy: %s", resp.Status)
+	} else if !strings.Contains(err.Error(), "Forbidden") {
+		t.Errorf("https://example.com through the proxy: %v", err)
+	}
+
+	for k, v := range info.Env() {
+		t.Setenv(k, v)
+	}
+	opts := azcore.ClientOptions{Transport: hc}
+	cred, err := azidentity.NewManagedIdentityCredential(&azidentity.ManagedIdentityCredentialOptions{ClientOptions: opts})
+	if err != nil {
+		t.Fatal(err)
+	}
+	c, err := azsecrets.NewClient("https://myvault.vault.azure.net", cred, &azsecrets.ClientOptions{ClientOptions: opts})
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	if _, err := c.GetSecret(ctx, "api-key", "", nil); err != nil {
+		t.Errorf("api-key through the proxy: %v", err)
+	}
+}
+
+// TestEmulatorProxyGoSDKEnvironmentOnly: against the standalone emulator, the Go SDK with
+// default options (testdata/conformance/goclient) reaches https://myvault.vault.azure.net
+// through the proxy with nothing but environment variables: the proxy and CA variables
+// from the info file and a managed identity (App Service and IMDS styles) or the seed's
+// workload identity. Go reads proxy variables once per process, so each case is a process.
+func TestEmulatorProxyGoSDKEnvironmentOnly(t *testing.T) {
+	bin := filepath.Join(t.TempDir(), "goclient")
+	build := []string{"build", "-o", bin}
+	if raceEnabled {
+		build = append(build, "-race") // reuses the test's compiled SDK packages
+	}
+	if out, err := exec.Command("go", append(build, "../../testdata/conformance/goclient")...).CombinedOutput(); err != nil {
+		t.Fatalf("go build goclient: %v\n%s", err, out)
+	}
+	info, _, _ := startEmulator(t)
+	seed, err := readSeed(filepath.Join("..", "..", "testdata", "emulator-seed.yaml"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	var dbConn string
+	for _, s := range seed.Vaults[0].Secrets {
+		if s.Name == "db-conn" {
+			dbConn = s.Value
+		}
+	}
+	sum := sha256.Sum256([]byte(dbConn))
+	wantHash := fmt.Sprintf("sha256=%x", sum[:8])
+
+	proxyEnv, err := info.ProxyEnv()
+	if err != nil {
+		t.Fatal(err)
+	}
+	workload, err := info.WorkloadIdentityEnv("workload")
+	if err != nil {
+		t.Fatal(err)
+	}
+	aks := maps.Clone(workload)
+	aks["AZURE_AUTHORITY_HOST"] = "https://login.microsoftonline.com/" // what AKS sets
+	for _, tc := range []struct {
+		name       string
+		env        map[string]string
+		args       []string
+		wantOutput string // "" = must fail
+	}{
+		{"managed identity, App Service style", info.Env(), []string{"-credential", "managed-identity"}, wantHash},
+		{"managed identity, IMDS style", nil, []string{"-credential", "managed-identity"}, wantHash},
+		{"workload identity, production authority", aks, []string{"-credential", "workload-identity"}, wantHash},
+		{"workload identity, the printed variables", workload, []string{"-credential", "workload-identity"}, wantHash},
+		// The seed's workload identity may read myvault only: the token is really its own.
+		{"workload identity, no role on othervault", aks, []string{"-credential", "workload-identity",
+			"-vault", "https://othervault.vault.azure.net", "-secret", "feature-flags"}, ""},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			env := conformanceEnv()
+			for _, m := range []map[string]string{proxyEnv, tc.env} {
+				for k, v := range m {
+					env = append(env, k+"="+v)
+				}
+			}
+			env = append(env, "GORACE="+strings.TrimSpace(os.Getenv("GORACE")+" atexit_sleep_ms=0"))
+			ctx, cancel := context.WithTimeout(context.Background(), 90*time.Second)
+			defer cancel()
+			cmd := exec.CommandContext(ctx, bin, tc.args...)
+			cmd.Env = env
+			out, err := cmd.CombinedOutput()
+			switch {
+			case tc.wantOutput == "" && (err == nil || !strings.Contains(string(out), "403")):
+				t.Fatalf("want a 403, got %v\n%s", err, out)
+			case tc.wantOutput != "" && (err != nil || !strings.Contains(string(out), tc.wantOutput)):
+				t.Fatalf("%v\n%s", err, out)
+			}
+		})
+	}
+}
+
+// TestEmulatorDeletionWindowFlag: --deletion-window 0 makes a purge right after DELETE
+// succeed (the default window answers 409, see TestConformancePython); a negative window
+// is a usage error.
+func TestEmulatorDeletionWindowFlag(t *testing.T) {
+	if code, _, stderr := cli(t, nil, "emulator", "--deletion-window", "-1s"); code != 2 || !strings.Contains(stderr, "--deletion-window") {
+		t.Errorf("--deletion-window -1s: exit %d, %s", code, stderr)
+	}
+	// Tokens of 5 minutes are never cached by MSAL, whose cache is per process.
+	info, _, _ := startEmulator(t, "--deletion-window", "0", "--token-lifetime", "5m")
+	hc, err := info.Client()
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer hc.CloseIdleConnections()
+	for k, v := range info.Env() {
+		t.Setenv(k, v)
+	}
+	opts := azcore.ClientOptions{Transport: hc}
+	cred, err := azidentity.NewManagedIdentityCredential(&azidentity.ManagedIdentityCredentialOptions{
+		ClientOptions: opts, ID: azidentity.ClientID(info.Identities["rotator"].ClientID),
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	c, err := azsecrets.NewClient("https://myvault.vault.azure.net", cred, &azsecrets.ClientOptions{ClientOptions: opts})
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	if _, err := c.DeleteSecret(ctx, "api-key", nil); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := c.PurgeDeletedSecret(ctx, "api-key", nil); err != nil {
+		t.Errorf("purge right after DELETE with --deletion-window 0: %v", err)
 	}
 }
