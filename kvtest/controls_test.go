@@ -22,7 +22,7 @@ func TestThrottling(t *testing.T) {
 	kv := srv.AddVault("myvault")
 	kv.Grant(srv.SystemIdentity(), kvtest.RoleSecretsUser)
 	kv.SetSecret("s", "x")
-	token := srv.IssueToken(srv.SystemIdentity(), "https://vault.azure.net")
+	token := kvtest.IssueToken(srv, srv.SystemIdentity(), "https://vault.azure.net")
 	url := kv.URL() + "/secrets/s/?api-version=2026-04-01"
 
 	kv.SetThrottle(2, 10*time.Second) // one token every 5 s
@@ -72,7 +72,7 @@ func TestFaults(t *testing.T) {
 	kv.SetSecret("s", "x")
 	c := newSecretsClient(t, srv, kv.URL(), newCred(t, srv, nil))
 	ctx := ctxTimeout(t, 60*time.Second)
-	token := srv.IssueToken(srv.SystemIdentity(), "https://vault.azure.net")
+	token := kvtest.IssueToken(srv, srv.SystemIdentity(), "https://vault.azure.net")
 	url := kv.URL() + "/secrets/s/?api-version=2026-04-01"
 
 	t.Run("status once then success", func(t *testing.T) {
@@ -397,7 +397,7 @@ func TestOIDCDiscovery(t *testing.T) {
 	for _, u := range []string{v1["jwks_uri"].(string), v2["jwks_uri"].(string)} {
 		_, jwks := getJSON(u)
 		keys, _ := jwks["keys"].([]any)
-		if len(keys) != 1 || keys[0].(map[string]any)["kid"] != srv.KeyID() || keys[0].(map[string]any)["kty"] != "RSA" {
+		if len(keys) != 1 || keys[0].(map[string]any)["kid"] != kvtest.KeyID(srv) || keys[0].(map[string]any)["kty"] != "RSA" {
 			t.Errorf("%s: %v", u, jwks)
 		}
 	}
@@ -413,7 +413,7 @@ func TestOIDCDiscovery(t *testing.T) {
 	kv.Grant(srv.SystemIdentity(), kvtest.RoleSecretsUser)
 	kv.SetSecret("s", "x")
 	srv.ResetCounters()
-	token := srv.IssueToken(srv.SystemIdentity(), "https://vault.azure.net")
+	token := kvtest.IssueToken(srv, srv.SystemIdentity(), "https://vault.azure.net")
 	for range 3 {
 		rawGet(t, srv, kv.URL()+"/secrets/s/?api-version=2026-04-01", token)
 	}

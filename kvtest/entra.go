@@ -111,18 +111,18 @@ func (s *Server) OIDCDiscoveryURL() string {
 	return s.AuthorityURL() + "/.well-known/openid-configuration"
 }
 
-// KeyID returns the kid of the emulator's token signing key.
-func (s *Server) KeyID() string { return s.signer.kid }
+// keyID returns the kid of the emulator's token signing key.
+func (s *Server) keyID() string { return s.signer.kid }
 
-// IssueToken returns a token for id and resource (for example https://vault.azure.net)
+// issueToken returns a token for id and resource (for example https://vault.azure.net)
 // exactly as the managed identity endpoints issue it. Use it for raw HTTP requests.
-func (s *Server) IssueToken(id Identity, resource string) string {
-	return s.signer.sign(s.TokenClaims(id, resource))
+func (s *Server) issueToken(id Identity, resource string) string {
+	return s.signer.sign(s.tokenClaims(id, resource))
 }
 
-// TokenClaims returns the claims [Server.IssueToken] would sign, so a test can alter one
-// (audience, issuer, expiry...) and sign the result with [Server.SignToken].
-func (s *Server) TokenClaims(id Identity, resource string) map[string]any {
+// tokenClaims returns the claims issueToken would sign, so a test can alter one
+// (audience, issuer, expiry...) and sign the result with signToken.
+func (s *Server) tokenClaims(id Identity, resource string) map[string]any {
 	now := time.Now()
 	return map[string]any{
 		"aud":       resource,
@@ -144,8 +144,8 @@ func (s *Server) TokenClaims(id Identity, resource string) map[string]any {
 	}
 }
 
-// SignToken signs arbitrary claims with the emulator's RS256 key (header kid and x5t set).
-func (s *Server) SignToken(claims map[string]any) string { return s.signer.sign(claims) }
+// signToken signs arbitrary claims with the emulator's RS256 key (header kid and x5t set).
+func (s *Server) signToken(claims map[string]any) string { return s.signer.sign(claims) }
 
 // entraHandler serves OpenID Connect discovery (v1 and v2), the JWKS, instance discovery
 // and the token endpoints (v2 and v1) for client credentials.
@@ -342,14 +342,14 @@ func federatedSubject(id Identity) string { return "system:serviceaccount:defaul
 // [WithFederated]; for others it answers AADSTS70021 (no matching federated identity
 // record), as Entra ID does.
 func (s *Server) FederatedToken(id Identity) string {
-	return s.signer.sign(s.FederatedTokenClaims(id))
+	return s.signer.sign(s.federatedTokenClaims(id))
 }
 
-// FederatedTokenClaims returns the claims [Server.FederatedToken] signs, so a test can
-// alter one (exp, sub, aud, iss...) and sign the result with [Server.SignToken]: iss is
+// federatedTokenClaims returns the claims [Server.FederatedToken] signs, so a test can
+// alter one (exp, sub, aud, iss...) and sign the result with signToken: iss is
 // the emulator's OIDC issuer (https://oidc.kvtest.invalid/<tenant>/), sub
 // system:serviceaccount:default:<identity name>, aud ["api://AzureADTokenExchange"].
-func (s *Server) FederatedTokenClaims(id Identity) map[string]any {
+func (s *Server) federatedTokenClaims(id Identity) map[string]any {
 	now := time.Now()
 	return map[string]any{
 		"aud": []string{tokenExchangeAudience},
@@ -478,7 +478,7 @@ func (s *Server) clientCredentials(r *http.Request, tenant string, v1 bool) (any
 		return nil, aadFail(http.StatusBadRequest, "invalid_resource", s.resourceNotFound(resource))
 	}
 
-	claims := s.TokenClaims(id, resource)
+	claims := s.tokenClaims(id, resource)
 	claims["appidacr"] = acr
 	if acr == "1" {
 		delete(claims, "xms_mirid") // an app registration's token, not a managed identity's

@@ -355,7 +355,7 @@ func (s *Server) lookupIdentity(q map[string][]string, resParams ...string) (id 
 
 // tokenResponse is the JSON both managed identity endpoints return on success.
 func (s *Server) tokenResponse(id Identity, resource string, imds bool) map[string]string {
-	claims := s.TokenClaims(id, resource)
+	claims := s.tokenClaims(id, resource)
 	endpoint := "App Service identity endpoint"
 	if imds {
 		endpoint = "IMDS"

@@ -3,6 +3,8 @@ package kvtest_test
 import (
 	"strings"
 	"testing"
+
+	"github.com/viperkv/viperkv/kvtest"
 )
 
 // TestVaultAcceptsV2IssuerAndAppIDAudience: Key Vault accepts tokens of Entra ID's v2
@@ -15,9 +17,9 @@ func TestVaultAcceptsV2IssuerAndAppIDAudience(t *testing.T) {
 	u := kv.URL() + "/secrets/s/?api-version=2026-04-01"
 	const appID = "cfa8b339-82a2-471a-a3c9-0fc0be7a4093"
 	token := func(change func(map[string]any)) string {
-		c := srv.TokenClaims(id, "https://vault.azure.net")
+		c := kvtest.TokenClaims(srv, id, "https://vault.azure.net")
 		change(c)
-		return srv.SignToken(c)
+		return kvtest.SignToken(srv, c)
 	}
 	v2 := func(c map[string]any) {
 		c["iss"] = "https://login.microsoftonline.com/" + srv.TenantID() + "/v2.0"

@@ -14,7 +14,7 @@ func TestRedirectFaults(t *testing.T) {
 	kv := srv.AddVault("myvault")
 	kv.Grant(srv.SystemIdentity(), kvtest.RoleSecretsUser)
 	kv.SetSecret("s", "x")
-	token := srv.IssueToken(srv.SystemIdentity(), "https://vault.azure.net")
+	token := kvtest.IssueToken(srv, srv.SystemIdentity(), "https://vault.azure.net")
 	// A copy of the emulator's client that hands redirects back instead of following them.
 	hc := *srv.Client()
 	hc.CheckRedirect = func(*http.Request, []*http.Request) error { return http.ErrUseLastResponse }

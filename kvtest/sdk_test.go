@@ -445,7 +445,7 @@ func TestSovereignCloudVault(t *testing.T) {
 	if got := resp.Header.Get("WWW-Authenticate"); got != want {
 		t.Errorf("challenge = %s, want %s", got, want)
 	}
-	resp, e := rawGet(t, srv, kv.URL()+"/secrets/s/?api-version=2026-04-01", srv.IssueToken(id, "https://vault.azure.net"))
+	resp, e := rawGet(t, srv, kv.URL()+"/secrets/s/?api-version=2026-04-01", kvtest.IssueToken(srv, id, "https://vault.azure.net"))
 	if resp.StatusCode != 401 || !strings.Contains(e.Error.Message, "AKV10022") {
 		t.Errorf("public cloud token: %d %+v", resp.StatusCode, e)
 	}

@@ -49,7 +49,7 @@ func TestTokenValidation(t *testing.T) {
 	now := time.Now()
 
 	claims := func(change func(map[string]any)) map[string]any {
-		c := srv.TokenClaims(id, resource)
+		c := kvtest.TokenClaims(srv, id, resource)
 		if change != nil {
 			change(c)
 		}
@@ -59,10 +59,10 @@ func TestTokenValidation(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	valid := srv.IssueToken(id, resource)
+	valid := kvtest.IssueToken(srv, id, resource)
 	parts := strings.Split(valid, ".")
 	pubDER, _ := x509.MarshalPKIXPublicKey(&other.PublicKey)
-	hsInput := jsonB64(t, map[string]any{"typ": "JWT", "alg": "HS256", "kid": srv.KeyID()}) + "." + parts[1]
+	hsInput := jsonB64(t, map[string]any{"typ": "JWT", "alg": "HS256", "kid": kvtest.KeyID(srv)}) + "." + parts[1]
 	mac := hmac.New(sha256.New, pubDER)
 	mac.Write([]byte(hsInput))
 
@@ -71,10 +71,10 @@ func TestTokenValidation(t *testing.T) {
 		ok               bool
 	}{
 		{name: "valid", token: valid, ok: true},
-		{name: "valid with trailing slash audience", token: srv.SignToken(claims(func(c map[string]any) { c["aud"] = resource + "/" })), ok: true},
-		{name: "expired within clock skew", token: srv.SignToken(claims(func(c map[string]any) { c["exp"] = now.Add(-time.Minute).Unix() })), ok: true},
+		{name: "valid with trailing slash audience", token: kvtest.SignToken(srv, claims(func(c map[string]any) { c["aud"] = resource + "/" })), ok: true},
+		{name: "expired within clock skew", token: kvtest.SignToken(srv, claims(func(c map[string]any) { c["exp"] = now.Add(-time.Minute).Unix() })), ok: true},
 		{name: "bad signature", msg: "signature validation failed",
-			token: signRS256(t, other, map[string]any{"typ": "JWT", "alg": "RS256", "kid": srv.KeyID()}, claims(nil))},
+			token: signRS256(t, other, map[string]any{"typ": "JWT", "alg": "RS256", "kid": kvtest.KeyID(srv)}, claims(nil))},
 		{name: "unknown key", msg: "AKV10046",
 			token: signRS256(t, other, map[string]any{"typ": "JWT", "alg": "RS256", "kid": "someone-else"}, claims(nil))},
 		{name: "tampered payload", msg: "signature validation failed",
@@ -83,25 +83,25 @@ func TestTokenValidation(t *testing.T) {
 			token: jsonB64(t, map[string]any{"typ": "JWT", "alg": "none"}) + "." + parts[1] + "."},
 		{name: "alg HS256", msg: "'HS256' is not supported", token: hsInput + "." + b64(mac.Sum(nil))},
 		{name: "wrong audience", msg: "AKV10022: Invalid audience. Expected https://vault.azure.net",
-			token: srv.SignToken(claims(func(c map[string]any) { c["aud"] = "https://management.azure.com" }))},
+			token: kvtest.SignToken(srv, claims(func(c map[string]any) { c["aud"] = "https://management.azure.com" }))},
 		{name: "wrong issuer", msg: "AKV10032: Invalid issuer",
-			token: srv.SignToken(claims(func(c map[string]any) { c["iss"] = "https://sts.windows.net/00000000-0000-0000-0000-000000000000/" }))},
+			token: kvtest.SignToken(srv, claims(func(c map[string]any) { c["iss"] = "https://sts.windows.net/00000000-0000-0000-0000-000000000000/" }))},
 		// Key Vault accepts the tenant's v2 issuer too (TestVaultAcceptsV2IssuerAndAppIDAudience).
 		{name: "v2 issuer", ok: true,
-			token: srv.SignToken(claims(func(c map[string]any) { c["iss"] = "https://login.microsoftonline.com/" + srv.TenantID() + "/v2.0" }))},
+			token: kvtest.SignToken(srv, claims(func(c map[string]any) { c["iss"] = "https://login.microsoftonline.com/" + srv.TenantID() + "/v2.0" }))},
 		{name: "v2 issuer of another tenant", msg: "AKV10032",
-			token: srv.SignToken(claims(func(c map[string]any) {
+			token: kvtest.SignToken(srv, claims(func(c map[string]any) {
 				c["iss"] = "https://login.microsoftonline.com/00000000-0000-0000-0000-000000000000/v2.0"
 			}))},
 		{name: "expired", msg: "expired",
-			token: srv.SignToken(claims(func(c map[string]any) {
+			token: kvtest.SignToken(srv, claims(func(c map[string]any) {
 				c["exp"] = now.Add(-time.Hour).Unix()
 				c["nbf"] = now.Add(-2 * time.Hour).Unix()
 			}))},
 		{name: "not yet valid", msg: "not valid before",
-			token: srv.SignToken(claims(func(c map[string]any) { c["nbf"] = now.Add(time.Hour).Unix() }))},
+			token: kvtest.SignToken(srv, claims(func(c map[string]any) { c["nbf"] = now.Add(time.Hour).Unix() }))},
 		{name: "no expiry", msg: "no expiration",
-			token: srv.SignToken(claims(func(c map[string]any) { delete(c, "exp") }))},
+			token: kvtest.SignToken(srv, claims(func(c map[string]any) { delete(c, "exp") }))},
 		{name: "not a JWT", msg: "compact JWS", token: "opaque-token"},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
@@ -160,7 +160,7 @@ func TestTokensAreValidAcrossServersOfOneTenant(t *testing.T) {
 		t.Fatal("the system identity differs between servers of one tenant")
 	}
 	url := kv.URL() + "/secrets/s/?api-version=2026-04-01"
-	if resp, e := rawGet(t, b, url, a.IssueToken(a.SystemIdentity(), "https://vault.azure.net")); resp.StatusCode != 200 {
+	if resp, e := rawGet(t, b, url, kvtest.IssueToken(a, a.SystemIdentity(), "https://vault.azure.net")); resp.StatusCode != 200 {
 		t.Errorf("token from another server: %d %+v", resp.StatusCode, e)
 	}
 	other := kvtest.NewServer(kvtest.WithTenantID("11111111-2222-4333-8444-555555555555"))
@@ -168,7 +168,7 @@ func TestTokensAreValidAcrossServersOfOneTenant(t *testing.T) {
 	if other.SystemIdentity() == a.SystemIdentity() {
 		t.Error("another tenant has the same system identity")
 	}
-	resp, e := rawGet(t, b, url, other.IssueToken(other.SystemIdentity(), "https://vault.azure.net"))
+	resp, e := rawGet(t, b, url, kvtest.IssueToken(other, other.SystemIdentity(), "https://vault.azure.net"))
 	if resp.StatusCode != 401 || !strings.Contains(e.Error.Message, "AKV10032") {
 		t.Errorf("token from another tenant: %d %+v", resp.StatusCode, e)
 	}

@@ -240,7 +240,7 @@ func TestClientAssertionErrors(t *testing.T) {
 		t.Fatal(err)
 	}
 	claims := func(id kvtest.Identity, change func(map[string]any)) map[string]any {
-		c := srv.FederatedTokenClaims(id)
+		c := kvtest.FederatedTokenClaims(srv, id)
 		if change != nil {
 			change(c)
 		}
@@ -255,17 +255,17 @@ func TestClientAssertionErrors(t *testing.T) {
 		want      []string
 	}{
 		{"valid", fed, srv.FederatedToken(fed), 200, nil},
-		{"expired", fed, srv.SignToken(claims(fed, func(c map[string]any) {
+		{"expired", fed, kvtest.SignToken(srv, claims(fed, func(c map[string]any) {
 			c["iat"], c["nbf"], c["exp"] = now.Add(-3*time.Hour).Unix(), now.Add(-3*time.Hour).Unix(), now.Add(-2*time.Hour).Unix()
 		})), 401, []string{"invalid_client", "AADSTS700024: Client assertion is not within its valid time range."}},
-		{"wrong subject", fed, srv.SignToken(claims(fed, func(c map[string]any) { c["sub"] = "system:serviceaccount:default:someone-else" })),
+		{"wrong subject", fed, kvtest.SignToken(srv, claims(fed, func(c map[string]any) { c["sub"] = "system:serviceaccount:default:someone-else" })),
 			400, []string{"invalid_request", "AADSTS70021: No matching federated identity record found for presented assertion.", "Assertion Subject: 'system:serviceaccount:default:someone-else'"}},
-		{"wrong audience", fed, srv.SignToken(claims(fed, func(c map[string]any) { c["aud"] = []string{"api://other"} })),
+		{"wrong audience", fed, kvtest.SignToken(srv, claims(fed, func(c map[string]any) { c["aud"] = []string{"api://other"} })),
 			400, []string{"AADSTS70021", "Assertion Audience: 'api://other'"}},
-		{"wrong issuer", fed, srv.SignToken(claims(fed, func(c map[string]any) { c["iss"] = "https://oidc.example.com/" })),
+		{"wrong issuer", fed, kvtest.SignToken(srv, claims(fed, func(c map[string]any) { c["iss"] = "https://oidc.example.com/" })),
 			400, []string{"AADSTS70021", "Assertion Issuer: 'https://oidc.example.com/'"}},
 		{"no federated credential", plain, srv.FederatedToken(plain), 400, []string{"AADSTS70021"}},
-		{"signed by another key", fed, signRS256(t, other, map[string]any{"typ": "JWT", "alg": "RS256", "kid": srv.KeyID()}, claims(fed, nil)),
+		{"signed by another key", fed, signRS256(t, other, map[string]any{"typ": "JWT", "alg": "RS256", "kid": kvtest.KeyID(srv)}, claims(fed, nil)),
 			401, []string{"invalid_client", "AADSTS50013: Assertion failed signature validation."}},
 		{"not a JWT", fed, "opaque", 400, []string{"AADSTS50027: JWT token is invalid or malformed."}},
 	} {
