@@ -13,7 +13,6 @@ import (
 	"os/exec"
 	"path/filepath"
 	"strings"
-	"sync/atomic"
 	"testing"
 	"time"
 
@@ -51,26 +50,45 @@ func proxyRoundTrip(t *testing.T, proxyURL, request string) (*http.Response, str
 	return resp, string(b)
 }
 
-// standIn is a loopback listener that counts the connections it accepts.
-func standIn(t *testing.T) (addr string, accepted *atomic.Int64) {
+// standIn is a loopback listener nothing should reach; accepted counts the connections
+// made to it so far.
+func standIn(t *testing.T) (addr string, accepted func() int) {
 	t.Helper()
 	ln, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {
 		t.Fatal(err)
 	}
 	t.Cleanup(func() { ln.Close() })
-	accepted = new(atomic.Int64)
-	go func() {
-		for {
-			c, err := ln.Accept()
-			if err != nil {
-				return
-			}
-			accepted.Add(1)
-			c.Close()
+	n := 0
+	return ln.Addr().String(), func() int {
+		n += connectionsBefore(t, ln)
+		return n
+	}
+}
+
+// connectionsBefore counts the connections made to ln so far, without waiting on the clock:
+// it dials a marker connection and accepts in backlog order until the marker arrives, so a
+// stray dial that happened before the call has been counted by then.
+func connectionsBefore(t *testing.T, ln net.Listener) int {
+	t.Helper()
+	m, err := net.Dial("tcp", ln.Addr().String())
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer m.Close()
+	n := 0
+	for {
+		c, err := ln.Accept()
+		if err != nil {
+			t.Fatal(err)
 		}
-	}()
-	return ln.Addr().String(), accepted
+		mine := c.RemoteAddr().String() == m.LocalAddr().String()
+		c.Close()
+		if mine {
+			return n
+		}
+		n++
+	}
 }
 
 // TestProxyIsNotOpen: the proxy routes only the emulator's hosts; CONNECT or plain
@@ -117,8 +135,7 @@ func TestProxyIsNotOpen(t *testing.T) {
 			t.Errorf("%s: %d %q, want %d with %q", line, resp.StatusCode, body, tc.status, tc.body)
 		}
 	}
-	time.Sleep(50 * time.Millisecond)
-	if n := accepted.Load(); n != 0 {
+	if n := accepted(); n != 0 {
 		t.Errorf("the stand-in listener accepted %d connection(s) through the proxy", n)
 	}
 
@@ -131,7 +148,7 @@ func TestProxyIsNotOpen(t *testing.T) {
 	} else if !strings.Contains(err.Error(), "Forbidden") {
 		t.Errorf("https://example.com through the proxy: %v", err)
 	}
-	if n := accepted.Load(); n != 0 {
+	if n := accepted(); n != 0 {
 		t.Errorf("the stand-in listener accepted %d connection(s)", n)
 	}
 }
