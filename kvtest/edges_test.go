@@ -69,7 +69,8 @@ func rawDo(t *testing.T, srv *kvtest.Server, method, url, token string, body any
 }
 
 // waitDeleted polls GET /deletedsecrets/{name} until the deletion has completed, as the
-// other SDKs' delete pollers do.
+// other SDKs' delete pollers do. Real time on purpose: the window runs on the emulator's
+// clock behind real HTTP, which a synctest bubble cannot hold; the poll is bounded by limit.
 func waitDeleted(t *testing.T, c *azsecrets.Client, name string, limit time.Duration) time.Duration {
 	t.Helper()
 	start := time.Now()
