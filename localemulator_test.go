@@ -18,6 +18,8 @@ import (
 
 	"github.com/viperkv/viperkv"
 	"github.com/viperkv/viperkv/kvtest"
+
+	"github.com/viperkv/viperkv/internal/emuinfo"
 )
 
 // managedIdentityEnv are the variables MSAL reads to pick a managed identity source.
@@ -49,20 +51,21 @@ func newLocalVault(t *testing.T) (*kvtest.Server, *kvtest.Vault) {
 
 // writeEmulatorInfo writes srv's CA and info file into a temporary directory, as the
 // standalone emulator does, and returns the info's path.
-func writeEmulatorInfo(t *testing.T, srv *kvtest.Server, edit func(*kvtest.Info)) string {
+func writeEmulatorInfo(t *testing.T, srv *kvtest.Server, edit func(*emuinfo.Info)) string {
 	t.Helper()
-	dir := t.TempDir()
-	ca := filepath.Join(dir, "ca.pem")
-	if err := os.WriteFile(ca, srv.CACertPEM(), 0o600); err != nil {
+	path := filepath.Join(t.TempDir(), "info.json")
+	if err := srv.WriteInfo(path, ""); err != nil {
 		t.Fatal(err)
 	}
-	info := srv.Info(ca)
 	if edit != nil {
-		edit(&info)
-	}
-	path := filepath.Join(dir, "info.json")
-	if err := info.WriteFile(path); err != nil {
-		t.Fatal(err)
+		info, err := emuinfo.Read(path)
+		if err != nil {
+			t.Fatal(err)
+		}
+		edit(info)
+		if err := info.WriteFile(path); err != nil {
+			t.Fatal(err)
+		}
 	}
 	return path
 }
@@ -172,18 +175,18 @@ func TestWithLocalEmulatorRefusesNonLoopback(t *testing.T) {
 
 	for _, tc := range []struct {
 		name, bad string
-		edit      func(in *kvtest.Info, bad string)
+		edit      func(in *emuinfo.Info, bad string)
 	}{
-		{"vault", "10.20.30.40:443", func(in *kvtest.Info, bad string) { in.Vaults["myvault"] = "https://" + bad }},
-		{"vault host", "[2001:db8::1]:443", func(in *kvtest.Info, bad string) { in.VaultHosts["myvault.vault.azure.net"] = "https://" + bad }},
-		{"real IMDS", "169.254.169.254:80", func(in *kvtest.Info, bad string) {
+		{"vault", "10.20.30.40:443", func(in *emuinfo.Info, bad string) { in.Vaults["myvault"] = "https://" + bad }},
+		{"vault host", "[2001:db8::1]:443", func(in *emuinfo.Info, bad string) { in.VaultHosts["myvault.vault.azure.net"] = "https://" + bad }},
+		{"real IMDS", "169.254.169.254:80", func(in *emuinfo.Info, bad string) {
 			in.IMDSEndpoint = "http://" + bad + "/metadata/identity/oauth2/token"
 		}},
-		{"identity endpoint name", "localhost:8081", func(in *kvtest.Info, bad string) { in.IdentityEndpoint = "http://" + bad + "/msi/token" }},
-		{"entra", "login.microsoftonline.com:443", func(in *kvtest.Info, bad string) { in.EntraEndpoint = "https://" + bad }},
+		{"identity endpoint name", "localhost:8081", func(in *emuinfo.Info, bad string) { in.IdentityEndpoint = "http://" + bad + "/msi/token" }},
+		{"entra", "login.microsoftonline.com:443", func(in *emuinfo.Info, bad string) { in.EntraEndpoint = "https://" + bad }},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
-			path := writeEmulatorInfo(t, srv, func(in *kvtest.Info) {
+			path := writeEmulatorInfo(t, srv, func(in *emuinfo.Info) {
 				in.IdentityEndpoint = "http://" + standIn + "/msi/token"
 				in.IMDSEndpoint = "http://" + standIn + "/metadata/identity/oauth2/token"
 				in.EntraEndpoint = "https://" + standIn
@@ -216,7 +219,7 @@ func TestWithLocalEmulatorErrors(t *testing.T) {
 	t.Cleanup(srv.Close)
 	srv.AddVault("myvault")
 	good := writeEmulatorInfo(t, srv, nil)
-	noCA := writeEmulatorInfo(t, srv, func(in *kvtest.Info) { in.CAFile = filepath.Join(t.TempDir(), "absent.pem") })
+	noCA := writeEmulatorInfo(t, srv, func(in *emuinfo.Info) { in.CAFile = filepath.Join(t.TempDir(), "absent.pem") })
 	notJSON := filepath.Join(t.TempDir(), "info.json")
 	if err := os.WriteFile(notJSON, []byte("not json"), 0o600); err != nil {
 		t.Fatal(err)

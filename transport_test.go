@@ -317,7 +317,7 @@ func TestIdentityRedirectIsRefused(t *testing.T) {
 			if n := len(attacker.requests()); n != 0 {
 				t.Errorf("attacker received %d request(s): %v", n, attacker.requests())
 			}
-			if strings.Contains(said, srv.IdentityHeader()) {
+			if strings.Contains(said, srv.Env()["IDENTITY_HEADER"]) {
 				t.Errorf("the identity header appears in what the provider said: %s", said)
 			}
 			if n := kv.Count(kvtest.OpGetSecret); n != 0 {

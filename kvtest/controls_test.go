@@ -248,7 +248,7 @@ func TestConcurrentRequests(t *testing.T) {
 			kv.InjectFault(kvtest.OpListSecrets, kvtest.Fault{Status: 500})
 			kv.ClearFaults()
 			other.Grant(id, kvtest.RoleSecretsUser)
-			_ = srv.Info("")
+			_ = kvtest.Info(srv, "")
 		}
 	})
 	wg.Wait()
@@ -288,15 +288,15 @@ func TestIdentityEndpointsRaw(t *testing.T) {
 		_ = json.NewDecoder(resp.Body).Decode(&body)
 		return resp.StatusCode, body
 	}
-	as := srv.IdentityEndpoint() + "?api-version=2019-08-01&resource=https://vault.azure.net"
-	good := map[string]string{"X-IDENTITY-HEADER": srv.IdentityHeader()}
+	as := kvtest.IdentityEndpoint(srv) + "?api-version=2019-08-01&resource=https://vault.azure.net"
+	good := map[string]string{"X-IDENTITY-HEADER": kvtest.IdentityHeader(srv)}
 	if st, _ := get(as, nil); st != 400 {
 		t.Errorf("no header: %d", st)
 	}
 	if st, _ := get(as, map[string]string{"X-IDENTITY-HEADER": "wrong"}); st != 401 {
 		t.Errorf("wrong header: %d", st)
 	}
-	if st, _ := get(srv.IdentityEndpoint()+"?api-version=2019-08-01", good); st != 400 {
+	if st, _ := get(kvtest.IdentityEndpoint(srv)+"?api-version=2019-08-01", good); st != 400 {
 		t.Errorf("no resource: %d", st)
 	}
 	st, body := get(as, good)
@@ -337,7 +337,7 @@ func TestIdentityEndpointsRaw(t *testing.T) {
 	if st, body := get(imds+"&client_id=00000000-0000-0000-0000-000000000000", map[string]string{"Metadata": "true"}); st != 400 || body["error_description"] != "Identity not found" {
 		t.Errorf("IMDS unknown identity: %d %v", st, body)
 	}
-	if st, body := get(srv.IdentityEndpoint()+"?api-version=2019-08-01&resource=r&mi_res_id=/nope", good); st != 400 || body["message"] != "Unable to load the proper Managed Identity." {
+	if st, body := get(kvtest.IdentityEndpoint(srv)+"?api-version=2019-08-01&resource=r&mi_res_id=/nope", good); st != 400 || body["message"] != "Unable to load the proper Managed Identity." {
 		t.Errorf("App Service unknown identity: %d %v", st, body)
 	}
 	if got := srv.Count(kvtest.OpToken); got != 2 {
@@ -391,7 +391,7 @@ func TestOIDCDiscovery(t *testing.T) {
 		t.Errorf("v2: %d %v", st, v2["issuer"])
 	}
 	// Reached directly, the documents name the direct host.
-	if _, d := getJSON(srv.OIDCDiscoveryURL()); d["jwks_uri"] != srv.EntraURL()+"/common/discovery/keys" {
+	if _, d := getJSON(kvtest.OIDCDiscoveryURL(srv)); d["jwks_uri"] != kvtest.EntraURL(srv)+"/common/discovery/keys" {
 		t.Errorf("direct jwks_uri = %v", d["jwks_uri"])
 	}
 	for _, u := range []string{v1["jwks_uri"].(string), v2["jwks_uri"].(string)} {

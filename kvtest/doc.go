@@ -51,6 +51,7 @@
 //
 // # Standalone
 //
-// The viperkv command's "emulator" subcommand runs a Server from a YAML [Seed] and
-// writes an [Info] file; other processes reach it with [ReadInfo] and [Info.Client].
+// The viperkv command's "emulator" subcommand runs a Server filled [WithSeed] and writes
+// its files with [Server.WriteInfo]; other processes reach it through the proxy the info
+// file names, or with the library's WithLocalEmulator option.
 package kvtest

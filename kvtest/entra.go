@@ -96,19 +96,19 @@ func (sg *signer) jwk() map[string]any {
 	}
 }
 
-// Issuer returns the issuer of the tokens the emulator signs:
+// issuer returns the issuer of the tokens the emulator signs:
 // https://sts.windows.net/<tenant>/ (Entra ID v1 tokens, which managed identities get).
-func (s *Server) Issuer() string { return "https://sts.windows.net/" + s.tenant + "/" }
+func (s *Server) issuer() string { return "https://sts.windows.net/" + s.tenant + "/" }
 
-// AuthorityURL returns the Entra listener's authority for the tenant,
+// authorityURL returns the Entra listener's authority for the tenant,
 // https://127.0.0.1:PORT/<tenant>. Through [Server.Client] the production authority
 // https://login.microsoftonline.com/<tenant> reaches the same listener.
-func (s *Server) AuthorityURL() string { return "https://" + s.entra.addr + "/" + s.tenant }
+func (s *Server) authorityURL() string { return "https://" + s.entra.addr + "/" + s.tenant }
 
-// OIDCDiscoveryURL returns the v1 OpenID Connect discovery document's URL on the Entra
+// oidcDiscoveryURL returns the v1 OpenID Connect discovery document's URL on the Entra
 // listener (issuer https://sts.windows.net/<tenant>/).
-func (s *Server) OIDCDiscoveryURL() string {
-	return s.AuthorityURL() + "/.well-known/openid-configuration"
+func (s *Server) oidcDiscoveryURL() string {
+	return s.authorityURL() + "/.well-known/openid-configuration"
 }
 
 // keyID returns the kid of the emulator's token signing key.
@@ -126,14 +126,14 @@ func (s *Server) tokenClaims(id Identity, resource string) map[string]any {
 	now := time.Now()
 	return map[string]any{
 		"aud":       resource,
-		"iss":       s.Issuer(),
+		"iss":       s.issuer(),
 		"iat":       now.Unix(),
 		"nbf":       now.Unix(),
 		"exp":       now.Add(s.cfg.tokenLifetime).Unix(),
 		"aio":       randomHex(16),
 		"appid":     id.ClientID,
 		"appidacr":  "2",
-		"idp":       s.Issuer(),
+		"idp":       s.issuer(),
 		"idtyp":     "app",
 		"oid":       id.ObjectID,
 		"sub":       id.ObjectID,
@@ -196,7 +196,7 @@ func (s *Server) knownTenant(t string) bool {
 }
 
 func (s *Server) discoveryV1(base, tenant string) map[string]any {
-	issuer := s.Issuer()
+	issuer := s.issuer()
 	if !strings.EqualFold(tenant, s.tenant) {
 		issuer = "https://sts.windows.net/{tenantid}/"
 	}

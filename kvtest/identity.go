@@ -10,6 +10,8 @@ import (
 	"strings"
 	"sync"
 	"time"
+
+	"github.com/viperkv/viperkv/internal/emuinfo"
 )
 
 // Identity is a managed identity: the system-assigned one of the emulated app, or a
@@ -23,10 +25,6 @@ type Identity struct {
 	ObjectID string `json:"object_id"`
 	// ResourceID is the Azure resource ID, the token's xms_mirid claim.
 	ResourceID string `json:"resource_id"`
-	// FederatedTokenFile is, in an [Info] the standalone emulator wrote, the file holding
-	// a [Server.FederatedToken] for a federated identity (export it as
-	// AZURE_FEDERATED_TOKEN_FILE; see [Info.WorkloadIdentityEnv]). It is empty elsewhere.
-	FederatedTokenFile string `json:"federated_token_file,omitempty"`
 }
 
 // SystemIdentityName is the Name of the system-assigned identity, and the identity name
@@ -288,8 +286,8 @@ func knownResource(resource string) bool {
 		return true
 	}
 	r := strings.TrimSuffix(resource, "/")
-	for _, c := range clouds {
-		if strings.EqualFold(r, c.resource) {
+	for _, c := range emuinfo.Clouds {
+		if strings.EqualFold(r, c.Resource) {
 			return true
 		}
 	}

@@ -1,280 +1,204 @@
 package kvtest
 
 import (
-	"crypto/x509"
-	"encoding/json"
-	"errors"
+	"bytes"
 	"fmt"
-	"net/http"
-	"net/url"
 	"os"
 	"path/filepath"
-	"sort"
 	"strings"
+	"sync"
+	"time"
+
+	"github.com/viperkv/viperkv/internal/emuinfo"
 )
 
-// Info describes a running emulator for other processes: the standalone command writes
-// it as JSON, and [ReadInfo] plus [Info.Client] let a program reach the emulator with
-// production vault URLs.
-type Info struct {
-	// TenantID is the emulated tenant.
-	TenantID string `json:"tenant_id"`
-	// CAFile is the path of the emulator CA's PEM certificate.
-	CAFile string `json:"ca_file"`
-	// IdentityEndpoint is the App Service style managed identity endpoint: export it as
-	// IDENTITY_ENDPOINT.
-	IdentityEndpoint string `json:"identity_endpoint"`
-	// IdentityHeader is the X-IDENTITY-HEADER secret: export it as IDENTITY_HEADER.
-	IdentityHeader string `json:"identity_header"`
-	// IMDSEndpoint is the IMDS style endpoint's direct URL; [Info.Client] also routes
-	// 169.254.169.254:80 to it.
-	IMDSEndpoint string `json:"imds_endpoint"`
-	// EntraEndpoint is the Entra listener, https://127.0.0.1:PORT.
-	EntraEndpoint string `json:"entra_endpoint"`
-	// Authority is EntraEndpoint + "/" + TenantID.
-	Authority string `json:"authority"`
-	// AuthorityHost is EntraEndpoint + "/", for AZURE_AUTHORITY_HOST (or an azcore
-	// cloud.Configuration's ActiveDirectoryAuthorityHost). Through [Info.Client]
-	// https://login.microsoftonline.com/ reaches the same listener.
-	AuthorityHost string `json:"authority_host"`
-	// Issuer is the iss claim of issued tokens, https://sts.windows.net/<tenant>/.
-	Issuer string `json:"issuer"`
-	// OIDCDiscoveryURL is the v1 discovery document (issuer https://sts.windows.net/<tenant>/).
-	OIDCDiscoveryURL string `json:"oidc_discovery_url"`
-	// OIDCDiscoveryURLV2 is the v2 discovery document.
-	OIDCDiscoveryURLV2 string `json:"oidc_discovery_url_v2"`
-	// Vaults maps a vault's name to its direct URL https://127.0.0.1:PORT. Public cloud
-	// vaults are keyed by name (myvault), others by host (x.vault.azure.cn).
-	Vaults map[string]string `json:"vaults"`
-	// VaultHosts maps a vault's production host to its direct URL.
-	VaultHosts map[string]string `json:"vault_hosts"`
-	// SystemIdentity is the system-assigned identity; nil when disabled.
-	SystemIdentity *Identity `json:"system_identity,omitempty"`
-	// Identities maps user-assigned identity names to their IDs.
-	Identities map[string]Identity `json:"identities"`
-	// ProxyURL is the emulator's HTTP proxy, http://127.0.0.1:PORT (see
-	// [Server.ProxyURL]): export it as HTTPS_PROXY and HTTP_PROXY, with the CA file as
-	// SSL_CERT_FILE, REQUESTS_CA_BUNDLE or NODE_EXTRA_CA_CERTS ([Info.ProxyEnv]), and any
-	// SDK reaches the emulator with production URLs.
-	ProxyURL string `json:"proxy_url,omitempty"`
+// WriteInfo writes the files another process needs to reach the server, the way the
+// standalone emulator (viperkv emulator --info path) does:
+//
+//   - path: JSON naming the tenant, the CA file, the managed identity endpoints and their
+//     header, the proxy, each vault's direct URL and the identities (readable by the
+//     owner only, since it holds the identity header). It is written last, so a program
+//     waiting for it finds the other files in place; a reader never sees a partial file;
+//   - caFile, or when "" the CA certificate beside path and named after it (info.json:
+//     info.ca.pem);
+//   - for each identity made [WithFederated], a service account token file beside path
+//     (info.json: info.<identity>.token), rewritten every few minutes while the server
+//     runs, as Kubernetes rotates projected tokens.
+//
+// [Server.Close] removes every file WriteInfo wrote that still holds what it wrote. A
+// program uses the files without importing kvtest: the info file's proxy_url and ca_file
+// (HTTPS_PROXY, HTTP_PROXY and SSL_CERT_FILE or the CA variable of its language), or the
+// library's WithLocalEmulator option.
+func (s *Server) WriteInfo(path, caFile string) error {
+	wrap := func(err error) error { return fmt.Errorf("kvtest: WriteInfo: %w", err) }
+	if caFile == "" {
+		caFile = strings.TrimSuffix(path, filepath.Ext(path)) + ".ca.pem"
+	}
+	var err error
+	if path, err = filepath.Abs(path); err != nil {
+		return wrap(err)
+	}
+	if caFile, err = filepath.Abs(caFile); err != nil {
+		return wrap(err)
+	}
+	for _, dir := range []string{filepath.Dir(caFile), filepath.Dir(path)} {
+		if err := os.MkdirAll(dir, 0o755); err != nil {
+			return wrap(err)
+		}
+	}
+	if err := s.files.write(caFile, s.pki.caPEM, 0o644); err != nil {
+		return wrap(err)
+	}
+	in := s.info(caFile)
+	base := strings.TrimSuffix(filepath.Base(path), filepath.Ext(path))
+	var tokens []federatedTokenFile
+	for _, id := range s.UserIdentities() {
+		if !s.credentials(id.Name).federated {
+			continue
+		}
+		file := filepath.Join(filepath.Dir(path), base+"."+fileSafe(id.Name)+".token")
+		if err := s.files.write(file, []byte(s.FederatedToken(id)), 0o600); err != nil {
+			return wrap(fmt.Errorf("federated token of %s: %w", id.Name, err))
+		}
+		rec := in.Identities[id.Name]
+		rec.FederatedTokenFile = file
+		in.Identities[id.Name] = rec
+		tokens = append(tokens, federatedTokenFile{id: id, path: file})
+	}
+	b, err := in.Marshal()
+	if err != nil {
+		return wrap(err)
+	}
+	if err := s.files.write(path, b, 0o600); err != nil {
+		return wrap(err)
+	}
+	if len(tokens) > 0 {
+		go s.rotateFederatedTokens(tokens)
+	}
+	return nil
 }
 
-// Info describes the server; caFile is recorded as the CA file's path (the caller writes
-// [Server.CACertPEM] there).
-func (s *Server) Info(caFile string) Info {
-	in := Info{
+// federatedTokenRefresh is how often WriteInfo's token files are rewritten: well within
+// a token's hour and more often than azidentity rereads the file (every 10 minutes).
+const federatedTokenRefresh = 5 * time.Minute
+
+// federatedTokenFile is a federated identity's token file.
+type federatedTokenFile struct {
+	id   Identity
+	path string
+}
+
+func (s *Server) rotateFederatedTokens(tokens []federatedTokenFile) {
+	tick := time.NewTicker(federatedTokenRefresh)
+	defer tick.Stop()
+	for {
+		select {
+		case <-s.closed:
+			return
+		case <-tick.C:
+			for _, t := range tokens {
+				if err := s.files.write(t.path, []byte(s.FederatedToken(t.id)), 0o600); err != nil {
+					s.cfg.logger.Warn("kvtest: rotating a federated token file", "path", t.path, "err", err)
+				}
+			}
+		}
+	}
+}
+
+// info describes the server for the info file, caFile being the CA certificate's path.
+func (s *Server) info(caFile string) emuinfo.Info {
+	in := emuinfo.Info{
 		TenantID:           s.tenant,
 		CAFile:             caFile,
-		IdentityEndpoint:   s.IdentityEndpoint(),
+		IdentityEndpoint:   s.identityEndpoint(),
 		IdentityHeader:     s.identityHeader,
-		IMDSEndpoint:       s.IMDSEndpoint(),
-		EntraEndpoint:      s.EntraURL(),
-		Authority:          s.AuthorityURL(),
-		AuthorityHost:      s.EntraURL() + "/",
-		Issuer:             s.Issuer(),
-		OIDCDiscoveryURL:   s.OIDCDiscoveryURL(),
-		OIDCDiscoveryURLV2: s.AuthorityURL() + "/v2.0/.well-known/openid-configuration",
+		IMDSEndpoint:       s.imdsEndpoint(),
+		EntraEndpoint:      s.entraURL(),
+		Authority:          s.authorityURL(),
+		AuthorityHost:      s.entraURL() + "/",
+		Issuer:             s.issuer(),
+		OIDCDiscoveryURL:   s.oidcDiscoveryURL(),
+		OIDCDiscoveryURLV2: s.authorityURL() + "/v2.0/.well-known/openid-configuration",
 		Vaults:             map[string]string{},
 		VaultHosts:         map[string]string{},
-		Identities:         map[string]Identity{},
+		Identities:         map[string]emuinfo.Identity{},
 		ProxyURL:           s.ProxyURL(),
 	}
 	for _, v := range s.Vaults() {
 		in.Vaults[v.infoKey()] = v.DirectURL()
 		in.VaultHosts[v.host] = v.DirectURL()
 	}
+	rec := func(id Identity) emuinfo.Identity {
+		return emuinfo.Identity{Name: id.Name, ClientID: id.ClientID, ObjectID: id.ObjectID, ResourceID: id.ResourceID}
+	}
 	s.mu.RLock()
 	if s.systemEnabled {
-		sys := s.system
+		sys := rec(s.system)
 		in.SystemIdentity = &sys
 	}
 	for _, id := range s.users {
-		in.Identities[id.Name] = id
+		in.Identities[id.Name] = rec(id)
 	}
 	s.mu.RUnlock()
 	return in
 }
 
 func (v *Vault) infoKey() string {
-	if vaultSuffix(v.host) == clouds[0].suffix {
+	if emuinfo.VaultSuffix(v.host) == emuinfo.Clouds[0].Suffix {
 		return v.name
 	}
 	return v.host
 }
 
-// WriteFile writes the info as indented JSON, atomically (a reader never sees a partial
-// file), readable by the owner only since it holds the identity header.
-func (i *Info) WriteFile(path string) error {
-	b, err := json.MarshalIndent(i, "", "  ")
-	if err != nil {
-		return fmt.Errorf("kvtest: encoding info: %w", err)
-	}
-	return writeFileAtomic(path, append(b, '\n'), 0o600)
+// fileSafe keeps letters, digits, dots, dashes and underscores of name; others become "_".
+func fileSafe(name string) string {
+	return strings.Map(func(r rune) rune {
+		if r == '.' || r == '-' || r == '_' || ('a' <= r && r <= 'z') || ('A' <= r && r <= 'Z') || ('0' <= r && r <= '9') {
+			return r
+		}
+		return '_'
+	}, name)
 }
 
-func writeFileAtomic(path string, data []byte, perm os.FileMode) error {
-	dir := filepath.Dir(path)
-	f, err := os.CreateTemp(dir, "."+filepath.Base(path)+".*")
-	if err != nil {
-		return fmt.Errorf("kvtest: writing %s: %w", path, err)
+// ownedFiles are the files a Server wrote, with what it wrote, so Close removes only
+// files nobody has replaced since.
+type ownedFiles struct {
+	mu    sync.Mutex
+	paths []string
+	data  map[string][]byte
+	done  bool // removeAll ran: nothing more is written
+}
+
+// write writes data to path atomically and records it.
+func (o *ownedFiles) write(path string, data []byte, perm os.FileMode) error {
+	o.mu.Lock()
+	defer o.mu.Unlock()
+	if o.done {
+		return errClosed
 	}
-	tmp := f.Name()
-	_, werr := f.Write(data)
-	cerr := f.Close()
-	if err := errors.Join(werr, cerr, os.Chmod(tmp, perm)); err != nil {
-		_ = os.Remove(tmp)
-		return fmt.Errorf("kvtest: writing %s: %w", path, err)
+	if err := emuinfo.WriteFileAtomic(path, data, perm); err != nil {
+		return err
 	}
-	if err := os.Rename(tmp, path); err != nil {
-		_ = os.Remove(tmp)
-		return fmt.Errorf("kvtest: writing %s: %w", path, err)
+	if o.data == nil {
+		o.data = map[string][]byte{}
 	}
+	if _, ok := o.data[path]; !ok {
+		o.paths = append(o.paths, path)
+	}
+	o.data[path] = bytes.Clone(data)
 	return nil
 }
 
-// ReadInfo reads an info file. A relative CAFile or federated token file is taken
-// relative to the file's directory.
-func ReadInfo(path string) (*Info, error) {
-	b, err := os.ReadFile(path)
-	if err != nil {
-		return nil, fmt.Errorf("kvtest: reading info: %w", err)
-	}
-	var in Info
-	if err := json.Unmarshal(b, &in); err != nil {
-		return nil, fmt.Errorf("kvtest: parsing info %s: %w", path, err)
-	}
-	if in.CAFile != "" && !filepath.IsAbs(in.CAFile) {
-		in.CAFile = filepath.Join(filepath.Dir(path), in.CAFile)
-	}
-	for name, id := range in.Identities {
-		if id.FederatedTokenFile != "" && !filepath.IsAbs(id.FederatedTokenFile) {
-			id.FederatedTokenFile = filepath.Join(filepath.Dir(path), id.FederatedTokenFile)
-			in.Identities[name] = id
+// removeAll removes the files still holding what was written, newest first (an info
+// file goes before the CA it names).
+func (o *ownedFiles) removeAll() {
+	o.mu.Lock()
+	defer o.mu.Unlock()
+	for i := len(o.paths) - 1; i >= 0; i-- {
+		p := o.paths[i]
+		if b, err := os.ReadFile(p); err == nil && bytes.Equal(b, o.data[p]) {
+			_ = os.Remove(p)
 		}
 	}
-	return &in, nil
-}
-
-// Env returns IDENTITY_ENDPOINT and IDENTITY_HEADER for the App Service style endpoint.
-func (i *Info) Env() map[string]string {
-	return map[string]string{"IDENTITY_ENDPOINT": i.IdentityEndpoint, "IDENTITY_HEADER": i.IdentityHeader}
-}
-
-// WorkloadIdentityEnv returns the variables AKS workload identity sets in a pod for the
-// federated identity name: AZURE_CLIENT_ID, AZURE_TENANT_ID, AZURE_FEDERATED_TOKEN_FILE
-// and AZURE_AUTHORITY_HOST (the emulator's Entra listener, [Info.AuthorityHost]). With
-// them azidentity.NewWorkloadIdentityCredential signs in through the emulator; with a
-// transport other than [Info.Client] set DisableInstanceDiscovery, since MSAL would ask
-// https://login.microsoftonline.com about the loopback authority. It fails if the
-// identity is unknown or has no federated token file.
-func (i *Info) WorkloadIdentityEnv(name string) (map[string]string, error) {
-	id, ok := i.Identities[name]
-	if !ok {
-		return nil, fmt.Errorf("kvtest: info has no identity %q", name)
-	}
-	if id.FederatedTokenFile == "" {
-		return nil, fmt.Errorf("kvtest: identity %q has no federated_token_file (not federated in the seed?)", name)
-	}
-	host := i.AuthorityHost
-	if host == "" && i.EntraEndpoint != "" {
-		host = i.EntraEndpoint + "/"
-	}
-	return map[string]string{
-		"AZURE_CLIENT_ID":            id.ClientID,
-		"AZURE_TENANT_ID":            i.TenantID,
-		"AZURE_FEDERATED_TOKEN_FILE": id.FederatedTokenFile,
-		"AZURE_AUTHORITY_HOST":       host,
-	}, nil
-}
-
-// ProxyEnv returns the variables that send a program's Azure traffic through the
-// emulator's proxy ([Server.ProxyURL]) with production URLs and challenge resource
-// verification on: HTTPS_PROXY and HTTP_PROXY (ProxyURL; HTTP_PROXY carries IMDS's
-// http://169.254.169.254), and the CA file under the names TLS stacks read:
-// SSL_CERT_FILE (Go and .NET on Linux, OpenSSL's default paths; curl reads
-// CURL_CA_BUNDLE instead), REQUESTS_CA_BUNDLE (Python's requests, so the Azure SDK for
-// Python) and NODE_EXTRA_CA_CERTS (Node.js). Each of these replaces the system's roots
-// except NODE_EXTRA_CA_CERTS, which adds to them.
-//
-// Add the variables of a managed identity source: none for the IMDS style (the SDKs'
-// default), [Info.Env] for the App Service style, or [Info.WorkloadIdentityEnv] (whose
-// AZURE_AUTHORITY_HOST may then also be https://login.microsoftonline.com/, as AKS sets
-// it, or be left out for SDKs that default to it: through the proxy it reaches the
-// emulator). NO_PROXY must not name the vault hosts,
-// login.microsoftonline.com or 169.254.169.254. It fails if the info has no proxy_url
-// or no ca_file.
-func (i *Info) ProxyEnv() (map[string]string, error) {
-	if i.ProxyURL == "" {
-		return nil, errors.New("kvtest: info has no proxy_url (written by an emulator without a proxy?)")
-	}
-	if i.CAFile == "" {
-		return nil, errors.New("kvtest: info has no ca_file")
-	}
-	return map[string]string{
-		"HTTPS_PROXY":         i.ProxyURL,
-		"HTTP_PROXY":          i.ProxyURL,
-		"SSL_CERT_FILE":       i.CAFile,
-		"REQUESTS_CA_BUNDLE":  i.CAFile,
-		"NODE_EXTRA_CA_CERTS": i.CAFile,
-	}, nil
-}
-
-// VaultNames returns the keys of Vaults, sorted.
-func (i *Info) VaultNames() []string {
-	out := make([]string, 0, len(i.Vaults))
-	for k := range i.Vaults {
-		out = append(out, k)
-	}
-	sort.Strings(out)
-	return out
-}
-
-// Client returns an *http.Client that trusts the CA file and dials production vault
-// hosts (https://myvault.vault.azure.net) to the emulator's 127.0.0.1 ports, unknown
-// vault hosts to a not-found DNS error, 169.254.169.254:80 to the IMDS style endpoint and
-// login.microsoftonline.com to the Entra listener, so configurations keep production URLs
-// and the SDK's challenge resource verification stays on.
-func (i *Info) Client() (*http.Client, error) {
-	if i.CAFile == "" {
-		return nil, errors.New("kvtest: info has no ca_file")
-	}
-	pem, err := os.ReadFile(i.CAFile)
-	if err != nil {
-		return nil, fmt.Errorf("kvtest: reading CA: %w", err)
-	}
-	pool := x509.NewCertPool()
-	if !pool.AppendCertsFromPEM(pem) {
-		return nil, fmt.Errorf("kvtest: %s holds no PEM certificate", i.CAFile)
-	}
-	hosts := map[string]string{}
-	add := func(host, direct string) error {
-		u, err := url.Parse(direct)
-		if err != nil || u.Host == "" {
-			return fmt.Errorf("kvtest: invalid vault URL %q for %s", direct, host)
-		}
-		hosts[strings.ToLower(host)] = u.Host
-		return nil
-	}
-	for name, direct := range i.Vaults {
-		host, err := vaultHost(name)
-		if err != nil {
-			return nil, err
-		}
-		if err := add(host, direct); err != nil {
-			return nil, err
-		}
-	}
-	for host, direct := range i.VaultHosts {
-		if err := add(host, direct); err != nil {
-			return nil, err
-		}
-	}
-	rt := &router{vault: func(h string) (string, bool) { a, ok := hosts[h]; return a, ok }}
-	if u, err := url.Parse(i.IMDSEndpoint); err == nil {
-		rt.imds = u.Host
-	}
-	if u, err := url.Parse(i.EntraEndpoint); err == nil {
-		rt.entra = u.Host
-	}
-	return &http.Client{Transport: newTransport(pool, rt)}, nil
+	o.paths, o.data, o.done = nil, nil, true
 }

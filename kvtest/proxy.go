@@ -11,6 +11,8 @@ import (
 	"strings"
 	"sync"
 	"time"
+
+	"github.com/viperkv/viperkv/internal/emuinfo"
 )
 
 // ProxyURL returns the URL of the emulator's HTTP proxy, http://127.0.0.1:PORT, starting
@@ -127,7 +129,7 @@ func (s *Server) proxyTarget(hostport string, tunnel bool) (string, *proxyRefusa
 			return refuse("%s (IMDS listens on port 80 only)", what)
 		}
 		return s.imds.addr, nil
-	case isEntraHost(h):
+	case emuinfo.IsEntraHost(h):
 		if !tunnel {
 			return refuse("%s (Entra ID is HTTPS only: use https://%s)", what, h)
 		}
@@ -135,7 +137,7 @@ func (s *Server) proxyTarget(hostport string, tunnel bool) (string, *proxyRefusa
 			return refuse("%s (Entra ID listens on port 443 only)", what)
 		}
 		return s.entra.addr, nil
-	case vaultSuffix(h) != "":
+	case emuinfo.VaultSuffix(h) != "":
 		if !tunnel {
 			return refuse("%s (Key Vault is HTTPS only: use https://%s)", what, h)
 		}

@@ -22,6 +22,8 @@ import (
 	"github.com/Azure/azure-sdk-for-go/sdk/security/keyvault/azsecrets"
 
 	"github.com/viperkv/viperkv/kvtest"
+
+	"github.com/viperkv/viperkv/internal/emuinfo"
 )
 
 // proxyRoundTrip sends one raw request line (and headers) to the proxy and returns the
@@ -104,7 +106,7 @@ func TestProxyIsNotOpen(t *testing.T) {
 	}
 	addr, accepted := standIn(t)
 	_, port, _ := net.SplitHostPort(addr)
-	imds, _ := url.Parse(srv.IMDSEndpoint())
+	imds, _ := url.Parse(kvtest.IMDSEndpoint(srv))
 	_, imdsPort, _ := net.SplitHostPort(imds.Host)
 
 	for _, tc := range []struct {
@@ -306,17 +308,17 @@ func TestProxyEnvironmentOnly(t *testing.T) {
 	kv.Grant(wl, kvtest.RoleSecretsUser)
 
 	dir := t.TempDir()
-	caFile := filepath.Join(dir, "ca.pem")
-	tokenFile := filepath.Join(dir, "workload.token")
-	if err := os.WriteFile(caFile, srv.CACertPEM(), 0o644); err != nil {
+	if err := srv.WriteInfo(filepath.Join(dir, "info.json"), ""); err != nil {
 		t.Fatal(err)
 	}
-	if err := os.WriteFile(tokenFile, []byte(srv.FederatedToken(wl)), 0o600); err != nil {
+	info, err := emuinfo.Read(filepath.Join(dir, "info.json"))
+	if err != nil {
 		t.Fatal(err)
 	}
-	info := srv.Info(caFile)
-	wl.FederatedTokenFile = tokenFile
-	info.Identities[wl.Name] = wl
+	caFile := filepath.Join(dir, "info.ca.pem")
+	if tf := info.Identities[wl.Name].FederatedTokenFile; tf != filepath.Join(dir, "info."+wl.Name+".token") {
+		t.Fatalf("federated token file %q", tf)
+	}
 	proxyEnv, err := info.ProxyEnv()
 	if err != nil {
 		t.Fatal(err)

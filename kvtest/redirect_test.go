@@ -57,8 +57,8 @@ func TestRedirectFaults(t *testing.T) {
 		url string
 		hdr map[string]string
 	}{
-		"App Service": {srv.IdentityEndpoint() + "?api-version=2019-08-01&resource=https://vault.azure.net",
-			map[string]string{"X-IDENTITY-HEADER": srv.IdentityHeader()}},
+		"App Service": {kvtest.IdentityEndpoint(srv) + "?api-version=2019-08-01&resource=https://vault.azure.net",
+			map[string]string{"X-IDENTITY-HEADER": kvtest.IdentityHeader(srv)}},
 		"IMDS": {"http://169.254.169.254/metadata/identity/oauth2/token?api-version=2018-02-01&resource=https://vault.azure.net",
 			map[string]string{"Metadata": "true"}},
 	} {

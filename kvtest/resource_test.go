@@ -42,8 +42,8 @@ func TestIdentityEndpointsKnownResources(t *testing.T) {
 		return resp.StatusCode, m
 	}
 	appService := func(resource string) (int, map[string]any) {
-		return get(srv.IdentityEndpoint()+"?api-version=2019-08-01&resource="+url.QueryEscape(resource),
-			map[string]string{"X-IDENTITY-HEADER": srv.IdentityHeader()})
+		return get(kvtest.IdentityEndpoint(srv)+"?api-version=2019-08-01&resource="+url.QueryEscape(resource),
+			map[string]string{"X-IDENTITY-HEADER": kvtest.IdentityHeader(srv)})
 	}
 	const imdsURL = "http://169.254.169.254/metadata/identity/oauth2/token"
 	imds := func(path, resource string) (int, map[string]any) {

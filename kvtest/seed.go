@@ -1,6 +1,7 @@
 package kvtest
 
 import (
+	"bytes"
 	"errors"
 	"fmt"
 	"io"
@@ -10,41 +11,24 @@ import (
 	"time"
 
 	"go.yaml.in/yaml/v3"
+
+	"github.com/viperkv/viperkv/internal/emuinfo"
 )
 
-// Seed is the initial content of an emulator, usually read from YAML with [ParseSeed]:
-//
-//	tenant_id: 8f5c6a3e-2b1d-4e7a-9c0f-6d4b2a1e3f57   # optional
-//	identities:                                       # user-assigned identities
-//	  - name: batch
-//	    client_id: 6a1f0c3e-...                       # optional, derived from the name if absent
-//	    federated: true                               # optional: AKS workload identity
-//	vaults:
-//	  - name: myvault                                 # or a full host: x.vault.azure.cn
-//	    secrets:
-//	      - name: db-conn
-//	        value: "Server=db;..."
-//	        content_type: text/plain                  # optional
-//	        enabled: true                             # optional, default true
-//	        expires: 2030-01-01T00:00:00Z             # optional
-//	        not_before: 2024-01-01T00:00:00Z          # optional
-//	        tags: {env: dev}                          # optional
-//	    grants:
-//	      - identity: system                          # the system-assigned identity
-//	        role: Key Vault Secrets User              # or secrets-user, secrets-officer, reader
-type Seed struct {
+// seedSpec is a seed's content (see [WithSeed]).
+type seedSpec struct {
 	// TenantID must match the Server's tenant; pass it to [WithTenantID] when starting.
 	TenantID string `yaml:"tenant_id,omitempty"`
 	// DisableSystemIdentity starts the app without a system-assigned identity.
 	DisableSystemIdentity bool `yaml:"disable_system_identity,omitempty"`
 	// Identities are user-assigned identities to add.
-	Identities []SeedIdentity `yaml:"identities,omitempty"`
+	Identities []seedIdentity `yaml:"identities,omitempty"`
 	// Vaults to create.
-	Vaults []SeedVault `yaml:"vaults,omitempty"`
+	Vaults []seedVault `yaml:"vaults,omitempty"`
 }
 
-// SeedIdentity is a user-assigned identity of a [Seed].
-type SeedIdentity struct {
+// seedIdentity is a user-assigned identity of a [seedSpec].
+type seedIdentity struct {
 	// Name of the identity; "system" is reserved.
 	Name string `yaml:"name"`
 	// ClientID, if set, fixes the client ID (a GUID).
@@ -55,18 +39,18 @@ type SeedIdentity struct {
 	Federated bool `yaml:"federated,omitempty"`
 }
 
-// SeedVault is a vault of a [Seed].
-type SeedVault struct {
+// seedVault is a vault of a [seedSpec].
+type seedVault struct {
 	// Name is a vault name (public cloud) or a full vault host.
 	Name string `yaml:"name"`
 	// Secrets to create, one version each (list a name twice for two versions).
-	Secrets []SeedSecret `yaml:"secrets,omitempty"`
+	Secrets []seedSecret `yaml:"secrets,omitempty"`
 	// Grants are role assignments on the vault.
-	Grants []SeedGrant `yaml:"grants,omitempty"`
+	Grants []seedGrant `yaml:"grants,omitempty"`
 }
 
-// SeedSecret is a secret of a [SeedVault].
-type SeedSecret struct {
+// seedSecret is a secret of a [seedVault].
+type seedSecret struct {
 	// Name is the secret name: 1-127 letters, digits and dashes.
 	Name string `yaml:"name"`
 	// Value is the secret value.
@@ -83,8 +67,8 @@ type SeedSecret struct {
 	Tags map[string]string `yaml:"tags,omitempty"`
 }
 
-// SeedGrant assigns a role to an identity ("system" or a user-assigned identity's name).
-type SeedGrant struct {
+// seedGrant assigns a role to an identity ("system" or a user-assigned identity's name).
+type seedGrant struct {
 	// Identity is "system" or the name of an identity of the seed.
 	Identity string `yaml:"identity"`
 	// Role is a role name accepted by [ParseRole].
@@ -93,18 +77,18 @@ type SeedGrant struct {
 
 var guidRE = regexp.MustCompile(`^[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}$`)
 
-// ParseSeed reads a YAML seed and validates it. Unknown fields are errors, so typos show;
+// parseSeed reads a YAML seed and validates it. Unknown fields are errors, so typos show;
 // errors name the field, the secret (vault, identity) it is in and the line, in the seed's
 // own words, and never quote a value.
-func ParseSeed(r io.Reader) (*Seed, error) {
+func parseSeed(r io.Reader) (*seedSpec, error) {
 	var doc yaml.Node
 	if err := yaml.NewDecoder(r).Decode(&doc); err != nil {
 		if errors.Is(err, io.EOF) {
-			return &Seed{}, nil
+			return &seedSpec{}, nil
 		}
 		return nil, fmt.Errorf("kvtest: invalid seed: %w", err)
 	}
-	var s Seed
+	var s seedSpec
 	root := &doc
 	if root.Kind == yaml.DocumentNode {
 		if len(root.Content) == 0 {
@@ -115,7 +99,7 @@ func ParseSeed(r io.Reader) (*Seed, error) {
 	if errs := decodeSeedNode(root, reflect.ValueOf(&s).Elem(), "the seed"); len(errs) > 0 {
 		return nil, fmt.Errorf("kvtest: invalid seed: %w", errors.Join(errs...))
 	}
-	if err := s.Validate(); err != nil {
+	if err := s.validate(); err != nil {
 		return nil, err
 	}
 	return &s, nil
@@ -211,8 +195,8 @@ func seedKind(t reflect.Type) string {
 	return "a string"
 }
 
-// Validate checks names, roles and references between identities and grants.
-func (sd *Seed) Validate() error {
+// validate checks names, roles and references between identities and grants.
+func (sd *seedSpec) validate() error {
 	var errs []error
 	if sd.TenantID != "" && !guidRE.MatchString(sd.TenantID) {
 		errs = append(errs, fmt.Errorf("tenant_id %q is not a GUID", sd.TenantID))
@@ -235,7 +219,7 @@ func (sd *Seed) Validate() error {
 	}
 	vaults := map[string]bool{}
 	for i, v := range sd.Vaults {
-		host, err := vaultHost(v.Name)
+		host, err := emuinfo.VaultHost(v.Name)
 		if err != nil {
 			errs = append(errs, fmt.Errorf("vaults[%d]: invalid vault name %q", i, v.Name))
 		} else if vaults[host] {
@@ -265,16 +249,46 @@ func (sd *Seed) Validate() error {
 	return nil
 }
 
-// ApplySeed adds the seed's identities, vaults, secrets and grants to the server.
-func (s *Server) ApplySeed(sd *Seed) error {
+// WithSeed fills the server, when it starts, from a YAML seed: the same file the
+// standalone emulator takes (viperkv emulator --seed), so a test and a person trying the
+// CLI by hand can share one fixture. Unknown fields are errors naming their line:
+//
+//	tenant_id: 8f5c6a3e-2b1d-4e7a-9c0f-6d4b2a1e3f57   # optional
+//	identities:                                       # user-assigned identities
+//	  - name: batch
+//	    client_id: 6a1f0c3e-...                       # optional, derived from the name if absent
+//	    federated: true                               # optional: AKS workload identity
+//	vaults:
+//	  - name: myvault                                 # or a full host: x.vault.azure.cn
+//	    secrets:
+//	      - name: db-conn
+//	        value: "Server=db;..."
+//	        content_type: text/plain                  # optional
+//	        enabled: true                             # optional, default true
+//	        expires: 2030-01-01T00:00:00Z             # optional
+//	        not_before: 2024-01-01T00:00:00Z          # optional
+//	        tags: {env: dev}                          # optional
+//	    grants:
+//	      - identity: system                          # the system-assigned identity
+//	        role: Key Vault Secrets User              # or secrets-user, secrets-officer, reader
+//
+// The seed's tenant_id, when given, is the server's tenant; with [WithTenantID] too, both
+// must agree. A seed that does not parse or names an unknown identity or role fails
+// [Start] (and panics [NewServer] and [NewServerT]).
+func WithSeed(yaml []byte) Option {
+	return func(c *config) { c.seed = bytes.Clone(yaml) }
+}
+
+// applySeed adds the seed's identities, vaults, secrets and grants to the server.
+func (s *Server) applySeed(sd *seedSpec) error {
 	if sd == nil {
 		return nil
 	}
-	if err := sd.Validate(); err != nil {
+	if err := sd.validate(); err != nil {
 		return err
 	}
 	if sd.TenantID != "" && !strings.EqualFold(sd.TenantID, s.tenant) {
-		return fmt.Errorf("kvtest: seed tenant %s differs from the server's %s; start the server WithTenantID", sd.TenantID, s.tenant)
+		return fmt.Errorf("kvtest: seed tenant %s differs from the server's %s; give WithTenantID the same tenant", sd.TenantID, s.tenant)
 	}
 	if sd.DisableSystemIdentity {
 		s.SetSystemIdentityEnabled(false)

@@ -16,6 +16,8 @@ import (
 	"github.com/Azure/azure-sdk-for-go/sdk/security/keyvault/azsecrets"
 
 	"github.com/viperkv/viperkv/kvtest"
+
+	"github.com/viperkv/viperkv/internal/emuinfo"
 )
 
 func loadSeed(t *testing.T) *kvtest.Seed {
@@ -34,7 +36,7 @@ func loadSeed(t *testing.T) *kvtest.Seed {
 
 func TestApplySeed(t *testing.T) {
 	srv := newServer(t)
-	if err := srv.ApplySeed(loadSeed(t)); err != nil {
+	if err := kvtest.ApplySeed(srv, loadSeed(t)); err != nil {
 		t.Fatal(err)
 	}
 	kv := srv.Vault("myvault")
@@ -98,12 +100,12 @@ vaults:
 		t.Fatal(err)
 	}
 	srv := newServer(t)
-	if err := srv.ApplySeed(sd); err == nil {
+	if err := kvtest.ApplySeed(srv, sd); err == nil {
 		t.Error("applied a seed of another tenant")
 	}
 	srv2 := kvtest.NewServer(kvtest.WithTenantID(sd.TenantID))
 	defer srv2.Close()
-	if err := srv2.ApplySeed(sd); err != nil {
+	if err := kvtest.ApplySeed(srv2, sd); err != nil {
 		t.Fatal(err)
 	}
 	app, _ := srv2.UserIdentity("app")
@@ -111,7 +113,7 @@ vaults:
 		t.Errorf("client id %s", app.ClientID)
 	}
 	v := srv2.Vault("v.vault.usgovcloudapi.net")
-	if v == nil || len(v.Versions("s")) != 2 || srv2.Info("").SystemIdentity != nil {
+	if v == nil || len(v.Versions("s")) != 2 || kvtest.Info(srv2, "").SystemIdentity != nil {
 		t.Fatalf("seed not applied: %v", v)
 	}
 	if val, _ := v.SecretValue("s", ""); val != "two" {
@@ -185,18 +187,18 @@ func TestParseSeedMessages(t *testing.T) {
 
 func TestInfoClient(t *testing.T) {
 	srv := newServer(t)
-	if err := srv.ApplySeed(loadSeed(t)); err != nil {
+	if err := kvtest.ApplySeed(srv, loadSeed(t)); err != nil {
 		t.Fatal(err)
 	}
 	dir := t.TempDir()
 	if err := os.WriteFile(filepath.Join(dir, "ca.pem"), srv.CACertPEM(), 0o644); err != nil {
 		t.Fatal(err)
 	}
-	in := srv.Info("ca.pem") // relative to the info file's directory
+	in := kvtest.Info(srv, "ca.pem") // relative to the info file's directory
 	if err := in.WriteFile(filepath.Join(dir, "info.json")); err != nil {
 		t.Fatal(err)
 	}
-	info, err := kvtest.ReadInfo(filepath.Join(dir, "info.json"))
+	info, err := emuinfo.Read(filepath.Join(dir, "info.json"))
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -256,7 +258,7 @@ func TestSeedWorkloadAndRotator(t *testing.T) {
 		t.Errorf("federated identities of the seed: %v", federated)
 	}
 	srv := newServer(t)
-	if err := srv.ApplySeed(sd); err != nil {
+	if err := kvtest.ApplySeed(srv, sd); err != nil {
 		t.Fatal(err)
 	}
 	ctx := ctxTimeout(t, 30*time.Second)

@@ -1,9 +1,9 @@
 package kvtest
 
 import (
+	"bytes"
 	"crypto/rand"
 	"crypto/rsa"
-	"crypto/tls"
 	"crypto/x509"
 	"encoding/hex"
 	"errors"
@@ -15,6 +15,8 @@ import (
 	"strings"
 	"sync"
 	"time"
+
+	"github.com/viperkv/viperkv/internal/emuinfo"
 )
 
 // DefaultTenantID is the tenant every Server emulates unless [WithTenantID] says otherwise.
@@ -37,6 +39,8 @@ type config struct {
 	deletionWindow time.Duration
 	shortPages     bool
 	noRetryAfter   bool
+	tenantSet      bool   // WithTenantID was given
+	seed           []byte // WithSeed's YAML
 }
 
 // DefaultDeletionWindow is how long a DELETE or a purge takes to complete unless
@@ -77,7 +81,7 @@ func WithoutThrottleRetryAfter() Option {
 // WithTenantID sets the emulated tenant (default [DefaultTenantID]). Tokens from another
 // tenant, including ones MSAL cached from another Server, are rejected (wrong issuer).
 func WithTenantID(id string) Option {
-	return func(c *config) { c.tenant = strings.ToLower(strings.TrimSpace(id)) }
+	return func(c *config) { c.tenant, c.tenantSet = strings.ToLower(strings.TrimSpace(id)), true }
 }
 
 // WithTokenLifetime sets the lifetime of issued tokens (default 24 h). MSAL only reuses a
@@ -129,13 +133,14 @@ type Server struct {
 	entra, appService, imds *listener
 
 	validator      *tokenValidator
-	router         *router
+	router         *emuinfo.Router
 	client         *http.Client
 	counters       counters
 	identityFaults faultSet
 
 	closed    chan struct{}
 	closeOnce sync.Once
+	files     ownedFiles // what WriteInfo wrote, removed by Close
 
 	mu            sync.RWMutex
 	system        Identity
@@ -166,6 +171,16 @@ func Start(opts ...Option) (*Server, error) {
 	cfg := config{tenant: DefaultTenantID, tokenLifetime: DefaultTokenLifetime, deletionWindow: DefaultDeletionWindow}
 	for _, o := range opts {
 		o(&cfg)
+	}
+	var sd *seedSpec
+	if cfg.seed != nil {
+		var err error
+		if sd, err = parseSeed(bytes.NewReader(cfg.seed)); err != nil {
+			return nil, err
+		}
+		if t := strings.ToLower(sd.TenantID); t != "" && !cfg.tenantSet {
+			cfg.tenant = t
+		}
 	}
 	if cfg.tenant == "" {
 		return nil, errors.New("kvtest: empty tenant ID")
@@ -213,36 +228,24 @@ func Start(opts ...Option) (*Server, error) {
 	}
 	// The vaults reach the Entra listener directly, as Key Vault reaches Entra ID.
 	s.validator = &tokenValidator{
-		discoveryURL: s.OIDCDiscoveryURL(),
+		discoveryURL: s.oidcDiscoveryURL(),
 		client:       &http.Client{Transport: s.newTransport(nil), Timeout: 10 * time.Second},
 		cache:        map[string]*verifiedToken{},
 		log:          cfg.logger,
 	}
-	s.router = &router{vault: s.vaultAddr, imds: s.imds.addr, entra: s.entra.addr}
+	s.router = &emuinfo.Router{Vault: s.vaultAddr, IMDS: s.imds.addr, Entra: s.entra.addr}
 	s.client = &http.Client{Transport: s.newTransport(s.router)}
+	if err := s.applySeed(sd); err != nil {
+		s.Close()
+		return nil, err
+	}
 	return s, nil
 }
 
 // newTransport returns a transport trusting the emulator's CA; rt, when non-nil, routes
 // production host names to the emulator's listeners.
-func (s *Server) newTransport(rt *router) *http.Transport {
-	return newTransport(s.pki.pool, rt)
-}
-
-func newTransport(pool *x509.CertPool, rt *router) *http.Transport {
-	t := http.DefaultTransport.(*http.Transport).Clone()
-	t.Proxy = nil // a proxy from the environment must not see the emulator's traffic
-	t.TLSClientConfig = &tls.Config{RootCAs: pool, MinVersion: tls.VersionTLS12}
-	t.ForceAttemptHTTP2 = true
-	t.MaxIdleConns = 1024
-	t.MaxIdleConnsPerHost = 256
-	// Without a cap, a burst of concurrent first requests dials (and TLS-handshakes) one
-	// connection each before HTTP/2 takes over; 16 connections carry 16,000 streams.
-	t.MaxConnsPerHost = 16
-	if rt != nil {
-		t.DialContext = rt.dial
-	}
-	return t
+func (s *Server) newTransport(rt *emuinfo.Router) *http.Transport {
+	return emuinfo.Transport(s.pki.pool, rt)
 }
 
 // Close shuts down every listener and ends hanging requests. It is safe to call twice.
@@ -270,6 +273,7 @@ func (s *Server) Close() {
 		if s.validator != nil {
 			s.validator.client.CloseIdleConnections()
 		}
+		s.files.removeAll()
 	})
 }
 
@@ -297,27 +301,23 @@ func (s *Server) CACertPEM() []byte { return append([]byte(nil), s.pki.caPEM...)
 // CertPool returns a pool holding only the emulator's CA.
 func (s *Server) CertPool() *x509.CertPool { return s.pki.pool.Clone() }
 
-// IdentityEndpoint returns the App Service style endpoint, http://127.0.0.1:PORT/msi/token.
-func (s *Server) IdentityEndpoint() string { return "http://" + s.appService.addr + appServicePath }
+// identityEndpoint returns the App Service style endpoint, http://127.0.0.1:PORT/msi/token.
+func (s *Server) identityEndpoint() string { return "http://" + s.appService.addr + appServicePath }
 
-// IdentityHeader returns the secret the App Service style endpoint expects in
-// X-IDENTITY-HEADER.
-func (s *Server) IdentityHeader() string { return s.identityHeader }
-
-// IMDSEndpoint returns the IMDS style endpoint's direct URL,
+// imdsEndpoint returns the IMDS style endpoint's direct URL,
 // http://127.0.0.1:PORT/metadata/identity/oauth2/token. Clients using [Server.Client]
 // reach it at the real address, http://169.254.169.254/metadata/identity/oauth2/token.
-func (s *Server) IMDSEndpoint() string { return "http://" + s.imds.addr + imdsPath }
+func (s *Server) imdsEndpoint() string { return "http://" + s.imds.addr + imdsPath }
 
-// EntraURL returns the Entra listener's base URL, https://127.0.0.1:PORT.
-func (s *Server) EntraURL() string { return "https://" + s.entra.addr }
+// entraURL returns the Entra listener's base URL, https://127.0.0.1:PORT.
+func (s *Server) entraURL() string { return "https://" + s.entra.addr }
 
 // Env returns the environment variables App Service sets for managed identity:
 // IDENTITY_ENDPOINT and IDENTITY_HEADER. MSAL reads them when a credential is created
 // (to pick the source) and again on every token request (for the URL and header).
 func (s *Server) Env() map[string]string {
 	return map[string]string{
-		"IDENTITY_ENDPOINT": s.IdentityEndpoint(),
+		"IDENTITY_ENDPOINT": s.identityEndpoint(),
 		"IDENTITY_HEADER":   s.identityHeader,
 	}
 }

@@ -11,6 +11,8 @@ import (
 	"sync"
 	"sync/atomic"
 	"time"
+
+	"github.com/viperkv/viperkv/internal/emuinfo"
 )
 
 // Vault is one emulated key vault with its own TLS listener. All methods are safe for
@@ -99,7 +101,6 @@ func (s *secret) find(version string) *secretVersion {
 }
 
 var (
-	vaultLabelRE = regexp.MustCompile(`^[a-z0-9](?:[a-z0-9-]{0,61}[a-z0-9])?$`)
 	secretNameRE = regexp.MustCompile(`^[0-9A-Za-z-]{1,127}$`)
 	errNoSecret  = errors.New("kvtest: no such secret")
 	errNoVersion = errors.New("kvtest: no such secret version")
@@ -108,29 +109,12 @@ var (
 // maxSecretSize is Key Vault's limit on a secret value.
 const maxSecretSize = 25 * 1024
 
-// vaultHost normalizes a vault name ("myvault") or host ("x.vault.azure.cn", with or
-// without https:// and a trailing slash) to its lowercase host.
-func vaultHost(name string) (string, error) {
-	n := strings.ToLower(strings.TrimSpace(name))
-	n = strings.TrimPrefix(n, "https://")
-	n = strings.TrimSuffix(n, "/")
-	if !strings.Contains(n, ".") {
-		n += "." + clouds[0].suffix
-	}
-	suffix := vaultSuffix(n)
-	label := strings.TrimSuffix(n, "."+suffix)
-	if suffix == "" || strings.Contains(label, ".") || !vaultLabelRE.MatchString(label) {
-		return "", fmt.Errorf("kvtest: invalid vault name %q", name)
-	}
-	return n, nil
-}
-
 // AddVault creates a vault and starts its listener. name is a vault name, which gets the
 // public cloud suffix ("myvault" -> myvault.vault.azure.net), or a full host of any of
 // the three clouds ("x.vault.azure.cn"). Adding an existing vault returns it. It panics
 // on an invalid name or if the listener cannot start.
 func (s *Server) AddVault(name string) *Vault {
-	host, err := vaultHost(name)
+	host, err := emuinfo.VaultHost(name)
 	if err != nil {
 		panic(err)
 	}
@@ -142,7 +126,7 @@ func (s *Server) AddVault(name string) *Vault {
 	if v := s.vaults[host]; v != nil {
 		return v
 	}
-	suffix := vaultSuffix(host)
+	suffix := emuinfo.VaultSuffix(host)
 	v := &Vault{
 		srv:      s,
 		name:     strings.TrimSuffix(host, "."+suffix),
@@ -154,9 +138,9 @@ func (s *Server) AddVault(name string) *Vault {
 		purging:  map[string]purge{},
 		grants:   map[string]map[Role]bool{},
 	}
-	for _, c := range clouds {
-		if c.suffix == suffix {
-			v.resource, v.authority = c.resource, c.authority
+	for _, c := range emuinfo.Clouds {
+		if c.Suffix == suffix {
+			v.resource, v.authority = c.Resource, c.Authority
 		}
 	}
 	if v.ln, err = s.listen(http.HandlerFunc(v.serveHTTP), true); err != nil {
@@ -168,7 +152,7 @@ func (s *Server) AddVault(name string) *Vault {
 
 // Vault returns the vault of that name or host, or nil.
 func (s *Server) Vault(name string) *Vault {
-	host, err := vaultHost(name)
+	host, err := emuinfo.VaultHost(name)
 	if err != nil {
 		return nil
 	}

@@ -217,7 +217,7 @@ func TestWorkloadIdentityCredential(t *testing.T) {
 	t.Setenv("AZURE_CLIENT_ID", id2.ClientID)
 	t.Setenv("AZURE_TENANT_ID", srv.TenantID())
 	t.Setenv("AZURE_FEDERATED_TOKEN_FILE", file2)
-	t.Setenv("AZURE_AUTHORITY_HOST", srv.EntraURL()+"/")
+	t.Setenv("AZURE_AUTHORITY_HOST", kvtest.EntraURL(srv)+"/")
 	envCred, err := azidentity.NewWorkloadIdentityCredential(&azidentity.WorkloadIdentityCredentialOptions{
 		ClientOptions: azcore.ClientOptions{Transport: srv.Client()},
 	})
@@ -354,7 +354,7 @@ func TestEntraTokenEndpointWire(t *testing.T) {
 	}
 
 	// Instance discovery, as MSAL asks it about an authority host it does not know.
-	q := url.Values{"api-version": {"1.1"}, "authorization_endpoint": {srv.EntraURL() + "/" + srv.TenantID() + "/oauth2/v2.0/authorize"}}
+	q := url.Values{"api-version": {"1.1"}, "authorization_endpoint": {kvtest.EntraURL(srv) + "/" + srv.TenantID() + "/oauth2/v2.0/authorize"}}
 	resp, err := srv.Client().Get("https://login.microsoftonline.com/common/discovery/instance?" + q.Encode())
 	if err != nil {
 		t.Fatal(err)
@@ -364,7 +364,7 @@ func TestEntraTokenEndpointWire(t *testing.T) {
 	}
 	_ = json.NewDecoder(resp.Body).Decode(&disc)
 	resp.Body.Close()
-	if resp.StatusCode != 200 || disc.TenantDiscoveryEndpoint != srv.AuthorityURL()+"/v2.0/.well-known/openid-configuration" {
+	if resp.StatusCode != 200 || disc.TenantDiscoveryEndpoint != kvtest.AuthorityURL(srv)+"/v2.0/.well-known/openid-configuration" {
 		t.Errorf("instance discovery: %d %+v", resp.StatusCode, disc)
 	}
 	q.Set("authorization_endpoint", "https://login.example.com/"+srv.TenantID()+"/oauth2/v2.0/authorize")

@@ -25,7 +25,8 @@ import (
 	"github.com/spf13/viper"
 
 	"github.com/viperkv/viperkv"
-	"github.com/viperkv/viperkv/kvtest"
+
+	"github.com/viperkv/viperkv/internal/emuinfo"
 )
 
 // emulatorInfoEnv names the emulator's info file (viperkv emulator --info): when set, the
@@ -162,8 +163,8 @@ func (f *loadFlags) options(stderr io.Writer) ([]viperkv.Option, error) {
 // or --info), checks that its emulator is running, points this process's managed identity
 // variables at it, and returns the info and a client that reaches it for production host
 // names.
-func openEmulator(name, path string) (*kvtest.Info, *http.Client, error) {
-	info, err := kvtest.ReadInfo(path)
+func openEmulator(name, path string) (*emuinfo.Info, *http.Client, error) {
+	info, err := emuinfo.Read(path)
 	if err != nil {
 		return nil, nil, usageError("%s: %v", name, err)
 	}
@@ -184,7 +185,7 @@ func openEmulator(name, path string) (*kvtest.Info, *http.Client, error) {
 
 // emulatorRunning dials the emulator's identity endpoint once, so that an emulator that is
 // gone (its info file left behind) is said at once, not after the SDK's retries.
-func emulatorRunning(what string, info *kvtest.Info) error {
+func emulatorRunning(what string, info *emuinfo.Info) error {
 	u, err := url.Parse(info.IdentityEndpoint)
 	if err != nil || u.Host == "" {
 		return usageError("%s: the info file has no identity_endpoint", what)

@@ -1,10 +1,7 @@
 package main
 
 import (
-	"bytes"
 	"context"
-	"encoding/json"
-	"errors"
 	"fmt"
 	"io"
 	"os"
@@ -18,6 +15,7 @@ import (
 
 	"github.com/spf13/cobra"
 
+	"github.com/viperkv/viperkv/internal/emuinfo"
 	"github.com/viperkv/viperkv/kvtest"
 )
 
@@ -71,73 +69,33 @@ sign in through its Entra ID token endpoint.`,
 	return cmd
 }
 
-// ownedFiles are the files the emulator wrote, with what it last wrote there, so that it
-// removes them on exit unless another process replaced them since (a second emulator
-// given the same --info).
-type ownedFiles struct {
-	paths []string
-	data  map[string][]byte
-}
-
-// write writes data to path atomically (mode perm) and records it as the emulator's.
-func (o *ownedFiles) write(path string, data []byte, perm os.FileMode) error {
-	if err := writeAtomic(path, data, perm); err != nil {
-		return err
-	}
-	if o.data == nil {
-		o.data = map[string][]byte{}
-	}
-	if _, ok := o.data[path]; !ok {
-		o.paths = append(o.paths, path)
-	}
-	o.data[path] = data
-	return nil
-}
-
-// removeAll removes the files still holding what the emulator wrote, newest first (the
-// info file, written last, goes first).
-func (o *ownedFiles) removeAll() {
-	for i := len(o.paths) - 1; i >= 0; i-- {
-		p := o.paths[i]
-		if b, err := os.ReadFile(p); err == nil && bytes.Equal(b, o.data[p]) {
-			_ = os.Remove(p)
-		}
-	}
-}
-
 // runEmulator starts the emulator and serves until ctx ends.
 func runEmulator(ctx context.Context, out io.Writer, f emulatorFlags) error {
-	var seed *kvtest.Seed
-	if f.seed != "" {
-		r, err := os.Open(f.seed)
-		if err != nil {
-			return seedError(f.seed, err)
-		}
-		seed, err = kvtest.ParseSeed(r)
-		_ = r.Close() // read-only file: a close error changes nothing
-		if err != nil {
-			return seedError(f.seed, err)
-		}
-	}
 	if f.deletionWindow < 0 {
 		return usageError("--deletion-window must not be negative")
 	}
 	opts := []kvtest.Option{kvtest.WithTokenLifetime(f.tokenLifetime), kvtest.WithDeletionWindow(f.deletionWindow)}
-	if seed != nil && seed.TenantID != "" {
-		opts = append(opts, kvtest.WithTenantID(seed.TenantID))
+	if f.seed != "" {
+		seed, err := os.ReadFile(f.seed)
+		if err != nil {
+			return seedError(f.seed, err)
+		}
+		opts = append(opts, kvtest.WithSeed(seed))
 	}
 	srv, err := kvtest.Start(opts...)
 	if err != nil {
+		if f.seed != "" && strings.Contains(err.Error(), "seed") {
+			return seedError(f.seed, err)
+		}
 		return fmt.Errorf("emulator: %w", err)
 	}
+	// Close removes every file WriteInfo wrote: the CA and the tokens die with the
+	// process, and an info file left behind would point at ports nobody serves.
 	defer srv.Close()
-	if err := srv.ApplySeed(seed); err != nil {
-		return seedError(f.seed, err)
-	}
 
-	infoPath, caPath := f.info, f.caFile
+	infoPath := f.info
 	if infoPath == "" {
-		// Only files the emulator chose itself are removed on exit.
+		// Only a directory the emulator chose itself is removed on exit.
 		dir, err := os.MkdirTemp("", "viperkv-emulator-")
 		if err != nil {
 			return fmt.Errorf("emulator: %w", err)
@@ -145,127 +103,19 @@ func runEmulator(ctx context.Context, out io.Writer, f emulatorFlags) error {
 		defer func() { _ = os.RemoveAll(dir) }()
 		infoPath = filepath.Join(dir, "info.json")
 	}
-	if caPath == "" {
-		// Named after the info file, so emulators sharing a directory keep their own CA.
-		caPath = strings.TrimSuffix(infoPath, filepath.Ext(infoPath)) + ".ca.pem"
+	if err := srv.WriteInfo(infoPath, f.caFile); err != nil {
+		return fmt.Errorf("emulator: %w", err)
+	}
+	info, err := emuinfo.Read(infoPath)
+	if err != nil {
+		return fmt.Errorf("emulator: %w", err)
 	}
 	if infoPath, err = filepath.Abs(infoPath); err != nil {
 		return fmt.Errorf("emulator: %w", err)
 	}
-	if caPath, err = filepath.Abs(caPath); err != nil {
-		return fmt.Errorf("emulator: %w", err)
-	}
-	for _, dir := range []string{filepath.Dir(caPath), filepath.Dir(infoPath)} {
-		if err := os.MkdirAll(dir, 0o755); err != nil {
-			return fmt.Errorf("emulator: %w", err)
-		}
-	}
-	// Every file written is removed on exit: the CA and the tokens die with the process,
-	// and an info file left behind would point at ports nobody serves.
-	var files ownedFiles
-	defer files.removeAll()
-	if err := files.write(caPath, srv.CACertPEM(), 0o644); err != nil {
-		return fmt.Errorf("emulator: writing CA: %w", err)
-	}
-	info := srv.Info(caPath)
-	tokens, err := writeFederatedTokens(srv, seed, &info, infoPath, &files)
-	if err != nil {
-		return err
-	}
-	// The info file is written last, so a program waiting for it finds the CA (and the
-	// federated token files) in place.
-	infoJSON, err := json.MarshalIndent(&info, "", "  ")
-	if err != nil {
-		return fmt.Errorf("emulator: encoding info: %w", err)
-	}
-	if err := files.write(infoPath, append(infoJSON, '\n'), 0o600); err != nil {
-		return fmt.Errorf("emulator: writing info: %w", err)
-	}
-	printInstructions(out, &info, infoPath, srv)
-
-	// Kubernetes rotates projected service account tokens before they expire (they live
-	// an hour); so does the emulator, well before azidentity rereads the file (every 10 min).
-	tick := time.NewTicker(federatedTokenRefresh)
-	defer tick.Stop()
-	for {
-		select {
-		case <-ctx.Done():
-			fmt.Fprintln(out, "\nviperkv emulator: shutting down")
-			return nil
-		case <-tick.C:
-			for _, ft := range tokens {
-				if err := files.write(ft.path, []byte(srv.FederatedToken(ft.id)), 0o600); err != nil {
-					fmt.Fprintf(out, "viperkv emulator: rotating %s: %v\n", ft.path, err)
-				}
-			}
-		}
-	}
-}
-
-// federatedTokenRefresh is how often the emulator rewrites the federated token files.
-const federatedTokenRefresh = 5 * time.Minute
-
-// federatedToken is a federated identity's token file.
-type federatedToken struct {
-	id   kvtest.Identity
-	path string
-}
-
-// writeFederatedTokens writes a service account token file for each federated identity of
-// the seed, next to the info file and named after it (info.json: info.<identity>.token),
-// and records the files in info.
-func writeFederatedTokens(srv *kvtest.Server, seed *kvtest.Seed, info *kvtest.Info, infoPath string, files *ownedFiles) ([]federatedToken, error) {
-	if seed == nil {
-		return nil, nil
-	}
-	base := strings.TrimSuffix(filepath.Base(infoPath), filepath.Ext(infoPath))
-	var out []federatedToken
-	for _, si := range seed.Identities {
-		if !si.Federated {
-			continue
-		}
-		id, ok := srv.UserIdentity(si.Name)
-		if !ok {
-			return nil, fmt.Errorf("emulator: identity %q missing", si.Name)
-		}
-		path := filepath.Join(filepath.Dir(infoPath), base+"."+fileSafe(id.Name)+".token")
-		if err := files.write(path, []byte(srv.FederatedToken(id)), 0o600); err != nil {
-			return nil, fmt.Errorf("emulator: federated token of %s: %w", id.Name, err)
-		}
-		id.FederatedTokenFile = path
-		info.Identities[id.Name] = id
-		out = append(out, federatedToken{id: id, path: path})
-	}
-	return out, nil
-}
-
-// fileSafe keeps letters, digits, dots, dashes and underscores of name; others become "_".
-func fileSafe(name string) string {
-	return strings.Map(func(r rune) rune {
-		if r == '.' || r == '-' || r == '_' || ('a' <= r && r <= 'z') || ('A' <= r && r <= 'Z') || ('0' <= r && r <= '9') {
-			return r
-		}
-		return '_'
-	}, name)
-}
-
-// writeAtomic writes data to path (mode perm) through a temporary file and a rename, so
-// a reader never sees a partial file.
-func writeAtomic(path string, data []byte, perm os.FileMode) error {
-	f, err := os.CreateTemp(filepath.Dir(path), "."+filepath.Base(path)+".*")
-	if err != nil {
-		return err
-	}
-	tmp := f.Name()
-	_, werr := f.Write(data)
-	if err := errors.Join(werr, f.Close(), os.Chmod(tmp, perm)); err != nil {
-		_ = os.Remove(tmp)
-		return err
-	}
-	if err := os.Rename(tmp, path); err != nil {
-		_ = os.Remove(tmp)
-		return err
-	}
+	printInstructions(out, info, infoPath, srv)
+	<-ctx.Done()
+	fmt.Fprintln(out, "\nviperkv emulator: shutting down")
 	return nil
 }
 
@@ -276,7 +126,7 @@ func seedError(path string, err error) error {
 }
 
 // printInstructions tells the user how to reach the emulator. It never prints secret values.
-func printInstructions(out io.Writer, info *kvtest.Info, infoPath string, srv *kvtest.Server) {
+func printInstructions(out io.Writer, info *emuinfo.Info, infoPath string, srv *kvtest.Server) {
 	p := func(format string, a ...any) { fmt.Fprintf(out, format+"\n", a...) }
 	p("viperkv emulator is running (tenant %s).", info.TenantID)
 	p("")
@@ -347,9 +197,8 @@ func printInstructions(out io.Writer, info *kvtest.Info, infoPath string, srv *k
 	p("")
 	p("%d. viperkv apps, with no config edits (references keep https://<vault>.vault.azure.net):", step)
 	step++
-	p("   Go:   c, _ := kvtest.ReadInfo(%q)", infoPath)
-	p("         hc, _ := c.Client()")
-	p("         p, _ := viperkv.New(v, viperkv.WithTransport(hc))")
+	p("   Go:   p, _ := viperkv.New(v, viperkv.WithLocalEmulator(%q))", infoPath)
+	p("         (an explicit opt-in: refuses non-loopback addresses and warns on every Load)")
 	p("   CLI:  VIPERKV_EMULATOR_INFO=%s viperkv ...", infoPath)
 	p("")
 	for _, n := range names {
@@ -363,8 +212,8 @@ func printInstructions(out io.Writer, info *kvtest.Info, infoPath string, srv *k
 		for _, k := range []string{"AZURE_CLIENT_ID", "AZURE_TENANT_ID", "AZURE_FEDERATED_TOKEN_FILE", "AZURE_AUTHORITY_HOST"} {
 			p("     export %s=%s", k, env[k])
 		}
-		p("   Go:   azidentity.NewWorkloadIdentityCredential with the transport of kvtest.Info.Client()")
-		p("         (or DisableInstanceDiscovery: true and a transport trusting the CA file).")
+		p("   Go:   azidentity.NewWorkloadIdentityCredential through the proxy (2.), or with")
+		p("         DisableInstanceDiscovery: true and a transport trusting the CA file.")
 		if info.ProxyURL != "" {
 			p("   Any SDK through the proxy (2.): these variables, or AZURE_AUTHORITY_HOST as AKS sets it,")
 			p("         https://login.microsoftonline.com/, which reaches the emulator through the proxy.")

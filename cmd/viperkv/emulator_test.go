@@ -24,7 +24,7 @@ import (
 	"github.com/Azure/azure-sdk-for-go/sdk/azidentity"
 	"github.com/Azure/azure-sdk-for-go/sdk/security/keyvault/azsecrets"
 
-	"github.com/viperkv/viperkv/kvtest"
+	"github.com/viperkv/viperkv/internal/emuinfo"
 )
 
 // TestEmulatorCommand runs the emulator command from the example seed and reads secrets
@@ -33,12 +33,7 @@ func TestEmulatorCommand(t *testing.T) {
 	tmp := t.TempDir()
 	bin := binPath // built by TestMain
 	seedPath := filepath.Join("..", "..", "testdata", "emulator-seed.yaml")
-	seedFile, err := os.Open(seedPath)
-	if err != nil {
-		t.Fatal(err)
-	}
-	seed, err := kvtest.ParseSeed(seedFile)
-	seedFile.Close()
+	seed, err := readSeed(seedPath)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -79,7 +74,7 @@ func TestEmulatorCommand(t *testing.T) {
 			t.Fatalf("no info file after 30 s\n%s%s", stdout.String(), stderr.String())
 		}
 	}
-	info, err := kvtest.ReadInfo(infoPath)
+	info, err := emuinfo.Read(infoPath)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -150,7 +145,7 @@ func TestEmulatorCommand(t *testing.T) {
 	out := stdout.String()
 	for _, s := range []string{"IDENTITY_ENDPOINT=" + info.IdentityEndpoint, "IDENTITY_HEADER=" + info.IdentityHeader,
 		info.Vaults["myvault"], "DisableChallengeResourceVerification", "SSL_CERT_FILE", "REQUESTS_CA_BUNDLE",
-		"NODE_EXTRA_CA_CERTS", "kvtest.ReadInfo", "VIPERKV_EMULATOR_INFO=" + infoPath} {
+		"NODE_EXTRA_CA_CERTS", "viperkv.WithLocalEmulator", "VIPERKV_EMULATOR_INFO=" + infoPath} {
 		if !strings.Contains(out, s) {
 			t.Errorf("instructions lack %q:\n%s", s, out)
 		}
@@ -185,7 +180,7 @@ func TestEmulatorCommand(t *testing.T) {
 // and the federated token files.
 func emulatorFiles(t *testing.T, infoPath string) []string {
 	t.Helper()
-	info, err := kvtest.ReadInfo(infoPath)
+	info, err := emuinfo.Read(infoPath)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -224,11 +219,11 @@ func TestEmulatorFilesPerInfoFile(t *testing.T) {
 		return p
 	}
 	a, b := emulator("a.json"), emulator("b.json")
-	aInfo, err := kvtest.ReadInfo(filepath.Join(dir, "a.json"))
+	aInfo, err := emuinfo.Read(filepath.Join(dir, "a.json"))
 	if err != nil {
 		t.Fatal(err)
 	}
-	bInfo, err := kvtest.ReadInfo(filepath.Join(dir, "b.json"))
+	bInfo, err := emuinfo.Read(filepath.Join(dir, "b.json"))
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -239,7 +234,7 @@ func TestEmulatorFilesPerInfoFile(t *testing.T) {
 		t.Errorf("federated token files %q and %q", aw, bw)
 	}
 	// Each CA file is its own emulator's: its vault's certificate verifies against it.
-	for _, in := range []*kvtest.Info{aInfo, bInfo} {
+	for _, in := range []*emuinfo.Info{aInfo, bInfo} {
 		hc, err := in.Client()
 		if err != nil {
 			t.Fatal(err)

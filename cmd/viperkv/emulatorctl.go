@@ -20,6 +20,8 @@ import (
 	"github.com/spf13/cobra"
 
 	"github.com/viperkv/viperkv/kvtest"
+
+	"github.com/viperkv/viperkv/internal/emuinfo"
 )
 
 // ctlFlags are the flags of viperkv emulator secret: which emulator, as whom.
@@ -236,7 +238,7 @@ func (f *ctlFlags) do(cmd *cobra.Command, vault string, op func(context.Context,
 }
 
 // emulatorVault returns the production host of the emulator's vault that arg names.
-func emulatorVault(info *kvtest.Info, arg string) (string, error) {
+func emulatorVault(info *emuinfo.Info, arg string) (string, error) {
 	h := strings.ToLower(strings.TrimSuffix(strings.TrimPrefix(strings.TrimSpace(arg), "https://"), "/"))
 	if _, ok := info.Vaults[h]; ok && !strings.Contains(h, ".") {
 		h += ".vault.azure.net"
@@ -248,7 +250,7 @@ func emulatorVault(info *kvtest.Info, arg string) (string, error) {
 }
 
 // emulatorIdentity returns the managed identity ID of the emulator's identity name.
-func emulatorIdentity(info *kvtest.Info, name string) (azidentity.ManagedIDKind, error) {
+func emulatorIdentity(info *emuinfo.Info, name string) (azidentity.ManagedIDKind, error) {
 	if name == kvtest.SystemIdentityName {
 		if info.SystemIdentity == nil {
 			return nil, usageError("--identity system: the emulator's system-assigned identity is disabled")

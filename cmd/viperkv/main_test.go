@@ -9,6 +9,7 @@ import (
 	"encoding/hex"
 	"errors"
 	"fmt"
+	"go.yaml.in/yaml/v3"
 	"os"
 	"os/exec"
 	"os/signal"
@@ -63,19 +64,16 @@ func testMain(m *testing.M) int {
 		fmt.Fprintf(os.Stderr, "go build: %v\n%s", err, out)
 		return 1
 	}
-	if emu, err = kvtest.Start(); err != nil {
-		fmt.Fprintln(os.Stderr, err)
-		return 1
-	}
-	defer emu.Close()
-	seed, err := readSeed(filepath.Join("..", "..", "testdata", "emulator-seed.yaml"))
-	if err == nil {
-		err = emu.ApplySeed(seed)
-	}
+	seed, err := os.ReadFile(filepath.Join("..", "..", "testdata", "emulator-seed.yaml"))
 	if err != nil {
 		fmt.Fprintln(os.Stderr, err)
 		return 1
 	}
+	if emu, err = kvtest.Start(kvtest.WithSeed(seed)); err != nil {
+		fmt.Fprintln(os.Stderr, err)
+		return 1
+	}
+	defer emu.Close()
 	if infoPath, err = writeInfo(emu, dir); err != nil {
 		fmt.Fprintln(os.Stderr, err)
 		return 1
@@ -83,24 +81,34 @@ func testMain(m *testing.M) int {
 	return m.Run()
 }
 
-// writeInfo writes an emulator's CA and info file into dir and returns the info's path.
+// writeInfo writes an emulator's info file (and its CA) into dir and returns its path.
 func writeInfo(srv *kvtest.Server, dir string) (string, error) {
-	caFile := filepath.Join(dir, "ca.pem")
-	if err := os.WriteFile(caFile, srv.CACertPEM(), 0o644); err != nil {
-		return "", err
-	}
-	info := srv.Info(caFile)
 	path := filepath.Join(dir, "info.json")
-	return path, info.WriteFile(path)
+	return path, srv.WriteInfo(path, "")
 }
 
-func readSeed(path string) (*kvtest.Seed, error) {
-	f, err := os.Open(path)
+// exampleSeed is the part of testdata/emulator-seed.yaml the tests compare with.
+type exampleSeed struct {
+	Identities []struct {
+		Name string `yaml:"name"`
+	} `yaml:"identities"`
+	Vaults []struct {
+		Name    string `yaml:"name"`
+		Secrets []struct {
+			Name    string `yaml:"name"`
+			Value   string `yaml:"value"`
+			Enabled *bool  `yaml:"enabled"`
+		} `yaml:"secrets"`
+	} `yaml:"vaults"`
+}
+
+func readSeed(path string) (*exampleSeed, error) {
+	b, err := os.ReadFile(path)
 	if err != nil {
 		return nil, err
 	}
-	defer f.Close()
-	return kvtest.ParseSeed(f)
+	var sd exampleSeed
+	return &sd, yaml.Unmarshal(b, &sd)
 }
 
 // sentinel returns a secret value that must never appear in output unless revealed.

@@ -17,12 +17,12 @@ import (
 	"github.com/Azure/azure-sdk-for-go/sdk/azidentity"
 	"github.com/Azure/azure-sdk-for-go/sdk/security/keyvault/azsecrets"
 
-	"github.com/viperkv/viperkv/kvtest"
+	"github.com/viperkv/viperkv/internal/emuinfo"
 )
 
 // startEmulator runs `viperkv emulator` from the example seed with the extra args and
 // waits for its info file. The process is killed when the test ends.
-func startEmulator(t *testing.T, args ...string) (info *kvtest.Info, infoPath string, stdout *syncBuffer) {
+func startEmulator(t *testing.T, args ...string) (info *emuinfo.Info, infoPath string, stdout *syncBuffer) {
 	t.Helper()
 	infoPath = filepath.Join(t.TempDir(), "info.json")
 	seedPath := filepath.Join("..", "..", "testdata", "emulator-seed.yaml")
@@ -60,7 +60,7 @@ func startEmulator(t *testing.T, args ...string) (info *kvtest.Info, infoPath st
 			t.Fatalf("emulator not ready after 30 s\n%s%s", stdout.String(), stderr.String())
 		}
 	}
-	info, err := kvtest.ReadInfo(infoPath)
+	info, err := emuinfo.Read(infoPath)
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -57,27 +57,25 @@ func run(ctx context.Context, out io.Writer, configFile, seedFile string, quiet 
 	if !quiet {
 		flow = &narrator{w: out}
 	}
-	srv, err := kvtest.Start(kvtest.WithLogger(slog.New(flow)))
+	seed, err := os.ReadFile(seedFile)
+	if err != nil {
+		return fmt.Errorf("emulator seed (run from the repository root): %w", err)
+	}
+	srv, err := kvtest.Start(kvtest.WithLogger(slog.New(flow)), kvtest.WithSeed(seed))
 	if err != nil {
 		return err
 	}
 	defer srv.Close()
-	seed, err := readSeed(seedFile)
-	if err != nil {
-		return err
-	}
-	if err := srv.ApplySeed(seed); err != nil {
-		return err
-	}
-	say("emulator up: Entra ID %s, vaults %s", srv.Issuer(), vaultNames(srv))
+	say("emulator up: tenant %s, vaults %s", srv.TenantID(), vaultNames(srv))
 
 	// 2. The environment App Service gives an app with a managed identity, plus one
 	// reference in an environment variable.
-	for k, v := range srv.Env() {
+	env := srv.Env()
+	for k, v := range env {
 		os.Setenv(k, v)
 	}
 	os.Setenv("APP_API_KEY", apiKeyRef)
-	say("environment: IDENTITY_ENDPOINT=%s IDENTITY_HEADER=<set> APP_API_KEY=%s", srv.IdentityEndpoint(), apiKeyRef)
+	say("environment: IDENTITY_ENDPOINT=%s IDENTITY_HEADER=<set> APP_API_KEY=%s", env["IDENTITY_ENDPOINT"], apiKeyRef)
 
 	// 3. Viper as the service configures it.
 	v := viper.New()
@@ -235,15 +233,6 @@ func printStatus(out io.Writer, status []viperkv.ReferenceStatus) {
 			version, st.Status, st.Took.Round(100*time.Microsecond))
 	}
 	tw.Flush()
-}
-
-func readSeed(path string) (*kvtest.Seed, error) {
-	f, err := os.Open(path)
-	if err != nil {
-		return nil, fmt.Errorf("emulator seed (run from the repository root): %w", err)
-	}
-	defer f.Close()
-	return kvtest.ParseSeed(f)
 }
 
 func vaultNames(srv *kvtest.Server) string {

@@ -1,0 +1,136 @@
+package emuinfo
+
+import (
+	"context"
+	"crypto/tls"
+	"crypto/x509"
+	"fmt"
+	"net"
+	"net/http"
+	"regexp"
+	"strings"
+	"syscall"
+)
+
+// Cloud is a cloud's vault DNS suffix with its challenge resource and authority host.
+type Cloud struct {
+	Suffix    string // vault.azure.net
+	Resource  string // https://vault.azure.net
+	Authority string // https://login.microsoftonline.com
+}
+
+// Clouds are the clouds the emulator serves; the public cloud comes first.
+var Clouds = [...]Cloud{
+	{"vault.azure.net", "https://vault.azure.net", "https://login.microsoftonline.com"},
+	{"vault.azure.cn", "https://vault.azure.cn", "https://login.chinacloudapi.cn"},
+	{"vault.usgovcloudapi.net", "https://vault.usgovcloudapi.net", "https://login.microsoftonline.us"},
+}
+
+// VaultSuffix returns the cloud suffix host ends with ("" if none).
+func VaultSuffix(host string) string {
+	for _, c := range Clouds {
+		if strings.HasSuffix(host, "."+c.Suffix) || host == c.Suffix {
+			return c.Suffix
+		}
+	}
+	return ""
+}
+
+// IsEntraHost reports whether h is the Entra ID host of one of the clouds.
+func IsEntraHost(h string) bool {
+	for _, c := range Clouds {
+		if "https://"+h == c.Authority {
+			return true
+		}
+	}
+	return false
+}
+
+// Router dials production hosts to the emulator's listeners: vault hosts (by Vault),
+// 169.254.169.254:80 to IMDS and the Entra ID hosts to Entra; anything else as asked.
+type Router struct {
+	Vault  func(host string) (addr string, ok bool)
+	IMDS   string // 127.0.0.1:PORT
+	Entra  string // 127.0.0.1:PORT
+	dialer net.Dialer
+}
+
+// Dial is an http.Transport's DialContext.
+func (rt *Router) Dial(ctx context.Context, network, addr string) (net.Conn, error) {
+	host, port, err := net.SplitHostPort(addr)
+	if err != nil {
+		return rt.dialer.DialContext(ctx, network, addr)
+	}
+	h := strings.ToLower(strings.TrimSuffix(host, "."))
+	switch {
+	case h == "169.254.169.254" && port == "80" && rt.IMDS != "":
+		return rt.dialer.DialContext(ctx, network, rt.IMDS)
+	case IsEntraHost(h) && rt.Entra != "":
+		if port != "443" {
+			return nil, refused(network, addr)
+		}
+		return rt.dialer.DialContext(ctx, network, rt.Entra)
+	case VaultSuffix(h) != "":
+		a, ok := rt.Vault(h)
+		if !ok {
+			// What a resolver says for a vault that does not exist.
+			return nil, &net.OpError{Op: "dial", Net: network, Err: &net.DNSError{
+				Err: "no such host", Name: host, IsNotFound: true,
+			}}
+		}
+		if port != "443" {
+			return nil, refused(network, addr)
+		}
+		return rt.dialer.DialContext(ctx, network, a)
+	}
+	return rt.dialer.DialContext(ctx, network, addr)
+}
+
+func refused(network, addr string) error {
+	return &net.OpError{Op: "dial", Net: network, Addr: stringAddr(addr), Err: syscall.ECONNREFUSED}
+}
+
+type stringAddr string
+
+// Network implements net.Addr.
+func (a stringAddr) Network() string { return "tcp" }
+
+// String implements net.Addr.
+func (a stringAddr) String() string { return string(a) }
+
+// Transport returns a transport trusting pool; rt, when non-nil, routes production host
+// names to the emulator's listeners.
+func Transport(pool *x509.CertPool, rt *Router) *http.Transport {
+	t := http.DefaultTransport.(*http.Transport).Clone()
+	t.Proxy = nil // a proxy from the environment must not see the emulator's traffic
+	t.TLSClientConfig = &tls.Config{RootCAs: pool, MinVersion: tls.VersionTLS12}
+	t.ForceAttemptHTTP2 = true
+	t.MaxIdleConns = 1024
+	t.MaxIdleConnsPerHost = 256
+	// Without a cap, a burst of concurrent first requests dials (and TLS-handshakes) one
+	// connection each before HTTP/2 takes over; 16 connections carry 16,000 streams.
+	t.MaxConnsPerHost = 16
+	if rt != nil {
+		t.DialContext = rt.Dial
+	}
+	return t
+}
+
+// VaultHost normalizes a vault name ("myvault") or host ("x.vault.azure.cn", with or
+// without https:// and a trailing slash) to its lowercase host.
+func VaultHost(name string) (string, error) {
+	n := strings.ToLower(strings.TrimSpace(name))
+	n = strings.TrimPrefix(n, "https://")
+	n = strings.TrimSuffix(n, "/")
+	if !strings.Contains(n, ".") {
+		n += "." + Clouds[0].Suffix
+	}
+	suffix := VaultSuffix(n)
+	label := strings.TrimSuffix(n, "."+suffix)
+	if suffix == "" || strings.Contains(label, ".") || !vaultLabelRE.MatchString(label) {
+		return "", fmt.Errorf("invalid vault name %q", name)
+	}
+	return n, nil
+}
+
+var vaultLabelRE = regexp.MustCompile(`^[a-z0-9](?:[a-z0-9-]{0,61}[a-z0-9])?$`)
