@@ -57,3 +57,25 @@ func ParseCloud(name string) (Cloud, error) {
 	}
 	return "", fmt.Errorf("viperkv: unknown cloud %s (want AzurePublic, AzureChina or AzureUSGovernment)", quote(name))
 }
+
+// authorityHost returns the cloud's Entra ID host, such as "login.microsoftonline.com".
+func (c Cloud) authorityHost() string {
+	switch c {
+	case CloudChina:
+		return "login.chinacloudapi.cn"
+	case CloudUSGovernment:
+		return "login.microsoftonline.us"
+	}
+	return "login.microsoftonline.com"
+}
+
+// v1Issuer returns the issuer of the cloud's v1 access tokens for tenant.
+func (c Cloud) v1Issuer(tenant string) string {
+	switch c {
+	case CloudChina:
+		return "https://sts.chinacloudapi.cn/" + tenant + "/"
+	case CloudUSGovernment:
+		return "https://login.microsoftonline.us/" + tenant + "/"
+	}
+	return "https://sts.windows.net/" + tenant + "/"
+}

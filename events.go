@@ -33,6 +33,7 @@ const (
 	SourcePoll    Source = "poll"    // the refresh schedule of Watch
 	SourceFile    Source = "file"    // the config file changed
 	SourceRefresh Source = "refresh" // an explicit Refresh or Load
+	SourcePush    Source = "push"    // a change Key Vault reported: Notify or the Event Grid handler
 )
 
 // Event tells a watcher what changed. It never holds a secret value: read values from

@@ -5,6 +5,7 @@ package viperkv
 
 import (
 	"fmt"
+	"net/http"
 	"strings"
 	"testing"
 
@@ -78,3 +79,6 @@ func (c *LeakCheck) Check(t *testing.T, p *Provider, sentinel, logs string, ment
 		}
 	}
 }
+
+// WaitEventGrid waits until the refreshes an Event Grid handler started have finished.
+func WaitEventGrid(h http.Handler) { h.(*eventGridHandler).wg.Wait() }

@@ -45,6 +45,7 @@ type options struct {
 	retryMin, retryMax time.Duration
 	expiryWarning      time.Duration
 	watchFile          bool
+	pushDelay          time.Duration
 
 	source secretSource // replaces Key Vault in the logic tests; never set by users
 
@@ -159,4 +160,12 @@ func WithExpiryWarning(d time.Duration) Option {
 // WithoutFileWatch stops Watch from watching the Viper's config file.
 func WithoutFileWatch() Option {
 	return func(o *options) { o.watchFile = false }
+}
+
+// WithPushDelay makes Notify and the Event Grid handler wait a random time in [0, max]
+// before fetching a secret Key Vault reported as changed (default 0: fetch at once). A
+// fleet sets it so that one rotation does not make every replica GET the secret in the
+// same instant: 1,000 replicas with a 10 s delay spread their GETs over 10 s.
+func WithPushDelay(max time.Duration) Option {
+	return func(o *options) { o.pushDelay = max }
 }

@@ -39,6 +39,8 @@ type Provider struct {
 	sched    schedule
 	file     []byte // the config file's content as Watch last read it; nil: the source's
 
+	push pushState // what Notify remembers; its own lock, so a delivery never waits on a Load to be judged
+
 	cur      atomic.Pointer[snapshot]
 	watching atomic.Bool
 	wake     chan struct{} // tells the poll loop the schedule changed
@@ -181,6 +183,7 @@ func (p *Provider) update(ctx context.Context, src Source, tree map[string]any, 
 	}
 	now := time.Now()
 	secrets, evs := mergeSecrets(sc, prev, fetched, src, now)
+	p.recordHistory(prev, secrets)
 	// The first configuration announces nothing (no watcher has seen one yet), so it must
 	// not mark near-expiry warnings as given either.
 	evs = append(evs, p.sched.checkExpiry(secrets, src, now, prev != nil)...)

@@ -7,6 +7,7 @@ import (
 	"maps"
 	"math/rand/v2"
 	"slices"
+	"strings"
 	"sync"
 	"time"
 )
@@ -118,8 +119,9 @@ type schedule struct {
 	interval, retryMin, retryMax, expiryWarning time.Duration
 
 	polls    map[Reference]*pollState
-	warned   map[Reference]string // version whose near expiry was announced
-	expiryAt time.Time            // when checkExpiry next has something to say; zero: never
+	warned   map[Reference]string     // version whose near expiry was announced
+	told     map[Reference]expiryNote // what Key Vault said of a version's expiry (Notify)
+	expiryAt time.Time                // when checkExpiry next has something to say; zero: never
 }
 
 // pollState is the refresh schedule of one secret.
@@ -133,7 +135,7 @@ const maxWait = 24 * time.Hour
 
 func newSchedule(o options) schedule {
 	return schedule{interval: o.refreshInterval, retryMin: o.retryMin, retryMax: o.retryMax,
-		expiryWarning: o.expiryWarning, polls: map[Reference]*pollState{}, warned: map[Reference]string{}}
+		expiryWarning: o.expiryWarning, polls: map[Reference]*pollState{}, warned: map[Reference]string{}, told: map[Reference]expiryNote{}}
 }
 
 // record sets when each fetched secret is next refreshed and forgets secrets no longer held.
@@ -167,6 +169,7 @@ func (s *schedule) record(fetched, held map[Reference]*secret, now time.Time) {
 		if _, ok := held[r]; !ok {
 			delete(s.polls, r)
 			delete(s.warned, r)
+			delete(s.told, r)
 		}
 	}
 }
@@ -217,20 +220,29 @@ func (s *schedule) checkExpiry(secrets map[Reference]*secret, src Source, now ti
 	var evs []Event
 	for _, r := range slices.SortedFunc(maps.Keys(secrets), compareRefs) {
 		sec := secrets[r]
-		if !sec.has || sec.expires == nil {
+		note, told := s.told[r]
+		told = told && sec.has && strings.EqualFold(note.version, sec.version)
+		if !sec.has || (sec.expires == nil && !told) {
 			continue
 		}
-		exp := *sec.expires
+		exp := s.expiryOf(r, sec)
+		// Key Vault's word counts even when this clock has not reached the time yet.
+		expired := (!exp.IsZero() && !now.Before(exp)) || (told && note.expired)
+		near := (!exp.IsZero() && exp.Sub(now) <= s.expiryWarning) || told
 		switch {
-		case !now.Before(exp) && sec.status == StatusResolved:
+		case expired && sec.status == StatusResolved:
 			x := *sec
 			x.status = StatusSecretExpired
-			x.reason = "version " + sec.version + " expired at " + exp.UTC().Format(time.RFC3339) + "; still serving it"
+			x.reason = "version " + sec.version + " expired"
+			if !exp.IsZero() {
+				x.reason += " at " + exp.UTC().Format(time.RFC3339)
+			}
+			x.reason += "; still serving it"
 			secrets[r] = &x
 			evs = append(evs, Event{Kind: EventError, Source: src, Time: now, Secret: r, OldVersion: sec.version,
 				NewVersion: sec.version, Status: x.status, Expires: exp,
 				Err: &ReferenceError{Key: r.String(), Status: x.status, Reason: x.reason}})
-		case warn && now.Before(exp) && exp.Sub(now) <= s.expiryWarning && s.warned[r] != sec.version:
+		case warn && !expired && near && s.warned[r] != sec.version:
 			s.warned[r] = sec.version
 			evs = append(evs, Event{Kind: EventNearExpiry, Source: src, Time: now, Secret: r,
 				OldVersion: sec.version, NewVersion: sec.version, Status: sec.status, Expires: exp})
@@ -243,12 +255,13 @@ func (s *schedule) checkExpiry(secrets map[Reference]*secret, src Source, now ti
 		}
 	}
 	for r, sec := range secrets {
-		if !sec.has || sec.expires == nil || !now.Before(*sec.expires) {
+		exp := s.expiryOf(r, sec)
+		if !sec.has || exp.IsZero() || !now.Before(exp) {
 			continue
 		}
-		plan(*sec.expires)
+		plan(exp)
 		if s.warned[r] != sec.version {
-			if t := sec.expires.Add(-s.expiryWarning); t.After(now) {
+			if t := exp.Add(-s.expiryWarning); t.After(now) {
 				plan(t)
 			} else {
 				plan(now)
@@ -256,4 +269,31 @@ func (s *schedule) checkExpiry(secrets map[Reference]*secret, src Source, now ti
 		}
 	}
 	return evs
+}
+
+// expiryNote is what Key Vault said (through Notify) of a version's expiry.
+type expiryNote struct {
+	version string
+	expired bool      // SecretExpired; else SecretNearExpiry
+	expires time.Time // the event's EXP; zero when absent
+}
+
+// expiryOf returns when the version sec holds expires: its exp, else what Key Vault said of
+// it; zero when unknown.
+func (s *schedule) expiryOf(r Reference, sec *secret) time.Time {
+	if sec.expires != nil {
+		return *sec.expires
+	}
+	if n, ok := s.told[r]; ok && sec.has && strings.EqualFold(n.version, sec.version) {
+		return n.expires
+	}
+	return time.Time{}
+}
+
+// tell records a note for r; checkExpiry acts on it while r holds that version.
+func (s *schedule) tell(r Reference, n expiryNote) {
+	if old, ok := s.told[r]; ok && old.version == n.version && old.expired {
+		n.expired = true // a late near-expiry notice does not undo an expiry
+	}
+	s.told[r] = n
 }

@@ -1,0 +1,609 @@
+package viperkv_test
+
+import (
+	"bytes"
+	"context"
+	"crypto/rand"
+	"crypto/rsa"
+	"encoding/base64"
+	"encoding/json"
+	"fmt"
+	"io"
+	"log/slog"
+	"net/http"
+	"net/http/httptest"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/Azure/azure-sdk-for-go/sdk/azcore/policy"
+	"github.com/go-jose/go-jose/v4"
+
+	"github.com/viperkv/viperkv"
+	"github.com/viperkv/viperkv/kvtest"
+)
+
+// These tests send deliveries as Event Grid does, over real HTTP, to the handler of a
+// provider that reads a kvtest vault through the real SDK. Tokens are signed with the
+// emulator's own key (kvtest.WithSigningKey), so the handler verifies them against the
+// emulator's OpenID Connect metadata and JWKS like any Entra token, and a test can make
+// one wrong in exactly one way.
+
+const (
+	egAudience = "api://viperkv-webhook"
+	egAppID    = "4962773b-9cdb-44cf-a8bf-237846a00ab7" // Microsoft.EventGrid
+)
+
+var egKey = sync.OnceValue(func() *rsa.PrivateKey {
+	k, err := rsa.GenerateKey(rand.Reader, 2048)
+	if err != nil {
+		panic(err)
+	}
+	return k
+})
+
+type egFixture struct {
+	srv      *kvtest.Server
+	kv       *kvtest.Vault
+	p        *viperkv.Provider
+	h        http.Handler
+	url      string
+	kid      string
+	v1       string // version of myvault/db at Load
+	events   chan viperkv.Event
+	logs     *redirLog
+	sentinel string
+}
+
+// newEGFixture loads a provider with db.conn (versionless myvault/db), db.pinned (that
+// secret's first version) and api.key (versionless myvault/api-key), and serves its Event
+// Grid handler.
+func newEGFixture(t *testing.T, opts ...viperkv.EventGridOption) *egFixture {
+	t.Helper()
+	f := &egFixture{srv: kvtest.NewServerT(t, kvtest.WithSigningKey(egKey())), events: make(chan viperkv.Event, 64),
+		logs: &redirLog{}, sentinel: "sentinel-" + fmt.Sprint(time.Now().UnixNano())}
+	f.kv = f.srv.AddVault("myvault")
+	f.kv.Grant(f.srv.SystemIdentity(), kvtest.RoleSecretsUser)
+	f.v1 = f.kv.SetSecret("db", f.sentinel+"-v1")
+	f.kv.SetSecret("api-key", "key-v1")
+	f.kv.SetSecret("unreferenced", "u")
+	v := yamlViper(t, fmt.Sprintf("db:\n  conn: \"@KeyVault(VaultName=myvault;SecretName=db)\"\n"+
+		"  pinned: \"@KeyVault(SecretUri=https://myvault.vault.azure.net/secrets/db/%s)\"\n"+
+		"api:\n  key: \"@KeyVault(VaultName=myvault;SecretName=api-key)\"\n", f.v1))
+	var err error
+	f.p, err = viperkv.New(v, viperkv.WithCredential(f.srv.Credential()), viperkv.WithTransport(f.srv.Client()),
+		viperkv.WithoutFileWatch(), viperkv.WithLogger(slog.New(slog.NewTextHandler(f.logs, &slog.HandlerOptions{Level: slog.LevelDebug}))))
+	if err != nil {
+		t.Fatal(err)
+	}
+	f.p.OnChange(func(e viperkv.Event) { f.events <- e })
+	if err := f.p.Load(context.Background()); err != nil {
+		t.Fatal(err)
+	}
+	if len(opts) == 0 {
+		opts = []viperkv.EventGridOption{viperkv.EventGridEntra(f.srv.TenantID(), egAudience)}
+	}
+	f.h, err = viperkv.NewEventGridHandler(f.p, opts...)
+	if err != nil {
+		t.Fatal(err)
+	}
+	ts := httptest.NewServer(f.h)
+	t.Cleanup(ts.Close)
+	f.url = ts.URL + "/events"
+	f.kid = f.keyID(t)
+	t.Cleanup(func() {
+		if strings.Contains(f.logs.String(), f.sentinel) {
+			t.Errorf("a secret value appears in the logs:\n%s", f.logs.String())
+		}
+	})
+	return f
+}
+
+// keyID reads the kid of the emulator's signing key from the tenant's JWKS.
+func (f *egFixture) keyID(t *testing.T) string {
+	t.Helper()
+	resp, err := f.srv.Client().Get("https://login.microsoftonline.com/" + f.srv.TenantID() + "/discovery/v2.0/keys")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer resp.Body.Close()
+	var set struct {
+		Keys []struct {
+			Kid string `json:"kid"`
+		} `json:"keys"`
+	}
+	if err := json.NewDecoder(resp.Body).Decode(&set); err != nil || len(set.Keys) == 0 {
+		t.Fatalf("JWKS: %v", err)
+	}
+	return set.Keys[0].Kid
+}
+
+// claims returns the claims of a good Event Grid token, as Entra ID issues it (v1).
+func (f *egFixture) claims() map[string]any {
+	now := time.Now()
+	return map[string]any{
+		"aud": egAudience, "iss": "https://sts.windows.net/" + f.srv.TenantID() + "/", "tid": f.srv.TenantID(),
+		"appid": egAppID, "appidacr": "2", "idtyp": "app", "ver": "1.0", "roles": []string{viperkv.DefaultEventGridRole},
+		"oid": "0f1e2d3c-4b5a-4978-8a9b-0c1d2e3f4a5b", "sub": "0f1e2d3c-4b5a-4978-8a9b-0c1d2e3f4a5b",
+		"iat": now.Unix(), "nbf": now.Unix(), "exp": now.Add(time.Hour).Unix(),
+	}
+}
+
+// sign signs claims as key would, with the given kid.
+func sign(t *testing.T, key *rsa.PrivateKey, kid string, claims map[string]any) string {
+	t.Helper()
+	s, err := jose.NewSigner(jose.SigningKey{Algorithm: jose.RS256, Key: key},
+		(&jose.SignerOptions{}).WithType("JWT").WithHeader("kid", kid))
+	if err != nil {
+		t.Fatal(err)
+	}
+	payload, _ := json.Marshal(claims)
+	obj, err := s.Sign(payload)
+	if err != nil {
+		t.Fatal(err)
+	}
+	tok, err := obj.CompactSerialize()
+	if err != nil {
+		t.Fatal(err)
+	}
+	return tok
+}
+
+func (f *egFixture) token(t *testing.T, edit func(map[string]any)) string {
+	c := f.claims()
+	if edit != nil {
+		edit(c)
+	}
+	return sign(t, egKey(), f.kid, c)
+}
+
+// egEvent is a Key Vault event in the Event Grid schema.
+func egEvent(id, typ, secret, version string) map[string]any {
+	return map[string]any{
+		"id": id, "topic": "/subscriptions/00000000-0000-0000-0000-000000000000/resourceGroups/rg/providers/Microsoft.KeyVault/vaults/myvault",
+		"subject": secret, "eventType": typ, "eventTime": time.Now().UTC().Format(time.RFC3339Nano),
+		"data": map[string]any{"Id": "https://myvault.vault.azure.net/secrets/" + secret + "/" + version, "VaultName": "myvault",
+			"ObjectType": "Secret", "ObjectName": secret, "Version": version, "NBF": nil, "EXP": nil},
+		"dataVersion": "1", "metadataVersion": "1",
+	}
+}
+
+// ceEvent is the same event in CloudEvents 1.0.
+func ceEvent(id, typ, secret, version string) map[string]any {
+	e := egEvent(id, typ, secret, version)
+	return map[string]any{"specversion": "1.0", "type": typ, "source": e["topic"], "subject": secret, "id": id,
+		"time": e["eventTime"], "datacontenttype": "application/json", "data": e["data"]}
+}
+
+// post sends a delivery and returns the status and body.
+func (f *egFixture) post(t *testing.T, token, contentType string, body any, header ...string) (int, string) {
+	t.Helper()
+	var b []byte
+	switch x := body.(type) {
+	case []byte:
+		b = x
+	default:
+		b, _ = json.Marshal(x)
+	}
+	req, _ := http.NewRequest(http.MethodPost, f.url, bytes.NewReader(b))
+	req.Header.Set("Content-Type", contentType)
+	req.Header.Set("aeg-event-type", "Notification")
+	if token != "" {
+		req.Header.Set("Authorization", "Bearer "+token)
+	}
+	for i := 0; i+1 < len(header); i += 2 {
+		req.Header.Set(header[i], header[i+1])
+	}
+	resp, err := http.DefaultClient.Do(req)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer resp.Body.Close()
+	out, _ := io.ReadAll(resp.Body)
+	return resp.StatusCode, string(out)
+}
+
+// changed waits for the next EventChanged (real time: the refresh runs in the background).
+func (f *egFixture) changed(t *testing.T) viperkv.Event {
+	t.Helper()
+	deadline := time.After(15 * time.Second)
+	for {
+		select {
+		case e := <-f.events:
+			if e.Kind == viperkv.EventChanged {
+				return e
+			}
+		case <-deadline:
+			t.Fatal("no EventChanged within 15 s")
+		}
+	}
+}
+
+// settle waits until the handler's background work is over, then sends a marker delivery
+// (a rotation of api-key) and returns the events watchers got before the marker's own:
+// watchers are told in order, so those are all the events of the earlier deliveries.
+func (f *egFixture) settle(t *testing.T, token string) []viperkv.Event {
+	t.Helper()
+	viperkv.WaitEventGrid(f.h)
+	v := f.kv.SetSecret("api-key", "key-"+fmt.Sprint(time.Now().UnixNano()))
+	if st, body := f.post(t, token, "application/json", []any{egEvent("marker-"+v, string(viperkv.ChangeNewVersion), "api-key", v)}); st != 200 {
+		t.Fatalf("marker delivery: %d %s", st, body)
+	}
+	var seen []viperkv.Event
+	deadline := time.After(15 * time.Second)
+	for {
+		select {
+		case e := <-f.events:
+			if e.Secret.Name == "api-key" && e.NewVersion == v {
+				return seen
+			}
+			seen = append(seen, e)
+		case <-deadline:
+			t.Fatal("the marker's event did not arrive within 15 s")
+		}
+	}
+}
+
+// TestEventGridSchemas: a rotation delivered in each schema refreshes that one secret with
+// one GET and reaches the watcher as a push; the pinned reference keeps its version.
+func TestEventGridSchemas(t *testing.T) {
+	for _, tc := range []struct {
+		name, contentType string
+		body              func(id, v string) any
+	}{
+		{"EventGridSchema", "application/json", func(id, v string) any {
+			return []any{egEvent(id, string(viperkv.ChangeNewVersion), "db", v)}
+		}},
+		{"CloudEvents", "application/cloudevents+json; charset=utf-8", func(id, v string) any {
+			return ceEvent(id, string(viperkv.ChangeNewVersion), "db", v)
+		}},
+		{"CloudEventsBatch", "application/cloudevents-batch+json; charset=utf-8", func(id, v string) any {
+			return []any{ceEvent("other-"+id, "Microsoft.KeyVault.KeyNewVersionCreated", "k", "1"), ceEvent(id, string(viperkv.ChangeNewVersion), "db", v)}
+		}},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			f := newEGFixture(t)
+			tok := f.token(t, nil)
+			v2 := f.kv.SetSecret("db", f.sentinel+"-v2")
+			f.kv.ResetCounters()
+			if st, body := f.post(t, tok, tc.contentType, tc.body("ev-1", v2)); st != 200 {
+				t.Fatalf("delivery: %d %s", st, body)
+			}
+			e := f.changed(t)
+			if e.Source != viperkv.SourcePush || e.OldVersion != f.v1 || e.NewVersion != v2 || f.p.GetString("db.conn") != f.sentinel+"-v2" {
+				t.Errorf("event %v", e)
+			}
+			if n := f.kv.Count(kvtest.OpGetSecret); n != 1 {
+				t.Errorf("%d GETs for one rotation, want 1", n)
+			}
+			if got := f.p.GetString("db.pinned"); got != f.sentinel+"-v1" {
+				t.Error("the pinned reference changed")
+			}
+		})
+	}
+}
+
+// TestEventGridHandshakes: both schemas' validation handshakes, before and after Load, and
+// only when authenticated.
+func TestEventGridHandshakes(t *testing.T) {
+	f := newEGFixture(t)
+	tok := f.token(t, nil)
+	validation := []any{map[string]any{
+		"id": "2d1781af-3a4c-4d7c-bd0c-e34b19da4e66", "topic": "/subscriptions/x", "subject": "",
+		"data":      map[string]any{"validationCode": "512d38b6-c7b8-40c8-89fe-f46f9e9622b6", "validationUrl": "https://rp-eastus2.eventgrid.azure.net/..."},
+		"eventType": "Microsoft.EventGrid.SubscriptionValidationEvent", "eventTime": "2026-12-01T00:00:00Z", "metadataVersion": "1", "dataVersion": "2",
+	}}
+	st, body := f.post(t, tok, "application/json", validation, "aeg-event-type", "SubscriptionValidation")
+	var resp struct {
+		ValidationResponse string `json:"validationResponse"`
+	}
+	if st != 200 || json.Unmarshal([]byte(body), &resp) != nil || resp.ValidationResponse != "512d38b6-c7b8-40c8-89fe-f46f9e9622b6" {
+		t.Errorf("Event Grid handshake: %d %s", st, body)
+	}
+	if st, _ := f.post(t, "", "application/json", validation, "aeg-event-type", "SubscriptionValidation"); st != 401 {
+		t.Errorf("handshake without a token: %d, want 401", st)
+	}
+
+	options := func(token string) *http.Response {
+		req, _ := http.NewRequest(http.MethodOptions, f.url, nil)
+		req.Header.Set("WebHook-Request-Origin", "eventgrid.azure.net")
+		req.Header.Set("WebHook-Request-Rate", "120")
+		if token != "" {
+			req.Header.Set("Authorization", "Bearer "+token)
+		}
+		resp, err := http.DefaultClient.Do(req)
+		if err != nil {
+			t.Fatal(err)
+		}
+		resp.Body.Close()
+		return resp
+	}
+	if r := options(tok); r.StatusCode != 200 || r.Header.Get("WebHook-Allowed-Origin") != "eventgrid.azure.net" {
+		t.Errorf("CloudEvents handshake: %d, WebHook-Allowed-Origin %q", r.StatusCode, r.Header.Get("WebHook-Allowed-Origin"))
+	}
+	if r := options(""); r.StatusCode != 401 || r.Header.Get("WebHook-Allowed-Origin") != "" {
+		t.Errorf("CloudEvents handshake without a token: %d", r.StatusCode)
+	}
+
+	// Before the first Load: handshakes are answered, notifications get 503 (retried).
+	unloaded, err := viperkv.New(yamlViper(t, "a: b\n"), viperkv.WithCredential(f.srv.Credential()), viperkv.WithTransport(f.srv.Client()))
+	if err != nil {
+		t.Fatal(err)
+	}
+	h, err := viperkv.NewEventGridHandler(unloaded, viperkv.EventGridEntra(f.srv.TenantID(), egAudience))
+	if err != nil {
+		t.Fatal(err)
+	}
+	ts := httptest.NewServer(h)
+	defer ts.Close()
+	f.url = ts.URL
+	if st, body := f.post(t, tok, "application/json", validation, "aeg-event-type", "SubscriptionValidation"); st != 200 || !strings.Contains(body, "512d38b6") {
+		t.Errorf("handshake before Load: %d %s", st, body)
+	}
+	if st, _ := f.post(t, tok, "application/json", []any{egEvent("e", string(viperkv.ChangeNewVersion), "db", "abc")}); st != 503 {
+		t.Errorf("notification before Load: %d, want 503", st)
+	}
+}
+
+// bodyWatch is a request body that records whether it was read.
+type bodyWatch struct {
+	r    io.Reader
+	read bool
+}
+
+func (b *bodyWatch) Read(p []byte) (int, error) { b.read = true; return b.r.Read(p) }
+
+// TestEventGridAuthentication: every way a token can be wrong gets 401 before the body is
+// read and fetches nothing; a v1 or v2 token from Event Grid with the role passes.
+func TestEventGridAuthentication(t *testing.T) {
+	f := newEGFixture(t)
+	attacker, err := rsa.GenerateKey(rand.Reader, 2048)
+	if err != nil {
+		t.Fatal(err)
+	}
+	// A real token of the tenant, for Key Vault, from another app: what a stolen or
+	// replayed Key Vault token looks like.
+	kvToken, err := f.srv.Credential().GetToken(context.Background(), policy.TokenRequestOptions{Scopes: []string{"https://vault.azure.net/.default"}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	edit := func(k string, v any) func(map[string]any) { return func(c map[string]any) { c[k] = v } }
+	cases := []struct {
+		name  string
+		token string
+		want  int
+	}{
+		{"good v1", f.token(t, nil), 200},
+		{"good v2", f.token(t, func(c map[string]any) {
+			c["iss"] = "https://login.microsoftonline.com/" + f.srv.TenantID() + "/v2.0"
+			c["ver"] = "2.0"
+			delete(c, "appid")
+			c["azp"] = egAppID
+		}), 200},
+		{"missing", "", 401},
+		{"not a JWT", "hunter2", 401},
+		{"wrong audience", f.token(t, edit("aud", "https://vault.azure.net")), 401},
+		{"wrong issuer", f.token(t, edit("iss", "https://sts.windows.net/72f988bf-86f1-41af-91ab-2d7cd011db47/")), 401},
+		{"wrong tenant claim", f.token(t, edit("tid", "72f988bf-86f1-41af-91ab-2d7cd011db47")), 401},
+		{"expired", f.token(t, edit("exp", time.Now().Add(-time.Minute).Unix())), 401},
+		{"not yet valid", f.token(t, edit("nbf", time.Now().Add(time.Hour).Unix())), 401},
+		{"wrong app id", f.token(t, edit("appid", "11111111-2222-3333-4444-555555555555")), 401},
+		{"no role", f.token(t, edit("roles", []string{"Reader"})), 401},
+		{"signed by another key", sign(t, attacker, f.kid, f.claims()), 401},
+		{"unsigned", unsigned(f.claims()), 401},
+		{"a Key Vault token", kvToken.Token, 401},
+	}
+	for _, tc := range cases {
+		t.Run(tc.name, func(t *testing.T) {
+			v := f.kv.SetSecret("db", f.sentinel+"-"+tc.name)
+			f.kv.ResetCounters()
+			body := &bodyWatch{r: strings.NewReader(`[` + mustJSON(egEvent("id-"+v, string(viperkv.ChangeNewVersion), "db", v)) + `]`)}
+			req := httptest.NewRequest(http.MethodPost, "/events", body)
+			req.Header.Set("Content-Type", "application/json")
+			if tc.token != "" {
+				req.Header.Set("Authorization", "Bearer "+tc.token)
+			}
+			rec := httptest.NewRecorder()
+			f.h.ServeHTTP(rec, req)
+			if rec.Code != tc.want {
+				t.Fatalf("status %d, want %d (%s)", rec.Code, tc.want, rec.Body.String())
+			}
+			if tc.want == 401 {
+				if body.read {
+					t.Error("the body was read before authentication")
+				}
+				if rec.Header().Get("WWW-Authenticate") != "Bearer" {
+					t.Error("401 without WWW-Authenticate: Bearer")
+				}
+				if tc.token != "" && strings.Contains(f.logs.String(), tc.token) {
+					t.Error("the token appears in the logs")
+				}
+				return
+			}
+			if e := f.changed(t); e.NewVersion != v {
+				t.Errorf("event %v, want version %s", e, v)
+			}
+		})
+	}
+	// None of the refused deliveries fetched: a last good one settles, then count.
+	f.kv.ResetCounters()
+	f.settle(t, f.token(t, nil))
+	if n := f.kv.Count(kvtest.OpGetSecret); n != 1 {
+		t.Errorf("%d GETs after refused deliveries and one marker, want the marker's 1", n)
+	}
+}
+
+func unsigned(claims map[string]any) string {
+	enc := func(v any) string {
+		b, _ := json.Marshal(v)
+		return base64.RawURLEncoding.EncodeToString(b)
+	}
+	return enc(map[string]string{"alg": "none", "typ": "JWT"}) + "." + enc(claims) + "."
+}
+
+func mustJSON(v any) string {
+	b, err := json.Marshal(v)
+	if err != nil {
+		panic(err)
+	}
+	return string(b)
+}
+
+// TestEventGridHeaderAuthentication: a shared secret header alone, and with Entra (both
+// required).
+func TestEventGridHeaderAuthentication(t *testing.T) {
+	f := newEGFixture(t, viperkv.EventGridHeader("X-Webhook-Key", "s3cret-header"))
+	v := f.kv.SetSecret("db", f.sentinel+"-v2")
+	ev := []any{egEvent("h1", string(viperkv.ChangeNewVersion), "db", v)}
+	for _, hv := range []string{"", "wrong", "s3cret-header-and-more"} {
+		var hdr []string
+		if hv != "" {
+			hdr = []string{"X-Webhook-Key", hv}
+		}
+		if st, _ := f.post(t, "", "application/json", ev, hdr...); st != 401 {
+			t.Errorf("header %q: %d, want 401", hv, st)
+		}
+	}
+	if st, body := f.post(t, "", "application/json", ev, "X-Webhook-Key", "s3cret-header"); st != 200 {
+		t.Fatalf("good header: %d %s", st, body)
+	}
+	if e := f.changed(t); e.NewVersion != v {
+		t.Errorf("event %v", e)
+	}
+	if strings.Contains(f.logs.String(), "s3cret-header") {
+		t.Error("the shared secret appears in the logs")
+	}
+
+	both, err := viperkv.NewEventGridHandler(f.p, viperkv.EventGridHeader("X-Webhook-Key", "s3cret-header"),
+		viperkv.EventGridEntra(f.srv.TenantID(), egAudience))
+	if err != nil {
+		t.Fatal(err)
+	}
+	ts := httptest.NewServer(both)
+	defer ts.Close()
+	f.url = ts.URL
+	if st, _ := f.post(t, "", "application/json", ev, "X-Webhook-Key", "s3cret-header"); st != 401 {
+		t.Errorf("header without the token, both required: %d", st)
+	}
+	if st, _ := f.post(t, f.token(t, nil), "application/json", ev); st != 401 {
+		t.Errorf("token without the header, both required: %d", st)
+	}
+	if st, _ := f.post(t, f.token(t, nil), "application/json", ev, "X-Webhook-Key", "s3cret-header"); st != 200 {
+		t.Errorf("both: %d", st)
+	}
+
+	for _, opts := range [][]viperkv.EventGridOption{
+		nil,
+		{viperkv.EventGridEntra(f.srv.TenantID())},
+		{viperkv.EventGridEntra("", egAudience)},
+		{viperkv.EventGridHeader("", "x")},
+		{viperkv.EventGridHeader("X-Key", "")},
+	} {
+		if _, err := viperkv.NewEventGridHandler(f.p, opts...); err == nil {
+			t.Errorf("NewEventGridHandler with %d option(s) and no usable authentication: no error", len(opts))
+		}
+	}
+}
+
+// TestEventGridDeliveries: what Event Grid and the world may send besides a clean
+// rotation: oversized and malformed bodies, other methods, unknown vaults and secrets,
+// pinned-only secrets, duplicates, an older version after a newer one, Azure's sample
+// field name with a trailing space, near-expiry and expiry. None fetches more than needed.
+func TestEventGridDeliveries(t *testing.T) {
+	f := newEGFixture(t)
+	tok := f.token(t, nil)
+	nv := string(viperkv.ChangeNewVersion)
+
+	big := bytes.Repeat([]byte(" "), 1<<20+1)
+	if st, _ := f.post(t, tok, "application/json", big); st != 413 {
+		t.Errorf("body over 1 MB: %d, want 413", st)
+	}
+	for _, bad := range []string{`[{"id":`, `{"not":"an event"}`, `[{"id":"x","eventType":"Microsoft.KeyVault.SecretNewVersionCreated","data":"text"}]`} {
+		if st, _ := f.post(t, tok, "application/json", []byte(bad)); st != 400 {
+			t.Errorf("malformed %q: %d, want 400", bad, st)
+		}
+	}
+	req, _ := http.NewRequest(http.MethodGet, f.url, nil)
+	req.Header.Set("Authorization", "Bearer "+tok)
+	if resp, err := http.DefaultClient.Do(req); err != nil || resp.StatusCode != 405 {
+		t.Errorf("GET: %v %v, want 405", resp.StatusCode, err)
+	}
+
+	f.kv.ResetCounters()
+	v2 := f.kv.SetSecret("db", f.sentinel+"-v2")
+	rotation := egEvent("rot-1", nv, "db", v2)
+	other := egEvent("o1", nv, "db", v2)
+	other["data"].(map[string]any)["Id"] = "https://othervault.vault.azure.net/secrets/db/" + v2
+	other["data"].(map[string]any)["VaultName"] = "othervault"
+	for _, body := range []any{
+		[]any{other}, // another vault
+		[]any{egEvent("u1", nv, "unreferenced", "abc")}, // a secret nothing references
+		[]any{rotation},
+		[]any{rotation},                        // the same event again
+		[]any{egEvent("rot-2", nv, "db", v2)},  // the held version, another id
+		[]any{egEvent("late", nv, "db", f.v1)}, // the older version, late
+	} {
+		if st, out := f.post(t, tok, "application/json", body); st != 200 {
+			t.Fatalf("delivery: %d %s", st, out)
+		}
+	}
+	seen := f.settle(t, tok)
+	var changes []viperkv.Event
+	for _, e := range seen {
+		if e.Kind == viperkv.EventChanged {
+			changes = append(changes, e)
+		}
+	}
+	if len(changes) != 1 || changes[0].NewVersion != v2 {
+		t.Errorf("changed events %v, want one, to %s", changes, v2)
+	}
+	if n := f.kv.Count(kvtest.OpGetSecret); n != 2 {
+		t.Errorf("%d GETs, want 2 (the rotation and the marker)", n)
+	}
+
+	// Azure's documented sample spells the key "ObjectName " and others in odd cases.
+	f.kv.ResetCounters()
+	v3 := f.kv.SetSecret("db", f.sentinel+"-v3")
+	odd := fmt.Sprintf(`[{"id":"odd","eventType":" microsoft.keyvault.secretnewversioncreated ","subject":"db",`+
+		`"data":{"id":"https://MyVault.vault.azure.net/secrets/db/%s","vaultName":"MyVault","objectType":"Secret","ObjectName ":" DB ","version":" %s ","nbf":null,"exp":null}}]`,
+		v3, strings.ToUpper(v3))
+	if st, out := f.post(t, tok, "application/json", []byte(odd)); st != 200 {
+		t.Fatalf("odd delivery: %d %s", st, out)
+	}
+	if e := f.changed(t); e.NewVersion != v3 {
+		t.Errorf("event %v after the odd delivery", e)
+	}
+
+	// Near expiry and expiry of the version in use: events, no GET.
+	f.kv.ResetCounters()
+	exp := time.Now().Add(29 * 24 * time.Hour)
+	near := egEvent("near", string(viperkv.ChangeNearExpiry), "db", v3)
+	near["data"].(map[string]any)["EXP"] = exp.Unix()
+	expired := egEvent("exp", string(viperkv.ChangeExpired), "db", v3)
+	expired["data"].(map[string]any)["EXP"] = exp.Unix()
+	for _, body := range []any{[]any{near}, []any{expired}} {
+		if st, out := f.post(t, tok, "application/json", body); st != 200 {
+			t.Fatalf("expiry delivery: %d %s", st, out)
+		}
+	}
+	seen = f.settle(t, tok)
+	kinds := map[viperkv.EventKind]int{}
+	for _, e := range seen {
+		if e.Secret.Name == "db" {
+			kinds[e.Kind]++
+			if e.Source != viperkv.SourcePush {
+				t.Errorf("event %v not from push", e)
+			}
+		}
+	}
+	if kinds[viperkv.EventNearExpiry] != 1 || kinds[viperkv.EventError] != 1 {
+		t.Errorf("events %v, want one NearExpiry and one Error", seen)
+	}
+	if st := statusOf(t, f.p, "db.conn"); st.Status != viperkv.StatusSecretExpired {
+		t.Errorf("status %v, want SecretExpired", st.Status)
+	}
+	if n := f.kv.Count(kvtest.OpGetSecret); n != 1 {
+		t.Errorf("%d GETs for expiry notices and the marker, want the marker's 1", n)
+	}
+}

@@ -1,0 +1,332 @@
+package viperkv
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"math/rand/v2"
+	"net/url"
+	"slices"
+	"strings"
+	"sync"
+	"time"
+)
+
+// ChangeType is what a [SecretChange] reports. The values are Key Vault's Event Grid event
+// types.
+type ChangeType string
+
+// Key Vault's secret event types. Key Vault publishes no event when a secret is disabled
+// or deleted: polling (Watch) notices those.
+const (
+	// ChangeNewVersion: a new version of the secret was created (a rotation).
+	ChangeNewVersion ChangeType = "Microsoft.KeyVault.SecretNewVersionCreated"
+	// ChangeNearExpiry: the version expires soon (Key Vault says so 30 days ahead).
+	ChangeNearExpiry ChangeType = "Microsoft.KeyVault.SecretNearExpiry"
+	// ChangeExpired: the version has expired.
+	ChangeExpired ChangeType = "Microsoft.KeyVault.SecretExpired"
+)
+
+// SecretChange is a change Key Vault reported for one secret: the content of a Key Vault
+// Event Grid event, however it reached the app (the Event Grid handler, a Service Bus
+// subscription, a queue). It holds no value.
+type SecretChange struct {
+	Type ChangeType
+	// ID is the event's id. A change whose ID was seen recently is a duplicate delivery
+	// and is ignored; "" skips that check.
+	ID string
+	// Vault is the vault's name ("myvault", in the provider's cloud), host
+	// ("myvault.vault.azure.net") or URL.
+	Vault string
+	// Name is the secret's name (Key Vault compares names case-insensitively).
+	Name string
+	// Version is the version the change is about.
+	Version string
+	// NotBefore and Expires are the version's validity window; zero when unset.
+	NotBefore, Expires time.Time
+}
+
+// Notify refreshes the one secret c names, as the Event Grid handler does for each event it
+// accepts, for apps that receive Key Vault's events some other way (for example Event Grid
+// to a Service Bus topic with a subscription per instance).
+//
+// For ChangeNewVersion it fetches that secret's latest version, after a random delay of up
+// to WithPushDelay, publishes the configuration and sends EventChanged with Source
+// SourcePush to OnChange watchers. It fetches nothing when no versionless reference names
+// the secret, when the provider holds that version already or held it before (a late or
+// duplicate delivery), or when the same change is being handled already. For
+// ChangeNearExpiry and ChangeExpired of the version in use it updates the status and sends
+// the events Watch would send, without a fetch. Pinned references are never touched.
+//
+// Notify returns when the change has been handled: nil, a *LoadError when the secret
+// could not be fetched (it keeps its last good value and Watch retries it), ctx's error,
+// or an error naming a missing field. Before the first Load it returns an error and does
+// nothing: the Load fetches the latest versions anyway.
+func (p *Provider) Notify(ctx context.Context, c SecretChange) error {
+	c, err := p.normalizeChange(c)
+	if err != nil {
+		return err
+	}
+	cur := p.cur.Load()
+	if cur == nil {
+		return errors.New("viperkv: Notify: no configuration loaded yet")
+	}
+	log := p.opts.logger.With("id", c.ID, "type", c.Type, "vault", c.Vault, "secret", c.Name, "version", c.Version)
+	ignore := func(why string) error {
+		log.Debug("viperkv: change ignored: " + why)
+		return nil
+	}
+	key := pushKey{vault: c.Vault, name: strings.ToLower(c.Name)}
+	if len(versionless(cur, key)) == 0 {
+		return ignore("no versionless reference names the secret")
+	}
+	if p.push.seenID(c.ID) {
+		return ignore("duplicate delivery")
+	}
+	switch held := heldVersions(cur, key); {
+	case c.Type == ChangeNewVersion && allEqual(held, c.Version):
+		p.push.rememberID(c.ID)
+		return ignore("version already held")
+	case !slices.Contains(held, c.Version) && p.push.wasHeld(key, c.Version):
+		p.push.rememberID(c.ID)
+		return ignore("an older version than the one held")
+	case c.Type != ChangeNewVersion && slices.Contains(held, c.Version):
+		return p.noteExpiry(ctx, c, key)
+	}
+	// A new version, or an expiry notice for a version not seen yet: fetch the latest.
+	if !p.push.start(key, c.Version) {
+		return ignore("the same change is being handled")
+	}
+	defer p.push.finish(key, c.Version)
+	if max := p.opts.pushDelay; max > 0 {
+		t := time.NewTimer(rand.N(max + 1))
+		select {
+		case <-ctx.Done():
+			t.Stop()
+			return ctx.Err()
+		case <-t.C:
+		}
+	}
+	p.updateMu.Lock()
+	defer p.updateMu.Unlock()
+	cur = p.cur.Load()
+	refs := versionless(cur, key)
+	if c.Type == ChangeNewVersion && allEqual(heldVersions(cur, key), c.Version) {
+		p.push.rememberID(c.ID)
+		return ignore("version fetched meanwhile")
+	}
+	snap, err := p.update(ctx, SourcePush, cur.tree, cur.scan, refs)
+	if err != nil {
+		return fmt.Errorf("viperkv: Notify: %w", err)
+	}
+	p.push.rememberID(c.ID)
+	var failed []ReferenceStatus
+	for _, st := range failures(snap.status) {
+		if st.Reference.Version == "" && st.Reference.Vault == key.vault && strings.EqualFold(st.Reference.Name, key.name) {
+			failed = append(failed, st)
+		}
+	}
+	if len(failed) > 0 {
+		return &LoadError{Failed: failed}
+	}
+	return nil
+}
+
+// noteExpiry applies Key Vault's word that the version in use is near expiry or expired:
+// the same status and events as the poll path, without a fetch.
+func (p *Provider) noteExpiry(ctx context.Context, c SecretChange, key pushKey) error {
+	p.updateMu.Lock()
+	defer p.updateMu.Unlock()
+	cur := p.cur.Load()
+	for _, r := range versionless(cur, key) {
+		p.sched.tell(r, expiryNote{version: c.Version, expired: c.Type == ChangeExpired, expires: c.Expires})
+	}
+	_, err := p.update(ctx, SourcePush, cur.tree, cur.scan, nil)
+	p.push.rememberID(c.ID)
+	return err
+}
+
+// normalizeChange trims and case-folds c's fields (Azure's own sample event carries an
+// "ObjectName " key) and turns the vault into a host.
+func (p *Provider) normalizeChange(c SecretChange) (SecretChange, error) {
+	c.Type = ChangeType(strings.TrimSpace(string(c.Type)))
+	c.ID = strings.TrimSpace(c.ID)
+	c.Name = strings.TrimSpace(c.Name)
+	c.Version = strings.ToLower(strings.TrimSpace(c.Version))
+	v := strings.ToLower(strings.TrimSpace(c.Vault))
+	if strings.Contains(v, "://") {
+		if u, err := url.Parse(v); err == nil {
+			v = u.Host
+		}
+	}
+	v = strings.TrimSuffix(v, "/")
+	if v != "" && !strings.Contains(v, ".") {
+		v += "." + p.opts.cloud.VaultSuffix()
+	}
+	c.Vault = v
+	var missing []string
+	switch {
+	case c.Vault == "":
+		missing = append(missing, "Vault")
+	case c.Name == "":
+		missing = append(missing, "Name")
+	}
+	if c.Version == "" {
+		missing = append(missing, "Version")
+	}
+	if len(missing) > 0 {
+		return c, fmt.Errorf("viperkv: Notify: the change has no %s", strings.Join(missing, " or "))
+	}
+	switch c.Type {
+	case ChangeNewVersion, ChangeNearExpiry, ChangeExpired:
+	default:
+		return c, fmt.Errorf("viperkv: Notify: unknown change type %q", c.Type)
+	}
+	return c, nil
+}
+
+// pushKey names a secret regardless of version and of the case its name was written in.
+type pushKey struct{ vault, name string }
+
+func pushKeyOf(r Reference) pushKey { return pushKey{vault: r.Vault, name: strings.ToLower(r.Name)} }
+
+// versionless returns cur's versionless references to the secret key names.
+func versionless(cur *snapshot, key pushKey) []Reference {
+	var out []Reference
+	for r := range cur.secrets {
+		if r.Version == "" && pushKeyOf(r) == key {
+			out = append(out, r)
+		}
+	}
+	slices.SortFunc(out, compareRefs)
+	return out
+}
+
+// heldVersions returns the versions cur holds for key's versionless references ("" for
+// one without a good value).
+func heldVersions(cur *snapshot, key pushKey) []string {
+	var out []string
+	for _, r := range versionless(cur, key) {
+		v := ""
+		if s := cur.secrets[r]; s.has {
+			v = strings.ToLower(s.version)
+		}
+		out = append(out, v)
+	}
+	return out
+}
+
+func allEqual(vs []string, v string) bool {
+	for _, x := range vs {
+		if x != v {
+			return false
+		}
+	}
+	return len(vs) > 0
+}
+
+// pushState is what Notify remembers between changes: recent event ids, the versions each
+// secret held before (so a late event for an older version is recognised without a GET)
+// and the changes being handled.
+type pushState struct {
+	mu       sync.Mutex
+	ids      map[string]struct{}
+	idOrder  []string
+	history  map[pushKey][]string
+	inflight map[pushKey][]string
+}
+
+// Bounds of pushState's memory: enough for any burst of redeliveries.
+const (
+	maxRememberedIDs      = 4096
+	maxRememberedVersions = 16
+)
+
+func (s *pushState) seenID(id string) bool {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	_, ok := s.ids[id]
+	return id != "" && ok
+}
+
+func (s *pushState) rememberID(id string) {
+	if id == "" {
+		return
+	}
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if s.ids == nil {
+		s.ids = map[string]struct{}{}
+	}
+	if _, ok := s.ids[id]; ok {
+		return
+	}
+	s.ids[id] = struct{}{}
+	s.idOrder = append(s.idOrder, id)
+	if len(s.idOrder) > maxRememberedIDs {
+		delete(s.ids, s.idOrder[0])
+		s.idOrder = s.idOrder[1:]
+	}
+}
+
+// heldBefore records that key held version until now.
+func (s *pushState) heldBefore(key pushKey, version string) {
+	if version == "" {
+		return
+	}
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if s.history == nil {
+		s.history = map[pushKey][]string{}
+	}
+	h := s.history[key]
+	if slices.Contains(h, version) {
+		return
+	}
+	h = append(h, version)
+	if len(h) > maxRememberedVersions {
+		h = h[1:]
+	}
+	s.history[key] = h
+}
+
+func (s *pushState) wasHeld(key pushKey, version string) bool {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return slices.Contains(s.history[key], version)
+}
+
+// start marks a change as being handled; false when it already is.
+func (s *pushState) start(key pushKey, version string) bool {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if slices.Contains(s.inflight[key], version) {
+		return false
+	}
+	if s.inflight == nil {
+		s.inflight = map[pushKey][]string{}
+	}
+	s.inflight[key] = append(s.inflight[key], version)
+	return true
+}
+
+func (s *pushState) finish(key pushKey, version string) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	s.inflight[key] = slices.DeleteFunc(s.inflight[key], func(v string) bool { return v == version })
+	if len(s.inflight[key]) == 0 {
+		delete(s.inflight, key)
+	}
+}
+
+// recordHistory remembers the versions next replaced in prev. The caller holds updateMu.
+func (p *Provider) recordHistory(prev *snapshot, secrets map[Reference]*secret) {
+	if prev == nil {
+		return
+	}
+	for r, old := range prev.secrets {
+		if s, ok := secrets[r]; r.Version == "" && old.has && (!ok || !s.has || s.version != old.version) {
+			p.push.heldBefore(pushKeyOf(r), strings.ToLower(old.version))
+		}
+	}
+}
