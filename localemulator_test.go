@@ -17,9 +17,8 @@ import (
 	"github.com/Azure/azure-sdk-for-go/sdk/azidentity"
 
 	"github.com/viperkv/viperkv"
-	"github.com/viperkv/viperkv/kvtest"
-
 	"github.com/viperkv/viperkv/internal/emuinfo"
+	"github.com/viperkv/viperkv/kvtest"
 )
 
 // managedIdentityEnv are the variables MSAL reads to pick a managed identity source.

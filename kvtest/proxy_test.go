@@ -21,9 +21,8 @@ import (
 	"github.com/Azure/azure-sdk-for-go/sdk/azidentity"
 	"github.com/Azure/azure-sdk-for-go/sdk/security/keyvault/azsecrets"
 
-	"github.com/viperkv/viperkv/kvtest"
-
 	"github.com/viperkv/viperkv/internal/emuinfo"
+	"github.com/viperkv/viperkv/kvtest"
 )
 
 // proxyRoundTrip sends one raw request line (and headers) to the proxy and returns the

@@ -15,9 +15,8 @@ import (
 	"github.com/Azure/azure-sdk-for-go/sdk/azidentity"
 	"github.com/Azure/azure-sdk-for-go/sdk/security/keyvault/azsecrets"
 
-	"github.com/viperkv/viperkv/kvtest"
-
 	"github.com/viperkv/viperkv/internal/emuinfo"
+	"github.com/viperkv/viperkv/kvtest"
 )
 
 func loadSeed(t *testing.T) *kvtest.Seed {

@@ -25,7 +25,6 @@ import (
 	"github.com/spf13/viper"
 
 	"github.com/viperkv/viperkv"
-
 	"github.com/viperkv/viperkv/internal/emuinfo"
 )
 
@@ -49,6 +48,8 @@ type loadFlags struct {
 	cloud      string
 	timeout    time.Duration
 	verbose    bool
+
+	emulatorTenant string // set by options when VIPERKV_EMULATOR_INFO names an emulator
 }
 
 // credentialChoice is a value of --credential and what it means.
@@ -139,9 +140,11 @@ func (f *loadFlags) options(stderr io.Writer) ([]viperkv.Option, error) {
 	}
 	var hc *http.Client // the emulator's, or nil for Azure
 	if path := os.Getenv(emulatorInfoEnv); path != "" {
-		if _, hc, err = openEmulator(emulatorInfoEnv, path); err != nil {
+		var info *emuinfo.Info
+		if info, hc, err = openEmulator(emulatorInfoEnv, path); err != nil {
 			return nil, err
 		}
+		f.emulatorTenant = info.TenantID
 		fmt.Fprintf(stderr, "viperkv: using the emulator of %s=%s, not Azure\n", emulatorInfoEnv, path)
 		opts = append(opts, viperkv.WithTransport(hc))
 	}

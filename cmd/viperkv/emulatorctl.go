@@ -19,9 +19,8 @@ import (
 	"github.com/Azure/azure-sdk-for-go/sdk/security/keyvault/azsecrets"
 	"github.com/spf13/cobra"
 
-	"github.com/viperkv/viperkv/kvtest"
-
 	"github.com/viperkv/viperkv/internal/emuinfo"
+	"github.com/viperkv/viperkv/kvtest"
 )
 
 // ctlFlags are the flags of viperkv emulator secret: which emulator, as whom.

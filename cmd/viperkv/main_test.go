@@ -310,7 +310,7 @@ var childEnvVar = childModeEnv + "=1"
 //	split NAME           writes "<" + value + ">" to stdout in two writes 50 ms apart
 //	exit N               exits with status N
 //	trap N               prints "ready", then "got SIGHUP" per SIGHUP; exits N on SIGTERM
-//	serve FILE NAME      appends NAME's value to FILE, prints "started", exits 0 on SIGTERM
+//	serve FILE NAME...   appends the NAMEs' values (joined by "|") to FILE, prints "started", exits 0 on SIGTERM
 //	stubborn FILE NAME   as serve, but ignores SIGTERM and exits 0 on SIGINT
 func testChild(args []string) int {
 	if len(args) == 0 {
@@ -353,7 +353,11 @@ func testChild(args []string) int {
 		if err != nil {
 			return 98
 		}
-		fmt.Fprintf(f, "%s\n", os.Getenv(args[2]))
+		var vals []string
+		for _, name := range args[2:] {
+			vals = append(vals, os.Getenv(name))
+		}
+		fmt.Fprintf(f, "%s\n", strings.Join(vals, "|"))
 		f.Close()
 		sigs := make(chan os.Signal, 4)
 		signal.Notify(sigs, syscall.SIGTERM, syscall.SIGINT)

@@ -34,6 +34,7 @@ type runFlags struct {
 	watch           bool
 	grace           time.Duration
 	refreshInterval time.Duration
+	push            pushFlags
 }
 
 func newRunCmd() *cobra.Command {
@@ -55,6 +56,12 @@ in a configuration file whose keys are exported as variables (database.conn with
   configuration file is watched); when a value changes, viperkv says so (never the
   value), sends the command SIGTERM, waits up to --grace, sends SIGKILL if it is still
   running, and starts it again with the new environment.
+- With --watch --listen ADDR, viperkv also takes Key Vault's events from Event Grid on
+  ADDR (Event Grid or CloudEvents schema), so a rotation restarts the command within a
+  second instead of a refresh interval. Authentication is required: --eventgrid-audience
+  (Microsoft Entra ID tokens of --eventgrid-tenant, from Event Grid, with the app role)
+  and/or --eventgrid-header NAME with the value in $VIPERKV_EVENTGRID_HEADER_VALUE
+  (never on the command line, and not passed to the command).
 
 If a reference does not resolve, the command is not started and the exit status is 125;
 126 means the command could not be started, 127 that it was not found.`,
@@ -63,7 +70,11 @@ If a reference does not resolve, the command is not started and the exit status 
   viperkv run -- ./server
 
   # A config file's keys as variables (APP_DATABASE_CONN, ...), restarting on rotation
-  viperkv run --config config.yaml --env-prefix APP --watch --grace 30s -- ./server --port 8080`,
+  viperkv run --config config.yaml --env-prefix APP --watch --grace 30s -- ./server --port 8080
+
+  # Rotations pushed by Event Grid (Entra-protected webhook), polling hourly as the safety net
+  viperkv run --watch --refresh-interval 1h --listen :8443 --listen-cert tls.crt --listen-key tls.key \
+    --eventgrid-tenant $AZURE_TENANT_ID --eventgrid-audience api://my-webhook -- ./server`,
 		Args: func(_ *cobra.Command, args []string) error {
 			if len(args) == 0 {
 				return errors.New("missing COMMAND: viperkv run [flags] -- COMMAND [ARGS...]")
@@ -77,6 +88,9 @@ If a reference does not resolve, the command is not started and the exit status 
 			if f.refreshInterval <= 0 {
 				return usageError("--refresh-interval must be positive")
 			}
+			if err := f.push.check(f.watch); err != nil {
+				return err
+			}
 			return runRun(cmd, &f, args)
 		},
 	}
@@ -88,6 +102,7 @@ If a reference does not resolve, the command is not started and the exit status 
 	cmd.Flags().DurationVar(&f.grace, "grace", 10*time.Second, "with --watch: how long the command has to exit after SIGTERM before SIGKILL")
 	cmd.Flags().DurationVar(&f.refreshInterval, "refresh-interval", viperkv.DefaultRefreshInterval,
 		"with --watch: how often versionless references are re-checked for a new version (try 2s against the emulator)")
+	f.push.register(cmd)
 	return cmd
 }
 
@@ -96,7 +111,7 @@ func runRun(cmd *cobra.Command, f *runFlags, args []string) error {
 	say := func(format string, a ...any) { fmt.Fprintf(stderr, "viperkv: "+format+"\n", a...) }
 	// The child's environment is this one, not the one options() adds the emulator's
 	// identity variables to.
-	environ := os.Environ()
+	environ := withoutVar(os.Environ(), eventGridHeaderValueEnv)
 	v, err := f.lf.viper()
 	if err != nil {
 		return err
@@ -106,9 +121,18 @@ func runRun(cmd *cobra.Command, f *runFlags, args []string) error {
 	if err != nil {
 		return err
 	}
-	p, err := viperkv.New(v, append(opts, viperkv.WithRefreshInterval(f.refreshInterval))...)
+	p, err := viperkv.New(v, append(opts, viperkv.WithRefreshInterval(f.refreshInterval), viperkv.WithPushDelay(f.push.delay))...)
 	if err != nil {
 		return err
+	}
+	var listener *pushListener
+	if f.push.listen != "" {
+		// Listening before the Load: Event Grid gets 503 until the configuration is
+		// loaded, and a port that is taken stops viperkv before the command starts.
+		if listener, err = f.push.start(p, f.lf.emulatorTenant, say); err != nil {
+			return err
+		}
+		defer listener.close()
 	}
 
 	sigs := make(chan os.Signal, 16)
@@ -277,7 +301,11 @@ func describeChange(e viperkv.Event) string {
 	if e.Secret.Name == "" {
 		return "the configuration file changed"
 	}
-	return fmt.Sprintf("secret %s/%s version %s -> %s", e.Secret.Vault, e.Secret.Name, dash(e.OldVersion), dash(e.NewVersion))
+	s := fmt.Sprintf("secret %s/%s version %s -> %s", e.Secret.Vault, e.Secret.Name, dash(e.OldVersion), dash(e.NewVersion))
+	if e.Source == viperkv.SourcePush {
+		s += ", pushed by Key Vault's event"
+	}
+	return s
 }
 
 func describeSecret(e viperkv.Event, refs *envRefs) string {

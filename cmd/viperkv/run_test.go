@@ -4,6 +4,7 @@ package main
 
 import (
 	"fmt"
+	"net/http"
 	"os"
 	"path/filepath"
 	"regexp"
@@ -312,4 +313,79 @@ func ownEmulator(t *testing.T, setup func(*kvtest.Server)) (*kvtest.Server, stri
 		t.Fatal(err)
 	}
 	return srv, path
+}
+
+// TestRunWatchRestartsOnPush: with --listen, an Event Grid delivery restarts the command
+// at once (the refresh interval is an hour); a delivery without the shared header gets 401
+// and changes nothing; the header's value never reaches the command.
+func TestRunWatchRestartsOnPush(t *testing.T) {
+	t.Parallel()
+	first, second := sentinel(t), sentinel(t)
+	name, ref := newSecret(t, first)
+	startedFile := filepath.Join(t.TempDir(), "started")
+	p := start(t, []string{childEnvVar, "DB_CONN=" + ref, "VIPERKV_EVENTGRID_HEADER_VALUE=hook-secret-value"},
+		append([]string{"run", "--watch", "--refresh-interval", "1h", "--grace", "5s", "--listen", "127.0.0.1:0", "--listen-path", "/events",
+			"--eventgrid-header", "X-Webhook-Key"}, childCmd("serve", startedFile, "DB_CONN", "VIPERKV_EVENTGRID_HEADER_VALUE")...)...)
+	if got := waitLines(t, p, startedFile, 1); !slices.Equal(got, []string{first + "|"}) {
+		t.Fatalf("first start saw %q", got)
+	}
+	m := regexp.MustCompile(`listening for Event Grid deliveries on (http://127\.0\.0\.1:\d+/events) \(header X-Webhook-Key\)`).FindStringSubmatch(p.waitStderr("listening for Event Grid"))
+	if m == nil {
+		t.Fatalf("stderr does not say where it listens:\n%s", p.stderr.String())
+	}
+	version := emu.Vault("myvault").SetSecret(name, second)
+	delivery := fmt.Sprintf(`[{"id":"%s","topic":"/subscriptions/x/resourceGroups/rg/providers/Microsoft.KeyVault/vaults/myvault","subject":"%s",`+
+		`"eventType":"Microsoft.KeyVault.SecretNewVersionCreated","eventTime":"2026-12-01T00:00:00Z","dataVersion":"1","metadataVersion":"1",`+
+		`"data":{"Id":"https://myvault.vault.azure.net/secrets/%s/%s","VaultName":"myvault","ObjectType":"Secret","ObjectName":"%s","Version":"%s","NBF":null,"EXP":null}}]`,
+		version, name, name, version, name, version)
+	post := func(key string) int {
+		req, _ := http.NewRequest(http.MethodPost, m[1], strings.NewReader(delivery))
+		req.Header.Set("Content-Type", "application/json")
+		req.Header.Set("aeg-event-type", "Notification")
+		if key != "" {
+			req.Header.Set("X-Webhook-Key", key)
+		}
+		resp, err := http.DefaultClient.Do(req)
+		if err != nil {
+			t.Fatal(err)
+		}
+		resp.Body.Close()
+		return resp.StatusCode
+	}
+	if st := post("wrong"); st != 401 {
+		t.Errorf("delivery with a wrong header: %d, want 401", st)
+	}
+	if st := post("hook-secret-value"); st != 200 {
+		t.Fatalf("delivery: %d", st)
+	}
+	if got := waitLines(t, p, startedFile, 2); !slices.Equal(got, []string{first + "|", second + "|"}) {
+		t.Fatalf("starts saw %q", got)
+	}
+	errOut := p.waitStderr("restarted the command")
+	if !strings.Contains(errOut, "-> "+version+", pushed by Key Vault's event") {
+		t.Errorf("stderr does not say the rotation was pushed:\n%s", errOut)
+	}
+	p.signal(syscall.SIGTERM)
+	p.wait()
+	assertNoValues(t, p.stdout.String()+p.stderr.String(), first, second, "hook-secret-value")
+}
+
+// TestRunListenNeedsAuthentication: --listen without a way to authenticate Event Grid, or
+// without --watch, or with the header's value missing, is a usage error before anything runs.
+func TestRunListenNeedsAuthentication(t *testing.T) {
+	t.Parallel()
+	for _, tc := range []struct {
+		args []string
+		want string
+	}{
+		{[]string{"--watch", "--listen", "127.0.0.1:0"}, "--listen needs authentication"},
+		{[]string{"--listen", "127.0.0.1:0", "--eventgrid-header", "X-Key"}, "--listen needs --watch"},
+		{[]string{"--watch", "--listen", "127.0.0.1:0", "--eventgrid-header", "X-Key"}, "VIPERKV_EVENTGRID_HEADER_VALUE"},
+		{[]string{"--eventgrid-audience", "api://x"}, "need --listen"},
+	} {
+		p := start(t, []string{childEnvVar, "VIPERKV_EVENTGRID_HEADER_VALUE="}, append(append([]string{"run"}, tc.args...), childCmd("exit", "0")...)...)
+		if code := p.wait(); code != 2 || !strings.Contains(p.stderr.String(), tc.want) {
+			t.Errorf("run %v: exit %d, stderr %q; want 2 and %q", tc.args, code, p.stderr.String(), tc.want)
+		}
+	}
 }
