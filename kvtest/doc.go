@@ -36,6 +36,11 @@
 //     api-version 2019-08-01, mi_res_id) and IMDS style (Metadata: true, api-version
 //     2018-02-01, msi_res_id); system-assigned and user-assigned identities by client,
 //     object or resource ID; the real endpoints' error statuses.
+//   - Event Grid: each vault is a system topic; [Vault.Subscribe] delivers Key Vault's
+//     secret events (new version, near expiry 30 days ahead, expired) to a webhook in the
+//     Event Grid or CloudEvents schema, after the validation handshake, with Entra tokens or
+//     custom headers, retries on Event Grid's schedule, batching, and duplicated or
+//     reordered deliveries on request.
 //   - Test controls: counters per operation, latency, fault injection (status, hang,
 //     connection reset), throttling limits.
 //

@@ -36,3 +36,10 @@ type Seed = seedSpec
 func ParseSeed(r io.Reader) (*Seed, error)       { return parseSeed(r) }
 func ApplySeed(s *Server, sd *Seed) error        { return s.applySeed(sd) }
 func Info(s *Server, caFile string) emuinfo.Info { return s.info(caFile) }
+
+// Event Grid internals for kvtest's tests of event delivery.
+
+func Subscriptions(v *Vault) []*Subscription           { return v.subscriptions() }
+func PendingExpiryTimers(v *Vault) int                 { return v.pendingExpiryTimers() }
+func SubscriptionDone(s *Subscription) <-chan struct{} { return s.done }
+func EventGridObjectID(s *Server) string               { return s.eventGridObjectID() }

@@ -47,6 +47,30 @@ type seedVault struct {
 	Secrets []seedSecret `yaml:"secrets,omitempty"`
 	// Grants are role assignments on the vault.
 	Grants []seedGrant `yaml:"grants,omitempty"`
+	// EventSubscriptions are Event Grid webhook subscriptions on the vault's system topic,
+	// made after the secrets, so the seed's own secrets publish nothing to them.
+	EventSubscriptions []seedEventSubscription `yaml:"event_subscriptions,omitempty"`
+}
+
+// seedEventSubscription is an Event Grid subscription of a [seedVault] (see
+// [EventSubscription]).
+type seedEventSubscription struct {
+	// Name defaults to "sub-<n>".
+	Name string `yaml:"name,omitempty"`
+	// Endpoint is the webhook's http or https URL.
+	Endpoint string `yaml:"endpoint"`
+	// Schema is eventgrid (default) or cloudevents.
+	Schema string `yaml:"schema,omitempty"`
+	// EventTypes filter the events (default the three secret events).
+	EventTypes []string `yaml:"event_types,omitempty"`
+	// Audience turns on Microsoft Entra protected delivery.
+	Audience string `yaml:"audience,omitempty"`
+	// Roles are the roles claim of the Entra tokens.
+	Roles []string `yaml:"roles,omitempty"`
+	// Headers are custom delivery properties.
+	Headers map[string]string `yaml:"headers,omitempty"`
+	// MaxEventsPerBatch defaults to 1.
+	MaxEventsPerBatch int `yaml:"max_events_per_batch,omitempty"`
 }
 
 // seedSecret is a secret of a [seedVault].
@@ -176,7 +200,8 @@ func itemName(item *yaml.Node, noun string, i int, parent string) string {
 }
 
 // seedNouns name one item of each list of a seed.
-var seedNouns = map[string]string{"identities": "identity", "vaults": "vault", "secrets": "secret", "grants": "grant"}
+var seedNouns = map[string]string{"identities": "identity", "vaults": "vault", "secrets": "secret", "grants": "grant",
+	"event_subscriptions": "event subscription"}
 
 func isNull(n *yaml.Node) bool { return n.Kind == yaml.ScalarNode && n.Tag == "!!null" }
 
@@ -191,6 +216,10 @@ func seedKind(t reflect.Type) string {
 		return "true or false"
 	case t.Kind() == reflect.Map:
 		return "a mapping of strings"
+	case t.Kind() == reflect.Slice:
+		return "a list of strings"
+	case t.Kind() == reflect.Int:
+		return "a whole number"
 	}
 	return "a string"
 }
@@ -242,11 +271,47 @@ func (sd *seedSpec) validate() error {
 				errs = append(errs, fmt.Errorf("vaults[%d].grants[%d]: unknown role %q", i, j, g.Role))
 			}
 		}
+		errs = append(errs, validateSeedSubscriptions(i, v.EventSubscriptions)...)
 	}
 	if len(errs) > 0 {
 		return fmt.Errorf("kvtest: invalid seed: %w", errors.Join(errs...))
 	}
 	return nil
+}
+
+// validateSeedSubscriptions checks the event subscriptions of vaults[i]. It never quotes
+// an endpoint, which may carry a key, nor a header value.
+func validateSeedSubscriptions(i int, subs []seedEventSubscription) []error {
+	var errs []error
+	names := map[string]bool{}
+	for j, es := range subs {
+		at := fmt.Sprintf("vaults[%d].event_subscriptions[%d]", i, j)
+		switch key := strings.ToLower(es.Name); {
+		case es.Name != "" && !subscriptionNameRE.MatchString(es.Name):
+			errs = append(errs, fmt.Errorf("%s: invalid name %q (3-64 letters, digits, dashes)", at, es.Name))
+		case es.Name != "" && names[key]:
+			errs = append(errs, fmt.Errorf("%s: duplicate name %q", at, es.Name))
+		default:
+			names[key] = true
+		}
+		if es.Endpoint == "" {
+			errs = append(errs, fmt.Errorf("%s: endpoint is required", at))
+		} else if checkEndpoint(es.Endpoint) != nil {
+			errs = append(errs, fmt.Errorf("%s: endpoint is not an http or https URL", at))
+		}
+		if _, err := parseEventSchema(es.Schema); err != nil {
+			errs = append(errs, fmt.Errorf("%s: unknown schema %q (want eventgrid or cloudevents)", at, es.Schema))
+		}
+		for _, t := range es.EventTypes {
+			if !knownEventType(t) {
+				errs = append(errs, fmt.Errorf("%s: unknown event type %q (want a Microsoft.KeyVault event type such as %s)", at, t, EventSecretNewVersionCreated))
+			}
+		}
+		if es.MaxEventsPerBatch < 0 || es.MaxEventsPerBatch > 5000 {
+			errs = append(errs, fmt.Errorf("%s: max_events_per_batch must be between 1 and 5000", at))
+		}
+	}
+	return errs
 }
 
 // WithSeed fills the server, when it starts, from a YAML seed: the same file the
@@ -271,15 +336,28 @@ func (sd *seedSpec) validate() error {
 //	    grants:
 //	      - identity: system                          # the system-assigned identity
 //	        role: Key Vault Secrets User              # or secrets-user, secrets-officer, reader
+//	    event_subscriptions:                          # Event Grid webhooks, see Vault.Subscribe
+//	      - name: app-push                            # optional, default sub-<n>
+//	        endpoint: https://localhost:8443/events   # http or https
+//	        schema: eventgrid                         # optional: eventgrid (default) or cloudevents
+//	        event_types:                              # optional, default the three secret events
+//	          - Microsoft.KeyVault.SecretNewVersionCreated
+//	        audience: api://my-webhook-app            # optional: Entra protected delivery
+//	        roles: [AzureEventGridSecureWebhookSubscriber]  # optional, the default
+//	        headers: {X-Api-Key: local-only}          # optional custom delivery properties
+//	        max_events_per_batch: 1                   # optional, default 1
 //
 // The seed's tenant_id, when given, is the server's tenant; with [WithTenantID] too, both
 // must agree. A seed that does not parse or names an unknown identity or role fails
-// [Start] (and panics [NewServer] and [NewServerT]).
+// [Start] (and panics [NewServer] and [NewServerT]). Event subscriptions are made after
+// the vault's secrets, so the seed's secrets publish no SecretNewVersionCreated to them
+// (their expiry events still come); each starts its validation handshake at once.
 func WithSeed(yaml []byte) Option {
 	return func(c *config) { c.seed = bytes.Clone(yaml) }
 }
 
-// applySeed adds the seed's identities, vaults, secrets and grants to the server.
+// applySeed adds the seed's identities, vaults, secrets, grants and event subscriptions
+// to the server.
 func (s *Server) applySeed(sd *seedSpec) error {
 	if sd == nil {
 		return nil
@@ -332,6 +410,11 @@ func (s *Server) applySeed(sd *seedSpec) error {
 		for _, g := range sv.Grants {
 			role, _ := ParseRole(g.Role) // validated above
 			v.Grant(ids[strings.ToLower(g.Identity)], role)
+		}
+		for _, es := range sv.EventSubscriptions {
+			schema, _ := parseEventSchema(es.Schema) // validated above
+			v.Subscribe(EventSubscription{Name: es.Name, Endpoint: es.Endpoint, Schema: schema, EventTypes: es.EventTypes,
+				Audience: es.Audience, Roles: es.Roles, Headers: es.Headers, MaxEventsPerBatch: es.MaxEventsPerBatch})
 		}
 	}
 	return nil

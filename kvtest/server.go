@@ -264,6 +264,7 @@ func (s *Server) Close() {
 			}
 		}
 		for _, v := range vaults {
+			v.closeEvents() // Event Grid: subscriptions and expiry timers
 			_ = v.ln.hs.Close()
 		}
 		s.closeProxy()

@@ -35,6 +35,7 @@ type Vault struct {
 	deleted map[string]*deletedSecret
 	purging map[string]purge         // lowercase name -> a purge still completing
 	grants  map[string]map[Role]bool // object ID -> roles
+	events  vaultEvents              // Event Grid: subscriptions and expiry timers (eventgrid.go)
 }
 
 type secret struct {
@@ -239,6 +240,7 @@ func (v *Vault) addVersionLocked(name string, sv *secretVersion) {
 		v.secrets[key] = s
 	}
 	s.versions = append(s.versions, sv)
+	v.versionCreatedLocked(s, sv) // Event Grid: SecretNewVersionCreated, expiry timers
 }
 
 // SetEnabled enables or disables one version of a secret ("" = the latest).

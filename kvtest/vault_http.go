@@ -554,6 +554,7 @@ func (v *Vault) updateSecret(w http.ResponseWriter, r *http.Request, rt route) {
 	}
 	body.Attributes.apply(sv)
 	sv.updated = time.Now().Truncate(time.Second)
+	v.scheduleExpiryLocked(s, sv) // Event Grid: a changed exp reschedules the expiry events
 	b := v.bundle(s, sv, false, true)
 	v.mu.Unlock()
 	writeJSON(w, http.StatusOK, b)
@@ -927,6 +928,9 @@ func (v *Vault) restoreSecret(w http.ResponseWriter, r *http.Request, _ route) {
 		return
 	}
 	v.secrets[key] = s
+	for _, sv := range s.versions { // Event Grid: each restored version is a new version
+		v.versionCreatedLocked(s, sv)
+	}
 	out := v.bundle(s, s.latest(), false, true)
 	v.mu.Unlock()
 	writeJSON(w, http.StatusOK, out)

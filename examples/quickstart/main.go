@@ -19,6 +19,7 @@ import (
 	"fmt"
 	"io"
 	"log/slog"
+	"net/http/httptest"
 	"os"
 	"strings"
 	"sync"
@@ -116,7 +117,12 @@ func run(ctx context.Context, out io.Writer, configFile, seedFile string, quiet 
 		return err
 	}
 
-	// 6. The same configuration read by an identity with no role on the vaults.
+	// 6. Push: Key Vault's Event Grid event reaches a replica that polls only hourly.
+	if err := push(ctx, say, srv, v); err != nil {
+		return err
+	}
+
+	// 7. The same configuration read by an identity with no role on the vaults.
 	noaccess, ok := srv.UserIdentity("noaccess")
 	if !ok {
 		return errors.New(`seed has no identity "noaccess"`)
@@ -142,7 +148,7 @@ func run(ctx context.Context, out io.Writer, configFile, seedFile string, quiet 
 		return errors.New("identity without access: database.conn is set; a failed key must be absent")
 	}
 
-	say("ok: %d references resolved through managed identity, a rotation reached the watcher, an identity without access got %s",
+	say("ok: %d references resolved through managed identity, a rotation reached the watcher by polling and one by push, an identity without access got %s",
 		len(p.Status()), viperkv.StatusAccessToKeyVaultDenied)
 	return nil
 }
@@ -182,6 +188,58 @@ func rotate(ctx context.Context, say func(string, ...any), srv *kvtest.Server, p
 		return errors.New("database.conn does not hold the rotated value")
 	}
 	say("database.conn now holds version %s; no restart", version)
+	return nil
+}
+
+// push serves an Event Grid handler for a replica that polls only hourly, subscribes it to
+// the vault's events (Microsoft Entra authentication, as on Azure), rotates api-key and
+// waits for the watcher's event.
+func push(ctx context.Context, say func(string, ...any), srv *kvtest.Server, v *viper.Viper) error {
+	p, err := viperkv.New(v, viperkv.WithTransport(srv.Client()), viperkv.WithEnvKeys("api.key"),
+		viperkv.WithRefreshInterval(time.Hour))
+	if err != nil {
+		return err
+	}
+	if err := p.Load(ctx); err != nil {
+		return err
+	}
+	const audience = "api://quickstart-webhook" // the webhook app's ID URI
+	h, err := viperkv.NewEventGridHandler(p, viperkv.EventGridEntra(srv.TenantID(), audience))
+	if err != nil {
+		return err
+	}
+	webhook := httptest.NewServer(h)
+	defer webhook.Close()
+	kv := srv.Vault("myvault")
+	sub := kv.Subscribe(kvtest.EventSubscription{Endpoint: webhook.URL, Audience: audience, Schema: kvtest.CloudEventSchema})
+	defer sub.Close()
+	if err := sub.WaitValidated(ctx); err != nil {
+		return fmt.Errorf("the Event Grid subscription: %w", err)
+	}
+	say("a second replica polls hourly; Event Grid (CloudEvents, Entra-authenticated) delivers the vault's events to its handler at %s", webhook.URL)
+
+	changed := make(chan viperkv.Event, 1)
+	cancelWatcher := p.OnChange(func(e viperkv.Event) {
+		if e.Kind == viperkv.EventChanged {
+			select {
+			case changed <- e:
+			default:
+			}
+		}
+	})
+	defer cancelWatcher()
+	start := time.Now()
+	version := kv.SetSecret("api-key", "rotated-api-key-"+time.Now().Format("150405.000"))
+	select {
+	case e := <-changed:
+		took := time.Since(start)
+		if e.Source != viperkv.SourcePush || e.NewVersion != version {
+			return fmt.Errorf("the pushed rotation arrived as %s", e)
+		}
+		say("watcher got: %s, %s after the new version (by push, not the hourly poll)", e, took.Round(time.Millisecond))
+	case <-time.After(10 * time.Second):
+		return errors.New("the pushed rotation did not arrive within 10 s")
+	}
 	return nil
 }
 

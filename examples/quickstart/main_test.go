@@ -39,7 +39,7 @@ func TestQuickstart(t *testing.T) {
 	if last := lines[len(lines)-1]; !strings.HasPrefix(last, "quickstart: ok") {
 		t.Errorf("last line = %q, want it to begin with \"quickstart: ok\"", last)
 	}
-	for _, step := range []string{"token issued", "signing keys fetched via OIDC discovery", "token validated", "RBAC allowed", "secret read", "RBAC denied", "AccessToKeyVaultDenied", "watcher got: Changed (poll)"} {
+	for _, step := range []string{"token issued", "signing keys fetched via OIDC discovery", "token validated", "RBAC allowed", "secret read", "RBAC denied", "AccessToKeyVaultDenied", "watcher got: Changed (poll)", "watcher got: Changed (push)", "by push, not the hourly poll"} {
 		if !strings.Contains(out.String(), step) {
 			t.Errorf("output does not show %q", step)
 		}

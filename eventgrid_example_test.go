@@ -1,0 +1,92 @@
+package viperkv_test
+
+import (
+	"context"
+	"fmt"
+	"net/http"
+	"net/http/httptest"
+	"time"
+
+	"github.com/viperkv/viperkv"
+	"github.com/viperkv/viperkv/kvtest"
+)
+
+// Rotations by push: Key Vault publishes a SecretNewVersionCreated event to Event Grid,
+// Event Grid delivers it to the service's webhook, and the handler refreshes exactly that
+// secret. Here the emulator plays Key Vault and Event Grid, with Microsoft Entra protected
+// delivery as on Azure; polling is left at an hour, as the safety net.
+func ExampleNewEventGridHandler() {
+	srv := kvtest.NewServer()
+	defer srv.Close()
+	kv := srv.AddVault("myvault")
+	kv.Grant(srv.SystemIdentity(), kvtest.RoleSecretsUser)
+	kv.SetSecret("api-key", "key-one")
+
+	v := exampleViper(`api: {key: "@KeyVault(SecretUri=https://myvault.vault.azure.net/secrets/api-key/)"}`)
+	p, err := viperkv.New(v, viperkv.WithCredential(srv.Credential()), viperkv.WithTransport(srv.Client()),
+		viperkv.WithRefreshInterval(time.Hour))
+	if err != nil {
+		fmt.Println(err)
+		return
+	}
+	if err := p.Load(context.Background()); err != nil {
+		fmt.Println(err)
+		return
+	}
+
+	// The webhook app's ID URI is the audience of the tokens Event Grid presents.
+	h, err := viperkv.NewEventGridHandler(p, viperkv.EventGridEntra(srv.TenantID(), "api://orders-webhook"))
+	if err != nil {
+		fmt.Println(err)
+		return
+	}
+	mux := http.NewServeMux()
+	mux.Handle("/keyvault-events", h) // on the service's own server
+	webhook := httptest.NewServer(mux)
+	defer webhook.Close()
+
+	sub := kv.Subscribe(kvtest.EventSubscription{Endpoint: webhook.URL + "/keyvault-events", Audience: "api://orders-webhook"})
+	defer sub.Close()
+	if err := sub.WaitValidated(context.Background()); err != nil {
+		fmt.Println(err)
+		return
+	}
+
+	changed := make(chan viperkv.Event, 1)
+	p.OnChange(func(e viperkv.Event) { changed <- e })
+	kv.SetSecret("api-key", "key-two") // the rotation
+	e := <-changed
+	fmt.Println(e.Kind, e.Source, e.Keys)
+	fmt.Println(p.GetString("api.key"))
+	// Output:
+	// Changed push [api.key]
+	// key-two
+}
+
+// Notify is the same targeted refresh for events that arrive another way, for example
+// from a Service Bus subscription that Event Grid forwards the vault's events to.
+func ExampleProvider_Notify() {
+	srv := kvtest.NewServer()
+	defer srv.Close()
+	kv := srv.AddVault("myvault")
+	kv.Grant(srv.SystemIdentity(), kvtest.RoleSecretsUser)
+	kv.SetSecret("api-key", "key-one")
+	p, err := viperkv.New(exampleViper(`api: {key: "@KeyVault(VaultName=myvault;SecretName=api-key)"}`),
+		viperkv.WithCredential(srv.Credential()), viperkv.WithTransport(srv.Client()))
+	if err != nil {
+		fmt.Println(err)
+		return
+	}
+	if err := p.Load(context.Background()); err != nil {
+		fmt.Println(err)
+		return
+	}
+	version := kv.SetSecret("api-key", "key-two")
+
+	// The fields of the event's data: VaultName, ObjectName, Version.
+	err = p.Notify(context.Background(), viperkv.SecretChange{
+		Type: viperkv.ChangeNewVersion, ID: "the event's id", Vault: "myvault", Name: "api-key", Version: version,
+	})
+	fmt.Println(err, p.GetString("api.key"))
+	// Output: <nil> key-two
+}
