@@ -325,7 +325,7 @@ func TestExpiredVersionKeepsServing(t *testing.T) {
 		rec.only(t, EventNearExpiry) // within the default warning window from the start
 
 		v2 := src.set("myvault", "ttl", "ttl-v2")
-		time.Sleep(interval)
+		time.Sleep(interval + interval/10) // the next poll comes within the interval plus its jitter
 		synctest.Wait()
 		rec.only(t, EventRecovered)
 		if ch := rec.only(t, EventChanged); ch.OldVersion != v1 || ch.NewVersion != v2 {

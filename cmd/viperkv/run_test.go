@@ -3,6 +3,7 @@
 package main
 
 import (
+	"context"
 	"fmt"
 	"net/http"
 	"os"
@@ -388,4 +389,47 @@ func TestRunListenNeedsAuthentication(t *testing.T) {
 			t.Errorf("run %v: exit %d, stderr %q; want 2 and %q", tc.args, code, p.stderr.String(), tc.want)
 		}
 	}
+}
+
+// TestRunWatchPushFromTheEmulator: the emulator's own Event Grid, with Microsoft Entra
+// protected delivery (the tenant taken from the emulator's info file), restarts the command
+// on a rotation: the whole path a service on Azure takes, on loopback.
+func TestRunWatchPushFromTheEmulator(t *testing.T) {
+	t.Parallel()
+	first, second := sentinel(t), sentinel(t)
+	var kv *kvtest.Vault
+	_, info := ownEmulator(t, func(srv *kvtest.Server) {
+		kv = srv.AddVault("pushvault")
+		kv.SetSecret("db-conn", first)
+		kv.Grant(srv.SystemIdentity(), kvtest.RoleSecretsUser)
+	})
+	startedFile := filepath.Join(t.TempDir(), "started")
+	p := start(t, []string{childEnvVar, emulatorInfoEnv + "=" + info, "DB_CONN=@KeyVault(VaultName=pushvault;SecretName=db-conn)"},
+		append([]string{"run", "--watch", "--refresh-interval", "1h", "--grace", "5s", "--listen", "127.0.0.1:0",
+			"--eventgrid-audience", "api://viperkv-run"}, childCmd("serve", startedFile, "DB_CONN")...)...)
+	if got := waitLines(t, p, startedFile, 1); !slices.Equal(got, []string{first}) {
+		t.Fatalf("first start saw %q", got)
+	}
+	m := regexp.MustCompile(`listening for Event Grid deliveries on (http://\S+) \(Entra ID \(tenant ` + kvtest.DefaultTenantID + `, audience api://viperkv-run\)\)`).
+		FindStringSubmatch(p.waitStderr("listening for Event Grid"))
+	if m == nil {
+		t.Fatalf("stderr does not say where it listens or for which tenant:\n%s", p.stderr.String())
+	}
+	sub := kv.Subscribe(kvtest.EventSubscription{Endpoint: m[1], Audience: "api://viperkv-run", Schema: kvtest.CloudEventSchema})
+	defer sub.Close()
+	ctx, cancel := context.WithTimeout(context.Background(), 15*time.Second)
+	defer cancel()
+	if err := sub.WaitValidated(ctx); err != nil {
+		t.Fatalf("handshake: %v; deliveries %+v", err, sub.Deliveries())
+	}
+	version := kv.SetSecret("db-conn", second)
+	if got := waitLines(t, p, startedFile, 2); !slices.Equal(got, []string{first, second}) {
+		t.Fatalf("starts saw %q; deliveries %+v", got, sub.Deliveries())
+	}
+	if errOut := p.waitStderr("restarted the command"); !strings.Contains(errOut, version+", pushed by Key Vault's event") {
+		t.Errorf("stderr does not say the rotation was pushed:\n%s", errOut)
+	}
+	p.signal(syscall.SIGTERM)
+	p.wait()
+	assertNoValues(t, p.stdout.String()+p.stderr.String(), first, second)
 }
