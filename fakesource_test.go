@@ -4,9 +4,11 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"maps"
 	"path/filepath"
 	"regexp"
 	"runtime"
+	"slices"
 	"strings"
 	"sync"
 	"testing"
@@ -25,6 +27,10 @@ type fakeSource struct {
 	calls   []fakeCall
 	busy    int // calls in progress
 	made    int // versions made, for unique version ids
+
+	listPages  map[string]int  // list pages served, per vault host
+	listDenied map[string]bool // vault hosts whose list answers 403
+	extra      map[string]int  // unreferenced secrets a vault holds besides these, for its size
 }
 
 // fakeKey names a secret: the vault's host and the name in lower case (Key Vault compares
@@ -73,7 +79,8 @@ func (f *fakeSource) set(vault, name, value string, opts ...versionOption) strin
 	f.mu.Lock()
 	defer f.mu.Unlock()
 	f.made++
-	sv := secretVersion{value: value, version: fmt.Sprintf("%032x", f.made)}
+	updated := time.Now().Truncate(time.Second) // Key Vault's timestamps have one-second resolution
+	sv := secretVersion{value: value, version: fmt.Sprintf("%032x", f.made), updated: &updated}
 	for _, o := range opts {
 		o(&sv)
 	}
@@ -173,6 +180,70 @@ func (f *fakeSource) getSecret(ctx context.Context, r Reference) (secretVersion,
 		}
 	}
 	return secretVersion{}, &fetchError{status: StatusSecretVersionNotFound, reason: "GET " + r.ID() + ": 404 SecretNotFound"}
+}
+
+// listSecrets lists a vault as Key Vault does, 25 items a page: the current version's
+// attributes of every secret with a version (a failing secret shows as disabled when it
+// fails with SecretDisabled, and is absent when it fails with SecretNotFound), then the
+// extra secrets that make the vault bigger.
+func (f *fakeSource) listSecrets(ctx context.Context, vault string, maxPages int) ([]secretProps, bool, error) {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	if f.listPages == nil {
+		f.listPages = map[string]int{}
+	}
+	if f.listDenied[vault] {
+		f.listPages[vault]++
+		return nil, false, &fetchError{status: StatusAccessToKeyVaultDenied,
+			reason: "GET https://" + vault + "/secrets (list): 403 Forbidden (ForbiddenByRbac)"}
+	}
+	var all []secretProps
+	for _, k := range slices.SortedFunc(maps.Keys(f.secrets), func(a, b fakeKey) int { return strings.Compare(a.name, b.name) }) {
+		s := f.secrets[k]
+		if k.vault != vault || len(s.versions) == 0 || (s.fail != nil && s.fail.status == StatusSecretNotFound) {
+			continue
+		}
+		cur := s.versions[len(s.versions)-1]
+		all = append(all, secretProps{name: k.name, enabled: s.fail == nil || s.fail.status != StatusSecretDisabled,
+			updated: cur.updated, expires: cur.expires, notBefore: cur.notBefore})
+	}
+	for i := range f.extra[vault] {
+		all = append(all, secretProps{name: fmt.Sprintf("zz-extra-%d", i), enabled: true})
+	}
+	pages := max(1, (len(all)+24)/25)
+	if maxPages > 0 && pages > maxPages {
+		f.listPages[vault] += maxPages
+		return all[:maxPages*25], false, nil
+	}
+	f.listPages[vault] += pages
+	return all, true, nil
+}
+
+// pages returns the list pages served for the vault.
+func (f *fakeSource) pages(vault string) int {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	return f.listPages[vaultHost(vault)]
+}
+
+// denyList makes the vault's list answer 403, as for an identity without list permission.
+func (f *fakeSource) denyList(vault string) {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	if f.listDenied == nil {
+		f.listDenied = map[string]bool{}
+	}
+	f.listDenied[vaultHost(vault)] = true
+}
+
+// grow adds n unreferenced secrets to the vault, for its size as listed.
+func (f *fakeSource) grow(vault string, n int) {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	if f.extra == nil {
+		f.extra = map[string]int{}
+	}
+	f.extra[vaultHost(vault)] += n
 }
 
 // callsOf returns the calls that asked for the secret (any version, or the one given),

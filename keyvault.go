@@ -9,6 +9,7 @@ import (
 	"net"
 	"net/http"
 	"strconv"
+	"strings"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -142,9 +143,72 @@ func (vc *vaultClient) get(ctx context.Context, r Reference) (sv secretVersion, 
 		sv.version = resp.ID.Version()
 	}
 	if a := resp.Attributes; a != nil {
-		sv.expires, sv.notBefore = a.Expires, a.NotBefore
+		sv.expires, sv.notBefore, sv.updated = a.Expires, a.NotBefore, a.Updated
 	}
 	return sv, 0, nil
+}
+
+// listSecrets lists the vault's secrets page by page through the vault's limiter. A
+// throttled page restarts the list (azcore's pager cannot retry a page), after the
+// limiter's pause.
+func (f *keyVault) listSecrets(ctx context.Context, vault string, maxPages int) ([]secretProps, bool, error) {
+	vc, err := f.vault(vault)
+	if err != nil {
+		return nil, false, &fetchError{status: StatusOtherReasons, reason: err.Error()}
+	}
+	for attempt := 0; ; attempt++ {
+		props, complete, retryAfter, err := vc.list(ctx, vault, maxPages)
+		if retryAfter == 0 || attempt >= maxThrottleRetries || ctx.Err() != nil {
+			return props, complete, err
+		}
+		f.log.Debug("viperkv: vault throttled a list; retrying", "vault", vault, "retry_after", retryAfter, "attempt", attempt+1)
+	}
+}
+
+func (vc *vaultClient) list(ctx context.Context, vault string, maxPages int) (out []secretProps, complete bool, retryAfter time.Duration, err error) {
+	pager := vc.client.NewListSecretPropertiesPager(nil)
+	for pages := 0; pager.More(); pages++ {
+		if maxPages > 0 && pages == maxPages {
+			return out, false, 0, nil
+		}
+		if err := vc.lim.acquire(ctx); err != nil {
+			return nil, false, 0, listError(vault, err)
+		}
+		page, err := pager.NextPage(ctx)
+		if err != nil {
+			var re *azcore.ResponseError
+			if errors.As(err, &re) && re.StatusCode == http.StatusTooManyRequests {
+				retryAfter = retryAfterOf(re.RawResponse)
+				vc.lim.release(true, retryAfter)
+				return nil, false, retryAfter, listError(vault, err)
+			}
+			vc.lim.release(false, 0)
+			return nil, false, 0, listError(vault, err)
+		}
+		vc.lim.release(false, 0)
+		for _, item := range page.Value {
+			if item == nil || item.ID == nil {
+				continue
+			}
+			p := secretProps{name: item.ID.Name(), enabled: true}
+			if a := item.Attributes; a != nil {
+				if a.Enabled != nil {
+					p.enabled = *a.Enabled
+				}
+				p.updated, p.expires, p.notBefore = a.Updated, a.Expires, a.NotBefore
+			}
+			out = append(out, p)
+		}
+	}
+	return out, true, 0, nil
+}
+
+// listError is classifyError for a list request.
+func listError(vault string, err error) *fetchError {
+	r := Reference{Vault: vault}
+	fe := classifyError(r, err)
+	fe.reason = strings.Replace(fe.reason, r.ID(), r.VaultURL()+"/secrets (list)", 1)
+	return fe
 }
 
 func deref(p *string) string {

@@ -46,6 +46,7 @@ type options struct {
 	expiryWarning      time.Duration
 	watchFile          bool
 	pushDelay          time.Duration
+	changeDetection    ChangeDetection
 
 	source secretSource // replaces Key Vault in the logic tests; never set by users
 
@@ -73,6 +74,7 @@ func defaultOptions() options {
 		retryMax:        DefaultRetryMax,
 		expiryWarning:   DefaultExpiryWarning,
 		watchFile:       true,
+		changeDetection: ChangeDetectionAuto,
 	}
 }
 

@@ -37,7 +37,8 @@ type Provider struct {
 	// cycles and file reloads. It guards the fields below it. Readers never take it.
 	updateMu sync.Mutex
 	sched    schedule
-	file     []byte // the config file's content as Watch last read it; nil: the source's
+	file     []byte                // the config file's content as Watch last read it; nil: the source's
+	lists    map[string]*vaultList // what listing each vault has taught (change detection)
 
 	push pushState // what Notify remembers; its own lock, so a delivery never waits on a Load to be judged
 
@@ -78,6 +79,9 @@ func New(v *viper.Viper, opts ...Option) (*Provider, error) {
 		return nil, fmt.Errorf("viperkv: New: refresh interval %v and retry back-off %v..%v must be positive and ordered",
 			o.refreshInterval, o.retryMin, o.retryMax)
 	}
+	if err := checkChangeDetection(o.changeDetection); err != nil {
+		return nil, err
+	}
 	if o.localEmulator != nil {
 		if err := o.localEmulator.apply(&o); err != nil {
 			return nil, err
@@ -89,6 +93,7 @@ func New(v *viper.Viper, opts ...Option) (*Provider, error) {
 		parse:  o.parseConfig(),
 		notify: notifier{log: o.logger},
 		sched:  newSchedule(o),
+		lists:  map[string]*vaultList{},
 		wake:   make(chan struct{}, 1),
 	}
 	switch {

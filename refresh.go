@@ -95,9 +95,12 @@ func (p *Provider) pollLoop(ctx context.Context) {
 		default:
 		}
 		cur := p.cur.Load()
-		due, wait := p.sched.due(cur, time.Now())
+		now := time.Now()
+		due, wait := p.sched.due(cur, now)
 		if len(due) > 0 || wait <= 0 {
-			_, _ = p.update(ctx, SourcePoll, cur.tree, cur.scan, due)
+			fetch, confirmed := p.detect(ctx, cur, due, now)
+			p.sched.confirm(confirmed, time.Now())
+			_, _ = p.update(ctx, SourcePoll, cur.tree, cur.scan, fetch)
 			p.updateMu.Unlock()
 			continue
 		}
@@ -121,6 +124,8 @@ type schedule struct {
 	polls    map[Reference]*pollState
 	warned   map[Reference]string     // version whose near expiry was announced
 	told     map[Reference]expiryNote // what Key Vault said of a version's expiry (Notify)
+	updated  map[Reference]heldAttrs  // the attributes of the version last fetched and held, for lists
+	recheck  map[Reference]bool       // fetched within sameSecond of its last change: a list cannot tell
 	expiryAt time.Time                // when checkExpiry next has something to say; zero: never
 }
 
@@ -135,7 +140,8 @@ const maxWait = 24 * time.Hour
 
 func newSchedule(o options) schedule {
 	return schedule{interval: o.refreshInterval, retryMin: o.retryMin, retryMax: o.retryMax,
-		expiryWarning: o.expiryWarning, polls: map[Reference]*pollState{}, warned: map[Reference]string{}, told: map[Reference]expiryNote{}}
+		expiryWarning: o.expiryWarning, polls: map[Reference]*pollState{}, warned: map[Reference]string{}, told: map[Reference]expiryNote{},
+		updated: map[Reference]heldAttrs{}, recheck: map[Reference]bool{}}
 }
 
 // record sets when each fetched secret is next refreshed and forgets secrets no longer held.
@@ -160,6 +166,10 @@ func (s *schedule) record(fetched, held map[Reference]*secret, now time.Time) {
 			if f.notBefore != nil && f.notBefore.After(now) && f.notBefore.Before(st.next) {
 				st.next = *f.notBefore
 			}
+			if f.status == StatusResolved && f.updated != nil {
+				s.updated[r] = heldAttrs{updated: *f.updated, expires: f.expires, notBefore: f.notBefore}
+				s.recheck[r] = now.Sub(*f.updated) < sameSecond
+			}
 		default:
 			st.fails++
 			st.next = now.Add(s.backoff(st.fails))
@@ -170,7 +180,29 @@ func (s *schedule) record(fetched, held map[Reference]*secret, now time.Time) {
 			delete(s.polls, r)
 			delete(s.warned, r)
 			delete(s.told, r)
+			delete(s.updated, r)
+			delete(s.recheck, r)
 		}
+	}
+}
+
+// heldAttrs are the attributes of a version as fetched: what a list item must match.
+type heldAttrs struct {
+	updated            time.Time
+	expires, notBefore *time.Time
+}
+
+// confirm records that a list showed refs unchanged: a successful check, due again after
+// an interval.
+func (s *schedule) confirm(refs []Reference, now time.Time) {
+	next := now.Add(jitter(s.interval, 0.1))
+	for _, r := range refs {
+		st := s.polls[r]
+		if st == nil {
+			st = &pollState{}
+			s.polls[r] = st
+		}
+		st.fails, st.next = 0, next
 	}
 }
 

@@ -14,6 +14,18 @@ type secretSource interface {
 	// getSecret returns the version r names, or the latest when r.Version is "". A failure
 	// is a *fetchError in the words of a Status; any other error counts as OtherReasons.
 	getSecret(ctx context.Context, r Reference) (secretVersion, error)
+	// listSecrets lists the vault's secrets with the attributes of each one's current
+	// version, reading at most maxPages pages (0: all). complete is false when pages were
+	// left unread. A failure is a *fetchError, as for getSecret.
+	listSecrets(ctx context.Context, vault string, maxPages int) (props []secretProps, complete bool, err error)
+}
+
+// secretProps is one item of a vault's secret list: the secret's name and the attributes
+// of its current version. It holds no value.
+type secretProps struct {
+	name                        string
+	enabled                     bool
+	updated, expires, notBefore *time.Time
 }
 
 // secretVersion is one version of a secret as the vault returned it.
@@ -23,6 +35,7 @@ type secretVersion struct {
 	contentType string
 	expires     *time.Time
 	notBefore   *time.Time
+	updated     *time.Time // when the version's attributes last changed (one-second resolution)
 }
 
 // fetchError says why a secret could not be fetched. reason names the secret, never its value.
@@ -41,9 +54,10 @@ type secret struct {
 	contentType string
 	expires     *time.Time
 	notBefore   *time.Time
-	has         bool   // value and version hold a usable (last good) value
-	status      Status // the latest outcome
-	reason      string // why, when status is not Resolved; never contains the value
+	updated     *time.Time // the version's attributes' last change, as the fetch saw it
+	has         bool       // value and version hold a usable (last good) value
+	status      Status     // the latest outcome
+	reason      string     // why, when status is not Resolved; never contains the value
 	took        time.Duration
 }
 
@@ -61,7 +75,7 @@ func fetchSecret(ctx context.Context, src secretSource, r Reference) *secret {
 		return &secret{status: fe.status, reason: fe.reason, took: took}
 	}
 	s := &secret{value: sv.value, version: sv.version, contentType: sv.contentType,
-		expires: sv.expires, notBefore: sv.notBefore, has: true, status: StatusResolved, took: took}
+		expires: sv.expires, notBefore: sv.notBefore, updated: sv.updated, has: true, status: StatusResolved, took: took}
 	now := time.Now()
 	switch {
 	case s.expires != nil && !now.Before(*s.expires):

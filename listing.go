@@ -1,0 +1,170 @@
+package viperkv
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"maps"
+	"slices"
+	"strings"
+	"time"
+)
+
+// ChangeDetection is how Watch finds new versions of versionless references.
+type ChangeDetection string
+
+// Change detection modes.
+const (
+	// ChangeDetectionAuto chooses per vault whichever costs fewer requests a cycle: listing
+	// when the vault is small next to the number of its secrets the configuration watches,
+	// a GET per secret otherwise. It is the default.
+	ChangeDetectionAuto ChangeDetection = "auto"
+	// ChangeDetectionList lists each vault's secrets (25 a page) every cycle and GETs only
+	// those whose attributes changed.
+	ChangeDetectionList ChangeDetection = "list"
+	// ChangeDetectionGet GETs every versionless secret every cycle.
+	ChangeDetectionGet ChangeDetection = "get"
+)
+
+// WithChangeDetection sets how Watch finds new versions (default ChangeDetectionAuto).
+//
+// A refresh cycle by listing costs ceil(N/25) requests for a vault of N secrets, however
+// many of them the configuration references, plus one GET per secret that changed: 20
+// secrets watched in a vault of 20 cost 1 request a cycle instead of 20. Listing a shared
+// vault of 2,000 secrets to watch 3 of them costs 80; auto sees that (it learns a vault's
+// size from its first list, which it stops early when it would cost more than the GETs)
+// and GETs instead, looking again every hour. Listing needs the list permission (RBAC "Key
+// Vault Secrets User" has it; an access policy needs List): without it, a vault falls back
+// to GETs and the provider logs that once.
+//
+// Key Vault's timestamps have one-second resolution, so a version created within the same
+// second as the one held could list as unchanged: a secret fetched within two seconds of
+// its last change is checked by GET once more on the next cycle.
+func WithChangeDetection(mode ChangeDetection) Option {
+	return func(o *options) { o.changeDetection = mode }
+}
+
+// sameSecond is how soon after a version's last change a fetch leaves it ambiguous to a
+// list: one second of timestamp resolution plus clock skew and latency.
+const sameSecond = 2 * time.Second
+
+// relist is how long auto trusts what it learned of a vault (too big to list, or list
+// forbidden) before it tries listing again.
+const relist = time.Hour
+
+// vaultList is what the provider learned of listing one vault.
+type vaultList struct {
+	size     int       // secrets as last listed (a lower bound when the list was cut short)
+	listedAt time.Time // when size was learned; zero: never
+	denied   time.Time // when listing was refused (403); zero: never or it worked since
+}
+
+// listPlan decides whether the cycle lists vault, watching k of its secrets, and how many
+// pages it may read (0: all). The caller holds updateMu.
+func (p *Provider) listPlan(vault string, k int, now time.Time) (list bool, maxPages int) {
+	st := p.lists[vault]
+	if st == nil {
+		st = &vaultList{}
+		p.lists[vault] = st
+	}
+	switch {
+	case p.opts.changeDetection == ChangeDetectionGet:
+		return false, 0
+	case !st.denied.IsZero() && now.Sub(st.denied) < relist:
+		return false, 0
+	case p.opts.changeDetection == ChangeDetectionList:
+		return true, 0
+	case k < 2: // one GET costs no more than one page
+		return false, 0
+	case st.listedAt.IsZero() || now.Sub(st.listedAt) >= relist:
+		return true, k - 1 // a probe: stop where the GETs would have been cheaper
+	}
+	return max(1, (st.size+24)/25) < k, 0
+}
+
+// detect splits the due references into those a GET must fetch and those a list shows
+// unchanged. The caller holds updateMu.
+func (p *Provider) detect(ctx context.Context, cur *snapshot, due []Reference, now time.Time) (fetch, confirmed []Reference) {
+	byVault := map[string][]Reference{}
+	for _, r := range due {
+		s := cur.secrets[r]
+		if r.Version != "" || s == nil || !s.has || s.status != StatusResolved || p.sched.recheck[r] {
+			fetch = append(fetch, r)
+			continue
+		}
+		byVault[r.Vault] = append(byVault[r.Vault], r)
+	}
+	for _, vault := range slices.Sorted(maps.Keys(byVault)) {
+		cands := byVault[vault]
+		list, maxPages := p.listPlan(vault, len(cands), now)
+		if !list {
+			fetch = append(fetch, cands...)
+			continue
+		}
+		lctx, cancel := context.WithTimeout(ctx, p.opts.fetchTimeout)
+		props, complete, err := p.source.listSecrets(lctx, vault, maxPages)
+		cancel()
+		st := p.lists[vault]
+		if err != nil {
+			var fe *fetchError
+			if errors.As(err, &fe) && fe.status == StatusAccessToKeyVaultDenied {
+				if st.denied.IsZero() {
+					p.opts.logger.Warn("viperkv: the identity may not list the vault's secrets; checking each secret by GET instead",
+						"vault", vault, "reason", fe.reason)
+				}
+				st.denied = now
+			} else {
+				p.opts.logger.Debug("viperkv: listing the vault failed; checking each secret by GET this cycle", "vault", vault, "err", err.Error())
+			}
+			fetch = append(fetch, cands...)
+			continue
+		}
+		if !st.denied.IsZero() {
+			p.opts.logger.Info("viperkv: the vault's secrets may be listed again", "vault", vault)
+			st.denied = time.Time{}
+		}
+		st.size, st.listedAt = len(props), now
+		if !complete {
+			st.size++ // more than were read
+		}
+		listed := make(map[string]secretProps, len(props))
+		for _, sp := range props {
+			listed[strings.ToLower(sp.name)] = sp
+		}
+		for _, r := range cands {
+			sp, ok := listed[strings.ToLower(r.Name)]
+			if ok && p.unchanged(r, sp) {
+				confirmed = append(confirmed, r)
+			} else {
+				// Changed, disabled, deleted (absent from a complete list), or not reached by
+				// a list cut short: a GET says which, with the status a GET gives.
+				fetch = append(fetch, r)
+			}
+		}
+	}
+	return fetch, confirmed
+}
+
+// unchanged reports whether a list item shows the version the provider last fetched for r,
+// enabled, with the same validity window.
+func (p *Provider) unchanged(r Reference, sp secretProps) bool {
+	held, ok := p.sched.updated[r]
+	return ok && sp.enabled && sp.updated != nil && sp.updated.Equal(held.updated) &&
+		equalTime(sp.expires, held.expires) && equalTime(sp.notBefore, held.notBefore)
+}
+
+func equalTime(a, b *time.Time) bool {
+	if a == nil || b == nil {
+		return a == b
+	}
+	return a.Equal(*b)
+}
+
+// checkChangeDetection validates WithChangeDetection's mode.
+func checkChangeDetection(m ChangeDetection) error {
+	switch m {
+	case ChangeDetectionAuto, ChangeDetectionList, ChangeDetectionGet:
+		return nil
+	}
+	return fmt.Errorf("viperkv: New: WithChangeDetection(%q): want auto, list or get", string(m))
+}

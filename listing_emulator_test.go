@@ -1,0 +1,90 @@
+package viperkv_test
+
+import (
+	"context"
+	"fmt"
+	"log/slog"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/viperkv/viperkv"
+	"github.com/viperkv/viperkv/kvtest"
+)
+
+// TestListingOnTheEmulator: change detection by listing through the real SDK's pager,
+// against a vault that pages as Key Vault may (short and empty pages with a nextLink):
+// quiet cycles cost list pages and no GET; a rotation costs a GET; a 403 on list falls
+// back to GETs and says so once. Real time, generous deadlines; nothing depends on how
+// long a cycle takes.
+func TestListingOnTheEmulator(t *testing.T) {
+	srv := kvtest.NewServerT(t, kvtest.WithShortPages())
+	kv := srv.AddVault("myvault")
+	kv.Grant(srv.SystemIdentity(), kvtest.RoleSecretsUser)
+	var doc strings.Builder
+	doc.WriteString("app:\n")
+	for i := range 30 {
+		kv.SetSecret(fmt.Sprintf("s%02d", i), fmt.Sprintf("value-%02d", i))
+		if i < 20 {
+			fmt.Fprintf(&doc, "  k%02d: \"@KeyVault(VaultName=myvault;SecretName=s%02d)\"\n", i, i)
+		}
+	}
+	// Fetches within two seconds of a version's creation are checked again by GET on the
+	// next cycle (one-second timestamps); start past that window.
+	time.Sleep(2100 * time.Millisecond)
+	logs := &redirLog{}
+	p, err := viperkv.New(yamlViper(t, doc.String()), viperkv.WithCredential(srv.Credential()), viperkv.WithTransport(srv.Client()),
+		viperkv.WithoutFileWatch(), viperkv.WithRefreshInterval(100*time.Millisecond), viperkv.WithChangeDetection(viperkv.ChangeDetectionAuto),
+		viperkv.WithLogger(slog.New(slog.NewTextHandler(logs, nil))))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := p.Load(context.Background()); err != nil {
+		t.Fatal(err)
+	}
+	changed := make(chan viperkv.Event, 16)
+	p.OnChange(func(e viperkv.Event) { changed <- e })
+	kv.ResetCounters()
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan struct{})
+	go func() { defer close(done); _ = p.Watch(ctx) }()
+	defer func() { cancel(); <-done }()
+
+	waitFor := func(what string, ok func() bool) {
+		t.Helper()
+		for deadline := time.Now().Add(20 * time.Second); !ok(); time.Sleep(10 * time.Millisecond) {
+			if time.Now().After(deadline) {
+				t.Fatalf("%s: not within 20 s (lists %d, GETs %d)", what, kv.Count(kvtest.OpListSecrets), kv.Count(kvtest.OpGetSecret))
+			}
+		}
+	}
+	waitFor("list cycles", func() bool { return kv.Count(kvtest.OpListSecrets) >= 12 })
+	if n := kv.Count(kvtest.OpGetSecret); n != 0 {
+		t.Errorf("%d GETs in quiet cycles by listing, want 0", n)
+	}
+
+	v2 := kv.SetSecret("s07", "value-07-rotated")
+	select {
+	case e := <-changed:
+		if e.NewVersion != v2 || p.GetString("app.k07") != "value-07-rotated" {
+			t.Errorf("event %v", e)
+		}
+	case <-time.After(20 * time.Second):
+		t.Fatal("the rotation was not found within 20 s")
+	}
+	if n := kv.Count(kvtest.OpGetSecret); n < 1 || n > 2 {
+		t.Errorf("%d GETs for one rotation, want 1 (or 2: a re-check of a same-second fetch)", n)
+	}
+
+	kv.InjectFault(kvtest.OpListSecrets, kvtest.Fault{Status: 403})
+	gets := kv.Count(kvtest.OpGetSecret)
+	waitFor("GET fallback", func() bool { return kv.Count(kvtest.OpGetSecret) >= gets+40 })
+	if n := strings.Count(logs.String(), "may not list"); n != 1 {
+		t.Errorf("the fallback was logged %d times, want once:\n%s", n, logs.String())
+	}
+	for _, st := range p.Status() {
+		if st.Status != viperkv.StatusResolved {
+			t.Errorf("%s: %s after the list was refused", st.Key, st.Status)
+		}
+	}
+}
