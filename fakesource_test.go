@@ -30,6 +30,7 @@ type fakeSource struct {
 
 	listPages  map[string]int  // list pages served, per vault host
 	listDenied map[string]bool // vault hosts whose list answers 403
+	listErr    *fetchError     // every list fails with this, when set
 	extra      map[string]int  // unreferenced secrets a vault holds besides these, for its size
 }
 
@@ -191,6 +192,10 @@ func (f *fakeSource) listSecrets(ctx context.Context, vault string, maxPages int
 	defer f.mu.Unlock()
 	if f.listPages == nil {
 		f.listPages = map[string]int{}
+	}
+	if f.listErr != nil {
+		f.listPages[vault]++
+		return nil, false, f.listErr
 	}
 	if f.listDenied[vault] {
 		f.listPages[vault]++

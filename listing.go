@@ -82,21 +82,35 @@ func (p *Provider) listPlan(vault string, k int, now time.Time) (list bool, maxP
 	return max(1, (st.size+24)/25) < k, 0
 }
 
-// detect splits the due references into those a GET must fetch and those a list shows
-// unchanged. The caller holds updateMu.
-func (p *Provider) detect(ctx context.Context, cur *snapshot, due []Reference, now time.Time) (fetch, confirmed []Reference) {
+// detect splits the due references into those a GET must fetch, those a list shows
+// unchanged, and those to check again later because the vault throttled the list. The
+// caller holds updateMu.
+func (p *Provider) detect(ctx context.Context, cur *snapshot, due []Reference, now time.Time) (fetch, confirmed, postponed []Reference) {
+	listable := func(r Reference) bool {
+		s := cur.secrets[r]
+		return r.Version == "" && s != nil && s.has && s.status == StatusResolved && !p.sched.recheck[r]
+	}
 	byVault := map[string][]Reference{}
 	for _, r := range due {
-		s := cur.secrets[r]
-		if r.Version != "" || s == nil || !s.has || s.status != StatusResolved || p.sched.recheck[r] {
+		if !listable(r) {
 			fetch = append(fetch, r)
 			continue
 		}
 		byVault[r.Vault] = append(byVault[r.Vault], r)
 	}
 	for _, vault := range slices.Sorted(maps.Keys(byVault)) {
-		cands := byVault[vault]
-		list, maxPages := p.listPlan(vault, len(cands), now)
+		// A list checks every secret of the vault: it takes them all, due or not, so the
+		// vault's secrets share one cycle instead of each rotation starting its own.
+		cands, all := byVault[vault], byVault[vault]
+		for _, r := range refreshable(cur) {
+			if r.Vault == vault && listable(r) && !slices.Contains(all, r) {
+				all = append(all, r)
+			}
+		}
+		list, maxPages := p.listPlan(vault, len(all), now)
+		if list {
+			cands = all
+		}
 		if !list {
 			fetch = append(fetch, cands...)
 			continue
@@ -113,6 +127,12 @@ func (p *Provider) detect(ctx context.Context, cur *snapshot, due []Reference, n
 						"vault", vault, "reason", fe.reason)
 				}
 				st.denied = now
+			} else if errors.As(err, &fe) && (fe.status == StatusThrottled || fe.status == StatusFetchTimedOut) {
+				// The vault is throttling: a GET per secret would multiply the load that
+				// throttles it. Check again after the back-off.
+				p.opts.logger.Debug("viperkv: listing the vault was throttled; checking again later", "vault", vault, "reason", fe.reason)
+				postponed = append(postponed, cands...)
+				continue
 			} else {
 				p.opts.logger.Debug("viperkv: listing the vault failed; checking each secret by GET this cycle", "vault", vault, "err", err.Error())
 			}
@@ -142,7 +162,7 @@ func (p *Provider) detect(ctx context.Context, cur *snapshot, due []Reference, n
 			}
 		}
 	}
-	return fetch, confirmed
+	return fetch, confirmed, postponed
 }
 
 // unchanged reports whether a list item shows the version the provider last fetched for r,

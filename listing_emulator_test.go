@@ -76,14 +76,56 @@ func TestListingOnTheEmulator(t *testing.T) {
 		t.Errorf("%d GETs for one rotation, want 1 (or 2: a re-check of a same-second fetch)", n)
 	}
 
+	// A version made in the same second as the one just fetched lists with the same
+	// timestamp; the re-check by GET finds it. (The fetch comes from Notify, so it is
+	// certainly within the second; retried if the clock crossed a second meanwhile.)
+	for attempt := 0; ; attempt++ {
+		created := time.Now()
+		va := kv.SetSecret("s09", "value-09-a")
+		if err := p.Notify(context.Background(), viperkv.SecretChange{Type: viperkv.ChangeNewVersion, Vault: "myvault", Name: "s09", Version: va}); err != nil {
+			t.Fatal(err)
+		}
+		vb := kv.SetSecret("s09", "value-09-b")
+		if time.Now().Truncate(time.Second).Equal(created.Truncate(time.Second)) {
+			waitFor("the same-second version", func() bool { return p.GetString("app.k09") == "value-09-b" })
+			if st := statusOf(t, p, "app.k09"); st.Version != vb {
+				t.Errorf("app.k09 holds version %s, want %s", st.Version, vb)
+			}
+			break
+		}
+		if attempt == 5 {
+			t.Fatal("could not make two versions within one second")
+		}
+		waitFor("the retried version", func() bool { return p.GetString("app.k09") == "value-09-b" })
+	}
+
+	// Disabled and deleted secrets: the list shows them (disabled, absent) and a GET gives
+	// the status it gives.
+	if err := kv.SetEnabled("s12", "", false); err != nil {
+		t.Fatal(err)
+	}
+	if err := kv.DeleteSecret("s13"); err != nil {
+		t.Fatal(err)
+	}
+	waitFor("disabled and deleted statuses", func() bool {
+		return statusOf(t, p, "app.k12").Status == viperkv.StatusSecretDisabled && statusOf(t, p, "app.k13").Status == viperkv.StatusSecretNotFound
+	})
+	if p.GetString("app.k12") != "value-12" || p.GetString("app.k13") != "value-13" {
+		t.Error("a disabled or deleted secret lost its last good value")
+	}
+	if err := kv.SetEnabled("s12", "", true); err != nil {
+		t.Fatal(err)
+	}
+
 	kv.InjectFault(kvtest.OpListSecrets, kvtest.Fault{Status: 403})
 	gets := kv.Count(kvtest.OpGetSecret)
 	waitFor("GET fallback", func() bool { return kv.Count(kvtest.OpGetSecret) >= gets+40 })
 	if n := strings.Count(logs.String(), "may not list"); n != 1 {
 		t.Errorf("the fallback was logged %d times, want once:\n%s", n, logs.String())
 	}
+	waitFor("s12 enabled again", func() bool { return statusOf(t, p, "app.k12").Status == viperkv.StatusResolved })
 	for _, st := range p.Status() {
-		if st.Status != viperkv.StatusResolved {
+		if st.Status != viperkv.StatusResolved && st.Key != "app.k13" {
 			t.Errorf("%s: %s after the list was refused", st.Key, st.Status)
 		}
 	}

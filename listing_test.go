@@ -206,3 +206,42 @@ func TestWithChangeDetectionRejectsUnknownModes(t *testing.T) {
 		t.Errorf("New = %v", err)
 	}
 }
+
+// A throttled list does not turn into a GET per secret (that would multiply the load that
+// throttles the vault): the check waits out the back-off, and the values stay.
+func TestThrottledListIsNotAmplified(t *testing.T) {
+	synctest.Test(t, func(t *testing.T) {
+		const interval = time.Minute
+		src := newFakeSource()
+		doc := twentySecrets(src)
+		time.Sleep(5 * time.Second)
+		p := loadFake(t, src, doc, WithRefreshInterval(interval), WithChangeDetection(ChangeDetectionList),
+			WithRetryBackoff(10*time.Second, time.Minute))
+		rec := record(p)
+		startWatch(t, p)
+		afterLoad := totalGets(src)
+		src.mu.Lock()
+		src.listErr = &fetchError{status: StatusThrottled, reason: "GET https://myvault.vault.azure.net/secrets (list): 429 Throttled"}
+		src.mu.Unlock()
+		time.Sleep(3 * interval)
+		synctest.Wait()
+		if n := totalGets(src) - afterLoad; n != 0 {
+			t.Errorf("%d GETs while the list was throttled, want 0", n)
+		}
+		if n := src.pages("myvault"); n < 3 {
+			t.Errorf("%d list attempts in 3 intervals with a back-off of 10 s..1 min, want it retried", n)
+		}
+		if evs := rec.all(); len(evs) != 0 {
+			t.Errorf("events while only the check failed: %v", evs)
+		}
+		src.mu.Lock()
+		src.listErr = nil
+		src.mu.Unlock()
+		v2 := src.set("myvault", "s04", "v04-2")
+		time.Sleep(2 * interval)
+		synctest.Wait()
+		if e := rec.only(t, EventChanged); e.NewVersion != v2 {
+			t.Errorf("event %v after the throttling ended", e)
+		}
+	})
+}

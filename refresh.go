@@ -98,8 +98,9 @@ func (p *Provider) pollLoop(ctx context.Context) {
 		now := time.Now()
 		due, wait := p.sched.due(cur, now)
 		if len(due) > 0 || wait <= 0 {
-			fetch, confirmed := p.detect(ctx, cur, due, now)
+			fetch, confirmed, postponed := p.detect(ctx, cur, due, now)
 			p.sched.confirm(confirmed, time.Now())
+			p.sched.postpone(postponed, time.Now())
 			_, _ = p.update(ctx, SourcePoll, cur.tree, cur.scan, fetch)
 			p.updateMu.Unlock()
 			continue
@@ -203,6 +204,20 @@ func (s *schedule) confirm(refs []Reference, now time.Time) {
 			s.polls[r] = st
 		}
 		st.fails, st.next = 0, next
+	}
+}
+
+// postpone backs refs off, as a failed refresh would, without an event: their value is
+// good, only the check could not be made.
+func (s *schedule) postpone(refs []Reference, now time.Time) {
+	for _, r := range refs {
+		st := s.polls[r]
+		if st == nil {
+			st = &pollState{}
+			s.polls[r] = st
+		}
+		st.fails++
+		st.next = now.Add(s.backoff(st.fails))
 	}
 }
 

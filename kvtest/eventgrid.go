@@ -113,7 +113,8 @@ type EventSubscription struct {
 	// verifies it as it would Entra ID's. Claims: aud = Audience (the webhook app's ID or
 	// ID URI), iss https://sts.windows.net/<tenant>/, tid, appid and azp [EventGridAppID],
 	// appidacr "2", oid and sub Event Grid's service principal's object ID in the tenant
-	// (stable), idtyp "app", ver "1.0", roles = Roles, iat, nbf and exp (one hour). It
+	// (stable), idtyp "app", ver "1.0", roles = Roles, iat, nbf and exp (one hour). Like
+	// Event Grid, the subscription reuses a token until five minutes before it expires. It
 	// replaces an Authorization header in Headers.
 	Audience string
 	// Roles is the roles claim of the Entra tokens (default [DefaultWebhookRole]); a
@@ -281,6 +282,22 @@ type Subscription struct {
 	closed     bool
 	failErr    error
 	deliveries []Delivery
+
+	tokenMu  sync.Mutex
+	token    string    // the Entra token in use, reused as Event Grid reuses the one it got
+	tokenExp time.Time // when token expires
+}
+
+// bearer returns the subscription's Entra token, a new one when the one in use has less
+// than five minutes left: Event Grid gets a token from Entra ID and reuses it, it does not
+// sign one per delivery.
+func (s *Subscription) bearer() string {
+	s.tokenMu.Lock()
+	defer s.tokenMu.Unlock()
+	if s.token == "" || time.Until(s.tokenExp) < 5*time.Minute {
+		s.token, s.tokenExp = s.v.srv.eventGridToken(s.cfg.Audience, s.cfg.Roles), time.Now().Add(eventGridTokenLifetime)
+	}
+	return s.token
 }
 
 // queuedEvent is an event waiting for delivery, with when it was queued (BatchWindow).
@@ -848,7 +865,7 @@ func (s *Subscription) send(method string, body []byte, h http.Header) (int, htt
 		req.Header[k] = v
 	}
 	if s.cfg.Audience != "" {
-		req.Header.Set("Authorization", "Bearer "+s.v.srv.eventGridToken(s.cfg.Audience, s.cfg.Roles))
+		req.Header.Set("Authorization", "Bearer "+s.bearer())
 	}
 	resp, err := s.client.Do(req)
 	if err != nil {
