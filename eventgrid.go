@@ -14,6 +14,8 @@ import (
 	"strings"
 	"sync"
 	"time"
+
+	"go.opentelemetry.io/otel/metric"
 )
 
 // EventGridOption configures NewEventGridHandler.
@@ -133,20 +135,24 @@ func (h *eventGridHandler) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 		if status == http.StatusServiceUnavailable {
 			w.Header().Set("Retry-After", "10")
 		}
+		h.count(r, "refused")
 		http.Error(w, http.StatusText(status), status)
 		return
 	}
 	switch r.Method {
 	case http.MethodOptions:
+		h.count(r, "handshake")
 		h.allowOrigin(w, r)
 		return
 	case http.MethodPost:
 	default:
 		w.Header().Set("Allow", "POST, OPTIONS")
+		h.count(r, "malformed")
 		http.Error(w, http.StatusText(http.StatusMethodNotAllowed), http.StatusMethodNotAllowed)
 		return
 	}
 	if r.ContentLength > maxEventGridBody {
+		h.count(r, "too_large")
 		http.Error(w, "delivery over 1 MB", http.StatusRequestEntityTooLarge)
 		return
 	}
@@ -154,32 +160,41 @@ func (h *eventGridHandler) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	if err != nil {
 		var tooBig *http.MaxBytesError
 		if errors.As(err, &tooBig) {
+			h.count(r, "too_large")
 			http.Error(w, "delivery over 1 MB", http.StatusRequestEntityTooLarge)
 			return
 		}
+		h.count(r, "malformed")
 		http.Error(w, "cannot read the delivery", http.StatusBadRequest)
 		return
 	}
 	events, err := parseDelivery(r.Header.Get("Content-Type"), body)
 	if err != nil {
 		h.log.Warn("viperkv: Event Grid delivery malformed", "reason", err.Error())
+		h.count(r, "malformed")
 		http.Error(w, "malformed delivery: "+err.Error(), http.StatusBadRequest)
 		return
 	}
 	for _, e := range events {
 		if strings.EqualFold(e.typ, subscriptionValidationEvent) {
+			h.count(r, "handshake")
 			h.validate(w, e)
 			return
 		}
 	}
 	if h.p.cur.Load() == nil {
+		h.count(r, "not_loaded")
 		w.Header().Set("Retry-After", "10")
 		http.Error(w, "configuration not loaded yet", http.StatusServiceUnavailable)
 		return
 	}
+	outcome := "ignored"
 	for _, e := range events {
-		h.accept(e)
+		if h.accept(e) {
+			outcome = "accepted"
+		}
 	}
+	h.count(r, outcome)
 	w.WriteHeader(http.StatusOK)
 }
 
@@ -227,24 +242,30 @@ func (h *eventGridHandler) validate(w http.ResponseWriter, e deliveredEvent) {
 	_ = json.NewEncoder(w).Encode(map[string]string{"validationResponse": code})
 }
 
-// accept hands a Key Vault secret event to Notify in the background.
-func (h *eventGridHandler) accept(e deliveredEvent) {
+// count records a request's outcome in viperkv.push.deliveries.
+func (h *eventGridHandler) count(r *http.Request, outcome string) {
+	h.p.tel.pushes.Add(r.Context(), 1, metric.WithAttributes(attrOutcome.String(outcome)))
+}
+
+// accept hands a Key Vault secret event to Notify in the background, and reports whether
+// it did.
+func (h *eventGridHandler) accept(e deliveredEvent) bool {
 	c, ok := e.change()
 	log := h.log.With("id", e.id, "type", e.typ)
 	if !ok {
 		log.Debug("viperkv: Event Grid event ignored: not a Key Vault secret event")
-		return
+		return false
 	}
 	c, err := h.p.normalizeChange(c)
 	if err != nil {
 		log.Warn("viperkv: Event Grid event ignored", "reason", err.Error())
-		return
+		return false
 	}
 	log = log.With("vault", c.Vault, "secret", c.Name)
 	cur := h.p.cur.Load()
 	if len(versionless(cur, pushKey{vault: c.Vault, name: strings.ToLower(c.Name)})) == 0 {
 		log.Debug("viperkv: Event Grid event ignored: no versionless reference names the secret")
-		return
+		return false
 	}
 	log.Info("viperkv: Event Grid event accepted")
 	h.wg.Go(func() {
@@ -254,6 +275,7 @@ func (h *eventGridHandler) accept(e deliveredEvent) {
 			log.Warn("viperkv: refresh after an Event Grid event failed; polling retries it", "err", err.Error())
 		}
 	})
+	return true
 }
 
 const subscriptionValidationEvent = "Microsoft.EventGrid.SubscriptionValidationEvent"

@@ -143,7 +143,9 @@ func (p *Provider) loadFile(ctx context.Context, b []byte) error {
 			fresh = append(fresh, r)
 		}
 	}
-	_, _ = p.update(ctx, SourceFile, tree, sc, fresh)
+	ctx, span := p.tel.span(ctx, "viperkv.file.reload", SourceFile)
+	snap, err := p.update(ctx, SourceFile, tree, sc, fresh)
+	endSpan(span, snap, err)
 	return nil
 }
 

@@ -31,6 +31,7 @@ type keyVault struct {
 	transport policy.Transporter
 	inflight  int
 	log       *slog.Logger
+	tel       *telemetry
 
 	mu     sync.Mutex
 	vaults map[string]*vaultClient
@@ -46,8 +47,9 @@ type vaultClient struct {
 	warmed atomic.Bool
 }
 
-func newKeyVault(cred azcore.TokenCredential, transport policy.Transporter, inflight int, log *slog.Logger) *keyVault {
+func newKeyVault(cred azcore.TokenCredential, transport policy.Transporter, inflight int, log *slog.Logger, tel *telemetry) *keyVault {
 	return &keyVault{
+		tel:       tel,
 		cred:      &sharedCredential{cred: cred},
 		transport: transport,
 		inflight:  inflight,
@@ -64,7 +66,8 @@ func (f *keyVault) vault(host string) (*vaultClient, error) {
 	}
 	opts := &azsecrets.ClientOptions{ClientOptions: azcore.ClientOptions{
 		Transport:        noRedirects(f.transport),
-		PerRetryPolicies: guards(vaultGuard(host)),
+		PerRetryPolicies: append(guards(vaultGuard(host)), requestMetrics{host: host, requests: f.tel.requests}),
+		TracingProvider:  f.tel.sdk,
 		// Three retries after about 0.25, 0.75 and 1.75 s (azcore waits (2^n-1) x RetryDelay,
 		// jittered): ride out a brief 5xx without spending azcore's default ~6 s on a broken vault.
 		Retry: policy.RetryOptions{ShouldRetry: shouldRetry, RetryDelay: 250 * time.Millisecond, MaxRetryDelay: 4 * time.Second},

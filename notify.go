@@ -10,6 +10,8 @@ import (
 	"strings"
 	"sync"
 	"time"
+
+	"go.opentelemetry.io/otel/attribute"
 )
 
 // ChangeType is what a [SecretChange] reports. The values are Key Vault's Event Grid event
@@ -62,8 +64,11 @@ type SecretChange struct {
 // could not be fetched (it keeps its last good value and Watch retries it), ctx's error,
 // or an error naming a missing field. Before the first Load it returns an error and does
 // nothing: the Load fetches the latest versions anyway.
-func (p *Provider) Notify(ctx context.Context, c SecretChange) error {
-	c, err := p.normalizeChange(c)
+func (p *Provider) Notify(ctx context.Context, c SecretChange) (err error) {
+	ctx, span := p.tel.span(ctx, "viperkv.Notify", SourcePush)
+	span.SetAttributes(attrVault.String(c.Vault), attrSecret.String(c.Name), attribute.String("viperkv.change", string(c.Type)))
+	defer func() { endSpan(span, nil, err) }()
+	c, err = p.normalizeChange(c)
 	if err != nil {
 		return err
 	}

@@ -7,6 +7,8 @@ import (
 	"github.com/Azure/azure-sdk-for-go/sdk/azcore"
 	"github.com/Azure/azure-sdk-for-go/sdk/azcore/policy"
 	"github.com/Azure/azure-sdk-for-go/sdk/azidentity"
+	"go.opentelemetry.io/otel/metric"
+	"go.opentelemetry.io/otel/trace"
 )
 
 // Defaults for the options.
@@ -47,6 +49,8 @@ type options struct {
 	watchFile          bool
 	pushDelay          time.Duration
 	changeDetection    ChangeDetection
+	meterProvider      metric.MeterProvider
+	tracerProvider     trace.TracerProvider
 
 	source secretSource // replaces Key Vault in the logic tests; never set by users
 

@@ -40,7 +40,9 @@ type Provider struct {
 	file     []byte                // the config file's content as Watch last read it; nil: the source's
 	lists    map[string]*vaultList // what listing each vault has taught (change detection)
 
-	push pushState // what Notify remembers; its own lock, so a delivery never waits on a Load to be judged
+	push   pushState // what Notify remembers; its own lock, so a delivery never waits on a Load to be judged
+	tel    *telemetry
+	health atomic.Pointer[healthState] // what update last learned of each secret's freshness
 
 	cur      atomic.Pointer[snapshot]
 	watching atomic.Bool
@@ -87,7 +89,12 @@ func New(v *viper.Viper, opts ...Option) (*Provider, error) {
 			return nil, err
 		}
 	}
+	tel, err := newTelemetry(o)
+	if err != nil {
+		return nil, fmt.Errorf("viperkv: New: telemetry: %w", err)
+	}
 	p := &Provider{
+		tel:    tel,
 		src:    v,
 		opts:   o,
 		parse:  o.parseConfig(),
@@ -112,8 +119,11 @@ func New(v *viper.Viper, opts ...Option) (*Provider, error) {
 			}
 			cred = mi
 		}
-		kv := newKeyVault(cred, tr, o.maxInflight, o.logger)
+		kv := newKeyVault(cred, tr, o.maxInflight, o.logger, tel)
 		p.source, p.cred = kv, kv.cred
+	}
+	if err := p.observeGauges(); err != nil {
+		return nil, fmt.Errorf("viperkv: New: telemetry: %w", err)
 	}
 	return p, nil
 }
@@ -134,9 +144,19 @@ func (p *Provider) Load(ctx context.Context) error {
 	p.updateMu.Lock()
 	defer p.updateMu.Unlock()
 	start := time.Now()
+	ctx, span := p.tel.span(ctx, "viperkv.Load", SourceRefresh)
+	snap, err := p.load(ctx)
+	p.tel.loadTime.Record(ctx, time.Since(start).Seconds())
+	endSpan(span, snap, err)
+	return err
+}
+
+// load is Load's work under updateMu.
+func (p *Provider) load(ctx context.Context) (*snapshot, error) {
+	start := time.Now()
 	tree, warnings, err := p.settings()
 	if err != nil {
-		return err
+		return nil, err
 	}
 	sc := scanSettings(tree, p.parse)
 	sc.warnings = warnings
@@ -147,9 +167,9 @@ func (p *Provider) Load(ctx context.Context) error {
 		lerr = &LoadError{Failed: failed}
 	}
 	if err != nil {
-		return errors.Join(fmt.Errorf("viperkv: Load: %w", err), lerr)
+		return snap, errors.Join(fmt.Errorf("viperkv: Load: %w", err), lerr)
 	}
-	return lerr
+	return snap, lerr
 }
 
 // settings returns the settings to resolve: the source Viper's, with the config file as
@@ -203,6 +223,7 @@ func (p *Provider) update(ctx context.Context, src Source, tree map[string]any, 
 		p.announce(evs, prev, snap)
 	}
 	p.sched.record(fetched, secrets, now)
+	p.observe(snap, fetched, now)
 	p.poke()
 	return snap, err
 }

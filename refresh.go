@@ -10,6 +10,8 @@ import (
 	"strings"
 	"sync"
 	"time"
+
+	"go.opentelemetry.io/otel/attribute"
 )
 
 // Watch keeps the resolved configuration current until ctx ends: it re-checks versionless
@@ -59,7 +61,9 @@ func (p *Provider) Refresh(ctx context.Context) error {
 		return p.Load(ctx)
 	}
 	defer p.updateMu.Unlock()
+	ctx, span := p.tel.span(ctx, "viperkv.Refresh", SourceRefresh)
 	snap, err := p.update(ctx, SourceRefresh, cur.tree, cur.scan, refreshable(cur))
+	endSpan(span, snap, err)
 	if err != nil {
 		return fmt.Errorf("viperkv: Refresh: %w", err)
 	}
@@ -98,10 +102,13 @@ func (p *Provider) pollLoop(ctx context.Context) {
 		now := time.Now()
 		due, wait := p.sched.due(cur, now)
 		if len(due) > 0 || wait <= 0 {
-			fetch, confirmed, postponed := p.detect(ctx, cur, due, now)
+			sctx, span := p.tel.span(ctx, "viperkv.refresh", SourcePoll)
+			fetch, confirmed, postponed := p.detect(sctx, cur, due, now)
 			p.sched.confirm(confirmed, time.Now())
 			p.sched.postpone(postponed, time.Now())
-			_, _ = p.update(ctx, SourcePoll, cur.tree, cur.scan, fetch)
+			span.SetAttributes(attribute.Int("viperkv.fetched", len(fetch)), attribute.Int("viperkv.confirmed_by_list", len(confirmed)))
+			snap, err := p.update(sctx, SourcePoll, cur.tree, cur.scan, fetch)
+			endSpan(span, snap, err)
 			p.updateMu.Unlock()
 			continue
 		}
@@ -133,7 +140,9 @@ type schedule struct {
 // pollState is the refresh schedule of one secret.
 type pollState struct {
 	next  time.Time
-	fails int // consecutive failed refreshes
+	fails int       // consecutive failed refreshes
+	ok    time.Time // the value held was last confirmed current
+	since time.Time // when the current run of failures began
 }
 
 // maxWait bounds one sleep of the poll loop when nothing is scheduled.
@@ -163,7 +172,10 @@ func (s *schedule) record(fetched, held map[Reference]*secret, now time.Time) {
 		case f.status == StatusResolved,
 			f.status == StatusSecretNotYetValid && h != nil && h.has,
 			f.status == StatusSecretExpired && h != nil && h.has && h.version == f.version:
-			st.fails, st.next = 0, next
+			st.fails, st.next, st.since = 0, next, time.Time{}
+			if f.status == StatusResolved || (h != nil && h.has && h.version == f.version) {
+				st.ok = now
+			}
 			if f.notBefore != nil && f.notBefore.After(now) && f.notBefore.Before(st.next) {
 				st.next = *f.notBefore
 			}
@@ -172,6 +184,9 @@ func (s *schedule) record(fetched, held map[Reference]*secret, now time.Time) {
 				s.recheck[r] = now.Sub(*f.updated) < sameSecond
 			}
 		default:
+			if st.fails == 0 {
+				st.since = now
+			}
 			st.fails++
 			st.next = now.Add(s.backoff(st.fails))
 		}
@@ -203,7 +218,7 @@ func (s *schedule) confirm(refs []Reference, now time.Time) {
 			st = &pollState{}
 			s.polls[r] = st
 		}
-		st.fails, st.next = 0, next
+		st.fails, st.next, st.ok, st.since = 0, next, now, time.Time{}
 	}
 }
 

@@ -1,0 +1,227 @@
+package viperkv
+
+import (
+	"context"
+	"fmt"
+	"net/http"
+	"strings"
+	"time"
+
+	"github.com/Azure/azure-sdk-for-go/sdk/azcore/policy"
+	"github.com/Azure/azure-sdk-for-go/sdk/azcore/tracing"
+	"github.com/Azure/azure-sdk-for-go/sdk/tracing/azotel"
+	"go.opentelemetry.io/otel/attribute"
+	"go.opentelemetry.io/otel/codes"
+	"go.opentelemetry.io/otel/metric"
+	metricnoop "go.opentelemetry.io/otel/metric/noop"
+	"go.opentelemetry.io/otel/trace"
+	tracenoop "go.opentelemetry.io/otel/trace/noop"
+)
+
+// instrumentation is the name of the meter and tracer, after the package.
+const instrumentation = "github.com/viperkv/viperkv"
+
+// WithMeterProvider makes the provider record OpenTelemetry metrics with mp (default: none).
+// The instruments, their units and attributes are in the README's "Operating it" section;
+// no attribute holds a value, a version id or an event id, so their number is bounded by
+// the configuration.
+func WithMeterProvider(mp metric.MeterProvider) Option {
+	return func(o *options) { o.meterProvider = mp }
+}
+
+// WithTracerProvider makes the provider record OpenTelemetry spans with tp (default: none):
+// one for each Load, refresh cycle, file reload and push notification, with the Azure SDK's
+// own spans of each request (through azcore's OpenTelemetry adapter) as children.
+func WithTracerProvider(tp trace.TracerProvider) Option {
+	return func(o *options) { o.tracerProvider = tp }
+}
+
+// telemetry holds the provider's instruments; with no providers they do nothing.
+type telemetry struct {
+	tracer   trace.Tracer
+	sdk      tracing.Provider // for the SDK clients; zero: no spans
+	requests metric.Int64Counter
+	failures metric.Int64Counter
+	loadTime metric.Float64Histogram
+	pushes   metric.Int64Counter
+	meter    metric.Meter
+}
+
+func newTelemetry(o options) (*telemetry, error) {
+	mp, tp := o.meterProvider, o.tracerProvider
+	if mp == nil {
+		mp = metricnoop.NewMeterProvider()
+	}
+	t := &telemetry{tracer: tracenoop.NewTracerProvider().Tracer(instrumentation)}
+	if tp != nil {
+		t.tracer = tp.Tracer(instrumentation)
+		t.sdk = azotel.NewTracingProvider(tp, nil)
+	}
+	m := mp.Meter(instrumentation)
+	t.meter = m
+	var err error
+	if t.requests, err = m.Int64Counter("viperkv.vault.requests", metric.WithUnit("{request}"),
+		metric.WithDescription("Requests to Key Vault, by vault, operation, status class and whether the vault throttled them.")); err != nil {
+		return nil, err
+	}
+	if t.failures, err = m.Int64Counter("viperkv.refresh.failures", metric.WithUnit("{failure}"),
+		metric.WithDescription("Fetches of a secret that failed (Load, refreshes, pushes), by vault and status.")); err != nil {
+		return nil, err
+	}
+	if t.loadTime, err = m.Float64Histogram("viperkv.load.duration", metric.WithUnit("s"),
+		metric.WithDescription("How long Load took.")); err != nil {
+		return nil, err
+	}
+	if t.pushes, err = m.Int64Counter("viperkv.push.deliveries", metric.WithUnit("{delivery}"),
+		metric.WithDescription("Event Grid requests the push handler answered, by outcome.")); err != nil {
+		return nil, err
+	}
+	return t, nil
+}
+
+// Attribute keys. Values are vault hosts, secret names, statuses and fixed words: never a
+// secret value, a version or an event id.
+const (
+	attrVault       = attribute.Key("viperkv.vault")
+	attrSecret      = attribute.Key("viperkv.secret")
+	attrStatus      = attribute.Key("viperkv.status")
+	attrOperation   = attribute.Key("viperkv.operation")
+	attrStatusClass = attribute.Key("http.response.status_class")
+	attrThrottled   = attribute.Key("viperkv.throttled")
+	attrSource      = attribute.Key("viperkv.source")
+	attrOutcome     = attribute.Key("viperkv.outcome")
+)
+
+// observeGauges registers the observable gauges, read from what update last published.
+func (p *Provider) observeGauges() error {
+	m := p.tel.meter
+	staleness, err := m.Float64ObservableGauge("viperkv.secret.staleness", metric.WithUnit("s"),
+		metric.WithDescription("Seconds since the value held for a secret was last confirmed current (fetched, or shown unchanged by a list)."))
+	if err != nil {
+		return err
+	}
+	refs, err := m.Int64ObservableGauge("viperkv.references", metric.WithUnit("{reference}"),
+		metric.WithDescription("References of the configuration, by status."))
+	if err != nil {
+		return err
+	}
+	window, err := m.Int64ObservableGauge("viperkv.limiter.window", metric.WithUnit("{request}"),
+		metric.WithDescription("Requests the provider lets be in flight to a vault; it narrows when the vault throttles."))
+	if err != nil {
+		return err
+	}
+	_, err = m.RegisterCallback(func(_ context.Context, o metric.Observer) error {
+		now := time.Now()
+		if h := p.health.Load(); h != nil {
+			for r, rh := range h.refs {
+				if r.Version == "" && !rh.confirmed.IsZero() { // a pinned version never goes stale
+					o.ObserveFloat64(staleness, now.Sub(rh.confirmed).Seconds(),
+						metric.WithAttributes(attrVault.String(r.Vault), attrSecret.String(r.Name)))
+				}
+			}
+		}
+		if cur := p.cur.Load(); cur != nil {
+			counts := map[Status]int64{}
+			for _, st := range cur.status {
+				counts[st.Status]++
+			}
+			for s, n := range counts {
+				o.ObserveInt64(refs, n, metric.WithAttributes(attrStatus.String(string(s))))
+			}
+		}
+		if kv, ok := p.source.(*keyVault); ok {
+			for vault, w := range kv.windows() {
+				o.ObserveInt64(window, int64(w), metric.WithAttributes(attrVault.String(vault)))
+			}
+		}
+		return nil
+	}, staleness, refs, window)
+	return err
+}
+
+// windows returns each vault's limiter window.
+func (f *keyVault) windows() map[string]int {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	out := make(map[string]int, len(f.vaults))
+	for host, vc := range f.vaults {
+		vc.lim.mu.Lock()
+		out[host] = vc.lim.limit
+		vc.lim.mu.Unlock()
+	}
+	return out
+}
+
+// requestMetrics is the per-retry policy that counts each request to a vault.
+type requestMetrics struct {
+	host     string
+	requests metric.Int64Counter
+}
+
+func (m requestMetrics) Do(req *policy.Request) (*http.Response, error) {
+	resp, err := req.Next()
+	class := "error"
+	if resp != nil {
+		class = fmt.Sprintf("%dxx", resp.StatusCode/100)
+	}
+	op := "get"
+	if p := strings.TrimSuffix(req.Raw().URL.Path, "/"); p == "/secrets" {
+		op = "list"
+	}
+	m.requests.Add(req.Raw().Context(), 1, metric.WithAttributes(attrVault.String(m.host), attrOperation.String(op),
+		attrStatusClass.String(class), attrThrottled.Bool(resp != nil && resp.StatusCode == http.StatusTooManyRequests)))
+	return resp, err
+}
+
+// span starts a span for one of the provider's operations.
+func (t *telemetry) span(ctx context.Context, name string, src Source) (context.Context, trace.Span) {
+	return t.tracer.Start(ctx, name, trace.WithAttributes(attrSource.String(string(src))))
+}
+
+// endSpan ends span with what the configuration's references say.
+func endSpan(span trace.Span, snap *snapshot, err error) {
+	if snap != nil {
+		failed := failures(snap.status)
+		span.SetAttributes(attribute.Int("viperkv.references", len(snap.status)), attribute.Int("viperkv.failed", len(failed)))
+		if len(failed) > 0 {
+			span.SetStatus(codes.Error, fmt.Sprintf("%d reference(s) not resolved", len(failed)))
+		}
+	}
+	if err != nil {
+		span.SetStatus(codes.Error, err.Error()) // errors name keys, vaults and statuses, never values
+	}
+	span.End()
+}
+
+// refHealth is what the provider knows of one secret's freshness.
+type refHealth struct {
+	confirmed    time.Time // the value held was last confirmed current (zero: never)
+	failingSince time.Time // the current run of failures began (zero: not failing)
+	fails        int       // consecutive failed fetches
+}
+
+// healthState is published by every update, for Health and the gauges to read without
+// waiting on a Load.
+type healthState struct {
+	refs map[Reference]refHealth
+}
+
+// observe counts the update's failed fetches and publishes the health state. The caller
+// holds updateMu.
+func (p *Provider) observe(snap *snapshot, fetched map[Reference]*secret, now time.Time) {
+	for r, f := range fetched {
+		if f.status != StatusResolved {
+			p.tel.failures.Add(context.Background(), 1, metric.WithAttributes(attrVault.String(r.Vault), attrStatus.String(string(f.status))))
+		}
+	}
+	h := &healthState{refs: make(map[Reference]refHealth, len(snap.secrets))}
+	for r := range snap.secrets {
+		st := p.sched.polls[r]
+		var rh refHealth
+		if st != nil {
+			rh = refHealth{confirmed: st.ok, failingSince: st.since, fails: st.fails}
+		}
+		h.refs[r] = rh
+	}
+	p.health.Store(h)
+}
