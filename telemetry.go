@@ -69,7 +69,8 @@ func newTelemetry(o options) (*telemetry, error) {
 		return nil, err
 	}
 	if t.loadTime, err = m.Float64Histogram("viperkv.load.duration", metric.WithUnit("s"),
-		metric.WithDescription("How long Load took.")); err != nil {
+		metric.WithDescription("How long Load took."),
+		metric.WithExplicitBucketBoundaries(0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120)); err != nil {
 		return nil, err
 	}
 	if t.pushes, err = m.Int64Counter("viperkv.push.deliveries", metric.WithUnit("{delivery}"),

@@ -6,6 +6,8 @@
 //	go run ./examples/hotreload                       # serve on 127.0.0.1:8080, rotate every 10 s
 //	curl http://127.0.0.1:8080/                       # which key version is in use
 //	go run ./examples/hotreload -rotations 3 -every 1s # rotate 3 times, check, exit
+//	curl http://127.0.0.1:8080/metrics                # the provider's metrics, for Prometheus
+//	curl http://127.0.0.1:8080/healthz                # readiness: 200, or 503 naming failing keys
 //
 // The response shows the key's version and a fingerprint, never the key.
 package main
@@ -27,7 +29,11 @@ import (
 	"strings"
 	"time"
 
+	"github.com/prometheus/client_golang/prometheus"
+	"github.com/prometheus/client_golang/prometheus/promhttp"
 	"github.com/spf13/viper"
+	otelprom "go.opentelemetry.io/otel/exporters/prometheus"
+	sdkmetric "go.opentelemetry.io/otel/sdk/metric"
 
 	"github.com/viperkv/viperkv"
 	"github.com/viperkv/viperkv/kvtest"
@@ -73,8 +79,16 @@ func run(ctx context.Context, log *slog.Logger, addr string, every time.Duration
 	if err := v.ReadConfig(strings.NewReader(config)); err != nil {
 		return err
 	}
+	// Metrics through OpenTelemetry, exported for Prometheus on /metrics.
+	registry := prometheus.NewRegistry()
+	exporter, err := otelprom.New(otelprom.WithRegisterer(registry))
+	if err != nil {
+		return err
+	}
+	mp := sdkmetric.NewMeterProvider(sdkmetric.WithReader(exporter))
+	defer mp.Shutdown(context.Background())
 	p, err := viperkv.New(v, viperkv.WithTransport(srv.Client()), viperkv.WithLogger(log),
-		viperkv.WithRefreshInterval(every/4))
+		viperkv.WithRefreshInterval(every/4), viperkv.WithMeterProvider(mp))
 	if err != nil {
 		return err
 	}
@@ -110,6 +124,8 @@ func run(ctx context.Context, log *slog.Logger, addr string, every time.Duration
 		fmt.Fprintf(w, "upstream %s with key version %s (fingerprint %s)\n",
 			p.GetString("upstream.url"), version(p, "upstream.api_key"), fingerprint(key))
 	})
+	mux.Handle("/metrics", promhttp.HandlerFor(registry, promhttp.HandlerOpts{}))
+	mux.Handle("/healthz", p.HealthHandler(viperkv.HealthMaxFailing(10*time.Minute)))
 	hs := &http.Server{Handler: mux, ReadHeaderTimeout: 5 * time.Second}
 	go func() { _ = hs.Serve(ln) }()
 	defer hs.Close()
@@ -146,9 +162,42 @@ func run(ctx context.Context, log *slog.Logger, addr string, every time.Duration
 		}
 		fmt.Print(body)
 	}
+	if err := scrape(ln.Addr().String(), p); err != nil {
+		return err
+	}
 	cancel()
 	<-watched
 	fmt.Printf("hotreload: ok: %d rotations picked up without a restart\n", rotations)
+	return nil
+}
+
+// scrape reads /healthz and /metrics as a probe and Prometheus would, prints the
+// provider's lines and checks that the key appears in neither.
+func scrape(addr string, p *viperkv.Provider) error {
+	health, err := get("http://" + addr + "/healthz")
+	if err != nil {
+		return err
+	}
+	fmt.Print("GET /healthz: ", health)
+	metrics, err := get("http://" + addr + "/metrics")
+	if err != nil {
+		return err
+	}
+	fmt.Println("GET /metrics (the provider's series):")
+	for _, line := range strings.Split(metrics, "\n") {
+		if strings.HasPrefix(line, "viperkv_") {
+			fmt.Println("  " + line)
+		}
+	}
+	key := p.GetString("upstream.api_key")
+	switch {
+	case !strings.Contains(health, `"status":"ok"`):
+		return fmt.Errorf("/healthz is not ok: %s", health)
+	case !strings.Contains(metrics, "viperkv_vault_requests_total"), !strings.Contains(metrics, "viperkv_secret_staleness_seconds"):
+		return errors.New("/metrics lacks the provider's series")
+	case strings.Contains(metrics, key), strings.Contains(health, key):
+		return errors.New("the key appears in /metrics or /healthz")
+	}
 	return nil
 }
 
