@@ -63,7 +63,10 @@ func (c *sharedCredential) GetToken(ctx context.Context, opts policy.TokenReques
 		tok, err := c.cred.GetToken(tctx, opts)
 		if err != nil {
 			_, managed := c.cred.(*azidentity.ManagedIdentityCredential)
-			return azcore.AccessToken{}, &credentialError{err: err, managed: managed}
+			// azidentity's errors do not wrap the context's: tell a request cut short by
+			// tokenTimeout from here.
+			timedOut := errors.Is(tctx.Err(), context.DeadlineExceeded) && f.ctx.Err() == nil
+			return azcore.AccessToken{}, &credentialError{err: err, managed: managed, timedOut: timedOut}
 		}
 		return tok, nil
 	})
@@ -95,10 +98,11 @@ func (c *sharedCredential) leave(key string, f *tokenFlight) {
 // credentialError marks a failure to obtain a token, as opposed to a failure at the vault.
 // managed says the credential is a managed identity, whose failures App Service's status
 // names describe (MSINotEnabled); other credentials (az login, workload identity) are named
-// by their own errors.
+// by their own errors. timedOut says the token request outlived tokenTimeout.
 type credentialError struct {
-	err     error
-	managed bool
+	err      error
+	managed  bool
+	timedOut bool
 }
 
 func (e *credentialError) Error() string {
@@ -112,34 +116,53 @@ func (e *credentialError) Unwrap() error { return e.err }
 // NonRetriable tells azcore's retry policy not to retry: the credential already retried.
 func (e *credentialError) NonRetriable() {}
 
-// classifyCredentialError maps a token failure to a status and a short reason.
-func classifyCredentialError(err *credentialError) (Status, string) {
+// classifyCredentialError maps a token failure to a status, a short reason, and whether it is
+// transient (see fetchError): the identity endpoint or Entra ID not answering, or answering
+// 408, 429 or 5xx, as while an App Service or AKS node starts, is; a refusal or an unknown
+// identity is not.
+//
+// azidentity's errors do not wrap the transport's, so for a managed identity "no response"
+// (an *azidentity.AuthenticationFailedError without RawResponse: connection refused or reset,
+// a timeout) is the structural sign of an endpoint not answering yet; the other managed
+// identity failures without a response (the endpoint saying the system-assigned identity is
+// off) are not *AuthenticationFailedError. For other credentials no response says nothing
+// certain (az login's failures have none either), so only a network error the credential
+// kept in its chain counts.
+func classifyCredentialError(err *credentialError) (Status, string, bool) {
 	var afe *azidentity.AuthenticationFailedError
+	isAFE := errors.As(err.err, &afe)
 	if !err.managed {
 		switch {
-		case errors.Is(err.err, context.DeadlineExceeded):
-			return StatusFetchTimedOut, "the credential did not get a token in time"
-		case errors.As(err.err, &afe) && afe.RawResponse != nil:
-			return StatusUnauthorizedClient, "Entra ID refused the credential (" + strconv.Itoa(afe.RawResponse.StatusCode) + "): " + firstLine(err.err.Error())
+		case err.timedOut || errors.Is(err.err, context.DeadlineExceeded):
+			return StatusFetchTimedOut, "the credential did not get a token in time", true
+		case isAFE && afe.RawResponse != nil && transientStatus(afe.RawResponse.StatusCode):
+			return StatusOtherReasons, "Entra ID answered " + strconv.Itoa(afe.RawResponse.StatusCode) + ": " + firstLine(err.err.Error()), true
+		case isAFE && afe.RawResponse != nil:
+			return StatusUnauthorizedClient, "Entra ID refused the credential (" + strconv.Itoa(afe.RawResponse.StatusCode) + "): " + firstLine(err.err.Error()), false
 		}
-		return StatusOtherReasons, "the credential could not get a token: " + firstLine(err.err.Error())
+		return StatusOtherReasons, "the credential could not get a token: " + firstLine(err.err.Error()), transientError(err.err)
 	}
-	if errors.As(err.err, &afe) && afe.RawResponse != nil {
+	if isAFE && afe.RawResponse != nil {
 		code := afe.RawResponse.StatusCode
-		switch code {
-		case http.StatusBadRequest, http.StatusNotFound:
+		switch {
+		case code == http.StatusBadRequest, code == http.StatusNotFound:
 			// The endpoint exists but knows no such identity: it is not assigned to this resource.
-			return StatusMSINotEnabled, "identity endpoint answered " + strconv.Itoa(code) + ": the managed identity is not enabled or not assigned"
-		case http.StatusUnauthorized, http.StatusForbidden:
-			return StatusUnauthorizedClient, "identity endpoint answered " + strconv.Itoa(code) + ": the client is not authorized to get tokens"
+			return StatusMSINotEnabled, "identity endpoint answered " + strconv.Itoa(code) + ": the managed identity is not enabled or not assigned", false
+		case code == http.StatusUnauthorized, code == http.StatusForbidden:
+			return StatusUnauthorizedClient, "identity endpoint answered " + strconv.Itoa(code) + ": the client is not authorized to get tokens", false
 		}
-		return StatusOtherReasons, "identity endpoint answered " + strconv.Itoa(code)
+		return StatusOtherReasons, "identity endpoint answered " + strconv.Itoa(code), transientStatus(code)
 	}
-	if errors.Is(err.err, context.DeadlineExceeded) {
-		return StatusFetchTimedOut, "identity endpoint did not answer in time"
+	if err.timedOut || errors.Is(err.err, context.DeadlineExceeded) {
+		return StatusFetchTimedOut, "identity endpoint did not answer in time", true
 	}
-	// No response at all: no identity endpoint configured or reachable.
-	return StatusMSINotEnabled, "no managed identity endpoint is available: " + firstLine(err.err.Error())
+	if isAFE {
+		// No response at all: the endpoint refused or dropped the connection, or timed out.
+		return StatusMSINotEnabled, "no managed identity endpoint is available: " + firstLine(err.err.Error()), true
+	}
+	// The credential gave up without asking (for example the endpoint said the system-assigned
+	// identity is off).
+	return StatusMSINotEnabled, "no managed identity is available: " + firstLine(err.err.Error()), false
 }
 
 // firstLine keeps error details to one line: azcore's errors span many lines of response dump.

@@ -43,6 +43,12 @@ type fakeSecret struct {
 	fail     *fetchError     // every GET fails with this
 	hang     bool            // every GET waits until its context ends
 	latency  time.Duration   // every GET takes this long
+
+	// A transient failure (flaky, flakyUntil): GETs fail with flake while flakes > 0 (each
+	// counts one down; < 0: until heal) or until flakeUntil.
+	flake      *fetchError
+	flakes     int
+	flakeUntil time.Time
 }
 
 // fakeCall is one getSecret call: the reference asked for, when it started and ended.
@@ -98,6 +104,24 @@ func (f *fakeSource) fail(vault, name string, status Status, reason string) {
 	f.secret(vault, name).fail = &fetchError{status: status, reason: reason}
 }
 
+// flaky makes the next n GETs of the secret (every one until heal, when n < 0) fail with
+// status and reason as a transient failure, one that Load and Refresh retry.
+func (f *fakeSource) flaky(vault, name string, status Status, reason string, n int) {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	s := f.secret(vault, name)
+	s.flake, s.flakes, s.flakeUntil = &fetchError{status: status, reason: reason, transient: true}, n, time.Time{}
+}
+
+// flakyUntil makes every GET of the secret that starts before until fail with status and
+// reason as a transient failure, as while an identity endpoint is starting.
+func (f *fakeSource) flakyUntil(vault, name string, status Status, reason string, until time.Time) {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	s := f.secret(vault, name)
+	s.flake, s.flakes, s.flakeUntil = &fetchError{status: status, reason: reason, transient: true}, 0, until
+}
+
 // hang makes every GET of the secret wait until its context ends, until heal.
 func (f *fakeSource) hang(vault, name string) {
 	f.mu.Lock()
@@ -118,6 +142,7 @@ func (f *fakeSource) heal(vault, name string) {
 	defer f.mu.Unlock()
 	s := f.secret(vault, name)
 	s.fail, s.hang, s.latency = nil, false, 0
+	s.flake, s.flakes, s.flakeUntil = nil, 0, time.Time{}
 }
 
 func (f *fakeSource) getSecret(ctx context.Context, r Reference) (secretVersion, error) {
@@ -138,7 +163,7 @@ func (f *fakeSource) getSecret(ctx context.Context, r Reference) (secretVersion,
 		if errors.Is(ctx.Err(), context.Canceled) {
 			reason = "GET " + r.ID() + ": canceled"
 		}
-		return &fetchError{status: StatusFetchTimedOut, reason: reason}
+		return &fetchError{status: StatusFetchTimedOut, reason: reason, transient: true}
 	}
 	if ctx.Err() != nil {
 		return secretVersion{}, timedOut()
@@ -167,6 +192,12 @@ func (f *fakeSource) getSecret(ctx context.Context, r Reference) (secretVersion,
 
 	f.mu.Lock()
 	defer f.mu.Unlock()
+	if s != nil && s.flake != nil && (s.flakes != 0 || call.start.Before(s.flakeUntil)) {
+		if s.flakes > 0 {
+			s.flakes--
+		}
+		return secretVersion{}, &fetchError{status: s.flake.status, reason: s.flake.reason, transient: true}
+	}
 	switch {
 	case s == nil || len(s.versions) == 0:
 		return secretVersion{}, &fetchError{status: StatusSecretNotFound, reason: "GET " + r.ID() + ": 404 SecretNotFound"}

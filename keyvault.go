@@ -244,7 +244,9 @@ func retryAfterOf(resp *http.Response) time.Duration {
 	return fallback
 }
 
-// classifyError maps a failed request to a status and a one-line reason without secret data.
+// classifyError maps a failed request to a status and a one-line reason without secret data,
+// and says whether the failure is transient (see fetchError). It decides by the error's
+// structure: the credential's failure, the vault's status code, the network error.
 func classifyError(r Reference, err error) *fetchError {
 	s := &fetchError{status: StatusOtherReasons}
 	var ce *credentialError
@@ -252,13 +254,14 @@ func classifyError(r Reference, err error) *fetchError {
 	var dnsErr *net.DNSError
 	switch {
 	case errors.As(err, &ce):
-		s.status, s.reason = classifyCredentialError(ce)
+		s.status, s.reason, s.transient = classifyCredentialError(ce)
 	case errors.As(err, &re):
 		code, inner := errorCodes(re.RawResponse)
 		s.reason = fmt.Sprintf("GET %s: %d %s", r.ID(), re.StatusCode, code)
 		if inner != "" {
 			s.reason += " (" + inner + ")"
 		}
+		s.transient = transientStatus(re.StatusCode)
 		switch re.StatusCode {
 		case http.StatusNotFound:
 			s.status = StatusSecretNotFound
@@ -277,15 +280,18 @@ func classifyError(r Reference, err error) *fetchError {
 			s.status = StatusThrottled
 		}
 	case errors.Is(err, errThrottleWait):
-		s.status, s.reason = StatusThrottled, "GET "+r.ID()+": "+errThrottleWait.Error()
+		s.status, s.reason, s.transient = StatusThrottled, "GET "+r.ID()+": "+errThrottleWait.Error(), true
 	case errors.As(err, &dnsErr) && dnsErr.IsNotFound:
 		s.status, s.reason = StatusVaultNotFound, "vault host "+r.Vault+" does not resolve"
 	case errors.Is(err, context.DeadlineExceeded):
-		s.status, s.reason = StatusFetchTimedOut, "GET "+r.ID()+": timed out"
+		// The fetch's deadline (then nothing retries) or a deadline of its own, such as a token
+		// request's: another try may be quicker.
+		s.status, s.reason, s.transient = StatusFetchTimedOut, "GET "+r.ID()+": timed out", true
 	case errors.Is(err, context.Canceled):
 		s.status, s.reason = StatusFetchTimedOut, "GET "+r.ID()+": canceled"
 	default:
 		s.reason = "GET " + r.ID() + ": " + firstLine(err.Error())
+		s.transient = transientError(err)
 	}
 	return s
 }

@@ -125,8 +125,11 @@ func WithMaxInflight(n int) Option {
 	return func(o *options) { o.maxInflight = n }
 }
 
-// WithFetchTimeout bounds one Load's fetches (default DefaultFetchTimeout). References
-// still unresolved at the deadline get StatusFetchTimedOut.
+// WithFetchTimeout bounds the fetches of one Load, Refresh or refresh cycle (default
+// DefaultFetchTimeout), Load's and Refresh's retries of transient failures included; a ctx
+// deadline that comes earlier bounds them instead. A reference still unresolved at the
+// deadline keeps the status of its last failure, or gets StatusFetchTimedOut when its first
+// attempt was still waiting.
 func WithFetchTimeout(d time.Duration) Option {
 	return func(o *options) { o.fetchTimeout = d }
 }

@@ -11,6 +11,7 @@ import (
 	"time"
 
 	"github.com/Azure/azure-sdk-for-go/sdk/azcore"
+	"github.com/Azure/azure-sdk-for-go/sdk/azcore/policy"
 	"github.com/Azure/azure-sdk-for-go/sdk/azidentity"
 	"github.com/spf13/viper"
 )
@@ -111,8 +112,11 @@ func New(v *viper.Viper, opts ...Option) (*Provider, error) {
 		cred := o.cred
 		if cred == nil {
 			mi, err := azidentity.NewManagedIdentityCredential(&azidentity.ManagedIdentityCredentialOptions{
-				ClientOptions: azcore.ClientOptions{Transport: tr},
-				ID:            o.identity,
+				// Short retries: a starting identity endpoint is ridden out by Load's own
+				// retries up to its deadline, not by one token request waiting ~9 s.
+				ClientOptions: azcore.ClientOptions{Transport: tr,
+					Retry: policy.RetryOptions{MaxRetries: 2, RetryDelay: 200 * time.Millisecond, MaxRetryDelay: time.Second}},
+				ID: o.identity,
 			})
 			if err != nil {
 				return nil, fmt.Errorf("viperkv: New: managed identity: %w", err)
@@ -133,6 +137,15 @@ func New(v *viper.Viper, opts ...Option) (*Provider, error) {
 // It may be called again at any time (for example after the app changed its Viper): each
 // call publishes what it read, fetching every reference again, and notifies watchers of
 // what changed.
+//
+// A transient failure (a connection refused or reset, a timeout, a 5xx after the SDK's own
+// retries, a 429 beyond the vault's Retry-After budget, an identity endpoint not answering
+// yet, as while a container starts) is retried with capped exponential back-off and jitter
+// (from about 0.1 s up to 3 s between attempts) until the fetch deadline: the earlier of
+// ctx's deadline and WithFetchTimeout, measured in elapsed time. It stops at once when ctx
+// ends. A permanent failure (403, 404, a disabled, expired or not yet valid secret, a vault
+// that does not resolve, an identity the endpoint does not know) fails at once. A reference
+// that never succeeded reports its last failure, with its reason.
 //
 // When some references fail it still publishes the others and returns a *LoadError listing
 // each failure. A failed key is left out (never a placeholder or an empty string in its
@@ -195,7 +208,7 @@ func (p *Provider) settings() (map[string]any, []ReferenceStatus, error) {
 func (p *Provider) update(ctx context.Context, src Source, tree map[string]any, sc *scan, refs []Reference) (*snapshot, error) {
 	prev := p.cur.Load()
 	fctx, cancel := context.WithTimeout(ctx, p.opts.fetchTimeout)
-	fetched := fetchSecrets(fctx, p.source, refs)
+	fetched := fetchSecrets(fctx, p.source, refs, p.retryFor(src, sc))
 	cancel()
 	err := ctx.Err()
 	if err != nil && prev != nil {
@@ -218,12 +231,14 @@ func (p *Provider) update(ctx context.Context, src Source, tree map[string]any, 
 		snap = build(tree, sc, secrets, prev)
 		p.cur.Store(snap)
 	}
+	// The schedule, the metrics and the health state are current before watchers hear of
+	// the change, so one that looks at them sees what the event says.
+	p.sched.record(fetched, secrets, now)
+	p.observe(snap, fetched, now)
 	if prev != nil {
 		evs = append(settingsEvents(prev, snap, src, now, evs), evs...)
 		p.announce(evs, prev, snap)
 	}
-	p.sched.record(fetched, secrets, now)
-	p.observe(snap, fetched, now)
 	p.poke()
 	return snap, err
 }

@@ -273,9 +273,10 @@ plain: keep-me
 			}
 		}
 	}
-	// A 500 is retried (three times), a missing vault name is not retried at all.
-	if n := flaky.Count(kvtest.OpGetSecret); n != 4 {
-		t.Errorf("flakyvault saw %d GETs, want 4 (one try and three retries)", n)
+	// A 500 is retried by azcore (three times), then by Load until the fetch deadline; a
+	// missing vault name is not retried at all.
+	if n := flaky.Count(kvtest.OpGetSecret); n <= 4 {
+		t.Errorf("flakyvault saw %d GETs, want more than 4 (a try and azcore's three retries, then Load's retries)", n)
 	}
 	if len(le.Failed) != len(want)-1 {
 		t.Errorf("LoadError lists %d failures, want %d", len(le.Failed), len(want)-1)

@@ -34,6 +34,7 @@ type runFlags struct {
 	watch           bool
 	grace           time.Duration
 	refreshInterval time.Duration
+	changeDetection string
 	push            pushFlags
 }
 
@@ -102,6 +103,8 @@ If a reference does not resolve, the command is not started and the exit status 
 	cmd.Flags().DurationVar(&f.grace, "grace", 10*time.Second, "with --watch: how long the command has to exit after SIGTERM before SIGKILL")
 	cmd.Flags().DurationVar(&f.refreshInterval, "refresh-interval", viperkv.DefaultRefreshInterval,
 		"with --watch: how often versionless references are re-checked for a new version (try 2s against the emulator)")
+	cmd.Flags().StringVar(&f.changeDetection, "change-detection", string(viperkv.ChangeDetectionAuto),
+		"with --watch: how a refresh finds new versions: list (a list of each vault, then GETs of what changed), get (a GET per secret) or auto (whichever costs fewer requests)")
 	f.push.register(cmd)
 	return cmd
 }
@@ -121,8 +124,12 @@ func runRun(cmd *cobra.Command, f *runFlags, args []string) error {
 	if err != nil {
 		return err
 	}
-	p, err := viperkv.New(v, append(opts, viperkv.WithRefreshInterval(f.refreshInterval), viperkv.WithPushDelay(f.push.delay))...)
+	p, err := viperkv.New(v, append(opts, viperkv.WithRefreshInterval(f.refreshInterval), viperkv.WithPushDelay(f.push.delay),
+		viperkv.WithChangeDetection(viperkv.ChangeDetection(f.changeDetection)))...)
 	if err != nil {
+		if strings.Contains(err.Error(), "WithChangeDetection") {
+			return usageError("--change-detection %q: want list, get or auto", f.changeDetection)
+		}
 		return err
 	}
 	var listener *pushListener
