@@ -131,8 +131,13 @@ func (p *Provider) loadFile(ctx context.Context, b []byte) error {
 	defer p.updateMu.Unlock()
 	p.file = b
 	tree := settingsOf(shadow, p.opts.envKeys)
+	warnings := unnamedEnvRefs(shadow, tree, p.parse)
+	tree, err = p.withImports(shadow, tree, p.imports)
+	if err != nil {
+		return err
+	}
 	sc := scanSettings(tree, p.parse)
-	sc.warnings = unnamedEnvRefs(shadow, tree, p.parse)
+	sc.warnings = warnings
 	var held map[Reference]*secret
 	if cur := p.cur.Load(); cur != nil {
 		held = cur.secrets

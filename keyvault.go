@@ -200,6 +200,14 @@ func (vc *vaultClient) list(ctx context.Context, vault string, maxPages int) (ou
 				}
 				p.updated, p.expires, p.notBefore = a.Updated, a.Expires, a.NotBefore
 			}
+			for k, v := range item.Tags {
+				if v != nil {
+					if p.tags == nil {
+						p.tags = map[string]string{}
+					}
+					p.tags[k] = *v
+				}
+			}
 			out = append(out, p)
 		}
 	}

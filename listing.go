@@ -115,9 +115,12 @@ func (p *Provider) detect(ctx context.Context, cur *snapshot, due []Reference, n
 			fetch = append(fetch, cands...)
 			continue
 		}
-		lctx, cancel := context.WithTimeout(ctx, p.opts.fetchTimeout)
-		props, complete, err := p.source.listSecrets(lctx, vault, maxPages)
-		cancel()
+		props, complete, err := p.cycleLists[vault], true, error(nil)
+		if props == nil { // not listed by this cycle's import of a vault source
+			lctx, cancel := context.WithTimeout(ctx, p.opts.fetchTimeout)
+			props, complete, err = p.source.listSecrets(lctx, vault, maxPages)
+			cancel()
+		}
 		st := p.lists[vault]
 		if err != nil {
 			var fe *fetchError

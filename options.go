@@ -49,6 +49,7 @@ type options struct {
 	watchFile          bool
 	pushDelay          time.Duration
 	changeDetection    ChangeDetection
+	vaultSources       []*vaultSource
 	meterProvider      metric.MeterProvider
 	tracerProvider     trace.TracerProvider
 

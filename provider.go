@@ -36,10 +36,15 @@ type Provider struct {
 
 	// updateMu serialises everything that publishes a configuration: Load, Refresh, poll
 	// cycles and file reloads. It guards the fields below it. Readers never take it.
-	updateMu sync.Mutex
-	sched    schedule
-	file     []byte                // the config file's content as Watch last read it; nil: the source's
-	lists    map[string]*vaultList // what listing each vault has taught (change detection)
+	updateMu   sync.Mutex
+	sched      schedule
+	file       []byte                // the config file's content as Watch last read it; nil: the source's
+	lists      map[string]*vaultList // what listing each vault has taught (change detection)
+	imports    vaultImports          // the keys the vault sources gave at the last import
+	importNext time.Time             // when Watch lists the vault sources again
+	// cycleLists holds the lists made by this update's import, so change detection does not
+	// list the same vault twice in one cycle.
+	cycleLists map[string][]secretProps
 
 	push   pushState // what Notify remembers; its own lock, so a delivery never waits on a Load to be judged
 	tel    *telemetry
@@ -85,6 +90,11 @@ func New(v *viper.Viper, opts ...Option) (*Provider, error) {
 	if err := checkChangeDetection(o.changeDetection); err != nil {
 		return nil, err
 	}
+	for _, vs := range o.vaultSources {
+		if err := vs.resolveHost(o.parseConfig()); err != nil {
+			return nil, err
+		}
+	}
 	if o.localEmulator != nil {
 		if err := o.localEmulator.apply(&o); err != nil {
 			return nil, err
@@ -95,14 +105,15 @@ func New(v *viper.Viper, opts ...Option) (*Provider, error) {
 		return nil, fmt.Errorf("viperkv: New: telemetry: %w", err)
 	}
 	p := &Provider{
-		tel:    tel,
-		src:    v,
-		opts:   o,
-		parse:  o.parseConfig(),
-		notify: notifier{log: o.logger},
-		sched:  newSchedule(o),
-		lists:  map[string]*vaultList{},
-		wake:   make(chan struct{}, 1),
+		tel:        tel,
+		src:        v,
+		opts:       o,
+		parse:      o.parseConfig(),
+		notify:     notifier{log: o.logger},
+		sched:      newSchedule(o),
+		lists:      map[string]*vaultList{},
+		cycleLists: map[string][]secretProps{},
+		wake:       make(chan struct{}, 1),
 	}
 	switch {
 	case o.source != nil: // logic tests
@@ -167,6 +178,11 @@ func (p *Provider) Load(ctx context.Context) error {
 // load is Load's work under updateMu.
 func (p *Provider) load(ctx context.Context) (*snapshot, error) {
 	start := time.Now()
+	var ierr error
+	if len(p.opts.vaultSources) > 0 {
+		p.imports, ierr = p.importVaults(ctx, p.imports, start)
+		p.importNext = start.Add(jitter(p.opts.refreshInterval, 0.1))
+	}
 	tree, warnings, err := p.settings()
 	if err != nil {
 		return nil, err
@@ -180,7 +196,10 @@ func (p *Provider) load(ctx context.Context) (*snapshot, error) {
 		lerr = &LoadError{Failed: failed}
 	}
 	if err != nil {
-		return snap, errors.Join(fmt.Errorf("viperkv: Load: %w", err), lerr)
+		return snap, errors.Join(fmt.Errorf("viperkv: Load: %w", err), lerr, ierr)
+	}
+	if ierr != nil {
+		return snap, errors.Join(ierr, lerr)
 	}
 	return snap, lerr
 }
@@ -197,7 +216,12 @@ func (p *Provider) settings() (map[string]any, []ReferenceStatus, error) {
 		v = shadow
 	}
 	tree := settingsOf(v, p.opts.envKeys)
-	return tree, unnamedEnvRefs(v, tree, p.parse), nil
+	warnings := unnamedEnvRefs(v, tree, p.parse)
+	tree, err := p.withImports(v, tree, p.imports)
+	if err != nil {
+		return nil, nil, err
+	}
+	return tree, warnings, nil
 }
 
 // update fetches refs, merges them into the current configuration with the settings tree

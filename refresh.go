@@ -98,9 +98,14 @@ func (p *Provider) pollLoop(ctx context.Context) {
 		case <-p.wake:
 		default:
 		}
-		cur := p.cur.Load()
 		now := time.Now()
+		clear(p.cycleLists)
+		p.reimport(ctx, now)
+		cur := p.cur.Load()
 		due, wait := p.sched.due(cur, now)
+		if len(p.opts.vaultSources) > 0 {
+			wait = min(wait, p.importNext.Sub(now))
+		}
 		if len(due) > 0 || wait <= 0 {
 			sctx, span := p.tel.span(ctx, "viperkv.refresh", SourcePoll)
 			fetch, confirmed, postponed := p.detect(sctx, cur, due, now)

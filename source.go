@@ -36,6 +36,7 @@ type secretProps struct {
 	name                        string
 	enabled                     bool
 	updated, expires, notBefore *time.Time
+	tags                        map[string]string
 }
 
 // secretVersion is one version of a secret as the vault returned it.

@@ -1,0 +1,362 @@
+package viperkv
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"maps"
+	"slices"
+	"strings"
+	"time"
+
+	"github.com/spf13/viper"
+)
+
+// VaultSourceOption configures WithVaultSource.
+type VaultSourceOption func(*vaultSource)
+
+// SecretPrefix imports only the secrets whose names start with prefix (compared without
+// regard to case), and strips it from their keys: with "orders--", orders--Db--Password
+// becomes db.password.
+func SecretPrefix(prefix string) VaultSourceOption {
+	return func(s *vaultSource) { s.prefix = strings.ToLower(prefix) }
+}
+
+// SecretTags imports only the secrets that carry every one of these tags, with these
+// values.
+func SecretTags(tags map[string]string) VaultSourceOption {
+	return func(s *vaultSource) {
+		if s.tags == nil {
+			s.tags = map[string]string{}
+		}
+		maps.Copy(s.tags, tags)
+	}
+}
+
+// SecretKeys replaces the mapping from secret name to config key (after SecretPrefix):
+// f returns the key, or false to skip the secret. Keys are case-insensitive, as Viper's
+// are; "." separates their levels.
+func SecretKeys(f func(name string) (key string, ok bool)) VaultSourceOption {
+	return func(s *vaultSource) { s.mapKey = f }
+}
+
+// SecretGrace is how long a secret that disappeared from the vault (deleted, or no longer
+// matching the filters) keeps its key. By default it keeps it for good: its last good value
+// stays and an EventError says what happened, since a delete is more often a mistake than a
+// wish. After the grace the key is removed and an EventChanged names it.
+func SecretGrace(d time.Duration) VaultSourceOption {
+	return func(s *vaultSource) { s.grace = d }
+}
+
+// WithVaultSource adds every secret of a vault as a configuration key, as .NET's
+// AddAzureKeyVault does: Database--Password becomes database.password ("--" is the key
+// delimiter; SecretPrefix, SecretTags and SecretKeys select and rename). vaultURL is the
+// vault's URL (https://myvault.vault.azure.net) or name (myvault, in the provider's cloud).
+//
+// Precedence: values the environment, flags or Set give a key win over the vault; the
+// vault's win over the config file and defaults. A key that also holds a reference keeps
+// the reference (with a warning), and two secrets mapping to one key give it the one updated
+// last (with a warning naming both). Disabled secrets and versions not yet valid are
+// skipped; expired ones follow the expiry rules of references. A secret's value is never
+// scanned for references.
+//
+// Load lists the vault (the identity needs the list permission: RBAC "Key Vault Secrets
+// User" has it; an access policy needs List) and GETs each secret; Watch lists it every
+// refresh interval, adds new secrets (EventChanged names their keys) and GETs only what
+// changed. Notify and the Event Grid handler refresh vault-sourced keys too. Status, Health
+// and the CLI show them like references.
+func WithVaultSource(vaultURL string, opts ...VaultSourceOption) Option {
+	return func(o *options) {
+		s := &vaultSource{raw: vaultURL}
+		for _, opt := range opts {
+			opt(s)
+		}
+		o.vaultSources = append(o.vaultSources, s)
+	}
+}
+
+// vaultSource is one WithVaultSource.
+type vaultSource struct {
+	raw    string // as given
+	host   string // lowercase vault host
+	prefix string
+	tags   map[string]string
+	mapKey func(string) (string, bool)
+	grace  time.Duration
+}
+
+// resolveHost checks the source's vault against what references may name.
+func (s *vaultSource) resolveHost(pc parseConfig) error {
+	v := strings.ToLower(strings.TrimSpace(s.raw))
+	v = strings.TrimSuffix(strings.TrimPrefix(v, "https://"), "/")
+	if v != "" && !strings.Contains(v, ".") {
+		v += "." + pc.cloudOrDefault().VaultSuffix()
+	}
+	r, err := ParseReference("@KeyVault(SecretUri=https://"+v+"/secrets/probe/)", WithCloud(pc.cloudOrDefault()),
+		WithAllowedHosts(slices.Collect(maps.Keys(pc.allowedHosts))...))
+	if err != nil || v == "" {
+		return fmt.Errorf("viperkv: New: WithVaultSource(%q): not a vault this provider may read (%v)", s.raw, err)
+	}
+	s.host = r.Vault
+	return nil
+}
+
+// key maps a secret name to a config key, or false to skip it.
+func (s *vaultSource) key(name string) (string, bool) {
+	n := name
+	if s.prefix != "" {
+		if !strings.HasPrefix(strings.ToLower(n), s.prefix) {
+			return "", false
+		}
+		n = n[len(s.prefix):]
+	}
+	if s.mapKey != nil {
+		k, ok := s.mapKey(n)
+		return strings.ToLower(k), ok && k != ""
+	}
+	k := strings.ToLower(strings.ReplaceAll(n, "--", "."))
+	if k == "" || strings.HasPrefix(k, ".") || strings.HasSuffix(k, ".") || strings.Contains(k, "..") {
+		return "", false
+	}
+	return k, true
+}
+
+// imported is one vault-sourced key.
+type imported struct {
+	ref     Reference
+	updated time.Time
+	missing time.Time // when the secret stopped being listed; zero while it is
+}
+
+// vaultImports is what the vault sources gave, by key. The caller holds updateMu.
+type vaultImports map[string]imported
+
+// VaultSourceError says a vault source could not be listed. Load returns it (joined with
+// any *LoadError); the keys the vault gave before keep their values.
+type VaultSourceError struct {
+	Vault  string // the vault's host
+	Status Status
+	Reason string // never a value
+}
+
+func (e *VaultSourceError) Error() string {
+	return fmt.Sprintf("viperkv: vault source %s: %s: %s", e.Vault, e.Status, e.Reason)
+}
+
+// importVaults lists every vault source and returns the keys they give now, keeping the
+// keys of secrets that disappeared within their grace (and those of a vault that could
+// not be listed). The caller holds updateMu.
+func (p *Provider) importVaults(ctx context.Context, prev vaultImports, now time.Time) (vaultImports, error) {
+	out := vaultImports{}
+	listed := map[string]bool{} // keys a secret listed now gives, across the sources
+	var errs []error
+	for _, s := range p.opts.vaultSources {
+		lctx, cancel := context.WithTimeout(ctx, p.opts.fetchTimeout)
+		props, _, err := p.source.listSecrets(lctx, s.host, 0)
+		cancel()
+		if err != nil {
+			var fe *fetchError
+			ve := &VaultSourceError{Vault: s.host, Status: StatusOtherReasons, Reason: err.Error()}
+			if errors.As(err, &fe) {
+				ve.Status, ve.Reason = fe.status, fe.reason
+				if fe.status == StatusAccessToKeyVaultDenied {
+					ve.Reason += ": the identity may not list the vault's secrets (grant Key Vault Secrets User, or the List permission of an access policy)"
+				}
+			}
+			errs = append(errs, ve)
+			for k, im := range prev {
+				if im.ref.Vault == s.host {
+					out[k] = im // nothing is lost because a list failed
+				}
+			}
+			continue
+		}
+		p.cycleLists[s.host] = props
+		for _, sp := range props {
+			k, ok := s.key(sp.name)
+			if !ok || !s.matches(sp) {
+				continue
+			}
+			if !sp.enabled || (sp.notBefore != nil && now.Before(*sp.notBefore)) {
+				if old, ok := prev[k]; ok && strings.EqualFold(old.ref.Name, sp.name) {
+					out[k] = old // held: the fetch says disabled (EventError), the value stays
+					listed[k] = true
+				}
+				continue
+			}
+			var updated time.Time
+			if sp.updated != nil {
+				updated = *sp.updated
+			}
+			im := imported{ref: Reference{Vault: s.host, Name: sp.name}, updated: updated}
+			if other, ok := out[k]; ok && listed[k] {
+				winner, loser := im, other
+				if other.updated.After(im.updated) {
+					winner, loser = other, im
+				}
+				p.opts.logger.Warn("viperkv: two secrets map to one key; the one updated last wins",
+					"key", k, "vault", s.host, "secret", winner.ref.Name, "other_secret", loser.ref.Name)
+				im = winner
+			}
+			out[k], listed[k] = im, true
+		}
+		for k, old := range prev {
+			if old.ref.Vault != s.host || listed[k] || !s.gives(old.ref.Name, k) {
+				continue
+			}
+			if old.missing.IsZero() {
+				old.missing = now
+			}
+			if s.grace > 0 && now.Sub(old.missing) >= s.grace {
+				p.opts.logger.Info("viperkv: a vault-sourced key is removed: its secret is gone past the grace",
+					"key", k, "vault", s.host, "secret", old.ref.Name)
+				continue
+			}
+			out[k] = old
+		}
+	}
+	return out, errors.Join(errs...)
+}
+
+// gives reports whether the source maps the secret name to key (so a secret that is gone
+// is kept by its own source only).
+func (s *vaultSource) gives(name, key string) bool {
+	k, ok := s.key(name)
+	return ok && k == key
+}
+
+// matches reports whether a listed secret carries every tag the source asks for.
+func (s *vaultSource) matches(sp secretProps) bool {
+	for k, v := range s.tags {
+		if got, ok := sp.tags[k]; !ok || got != v {
+			return false
+		}
+	}
+	return true
+}
+
+// marker is a value no configuration holds: a key of the shadow Viper that still reads
+// it after the environment and flags are applied is not set by either.
+const marker = "\x00viperkv-vault-source-marker"
+
+// withImports adds the vault-sourced keys to the settings tree of v, as references, under
+// the keys no environment variable, flag or override sets and no reference holds.
+func (p *Provider) withImports(v *viper.Viper, tree map[string]any, ims vaultImports) (map[string]any, error) {
+	if len(ims) == 0 {
+		return tree, nil
+	}
+	shadow := *v
+	shadow.SetConfigType("json")
+	if err := shadow.ReadConfig(strings.NewReader("{}")); err != nil { // a config map of its own
+		return nil, err
+	}
+	markers := map[string]any{}
+	for k := range ims {
+		setPath(markers, strings.Split(k, "."), marker)
+	}
+	if err := shadow.MergeConfigMap(markers); err != nil {
+		return nil, err
+	}
+	for _, k := range slices.Sorted(maps.Keys(ims)) {
+		im := ims[k]
+		if got := shadow.Get(k); got != marker {
+			// The environment (or a flag, or Set) gives the key: its value is the key's,
+			// listed in the settings even when only AutomaticEnv knows it.
+			p.opts.logger.Debug("viperkv: the environment (or a flag) sets a vault-sourced key; it wins", "key", k)
+			if got != nil && canSet(tree, strings.Split(k, ".")) {
+				setPath(tree, strings.Split(k, "."), got)
+			}
+			continue
+		}
+		path := strings.Split(k, ".")
+		if cur, ok := lookupPath(tree, path); ok {
+			if s, isStr := cur.(string); isStr && HasReference(s) {
+				p.opts.logger.Warn("viperkv: a key holds a reference and a vault source gives it too; the reference wins",
+					"key", k, "vault", im.ref.Vault, "secret", im.ref.Name)
+				continue
+			}
+			if _, isMap := cur.(map[string]any); isMap {
+				p.opts.logger.Warn("viperkv: a vault-sourced key would replace a section of the configuration; skipped", "key", k, "secret", im.ref.Name)
+				continue
+			}
+		}
+		if !canSet(tree, path) {
+			p.opts.logger.Warn("viperkv: a vault-sourced key lies under a key that holds a value; skipped", "key", k, "secret", im.ref.Name)
+			continue
+		}
+		setPath(tree, path, im.ref.String())
+	}
+	return tree, nil
+}
+
+// lookupPath returns the value at path in tree.
+func lookupPath(tree map[string]any, path []string) (any, bool) {
+	var cur any = tree
+	for _, p := range path {
+		m, ok := cur.(map[string]any)
+		if !ok {
+			return nil, false
+		}
+		if cur, ok = m[p]; !ok {
+			return nil, false
+		}
+	}
+	return cur, true
+}
+
+// canSet reports whether setting path would replace no value on the way.
+func canSet(tree map[string]any, path []string) bool {
+	m := tree
+	for _, p := range path[:len(path)-1] {
+		next, ok := m[p]
+		if !ok {
+			return true
+		}
+		if m, ok = next.(map[string]any); !ok {
+			return false
+		}
+	}
+	return true
+}
+
+// reimport lists the vault sources when their time has come and, when the keys they give
+// changed (a secret added, or gone past its grace), publishes the new settings: new keys
+// are fetched and an EventChanged names them. The caller holds updateMu.
+func (p *Provider) reimport(ctx context.Context, now time.Time) {
+	if len(p.opts.vaultSources) == 0 || now.Before(p.importNext) {
+		return
+	}
+	p.importNext = now.Add(jitter(p.opts.refreshInterval, 0.1))
+	ims, err := p.importVaults(ctx, p.imports, now)
+	if err != nil {
+		p.opts.logger.Warn("viperkv: listing a vault source failed; its keys keep their values", "err", err.Error())
+	}
+	same := len(ims) == len(p.imports)
+	for k, im := range ims {
+		if old, ok := p.imports[k]; !ok || old.ref != im.ref {
+			same = false
+		}
+	}
+	p.imports = ims
+	if same {
+		return
+	}
+	tree, warnings, err := p.settings()
+	if err != nil {
+		p.opts.logger.Warn("viperkv: reading the settings for new vault-sourced keys failed", "err", err.Error())
+		return
+	}
+	sc := scanSettings(tree, p.parse)
+	sc.warnings = warnings
+	var held map[Reference]*secret
+	if cur := p.cur.Load(); cur != nil {
+		held = cur.secrets
+	}
+	var fresh []Reference
+	for _, r := range sc.distinct() {
+		if s, ok := held[r]; !ok || !s.has {
+			fresh = append(fresh, r)
+		}
+	}
+	_, _ = p.update(ctx, SourcePoll, tree, sc, fresh)
+}
