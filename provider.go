@@ -36,12 +36,13 @@ type Provider struct {
 
 	// updateMu serialises everything that publishes a configuration: Load, Refresh, poll
 	// cycles and file reloads. It guards the fields below it. Readers never take it.
-	updateMu   sync.Mutex
-	sched      schedule
-	file       []byte                // the config file's content as Watch last read it; nil: the source's
-	lists      map[string]*vaultList // what listing each vault has taught (change detection)
-	imports    vaultImports          // the keys the vault sources gave at the last import
-	importNext time.Time             // when Watch lists the vault sources again
+	updateMu    sync.Mutex
+	sched       schedule
+	file        []byte                              // the config file's content as Watch last read it; nil: the source's
+	lists       map[string]*vaultList               // what listing each vault has taught (change detection)
+	imports     vaultImports                        // the keys the vault sources gave at the last import
+	importNext  time.Time                           // when Watch lists the vault sources again
+	sourceStats atomic.Pointer[[]VaultSourceStatus] // what each vault source found at its last list
 	// cycleLists holds the lists made by this update's import, so change detection does not
 	// list the same vault twice in one cycle.
 	cycleLists map[string][]secretProps

@@ -7,6 +7,7 @@ import (
 	"maps"
 	"slices"
 	"strings"
+	"sync"
 	"time"
 
 	"github.com/spf13/viper"
@@ -131,6 +132,24 @@ type imported struct {
 // vaultImports is what the vault sources gave, by key. The caller holds updateMu.
 type vaultImports map[string]imported
 
+// VaultSourceStatus is what one WithVaultSource found when it last listed its vault.
+type VaultSourceStatus struct {
+	Vault    string         // the vault's host
+	Listed   int            // secrets the vault listed
+	Imported int            // keys the source gives (a key the environment or a reference wins still counts)
+	Skipped  map[string]int // secrets left out, by reason: "filtered", "disabled", "not yet valid", "collision"
+	Err      error          // why the list failed, if it did (the source's keys keep their values)
+}
+
+// VaultSources reports each WithVaultSource's last list, in the order given; nil before
+// the first Load.
+func (p *Provider) VaultSources() []VaultSourceStatus {
+	if s := p.sourceStats.Load(); s != nil {
+		return slices.Clone(*s)
+	}
+	return nil
+}
+
 // VaultSourceError says a vault source could not be listed. Load returns it (joined with
 // any *LoadError); the keys the vault gave before keep their values.
 type VaultSourceError struct {
@@ -150,10 +169,36 @@ func (p *Provider) importVaults(ctx context.Context, prev vaultImports, now time
 	out := vaultImports{}
 	listed := map[string]bool{} // keys a secret listed now gives, across the sources
 	var errs []error
-	for _, s := range p.opts.vaultSources {
-		lctx, cancel := context.WithTimeout(ctx, p.opts.fetchTimeout)
-		props, _, err := p.source.listSecrets(lctx, s.host, 0)
-		cancel()
+	// The vaults are listed at once (a vault's pages follow each other, vaults need not).
+	type listing struct {
+		props []secretProps
+		err   error
+	}
+	lists := make([]listing, len(p.opts.vaultSources))
+	var wg sync.WaitGroup
+	for i, s := range p.opts.vaultSources {
+		wg.Go(func() {
+			lctx, cancel := context.WithTimeout(ctx, p.opts.fetchTimeout)
+			defer cancel()
+			lists[i].props, _, lists[i].err = p.source.listSecrets(lctx, s.host, 0)
+		})
+	}
+	wg.Wait()
+	stats := make([]VaultSourceStatus, len(p.opts.vaultSources))
+	defer func() {
+		for k, im := range out {
+			for i, s := range p.opts.vaultSources {
+				if im.ref.Vault == s.host && s.gives(im.ref.Name, k) {
+					stats[i].Imported++
+				}
+			}
+		}
+		p.sourceStats.Store(&stats)
+	}()
+	for i, s := range p.opts.vaultSources {
+		props, err := lists[i].props, lists[i].err
+		st := &stats[i]
+		*st = VaultSourceStatus{Vault: s.host, Listed: len(props), Skipped: map[string]int{}, Err: err}
 		if err != nil {
 			var fe *fetchError
 			ve := &VaultSourceError{Vault: s.host, Status: StatusOtherReasons, Reason: err.Error()}
@@ -175,12 +220,16 @@ func (p *Provider) importVaults(ctx context.Context, prev vaultImports, now time
 		for _, sp := range props {
 			k, ok := s.key(sp.name)
 			if !ok || !s.matches(sp) {
+				st.Skipped["filtered"]++
 				continue
 			}
 			if !sp.enabled || (sp.notBefore != nil && now.Before(*sp.notBefore)) {
-				if old, ok := prev[k]; ok && strings.EqualFold(old.ref.Name, sp.name) {
-					out[k] = old // held: the fetch says disabled (EventError), the value stays
-					listed[k] = true
+				// Skipped; a key it gave before is kept within the grace, like a deleted
+				// one: its fetch says why (EventError), its last good value stays.
+				if !sp.enabled {
+					st.Skipped["disabled"]++
+				} else {
+					st.Skipped["not yet valid"]++
 				}
 				continue
 			}
@@ -197,6 +246,7 @@ func (p *Provider) importVaults(ctx context.Context, prev vaultImports, now time
 				p.opts.logger.Warn("viperkv: two secrets map to one key; the one updated last wins",
 					"key", k, "vault", s.host, "secret", winner.ref.Name, "other_secret", loser.ref.Name)
 				im = winner
+				st.Skipped["collision"]++
 			}
 			out[k], listed[k] = im, true
 		}

@@ -218,3 +218,22 @@ func TestVaultSourceListForbidden(t *testing.T) {
 		t.Error("New accepted a vault source outside the cloud")
 	}
 }
+
+// TestVaultSourcesReport: VaultSources says what each source listed, imported and skipped.
+func TestVaultSourcesReport(t *testing.T) {
+	srv, kv := importVault(t)
+	kv.SetSecret("App--A", "a")
+	kv.SetSecret("App--B", "b", kvtest.WithEnabled(false))
+	kv.SetSecret("App--C", "c", kvtest.WithNotBefore(time.Now().Add(time.Hour)))
+	kv.SetSecret("Other", "o")
+	logs := &redirLog{}
+	p, err := importProvider(t, srv, nil, logs, viperkv.WithVaultSource("myvault", viperkv.SecretPrefix("app--")))
+	if err != nil {
+		t.Fatal(err)
+	}
+	got := p.VaultSources()
+	if len(got) != 1 || got[0].Vault != "myvault.vault.azure.net" || got[0].Listed != 4 || got[0].Imported != 1 ||
+		got[0].Skipped["filtered"] != 1 || got[0].Skipped["disabled"] != 1 || got[0].Skipped["not yet valid"] != 1 || got[0].Err != nil {
+		t.Errorf("VaultSources() = %+v", got)
+	}
+}

@@ -4,8 +4,10 @@ import (
 	"encoding/json"
 	"fmt"
 	"io"
+	"maps"
 	"math"
 	"os"
+	"slices"
 	"strings"
 	"text/tabwriter"
 	"time"
@@ -58,8 +60,8 @@ Exit status: 0 when every reference resolves, 1 when any fails, 2 for usage erro
 			if output != "table" && output != "json" {
 				return usageError("--output %q: want table or json", output)
 			}
-			if lf.config == "" && !environ && len(lf.envKeys) == 0 && !allowEmpty {
-				return usageError("nothing to check: pass --config FILE or --environ (or --env-key KEY), or --allow-empty to accept an empty check")
+			if lf.config == "" && !environ && len(lf.envKeys) == 0 && len(lf.vaultSources) == 0 && !allowEmpty {
+				return usageError("nothing to check: pass --config FILE, --environ, --vault-source VAULT (or --env-key KEY), or --allow-empty to accept an empty check")
 			}
 			return runCheck(cmd, &lf, output, environ, allowEmpty)
 		},
@@ -90,9 +92,10 @@ func runCheck(cmd *cobra.Command, lf *loadFlags, output string, environ, allowEm
 	if err != nil {
 		return err
 	}
-	_ = p.Load(cmd.Context()) // a *LoadError: the statuses say everything it says
+	_ = p.Load(cmd.Context()) // a *LoadError: the statuses say everything it says; VaultSources the rest
 	status := p.Status()
-	if len(status) == 0 && !allowEmpty {
+	sources := p.VaultSources()
+	if len(status) == 0 && len(sources) == 0 && !allowEmpty {
 		return usageError("nothing to check: no Key Vault reference in %s; pass --allow-empty if none is expected", checkedSources(lf, environ))
 	}
 	failed := 0
@@ -101,15 +104,24 @@ func runCheck(cmd *cobra.Command, lf *loadFlags, output string, environ, allowEm
 			failed++
 		}
 	}
+	sourcesFailed := 0
+	for _, vs := range sources {
+		if vs.Err != nil {
+			sourcesFailed++
+		}
+	}
 	if output == "json" {
 		err = writeCheckJSON(out, status, refs, failed)
 	} else {
 		err = writeCheckTable(out, status, refs, failed)
+		if err == nil && len(sources) > 0 {
+			err = writeVaultSources(out, sources)
+		}
 	}
 	if err != nil {
 		return err
 	}
-	if failed > 0 {
+	if failed > 0 || sourcesFailed > 0 {
 		return exitStatus(1)
 	}
 	return nil
@@ -159,6 +171,24 @@ func writeCheckTable(out io.Writer, status []viperkv.ReferenceStatus, refs *envR
 		}
 	}
 	return nil
+}
+
+// writeVaultSources prints a row per --vault-source: what it listed, imported and skipped.
+func writeVaultSources(out io.Writer, sources []viperkv.VaultSourceStatus) error {
+	fmt.Fprintln(out)
+	tw := tabwriter.NewWriter(out, 0, 0, 2, ' ', 0)
+	fmt.Fprintln(tw, "VAULT SOURCE\tLISTED\tIMPORTED\tSKIPPED")
+	for _, vs := range sources {
+		var skipped []string
+		for _, why := range slices.Sorted(maps.Keys(vs.Skipped)) {
+			skipped = append(skipped, fmt.Sprintf("%d %s", vs.Skipped[why], why))
+		}
+		if vs.Err != nil {
+			skipped = append(skipped, "list failed: "+strings.TrimPrefix(vs.Err.Error(), "viperkv: "))
+		}
+		fmt.Fprintf(tw, "%s\t%d\t%d\t%s\n", vs.Vault, vs.Listed, vs.Imported, dash(strings.Join(skipped, ", ")))
+	}
+	return tw.Flush()
 }
 
 // checkRow is one reference in check's JSON output.

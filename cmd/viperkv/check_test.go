@@ -258,8 +258,8 @@ func TestCheckNothingToCheck(t *testing.T) {
 		args []string
 		want string
 	}{
-		{[]string{"check"}, "nothing to check: pass --config FILE or --environ"},
-		{[]string{"check", "--output", "json"}, "nothing to check: pass --config FILE or --environ"},
+		{[]string{"check"}, "nothing to check: pass --config FILE, --environ, --vault-source VAULT"},
+		{[]string{"check", "--output", "json"}, "nothing to check: pass --config FILE, --environ, --vault-source VAULT"},
 		{[]string{"check", "--environ"}, "nothing to check: no Key Vault reference in the environment"},
 		{[]string{"check", "--config", noRefs}, "nothing to check: no Key Vault reference in " + noRefs},
 		{[]string{"check", "--config", noRefs, "--environ", "-o", "json"}, "nothing to check: no Key Vault reference in " + noRefs + " or the environment"},
@@ -479,5 +479,36 @@ func TestVersionHelpCompletion(t *testing.T) {
 			!strings.Contains(out, "\ndefault\t") || !strings.Contains(out, "\nworkload-identity\t") {
 			t.Errorf("__complete %s --credential: exit %d:\n%s", cmd, code, out)
 		}
+	}
+}
+
+// TestVaultSourceInTheCLI: --vault-source imports a vault's secrets as keys; check shows a
+// row per key and one per source (listed, imported, skipped and why); resolve masks the
+// values; a malformed --vault-source is a usage error.
+func TestVaultSourceInTheCLI(t *testing.T) {
+	t.Parallel()
+	prefix := "cli" + strings.ReplaceAll(secretName(t), "-", "") + "--"
+	secret := sentinel(t)
+	kv := emu.Vault("myvault")
+	kv.SetSecret(prefix+"Db--Password", secret)
+	kv.SetSecret(prefix+"Off", "off", kvtest.WithEnabled(false))
+	src := "myvault,prefix=" + prefix
+	code, out, errOut := cli(t, nil, "check", "--vault-source", src)
+	if code != 0 {
+		t.Fatalf("exit %d\n%s%s", code, out, errOut)
+	}
+	if !regexp.MustCompile(`(?m)^db\.password\s+myvault\.vault\.azure\.net\s+\S+--Db--Password\s+[0-9a-f]{32}\s+Resolved`).MatchString(out) {
+		t.Errorf("no resolved row for db.password:\n%s", out)
+	}
+	if !regexp.MustCompile(`(?m)^myvault\.vault\.azure\.net\s+\d+\s+1\s+1 disabled, \d+ filtered$`).MatchString(out) {
+		t.Errorf("no vault source row:\n%s", out)
+	}
+	code, out, errOut = cli(t, nil, "resolve", "--vault-source", src, "--format", "env")
+	if code != 0 || !strings.Contains(out, "DB_PASSWORD=") {
+		t.Errorf("resolve: exit %d\n%s%s", code, out, errOut)
+	}
+	assertNoSentinel(t, "check and resolve with --vault-source", out+errOut, secret)
+	if code, _, errOut := cli(t, nil, "check", "--vault-source", "myvault,suffix=x"); code != 2 || !strings.Contains(errOut, `unknown part "suffix=x"`) {
+		t.Errorf("a malformed --vault-source: exit %d, %s", code, errOut)
 	}
 }

@@ -48,6 +48,8 @@ type loadFlags struct {
 	cloud      string
 	timeout    time.Duration
 	verbose    bool
+	// vaultSources are --vault-source values: VAULT[,prefix=P][,tag=NAME=VALUE]...
+	vaultSources []string
 
 	emulatorTenant string // set by options when VIPERKV_EMULATOR_INFO names an emulator
 }
@@ -83,6 +85,8 @@ func (f *loadFlags) register(cmd *cobra.Command) {
 	fs.StringVar(&f.cloud, "cloud", "AzurePublic", "Azure cloud: AzurePublic, AzureChina or AzureUSGovernment")
 	fs.DurationVar(&f.timeout, "timeout", viperkv.DefaultFetchTimeout, "how long to wait for all references")
 	fs.BoolVarP(&f.verbose, "verbose", "v", false, "log each step to stderr (never a secret value)")
+	fs.StringArrayVar(&f.vaultSources, "vault-source", nil, "import every secret of a vault as a key (Db--Password: db.password), as viperkv.WithVaultSource: "+
+		"VAULT[,prefix=orders--][,tag=env=prod]; repeatable")
 	_ = cmd.RegisterFlagCompletionFunc("cloud", cobra.FixedCompletions(
 		[]cobra.Completion{"AzurePublic", "AzureChina", "AzureUSGovernment"}, cobra.ShellCompDirectiveNoFileComp))
 	choices := make([]cobra.Completion, len(credentials))
@@ -135,6 +139,13 @@ func (f *loadFlags) options(stderr io.Writer) ([]viperkv.Option, error) {
 		return nil, usageError("--client-id selects a managed identity or a workload identity's app; it does not apply to --credential %s", f.credential)
 	}
 	opts := []viperkv.Option{viperkv.WithCloud(cloud), viperkv.WithFetchTimeout(f.timeout), viperkv.WithLogger(log)}
+	for _, vs := range f.vaultSources {
+		o, err := parseVaultSource(vs)
+		if err != nil {
+			return nil, err
+		}
+		opts = append(opts, o)
+	}
 	if len(f.envKeys) > 0 {
 		opts = append(opts, viperkv.WithEnvKeys(f.envKeys...))
 	}
@@ -407,4 +418,34 @@ func sortedEnv(vars map[string]string) []string {
 	}
 	sort.Strings(out)
 	return out
+}
+
+// parseVaultSource reads a --vault-source: VAULT[,prefix=P][,tag=NAME=VALUE]...
+func parseVaultSource(arg string) (viperkv.Option, error) {
+	parts := strings.Split(arg, ",")
+	vault := strings.TrimSpace(parts[0])
+	if vault == "" {
+		return nil, usageError("--vault-source %q: want VAULT[,prefix=P][,tag=NAME=VALUE]", arg)
+	}
+	var opts []viperkv.VaultSourceOption
+	tags := map[string]string{}
+	for _, part := range parts[1:] {
+		k, v, ok := strings.Cut(strings.TrimSpace(part), "=")
+		switch {
+		case ok && k == "prefix" && v != "":
+			opts = append(opts, viperkv.SecretPrefix(v))
+		case ok && k == "tag":
+			name, value, ok := strings.Cut(v, "=")
+			if !ok || name == "" {
+				return nil, usageError("--vault-source %q: a tag is tag=NAME=VALUE", arg)
+			}
+			tags[name] = value
+		default:
+			return nil, usageError("--vault-source %q: unknown part %q (want prefix=P or tag=NAME=VALUE)", arg, part)
+		}
+	}
+	if len(tags) > 0 {
+		opts = append(opts, viperkv.SecretTags(tags))
+	}
+	return viperkv.WithVaultSource(vault, opts...), nil
 }
