@@ -263,7 +263,7 @@ func (h *eventGridHandler) accept(e deliveredEvent) bool {
 	}
 	log = log.With("vault", c.Vault, "secret", c.Name)
 	cur := h.p.cur.Load()
-	if len(versionless(cur, pushKey{vault: c.Vault, name: strings.ToLower(c.Name)})) == 0 {
+	if len(versionless(cur, pushKey{vault: c.Vault, name: strings.ToLower(c.Name)})) == 0 && !h.p.importsFrom(c.Vault) {
 		log.Debug("viperkv: Event Grid event ignored: no versionless reference names the secret")
 		return false
 	}

@@ -83,6 +83,14 @@ func (p *Provider) Notify(ctx context.Context, c SecretChange) (err error) {
 	}
 	key := pushKey{vault: c.Vault, name: strings.ToLower(c.Name)}
 	if len(versionless(cur, key)) == 0 {
+		if c.Type == ChangeNewVersion && p.importsFrom(c.Vault) {
+			// A secret new to a vault source: list the source on Watch's next turn.
+			p.updateMu.Lock()
+			p.importNext = time.Time{}
+			p.updateMu.Unlock()
+			p.poke()
+			return ignore("not imported yet; the vault source is listed again now")
+		}
 		return ignore("no versionless reference names the secret")
 	}
 	if p.push.seenID(c.ID) {

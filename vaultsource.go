@@ -410,3 +410,13 @@ func (p *Provider) reimport(ctx context.Context, now time.Time) {
 	}
 	_, _ = p.update(ctx, SourcePoll, tree, sc, fresh)
 }
+
+// importsFrom reports whether a vault source reads the vault host.
+func (p *Provider) importsFrom(host string) bool {
+	for _, s := range p.opts.vaultSources {
+		if s.host == host {
+			return true
+		}
+	}
+	return false
+}

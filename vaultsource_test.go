@@ -237,3 +237,28 @@ func TestVaultSourcesReport(t *testing.T) {
 		t.Errorf("VaultSources() = %+v", got)
 	}
 }
+
+// TestVaultSourceNewSecretByPush: a SecretNewVersionCreated for a secret a vault source
+// does not hold yet makes Watch list the source at once, long before its interval.
+func TestVaultSourceNewSecretByPush(t *testing.T) {
+	srv, kv := importVault(t)
+	kv.SetSecret("App--A", "a")
+	logs := &redirLog{}
+	p, err := importProvider(t, srv, nil, logs, viperkv.WithRefreshInterval(time.Hour), viperkv.WithVaultSource("myvault"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan struct{})
+	go func() { defer close(done); _ = p.Watch(ctx) }()
+	defer func() { cancel(); <-done }()
+	v := kv.SetSecret("App--New", "new")
+	if err := p.Notify(context.Background(), viperkv.SecretChange{Type: viperkv.ChangeNewVersion, Vault: "myvault", Name: "App--New", Version: v}); err != nil {
+		t.Fatal(err)
+	}
+	for deadline := time.Now().Add(20 * time.Second); p.GetString("app.new") != "new"; time.Sleep(10 * time.Millisecond) {
+		if time.Now().After(deadline) {
+			t.Fatal("the pushed new secret was not imported within 20 s (the interval is an hour)")
+		}
+	}
+}
