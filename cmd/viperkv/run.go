@@ -270,7 +270,7 @@ func childEnv(environ []string, refs *envRefs, resolved *viper.Viper, lf *loadFl
 	for n, v := range refs.values(resolved) {
 		vars[n] = v
 	}
-	if lf.config != "" {
+	if lf.config != "" || len(lf.vaultSources) > 0 { // the file's keys and the vault sources' become variables
 		for n, v := range envVars(resolved.AllSettings(), lf.envPrefix) {
 			vars[n] = v
 		}

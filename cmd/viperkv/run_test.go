@@ -455,3 +455,18 @@ func TestRunChangeDetectionFlag(t *testing.T) {
 	p.signal(syscall.SIGTERM)
 	p.wait()
 }
+
+// TestRunExportsVaultSource: with --vault-source, run exports the vault's keys as variables
+// (db.password: APP_DB_PASSWORD) and masks their values in the command's output.
+func TestRunExportsVaultSource(t *testing.T) {
+	t.Parallel()
+	prefix := "run" + strings.ReplaceAll(secretName(t), "-", "") + "--"
+	secret := sentinel(t)
+	emu.Vault("myvault").SetSecret(prefix+"Db--Password", secret)
+	code, out, errOut := cli(t, []string{childEnvVar}, append([]string{"run", "--env-prefix", "APP", "--vault-source", "myvault,prefix=" + prefix},
+		childCmd("print", "APP_DB_PASSWORD")...)...)
+	if code != 0 || !strings.Contains(out, "APP_DB_PASSWORD=<concealed by viperkv>") {
+		t.Errorf("exit %d\n%s%s", code, out, errOut)
+	}
+	assertNoSentinel(t, "run --vault-source", out+errOut, secret)
+}
