@@ -138,16 +138,7 @@ func (p *Provider) loadFile(ctx context.Context, b []byte) error {
 	}
 	sc := scanSettings(tree, p.parse)
 	sc.warnings = warnings
-	var held map[Reference]*secret
-	if cur := p.cur.Load(); cur != nil {
-		held = cur.secrets
-	}
-	var fresh []Reference
-	for _, r := range sc.distinct() {
-		if s, ok := held[r]; !ok || !s.has {
-			fresh = append(fresh, r)
-		}
-	}
+	fresh := p.unheld(sc)
 	ctx, span := p.tel.span(ctx, "viperkv.file.reload", SourceFile)
 	snap, err := p.update(ctx, SourceFile, tree, sc, fresh)
 	endSpan(span, snap, err)
@@ -180,4 +171,20 @@ func (p *Provider) fileError(fw *fileWatcher, err error) {
 	e := Event{Kind: EventError, Source: SourceFile, Time: time.Now(), Err: err, Previous: cur.v, Current: cur.v}
 	p.logEvent(e)
 	p.notify.publish([]Event{e})
+}
+
+// unheld returns the references of sc the provider holds no good value for: what new
+// settings must fetch (the rest are reused). The caller holds updateMu.
+func (p *Provider) unheld(sc *scan) []Reference {
+	var held map[Reference]*secret
+	if cur := p.cur.Load(); cur != nil {
+		held = cur.secrets
+	}
+	var fresh []Reference
+	for _, r := range sc.distinct() {
+		if s, ok := held[r]; !ok || !s.has {
+			fresh = append(fresh, r)
+		}
+	}
+	return fresh
 }

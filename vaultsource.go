@@ -398,16 +398,7 @@ func (p *Provider) reimport(ctx context.Context, now time.Time) {
 	}
 	sc := scanSettings(tree, p.parse)
 	sc.warnings = warnings
-	var held map[Reference]*secret
-	if cur := p.cur.Load(); cur != nil {
-		held = cur.secrets
-	}
-	var fresh []Reference
-	for _, r := range sc.distinct() {
-		if s, ok := held[r]; !ok || !s.has {
-			fresh = append(fresh, r)
-		}
-	}
+	fresh := p.unheld(sc)
 	_, _ = p.update(ctx, SourcePoll, tree, sc, fresh)
 }
 
