@@ -116,6 +116,12 @@ func (p *Provider) detect(ctx context.Context, cur *snapshot, due []Reference, n
 			continue
 		}
 		props, complete, err := p.cycleLists[vault], true, error(nil)
+		if props == nil && p.importsFrom(vault) {
+			// A vault source lists this vault every interval: check with its next list
+			// rather than listing twice.
+			p.sched.deferTo(cands, p.importNext)
+			continue
+		}
 		if props == nil { // not listed by this cycle's import of a vault source
 			lctx, cancel := context.WithTimeout(ctx, p.opts.fetchTimeout)
 			props, complete, err = p.source.listSecrets(lctx, vault, maxPages)

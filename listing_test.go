@@ -245,3 +245,33 @@ func TestThrottledListIsNotAmplified(t *testing.T) {
 		}
 	})
 }
+
+// A vault source and change detection share one list of the vault a cycle: importing the
+// vault's secrets as keys does not list it twice.
+func TestVaultSourceListsOncePerCycle(t *testing.T) {
+	synctest.Test(t, func(t *testing.T) {
+		const interval = time.Minute
+		src := newFakeSource()
+		for i := range 20 {
+			src.set("myvault", fmt.Sprintf("App--K%02d", i), fmt.Sprintf("v%02d", i))
+		}
+		time.Sleep(5 * time.Second)
+		p := newFakeProvider(t, src, YAMLViper(t, "a: b\n"), WithRefreshInterval(interval), WithVaultSource("myvault"))
+		if err := p.Load(t.Context()); err != nil {
+			t.Fatal(err)
+		}
+		if got := p.GetString("app.k07"); got != "v07" {
+			t.Fatalf("app.k07 = %q", got)
+		}
+		afterLoad, pagesAtLoad := totalGets(src), src.pages("myvault")
+		startWatch(t, p)
+		time.Sleep(10*interval + interval/2)
+		synctest.Wait()
+		if n := src.pages("myvault") - pagesAtLoad; n < 9 || n > 12 {
+			t.Errorf("%d list pages in 10 intervals, want about 10 (one a cycle)", n)
+		}
+		if n := totalGets(src) - afterLoad; n != 0 {
+			t.Errorf("%d GETs in quiet cycles, want 0", n)
+		}
+	})
+}

@@ -105,6 +105,12 @@ func (p *Provider) pollLoop(ctx context.Context) {
 		due, wait := p.sched.due(cur, now)
 		if len(p.opts.vaultSources) > 0 {
 			wait = min(wait, p.importNext.Sub(now))
+			// A vault source just listed its vault: check all its secrets against that list.
+			for _, r := range refreshable(cur) {
+				if _, listed := p.cycleLists[r.Vault]; listed && !slices.Contains(due, r) {
+					due = append(due, r)
+				}
+			}
 		}
 		if len(due) > 0 || wait <= 0 {
 			sctx, span := p.tel.span(ctx, "viperkv.refresh", SourcePoll)
@@ -238,6 +244,19 @@ func (s *schedule) postpone(refs []Reference, now time.Time) {
 		}
 		st.fails++
 		st.next = now.Add(s.backoff(st.fails))
+	}
+}
+
+// deferTo makes refs due at t, as checked (no failure): a vault source's next list will
+// check them.
+func (s *schedule) deferTo(refs []Reference, t time.Time) {
+	for _, r := range refs {
+		st := s.polls[r]
+		if st == nil {
+			st = &pollState{}
+			s.polls[r] = st
+		}
+		st.next = t
 	}
 }
 
