@@ -126,6 +126,7 @@ type eventGridHandler struct {
 	wg     sync.WaitGroup // background refreshes, for tests
 }
 
+// ServeHTTP authenticates, then answers handshakes or accepts the delivery's events.
 func (h *eventGridHandler) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	if status, err := h.authenticate(r); err != nil {
 		h.log.Warn("viperkv: Event Grid request refused", "status", status, "reason", err.Error(), "remote", r.RemoteAddr)

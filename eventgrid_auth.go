@@ -224,4 +224,5 @@ func (p *Provider) transportClient() *http.Client {
 
 type roundTripFunc func(*http.Request) (*http.Response, error)
 
+// RoundTrip implements http.RoundTripper.
 func (f roundTripFunc) RoundTrip(r *http.Request) (*http.Response, error) { return f(r) }

@@ -159,6 +159,7 @@ type requestMetrics struct {
 	requests metric.Int64Counter
 }
 
+// Do implements policy.Policy.
 func (m requestMetrics) Do(req *policy.Request) (*http.Response, error) {
 	resp, err := req.Next()
 	class := "error"

@@ -158,6 +158,7 @@ type VaultSourceError struct {
 	Reason string // never a value
 }
 
+// Error names the vault, the status and the reason.
 func (e *VaultSourceError) Error() string {
 	return fmt.Sprintf("viperkv: vault source %s: %s: %s", e.Vault, e.Status, e.Reason)
 }
