@@ -195,7 +195,7 @@ func TestLoadWaitsForLateIdentityEndpoint(t *testing.T) {
 	lines := retryLogLines(ownLogs.String())
 	for key := range want {
 		vault, name, _ := strings.Cut(key, ".")
-		if !containsAll(lines, "key="+key, "vault="+vault+".vault.azure.net", "secret="+name, "status=MSINotEnabled", "attempt=1 ", "connection refused") {
+		if !viperkv.ContainsLine(lines, "key="+key, "vault="+vault+".vault.azure.net", "secret="+name, "status=MSINotEnabled", "attempt=1 ", "connection refused") {
 			t.Errorf("no retry logged for %s among:\n%s", key, strings.Join(lines, "\n"))
 		}
 	}
@@ -206,20 +206,6 @@ func TestLoadWaitsForLateIdentityEndpoint(t *testing.T) {
 			}
 		}
 	}
-}
-
-// containsAll reports whether some line contains every one of parts.
-func containsAll(lines []string, parts ...string) bool {
-	for _, l := range lines {
-		ok := true
-		for _, p := range parts {
-			ok = ok && strings.Contains(l, p)
-		}
-		if ok {
-			return true
-		}
-	}
-	return false
 }
 
 // A 403 and a 404 fail at once, with one request each, while a vault answering 503 to more
@@ -282,7 +268,7 @@ flaky: "@KeyVault(VaultName=flakyvault2;SecretName=s)"
 		t.Errorf("flakyvault2 saw %d GETs, want 5 (azcore's try and three retries, then Load's retry)", n)
 	}
 	lines := retryLogLines(logs.String())
-	if len(lines) != 1 || !containsAll(lines, "key=flaky", "secret=s", "status=OtherReasons", "attempt=1 ", "503") {
+	if len(lines) != 1 || !viperkv.ContainsLine(lines, "key=flaky", "secret=s", "status=OtherReasons", "attempt=1 ", "503") {
 		t.Errorf("retry log lines:\n%s\nwant one, for flaky's 503", strings.Join(lines, "\n"))
 	}
 }

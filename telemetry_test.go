@@ -199,8 +199,12 @@ func TestTelemetry(t *testing.T) {
 
 	// A throttled vault: 429s counted as throttled, the limiter's window narrows.
 	kv.SetThrottle(1, time.Minute)
-	time.Sleep(time.Second)
-	got, dump = m.collect(t)
+	for deadline := time.Now().Add(20 * time.Second); ; time.Sleep(20 * time.Millisecond) {
+		got, dump = m.collect(t)
+		if sum(got["viperkv.vault.requests"], "viperkv.throttled=true", "http.response.status_class=4xx") >= 1 || time.Now().After(deadline) {
+			break
+		}
+	}
 	dumps = append(dumps, dump)
 	if n := sum(got["viperkv.vault.requests"], "viperkv.throttled=true", "http.response.status_class=4xx"); n < 1 {
 		t.Errorf("vault.requests %v: want throttled requests", got["viperkv.vault.requests"])

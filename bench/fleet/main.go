@@ -33,7 +33,6 @@ import (
 	"net/http/httptest"
 	"os"
 	"runtime"
-	"slices"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -43,6 +42,7 @@ import (
 	"github.com/spf13/viper"
 
 	"github.com/viperkv/viperkv"
+	"github.com/viperkv/viperkv/bench/internal/stats"
 	"github.com/viperkv/viperkv/kvtest"
 )
 
@@ -254,16 +254,6 @@ func rotate(kv *kvtest.Vault, f *fleet, d time.Duration) (spreads []time.Duratio
 	return spreads, missing, len(rots)
 }
 
-func percentile(ds []time.Duration, p int) time.Duration {
-	if len(ds) == 0 {
-		return 0
-	}
-	s := slices.Clone(ds)
-	slices.Sort(s)
-	i := (len(s)*p + 99) / 100
-	return s[min(max(i-1, 0), len(s)-1)]
-}
-
 func newVault(srv *kvtest.Server, name string) *kvtest.Vault {
 	kv := srv.AddVault(name)
 	kv.Grant(srv.SystemIdentity(), kvtest.RoleSecretsUser)
@@ -420,6 +410,6 @@ func steadyRun(kv *kvtest.Vault, f *fleet, d time.Duration, start func() (stop f
 	peak := s.peak()
 	stop()
 	return steadyResult{lists: kv.Count(kvtest.OpListSecrets) - l0, gets: kv.Count(kvtest.OpGetSecret) - g0,
-		throttled: kv.Count(kvtest.OpThrottled) - t0, peak: peak, failed: f.errorCount() - errsBefore, p50: percentile(spreads, 50), p99: percentile(spreads, 99),
+		throttled: kv.Count(kvtest.OpThrottled) - t0, peak: peak, failed: f.errorCount() - errsBefore, p50: stats.Percentile(spreads, 50), p99: stats.Percentile(spreads, 99),
 		missing: missing, rotations: rotations}
 }

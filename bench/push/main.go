@@ -21,7 +21,6 @@ import (
 	"fmt"
 	"net/http/httptest"
 	"os"
-	"slices"
 	"strings"
 	"sync"
 	"text/tabwriter"
@@ -30,6 +29,7 @@ import (
 	"github.com/spf13/viper"
 
 	"github.com/viperkv/viperkv"
+	"github.com/viperkv/viperkv/bench/internal/stats"
 	"github.com/viperkv/viperkv/kvtest"
 )
 
@@ -130,8 +130,8 @@ func run(n int) (bool, error) {
 		return false, err
 	}
 
-	pp50, pp99 := percentile(push.latencies, 50), percentile(push.latencies, 99)
-	lp50, lp99 := percentile(poll.latencies, 50), percentile(poll.latencies, 99)
+	pp50, pp99 := stats.Percentile(push.latencies, 50), stats.Percentile(push.latencies, 99)
+	lp50, lp99 := stats.Percentile(poll.latencies, 50), stats.Percentile(poll.latencies, 99)
 	getsPer := float64(push.gets) / float64(n)
 	// A duplicate that cost a GET was not ignored.
 	ignored := push.duplicates - max(0, int(push.gets)-n)
@@ -279,16 +279,6 @@ func measurePoll(srv *kvtest.Server, n int) (result, error) {
 	wg.Wait()
 	res.gets = kv.Count(kvtest.OpGetSecret)
 	return res, bad
-}
-
-func percentile(ds []time.Duration, p int) time.Duration {
-	if len(ds) == 0 {
-		return 0
-	}
-	s := slices.Clone(ds)
-	slices.Sort(s)
-	i := (len(s)*p + 99) / 100
-	return s[min(max(i-1, 0), len(s)-1)]
 }
 
 func ms(d time.Duration) string { return fmt.Sprintf("%.1f ms", msf(d)) }

@@ -92,6 +92,11 @@ If a reference does not resolve, the command is not started and the exit status 
 			if err := f.push.check(f.watch); err != nil {
 				return err
 			}
+			switch viperkv.ChangeDetection(f.changeDetection) {
+			case viperkv.ChangeDetectionAuto, viperkv.ChangeDetectionList, viperkv.ChangeDetectionGet:
+			default:
+				return usageError("--change-detection %q: want auto, list or get", f.changeDetection)
+			}
 			return runRun(cmd, &f, args)
 		},
 	}
@@ -127,9 +132,6 @@ func runRun(cmd *cobra.Command, f *runFlags, args []string) error {
 	p, err := viperkv.New(v, append(opts, viperkv.WithRefreshInterval(f.refreshInterval), viperkv.WithPushDelay(f.push.delay),
 		viperkv.WithChangeDetection(viperkv.ChangeDetection(f.changeDetection)))...)
 	if err != nil {
-		if strings.Contains(err.Error(), "WithChangeDetection") {
-			return usageError("--change-detection %q: want list, get or auto", f.changeDetection)
-		}
 		return err
 	}
 	var listener *pushListener
