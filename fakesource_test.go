@@ -32,6 +32,16 @@ type fakeSource struct {
 	listDenied map[string]bool // vault hosts whose list answers 403
 	listErr    *fetchError     // every list fails with this, when set
 	extra      map[string]int  // unreferenced secrets a vault holds besides these, for its size
+
+	// vaultBehind is how far the vault's clock runs behind this machine's (negative: ahead):
+	// it stamps versions' updated and answers' Date.
+	vaultBehind time.Duration
+}
+
+// vaultNow is the vault's clock, to the second as Key Vault's timestamps and Date headers
+// are. The caller holds f.mu.
+func (f *fakeSource) vaultNow() time.Time {
+	return time.Now().Add(-f.vaultBehind).Truncate(time.Second)
 }
 
 // fakeKey names a secret: the vault's host and the name in lower case (Key Vault compares
@@ -86,7 +96,7 @@ func (f *fakeSource) set(vault, name, value string, opts ...versionOption) strin
 	f.mu.Lock()
 	defer f.mu.Unlock()
 	f.made++
-	updated := time.Now().Truncate(time.Second) // Key Vault's timestamps have one-second resolution
+	updated := f.vaultNow()
 	sv := secretVersion{value: value, version: fmt.Sprintf("%032x", f.made), updated: &updated}
 	for _, o := range opts {
 		o(&sv)
@@ -203,11 +213,16 @@ func (f *fakeSource) getSecret(ctx context.Context, r Reference) (secretVersion,
 		return secretVersion{}, &fetchError{status: StatusSecretNotFound, reason: "GET " + r.ID() + ": 404 SecretNotFound"}
 	case s.fail != nil:
 		return secretVersion{}, &fetchError{status: s.fail.status, reason: s.fail.reason}
-	case r.Version == "":
-		return s.versions[len(s.versions)-1], nil
+	}
+	served := f.vaultNow()
+	if r.Version == "" {
+		sv := s.versions[len(s.versions)-1]
+		sv.served = &served
+		return sv, nil
 	}
 	for _, sv := range s.versions {
 		if sv.version == r.Version {
+			sv.served = &served
 			return sv, nil
 		}
 	}

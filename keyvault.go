@@ -126,7 +126,8 @@ func (vc *vaultClient) get(ctx context.Context, r Reference) (sv secretVersion, 
 			defer func() { vc.warmed.Store(true); vc.warm.Unlock() }()
 		}
 	}
-	resp, err := vc.client.GetSecret(ctx, r.Name, r.Version, nil)
+	var raw *http.Response
+	resp, err := vc.client.GetSecret(runtime.WithCaptureResponse(ctx, &raw), r.Name, r.Version, nil)
 	if err != nil {
 		var re *azcore.ResponseError
 		if errors.As(err, &re) && re.StatusCode == http.StatusTooManyRequests {
@@ -147,6 +148,11 @@ func (vc *vaultClient) get(ctx context.Context, r Reference) (sv secretVersion, 
 	}
 	if a := resp.Attributes; a != nil {
 		sv.expires, sv.notBefore, sv.updated = a.Expires, a.NotBefore, a.Updated
+	}
+	if raw != nil {
+		if t, err := http.ParseTime(raw.Header.Get("Date")); err == nil {
+			sv.served = &t
+		}
 	}
 	return sv, 0, nil
 }

@@ -39,13 +39,15 @@ const (
 //
 // Key Vault's timestamps have one-second resolution, so a version created within the same
 // second as the one held could list as unchanged: a secret fetched within two seconds of
-// its last change is checked by GET once more on the next cycle.
+// its last change, by the vault's clock (the Date of its answer), is checked by GET once
+// more on the next cycle.
 func WithChangeDetection(mode ChangeDetection) Option {
 	return func(o *options) { o.changeDetection = mode }
 }
 
 // sameSecond is how soon after a version's last change a fetch leaves it ambiguous to a
-// list: one second of timestamp resolution plus clock skew and latency.
+// list: one second of timestamp resolution, one of the Date header's (the time the fetch is
+// measured by, so this machine's clock does not matter) or, without one, of clock skew.
 const sameSecond = 2 * time.Second
 
 // relist is how long auto trusts what it learned of a vault (too big to list, or list

@@ -93,6 +93,37 @@ func TestListFindsAVersionOfTheSameSecond(t *testing.T) {
 	})
 }
 
+// The same-second window is measured on the vault's clock (its answers' Date), so a
+// machine whose clock is off by seconds neither misses a version of the same second (clock
+// ahead) nor re-checks every secret for as long as it is behind.
+func TestListSameSecondOnASkewedClock(t *testing.T) {
+	for _, behind := range []time.Duration{30 * time.Second, -30 * time.Second} {
+		t.Run(fmt.Sprintf("vault behind by %v", behind), func(t *testing.T) {
+			synctest.Test(t, func(t *testing.T) {
+				const interval = 5 * time.Second
+				src := newFakeSource()
+				src.vaultBehind = behind
+				doc := twentySecrets(src)
+				p := loadFake(t, src, doc, WithRefreshInterval(interval), WithChangeDetection(ChangeDetectionList))
+				v2 := src.set("myvault", "s03", "v03-2") // the same second, by the vault's clock
+				rec := record(p)
+				startWatch(t, p)
+				time.Sleep(interval * 3 / 2)
+				synctest.Wait()
+				if e := rec.only(t, EventChanged); e.NewVersion != v2 {
+					t.Errorf("event %v, want the same-second version %s", e, v2)
+				}
+				before := totalGets(src)
+				time.Sleep(8 * interval)
+				synctest.Wait()
+				if n := totalGets(src) - before; n != 0 {
+					t.Errorf("%d GETs in 8 quiet cycles after the re-check, want 0", n)
+				}
+			})
+		})
+	}
+}
+
 // An identity that may not list falls back to a GET per secret, says so once, and still
 // finds rotations.
 func TestListForbiddenFallsBackToGets(t *testing.T) {

@@ -192,7 +192,13 @@ func (s *schedule) record(fetched, held map[Reference]*secret, now time.Time) {
 			}
 			if f.status == StatusResolved && f.updated != nil {
 				s.updated[r] = heldAttrs{updated: *f.updated, expires: f.expires, notBefore: f.notBefore}
-				s.recheck[r] = now.Sub(*f.updated) < sameSecond
+				// Measured on the vault's clock when it said (its Date header): this
+				// machine's clock may be seconds off the vault's.
+				served := now
+				if f.served != nil {
+					served = *f.served
+				}
+				s.recheck[r] = served.Sub(*f.updated) < sameSecond
 			}
 		default:
 			if st.fails == 0 {

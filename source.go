@@ -47,6 +47,7 @@ type secretVersion struct {
 	expires     *time.Time
 	notBefore   *time.Time
 	updated     *time.Time // when the version's attributes last changed (one-second resolution)
+	served      *time.Time // the vault's clock when it answered (its Date header); nil: unknown
 }
 
 // fetchError says why a secret could not be fetched. reason names the secret, never its value.
@@ -107,6 +108,7 @@ type secret struct {
 	expires     *time.Time
 	notBefore   *time.Time
 	updated     *time.Time // the version's attributes' last change, as the fetch saw it
+	served      *time.Time // the vault's clock when it answered; nil: unknown
 	has         bool       // value and version hold a usable (last good) value
 	status      Status     // the latest outcome
 	reason      string     // why, when status is not Resolved; never contains the value
@@ -133,7 +135,7 @@ func fetchOnce(ctx context.Context, src secretSource, r Reference) (*secret, boo
 		return &secret{status: fe.status, reason: fe.reason, took: took}, fe.transient
 	}
 	s := &secret{value: sv.value, version: sv.version, contentType: sv.contentType,
-		expires: sv.expires, notBefore: sv.notBefore, updated: sv.updated, has: true, status: StatusResolved, took: took}
+		expires: sv.expires, notBefore: sv.notBefore, updated: sv.updated, served: sv.served, has: true, status: StatusResolved, took: took}
 	now := time.Now()
 	switch {
 	case s.expires != nil && !now.Before(*s.expires):

@@ -260,6 +260,15 @@ func vaultTopic(t *testing.T, srv *kvtest.Server, vault string) string {
 	return "/subscriptions/" + m[1] + "/resourceGroups/kvtest-rg/providers/Microsoft.KeyVault/vaults/" + vault
 }
 
+// deliveries waits until the subscription has recorded n deliveries and returns them. A
+// delivery is recorded once the emulator has read the endpoint's answer, which is after the
+// endpoint saw the request: waiting on the endpoint alone races with the record.
+func deliveries(t *testing.T, sub *kvtest.Subscription, n int) []kvtest.Delivery {
+	t.Helper()
+	waitUntil(t, fmt.Sprintf("%d deliveries recorded", n), func() bool { return len(sub.Deliveries()) >= n })
+	return sub.Deliveries()
+}
+
 func waitValidated(t *testing.T, sub *kvtest.Subscription) {
 	t.Helper()
 	if err := sub.WaitValidated(ctxTimeout(t, eventWait)); err != nil {
@@ -386,7 +395,7 @@ func TestEventGridSchemaDelivery(t *testing.T) {
 		}
 	}
 
-	ds := sub.Deliveries()
+	ds := deliveries(t, sub, 3)
 	if len(ds) != 3 || ds[0].Kind != "validation" || ds[0].Status != 200 || ds[0].Attempt != 1 || ds[0].Retried ||
 		ds[1].Kind != "notification" || ds[1].Status != 200 || ds[1].Attempt != 1 || ds[1].Retried ||
 		!slices.Equal(ds[1].Types, []string{kvtest.EventSecretNewVersionCreated}) || len(ds[1].EventIDs) != 1 {
@@ -453,7 +462,7 @@ func TestCloudEventsDelivery(t *testing.T) {
 	if data["Id"] != "https://myvault.vault.azure.net/secrets/api-key/"+ver || data["Version"] != ver || data["NBF"] != nil {
 		t.Errorf("data %v", data)
 	}
-	if ds := sub.Deliveries(); len(ds) != 2 || ds[0].Kind != "validation" || ds[0].EventIDs != nil || ds[1].EventIDs[0] != ev["id"] {
+	if ds := deliveries(t, sub, 2); len(ds) != 2 || ds[0].Kind != "validation" || ds[0].EventIDs != nil || ds[1].EventIDs[0] != ev["id"] {
 		t.Errorf("deliveries %+v", ds)
 	}
 }
@@ -729,7 +738,7 @@ func TestEventGridRetries(t *testing.T) {
 		if len(evs) != 4 || evs[3].Subject != "second" {
 			t.Fatalf("events %+v", evs)
 		}
-		ds := sub.Deliveries()[1:]
+		ds := deliveries(t, sub, 5)[1:]
 		if len(ds) != 4 || !ds[1].Retried || ds[2].Attempt != 3 || ds[2].Retried || ds[2].Status != 500 || ds[3].Attempt != 1 {
 			t.Errorf("deliveries %+v", ds)
 		}
@@ -751,7 +760,7 @@ func TestEventGridRetries(t *testing.T) {
 		kv.SetSecret("queued", "x") // waits for the handshake
 		waitValidated(t, sub)
 		hook.waitEvents(t, "", 1)
-		ds := sub.Deliveries()
+		ds := deliveries(t, sub, 4)
 		if len(ds) != 4 {
 			t.Fatalf("deliveries %+v", ds)
 		}
@@ -820,7 +829,7 @@ func TestEventGridDuplicate(t *testing.T) {
 		evs[0].Subject != "a" || evs[2].Subject != "b" {
 		t.Errorf("events %+v", evs)
 	}
-	for _, d := range sub.Deliveries()[1:] {
+	for _, d := range deliveries(t, sub, 3)[1:] {
 		if d.Attempt != 1 || d.Status != 200 {
 			t.Errorf("delivery %+v", d)
 		}
@@ -885,7 +894,7 @@ func TestEventGridBatching(t *testing.T) {
 		if !slices.Equal(got[0], []string{"a", "b", "c"}) || !slices.Equal(got[1], []string{"d"}) {
 			t.Errorf("batches %v", got)
 		}
-		if ds := sub.Deliveries(); len(ds) != 3 || len(ds[1].EventIDs) != 3 || len(ds[1].Types) != 3 {
+		if ds := deliveries(t, sub, 3); len(ds) != 3 || len(ds[1].EventIDs) != 3 || len(ds[1].Types) != 3 {
 			t.Errorf("deliveries %+v", ds)
 		}
 	})
