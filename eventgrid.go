@@ -329,6 +329,33 @@ func (e deliveredEvent) change() (SecretChange, bool) {
 		NotBefore: e.unix("nbf"), Expires: e.unix("exp")}, true
 }
 
+// ParseSecretChanges reads the Key Vault secret events of an Event Grid delivery or
+// message body, for apps that receive Key Vault's events other than through
+// [NewEventGridHandler]: the body of a Service Bus message (Event Grid to a Service Bus
+// topic with a subscription per instance is how every replica of a fleet hears of a
+// rotation), an Event Hubs event, or a webhook of the app's own. It reads both of Event
+// Grid's schemas: an Event Grid schema event or array, a CloudEvents 1.0 event or batch.
+// Events of other types (keys, certificates, a subscription validation) are skipped; a
+// body that is neither schema is an error. Hand each change to [Provider.Notify], which
+// ignores duplicates and changes to secrets the configuration does not reference.
+//
+// It authenticates nothing: the body must come from a channel that did (a Service Bus
+// receiver signed in with the app's identity, for example). A forged change can cost a GET
+// of a referenced secret, never change a value.
+func ParseSecretChanges(body []byte) ([]SecretChange, error) {
+	events, err := parseDelivery("", body)
+	if err != nil {
+		return nil, fmt.Errorf("viperkv: not an Event Grid or CloudEvents body: %w", err)
+	}
+	var out []SecretChange
+	for _, e := range events {
+		if c, ok := e.change(); ok {
+			out = append(out, c)
+		}
+	}
+	return out, nil
+}
+
 // parseDelivery reads a delivery's events: CloudEvents 1.0 structured
 // (application/cloudevents+json) or batched (application/cloudevents-batch+json), or an
 // Event Grid schema array (application/json).

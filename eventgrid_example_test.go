@@ -90,3 +90,27 @@ func ExampleProvider_Notify() {
 	fmt.Println(err, p.GetString("api.key"))
 	// Output: <nil> key-two
 }
+
+// A fleet hears of rotations through a Service Bus topic that Event Grid forwards the
+// vault's events to, one subscription per instance. Each message's body is one event in
+// the subscription's schema; ParseSecretChanges reads it and Notify refreshes the secret.
+func ExampleParseSecretChanges() {
+	// A message body, as Event Grid writes it in the CloudEvents schema.
+	body := []byte(`{"specversion":"1.0","type":"Microsoft.KeyVault.SecretNewVersionCreated",
+		"source":"/subscriptions/00000000-0000-0000-0000-000000000000/resourceGroups/rg/providers/Microsoft.KeyVault/vaults/myvault",
+		"subject":"db-conn","id":"2b8e4f34-7d0c-4b8a-9f47-1f1f3b2e6f4a","time":"2026-12-01T12:00:00Z",
+		"data":{"Id":"https://myvault.vault.azure.net/secrets/db-conn/4d7bcfe3b7a54ad4a9d6b1a7e1b6d2c1",
+		"VaultName":"myvault","ObjectType":"Secret","ObjectName":"db-conn",
+		"Version":"4d7bcfe3b7a54ad4a9d6b1a7e1b6d2c1","NBF":null,"EXP":null}}`)
+	changes, err := viperkv.ParseSecretChanges(body)
+	if err != nil {
+		fmt.Println(err) // dead-letter the message: it will not parse next time either
+		return
+	}
+	for _, c := range changes {
+		fmt.Println(c.Type, c.Vault, c.Name, c.Version)
+		// Then: if p.Notify(ctx, c) fails, abandon the message (Service Bus redelivers it);
+		// else complete it.
+	}
+	// Output: Microsoft.KeyVault.SecretNewVersionCreated myvault.vault.azure.net db-conn 4d7bcfe3b7a54ad4a9d6b1a7e1b6d2c1
+}

@@ -14,6 +14,7 @@ import (
 	"net/http/httptest"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -666,5 +667,154 @@ func TestEventGridFromTheEmulator(t *testing.T) {
 	ok := delivered()
 	if gets := f.kv.Count(kvtest.OpGetSecret); gets > int64(len(versions)) || ok < 2*len(versions) {
 		t.Errorf("%d GETs for %d rotations delivered %d times: duplicates must cost nothing", gets, len(versions), ok)
+	}
+}
+
+// bodyRecorder is an endpoint of the emulator's Event Grid that answers both schemas'
+// handshakes and keeps each notification's body, as a Service Bus subscription would keep
+// the message.
+type bodyRecorder struct {
+	mu     sync.Mutex
+	bodies [][]byte
+}
+
+func (b *bodyRecorder) ServeHTTP(w http.ResponseWriter, r *http.Request) {
+	if r.Method == http.MethodOptions {
+		w.Header().Set("WebHook-Allowed-Origin", r.Header.Get("WebHook-Request-Origin"))
+		return
+	}
+	body, _ := io.ReadAll(r.Body)
+	if r.Header.Get("aeg-event-type") == "SubscriptionValidation" {
+		var evs []struct {
+			Data struct{ ValidationCode string } `json:"data"`
+		}
+		if json.Unmarshal(body, &evs) != nil || len(evs) != 1 {
+			http.Error(w, "bad handshake", http.StatusBadRequest)
+			return
+		}
+		_ = json.NewEncoder(w).Encode(map[string]string{"validationResponse": evs[0].Data.ValidationCode})
+		return
+	}
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	b.bodies = append(b.bodies, body)
+}
+
+func (b *bodyRecorder) first() []byte {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	if len(b.bodies) == 0 {
+		return nil
+	}
+	return b.bodies[0]
+}
+
+// TestParseSecretChangesFromTheEmulator: the bodies the emulator's Event Grid writes in
+// either schema, read by ParseSecretChanges and handed to Notify, as an app reading a Service
+// Bus subscription would: the rotation arrives with one GET, a redelivery costs none.
+func TestParseSecretChangesFromTheEmulator(t *testing.T) {
+	for _, schema := range []kvtest.EventSchema{kvtest.EventGridSchema, kvtest.CloudEventSchema} {
+		t.Run(string(schema), func(t *testing.T) {
+			f := newEGFixture(t)
+			rec := &bodyRecorder{}
+			ts := httptest.NewServer(rec)
+			defer ts.Close()
+			sub := f.kv.Subscribe(kvtest.EventSubscription{Endpoint: ts.URL, Schema: schema, Headers: map[string]string{"X-Test": "1"}})
+			defer sub.Close()
+			ctx, cancel := context.WithTimeout(context.Background(), 15*time.Second)
+			defer cancel()
+			if err := sub.WaitValidated(ctx); err != nil {
+				t.Fatal(err)
+			}
+			v2 := f.kv.SetSecret("db", f.sentinel+"-v2")
+			var body []byte
+			for body == nil && ctx.Err() == nil {
+				time.Sleep(10 * time.Millisecond)
+				body = rec.first()
+			}
+			changes, err := viperkv.ParseSecretChanges(body)
+			if err != nil || len(changes) != 1 {
+				t.Fatalf("ParseSecretChanges(%s) = %v, %v", body, changes, err)
+			}
+			c := changes[0]
+			if c.Type != viperkv.ChangeNewVersion || c.ID == "" || c.Vault != "myvault.vault.azure.net" || c.Name != "db" || c.Version != v2 {
+				t.Errorf("change %+v", c)
+			}
+			f.kv.ResetCounters()
+			for range 2 { // the second is a redelivery: same event id
+				if err := f.p.Notify(ctx, c); err != nil {
+					t.Fatal(err)
+				}
+			}
+			if got := f.p.GetString("db.conn"); got != f.sentinel+"-v2" {
+				t.Error("db.conn does not hold the new version")
+			}
+			if n := f.kv.Count(kvtest.OpGetSecret); n != 1 {
+				t.Errorf("%d GETs for a change delivered twice, want 1", n)
+			}
+		})
+	}
+}
+
+// ParseSecretChanges keeps only Key Vault secret events and refuses what is neither schema.
+func TestParseSecretChangesSkipsAndRejects(t *testing.T) {
+	mixed := mustJSON([]any{
+		egEvent("e1", "Microsoft.KeyVault.KeyNewVersionCreated", "signing-key", "k1"),
+		egEvent("e2", "Microsoft.EventGrid.SubscriptionValidationEvent", "", ""),
+		egEvent("e3", string(viperkv.ChangeNearExpiry), "db", "v9"),
+	})
+	changes, err := viperkv.ParseSecretChanges([]byte(mixed))
+	if err != nil || len(changes) != 1 || changes[0].Type != viperkv.ChangeNearExpiry || changes[0].ID != "e3" || changes[0].Version != "v9" {
+		t.Errorf("mixed delivery: %+v, %v", changes, err)
+	}
+	batch := mustJSON([]any{ceEvent("c1", string(viperkv.ChangeNewVersion), "db", "v2"), ceEvent("c2", string(viperkv.ChangeExpired), "api-key", "v3")})
+	if changes, err := viperkv.ParseSecretChanges([]byte(batch)); err != nil || len(changes) != 2 || changes[1].Type != viperkv.ChangeExpired {
+		t.Errorf("CloudEvents batch: %+v, %v", changes, err)
+	}
+	for _, bad := range []string{"", "not json", `{"id":"x"}`, `[{"id":"x","data":"str","eventType":"Microsoft.KeyVault.SecretNewVersionCreated"}]`} {
+		if changes, err := viperkv.ParseSecretChanges([]byte(bad)); err == nil {
+			t.Errorf("ParseSecretChanges(%q) = %+v, want an error", bad, changes)
+		}
+	}
+}
+
+// An attacker who can put a message where the app reads changes can cost a GET of a
+// referenced secret, nothing more: a change naming another host sends it no request, and a
+// forged version of a referenced secret fetches the vault's own latest, which is held.
+func TestParseSecretChangesForged(t *testing.T) {
+	f := newEGFixture(t)
+	var hits atomic.Int64
+	evil := httptest.NewTLSServer(http.HandlerFunc(func(http.ResponseWriter, *http.Request) { hits.Add(1) }))
+	defer evil.Close()
+	host := strings.TrimPrefix(evil.URL, "https://")
+	forged := mustJSON([]any{
+		map[string]any{"id": "f1", "eventType": string(viperkv.ChangeNewVersion),
+			"data": map[string]any{"Id": "https://" + host + "/secrets/db/0123", "VaultName": "myvault", "ObjectName": "db", "Version": "0123"}},
+		map[string]any{"id": "f2", "eventType": string(viperkv.ChangeNewVersion),
+			"data": map[string]any{"Id": "https://myvault.vault.azure.net/secrets/db/forged", "VaultName": "myvault", "ObjectName": "db", "Version": "forged"}},
+	})
+	changes, err := viperkv.ParseSecretChanges([]byte(forged))
+	if err != nil || len(changes) != 2 || changes[0].Vault != host {
+		t.Fatalf("ParseSecretChanges = %+v, %v", changes, err)
+	}
+	f.kv.ResetCounters()
+	for _, c := range changes {
+		if err := f.p.Notify(context.Background(), c); err != nil {
+			t.Errorf("Notify(%+v) = %v", c, err)
+		}
+	}
+	if n := hits.Load(); n != 0 {
+		t.Errorf("the forged host got %d requests", n)
+	}
+	if n := f.kv.Count(kvtest.OpGetSecret); n != 1 {
+		t.Errorf("%d GETs for a forged version of a referenced secret, want 1", n)
+	}
+	if got := f.p.GetString("db.conn"); got != f.sentinel+"-v1" {
+		t.Error("db.conn changed after forged changes")
+	}
+	select {
+	case e := <-f.events:
+		t.Errorf("event after forged changes: %v", e)
+	default:
 	}
 }
