@@ -818,3 +818,33 @@ func TestParseSecretChangesForged(t *testing.T) {
 	default:
 	}
 }
+
+// ParseSecretChanges takes any body without panicking, and what it returns is a secret
+// change of a known type whose fields carry no surrounding spaces.
+func FuzzParseSecretChanges(f *testing.F) {
+	f.Add([]byte(mustJSON([]any{egEvent("e1", string(viperkv.ChangeNewVersion), "db", "v2")})))
+	f.Add([]byte(mustJSON(ceEvent("c1", string(viperkv.ChangeExpired), "db", "v2"))))
+	f.Add([]byte(`[{"id":" x ","eventType":"Microsoft.KeyVault.SecretNearExpiry","data":{"ObjectName ":" db ","Id":"https://h/secrets/db/v"}}]`))
+	f.Add([]byte(`{"specversion":"1.0","type":"x","data":null}`))
+	f.Fuzz(func(t *testing.T, body []byte) {
+		changes, err := viperkv.ParseSecretChanges(body)
+		if err != nil {
+			if changes != nil {
+				t.Fatalf("changes %+v with error %v", changes, err)
+			}
+			return
+		}
+		for _, c := range changes {
+			switch c.Type {
+			case viperkv.ChangeNewVersion, viperkv.ChangeNearExpiry, viperkv.ChangeExpired:
+			default:
+				t.Fatalf("change of type %q", c.Type)
+			}
+			for _, s := range []string{c.ID, c.Name, c.Version} {
+				if s != strings.TrimSpace(s) {
+					t.Fatalf("untrimmed field %q in %+v", s, c)
+				}
+			}
+		}
+	})
+}
