@@ -29,7 +29,10 @@ const calm = 10 * time.Second
 // is no rate). Each success adds one start a second, as slow start adds a segment per
 // acknowledgement: with requests waiting, the rate doubles about every 0.7 s. When a paced
 // request is throttled, ssthresh becomes half the rate refused; above it the rate grows by a
-// tenth of ssthresh a second. After calm without a 429, pacing stops. This keeps a
+// tenth of ssthresh a second, at least one start a second. A second without a 429 after the
+// pause restarts slow start: by then the refusal is stale (the replicas the vault was shared
+// with may have finished), and a replica left at a trickle would otherwise end a fleet's
+// start-up seconds after the others. After calm without a 429, pacing stops. This keeps a
 // fleet-sized burst from turning into a retry storm against the vault's 4,000 GETs / 10 s
 // limit.
 type limiter struct {
@@ -177,10 +180,13 @@ func (l *limiter) release(throttled bool, retryAfter time.Duration) {
 	} else {
 		l.accepted++
 		if l.rate > 0 && !l.cut {
+			if now.Sub(l.paused) > time.Second {
+				l.ssthresh = math.Inf(1)
+			}
 			if l.rate < l.ssthresh {
 				l.rate++
 			} else {
-				l.rate += l.ssthresh / (10 * l.rate) // rate successes a second: ssthresh/10 a second
+				l.rate += max(l.ssthresh, 10) / (10 * l.rate) // rate successes a second: ssthresh/10 a second, at least 1
 			}
 		}
 		if l.limit < l.max {

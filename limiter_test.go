@@ -91,6 +91,42 @@ func TestLimiterPacesAfterThrottling(t *testing.T) {
 	})
 }
 
+// A replica the vault throttled at a low paced rate (one of a fleet that shared the vault
+// and left it) speeds up again once the vault stops refusing: a second without a 429
+// restarts slow start, so 50 requests start in seconds, not at the trickle the last cut
+// left (about one a second, growing by a twentieth of that a second).
+func TestLimiterRecoversFromALowRate(t *testing.T) {
+	synctest.Test(t, func(t *testing.T) {
+		l := newLimiter(256)
+		throttle(t, l, 20, 1, time.Second) // 1 accepted over the burst and the pause: ~1 a second
+		if err := l.acquire(context.Background()); err != nil {
+			t.Fatal(err)
+		}
+		l.release(true, time.Second) // throttled while paced: ssthresh about half a start a second
+		resume := time.Now().Add(time.Second)
+		starts := startAll(t, l, 50)
+		if len(starts) != 50 {
+			t.Fatalf("%d of 50 requests started", len(starts))
+		}
+		if starts[0].Before(resume) {
+			t.Fatalf("a request started %v before Retry-After had passed", resume.Sub(starts[0]))
+		}
+		if d := starts[49].Sub(resume); d > 6*time.Second {
+			t.Errorf("50 requests took %v to start after the vault stopped throttling, want under 6 s", d)
+		}
+		// Still paced, not a burst: the first second after the pause starts only a few.
+		n := 0
+		for _, s := range starts {
+			if s.Sub(resume) < time.Second {
+				n++
+			}
+		}
+		if n > 5 {
+			t.Errorf("%d requests started in the first second after the pause, want a paced few", n)
+		}
+	})
+}
+
 // A 429 during pacing pauses the request waiting for its paced start too.
 func TestLimiterPacedRequestWaitsOutRetryAfter(t *testing.T) {
 	synctest.Test(t, func(t *testing.T) {
