@@ -176,7 +176,7 @@ func Start(opts ...Option) (*Server, error) {
 	if cfg.seed != nil {
 		var err error
 		if sd, err = parseSeed(bytes.NewReader(cfg.seed)); err != nil {
-			return nil, err
+			return nil, &emuinfo.SeedError{Err: err}
 		}
 		if t := strings.ToLower(sd.TenantID); t != "" && !cfg.tenantSet {
 			cfg.tenant = t
@@ -237,7 +237,7 @@ func Start(opts ...Option) (*Server, error) {
 	s.client = &http.Client{Transport: s.newTransport(s.router)}
 	if err := s.applySeed(sd); err != nil {
 		s.Close()
-		return nil, err
+		return nil, &emuinfo.SeedError{Err: err}
 	}
 	return s, nil
 }

@@ -2,6 +2,7 @@ package main
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"io"
 	"os"
@@ -84,7 +85,7 @@ func runEmulator(ctx context.Context, out io.Writer, f emulatorFlags) error {
 	}
 	srv, err := kvtest.Start(opts...)
 	if err != nil {
-		if f.seed != "" && strings.Contains(err.Error(), "seed") {
+		if se := (*emuinfo.SeedError)(nil); errors.As(err, &se) {
 			return seedError(f.seed, err)
 		}
 		return fmt.Errorf("emulator: %w", err)

@@ -264,3 +264,11 @@ func (i *Info) Client() (*http.Client, error) {
 	}
 	return &http.Client{Transport: Transport(pool, rt)}, nil
 }
+
+// SeedError is an error in a seed given to kvtest.WithSeed: the user's mistake (a typo, an
+// unknown role, a tenant that differs), not the emulator failing to start. The CLI reports
+// it as a usage error.
+type SeedError struct{ Err error }
+
+func (e *SeedError) Error() string { return e.Err.Error() }
+func (e *SeedError) Unwrap() error { return e.Err }
