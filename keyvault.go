@@ -127,7 +127,7 @@ func (vc *vaultClient) get(ctx context.Context, r Reference) (sv secretVersion, 
 		}
 	}
 	var raw *http.Response
-	resp, err := vc.client.GetSecret(runtime.WithCaptureResponse(ctx, &raw), r.Name, r.Version, nil)
+	resp, err := vc.client.GetSecret(policy.WithCaptureResponse(ctx, &raw), r.Name, r.Version, nil)
 	if err != nil {
 		var re *azcore.ResponseError
 		if errors.As(err, &re) && re.StatusCode == http.StatusTooManyRequests {
