@@ -389,6 +389,10 @@ func run(n int, steady time.Duration) (bool, error) {
 		}
 	}
 	steadyRows("listing, 5 s", list, 1000, 6500*time.Millisecond)
+	// What no per-replica scheme can go below: every replica lists once an interval, and a
+	// rotation costs each replica a GET (push, which does not poll, is that GET alone).
+	row("listing, 5 s: floor / 10 s (2 pages + 1 GET a replica)",
+		fmt.Sprint(int64(n)*int64(rotateEv/interval)*int64((secrets+24)/25)+int64(n)), "", true)
 	steadyRows("push, delay <= 5 s", push, 2000, 6000*time.Millisecond)
 	steadyRows("GET per secret, 5 s (the anchors)", get, 0, 0)
 	row("heap per replica", fmt.Sprintf("%.0f KB", heapKB), "", true)
