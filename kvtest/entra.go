@@ -13,6 +13,7 @@ import (
 	"encoding/json"
 	"fmt"
 	"math/big"
+	"net"
 	"net/http"
 	"net/url"
 	"slices"
@@ -20,6 +21,8 @@ import (
 	"strings"
 	"sync"
 	"time"
+
+	"github.com/viperkv/viperkv/internal/emuinfo"
 )
 
 // signer is an RS256 signing key with its certificate (for the JWKS x5c) and key id.
@@ -148,9 +151,14 @@ func (s *Server) tokenClaims(id Identity, resource string) map[string]any {
 func (s *Server) signToken(claims map[string]any) string { return s.signer.sign(claims) }
 
 // entraHandler serves OpenID Connect discovery (v1 and v2), the JWKS, instance discovery
-// and the token endpoints (v2 and v1) for client credentials.
+// and the token endpoints (v2 and v1) for client credentials; requests for
+// [emuinfo.EventGridHost] go to Event Grid's validation URLs instead.
 func (s *Server) entraHandler() http.Handler {
 	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		if requestHostname(r) == emuinfo.EventGridHost {
+			s.serveManualValidation(w, r)
+			return
+		}
 		parts := strings.Split(strings.Trim(r.URL.Path, "/"), "/")
 		if len(parts) < 2 {
 			http.NotFound(w, r)
@@ -189,6 +197,15 @@ func (s *Server) entraHandler() http.Handler {
 			http.NotFound(w, r)
 		}
 	})
+}
+
+// requestHostname is the request's Host without its port or a trailing dot, lowercase.
+func requestHostname(r *http.Request) string {
+	h := r.Host
+	if host, _, err := net.SplitHostPort(h); err == nil {
+		h = host
+	}
+	return strings.ToLower(strings.TrimSuffix(h, "."))
 }
 
 func (s *Server) knownTenant(t string) bool {

@@ -3,6 +3,7 @@ package kvtest
 import (
 	"bytes"
 	"context"
+	"crypto/subtle"
 	"encoding/json"
 	"errors"
 	"fmt"
@@ -16,6 +17,8 @@ import (
 	"strings"
 	"sync"
 	"time"
+
+	"github.com/viperkv/viperkv/internal/emuinfo"
 )
 
 // Event Grid: a vault's system topic publishes Key Vault's secret events to webhook
@@ -86,6 +89,15 @@ const (
 	eventGridTokenLifetime = time.Hour
 	// maxWebhookResponse is how much of a webhook's answer is read.
 	maxWebhookResponse = 1 << 20
+	// defaultManualValidationWindow is how long Event Grid waits for a GET of the
+	// validationUrl once the endpoint answered the handshake 200 without the code.
+	defaultManualValidationWindow = 10 * time.Minute
+	// awaitingManualValidation is the Err of the handshake's Delivery that switched to
+	// manual validation.
+	awaitingManualValidation = "awaiting manual validation: GET the validationUrl"
+	// manualValidationOK is what Event Grid answers a GET of the validationUrl that
+	// completed the handshake.
+	manualValidationOK = "Webhook successfully validated as a subscription endpoint."
 )
 
 // subscriptionNameRE is Event Grid's rule for event subscription names.
@@ -139,6 +151,23 @@ type EventSubscription struct {
 	// Timeout is the time each request may take (default 30 s); a request that times out
 	// is retried.
 	Timeout time.Duration
+	// ManualValidationWindow is how long the Event Grid schema's handshake waits in manual
+	// validation mode (default 10 minutes, Event Grid's; zero or less means the default).
+	// An endpoint that answers the SubscriptionValidationEvent 200 without a
+	// validationResponse (an empty body, a body that is not JSON, JSON without the field or
+	// with an empty one) switches the subscription to manual validation, Event Grid's
+	// provisioning state AwaitingManualAction: the handshake's Delivery records status 200
+	// and Err "awaiting manual validation: GET the validationUrl", and the subscription
+	// validates when the event's data.validationUrl
+	// (https://rp-kvtest.eventgrid.azure.net/eventsubscriptions/<name>/validate?id=...&token=...)
+	// is requested with GET within the window, through [Server.Client] or the proxy of
+	// [Server.ProxyURL] (the emulator's CA is trusted for that host); the URL is valid from
+	// when the handshake is sent, so a GET before the 200 arrives counts. If the window passes
+	// first, the handshake fails as one that ran out of attempts does (Event Grid's
+	// provisioning state Failed): nothing is delivered and WaitValidated returns an error
+	// saying the validationUrl was not called. A 200 whose validationResponse is not the
+	// code is not manual validation but a failed attempt, retried. Tests pass milliseconds.
+	ManualValidationWindow time.Duration
 	// Duplicate delivers every batch twice (same event IDs), the second time right after
 	// the first succeeded, as at-least-once delivery may: a handler must be idempotent.
 	Duplicate bool
@@ -231,6 +260,9 @@ func (es EventSubscription) resolved() (EventSubscription, error) {
 	if es.Timeout <= 0 {
 		es.Timeout = 30 * time.Second
 	}
+	if es.ManualValidationWindow <= 0 {
+		es.ManualValidationWindow = defaultManualValidationWindow
+	}
 	return es, nil
 }
 
@@ -248,7 +280,9 @@ type Delivery struct {
 	Attempt int
 	// Status is the webhook's HTTP status; 0 when the request failed (timeout, refused).
 	Status int
-	// Err is the transport error, if any, or why a handshake answered 200 did not validate.
+	// Err is the transport error, if any, or why a handshake answered 200 did not validate
+	// ("awaiting manual validation: GET the validationUrl" when it switched to manual
+	// validation, see [EventSubscription.ManualValidationWindow]).
 	Err string
 	// Retried says whether this attempt is followed by a retry.
 	Retried bool
@@ -282,6 +316,9 @@ type Subscription struct {
 	closed     bool
 	failErr    error
 	deliveries []Delivery
+	valToken   string        // the token of the handshake's validationUrl
+	manual     manualState   // the Event Grid schema's manual validation
+	manualOK   chan struct{} // closed by the GET of the validationUrl that validated
 
 	tokenMu  sync.Mutex
 	token    string    // the Entra token in use, reused as Event Grid reuses the one it got
@@ -299,6 +336,16 @@ func (s *Subscription) bearer() string {
 	}
 	return s.token
 }
+
+// manualState is where a subscription is in the Event Grid schema's manual validation.
+type manualState int
+
+const (
+	manualNone      manualState = iota // not (yet) in manual validation
+	manualAwaiting                     // answered 200 without the code: waiting for the GET
+	manualConfirmed                    // the validationUrl was called in time
+	manualExpired                      // the window passed first (provisioning state Failed)
+)
 
 // queuedEvent is an event waiting for delivery, with when it was queued (BatchWindow).
 type queuedEvent struct {
@@ -383,9 +430,12 @@ func (v *Vault) topic() string {
 // vault's system topic. It returns at once; the validation handshake runs first, in the
 // background, retried on the RetryDelays schedule until it succeeds (at most
 // MaxDeliveryAttempts times), and deliveries wait for it, as Event Grid sends nothing to
-// an endpoint that has not validated. Events published from now on whose type the
-// subscription takes are delivered in publication order (unless Reorder), one batch at a
-// time: a batch being retried holds back the ones after it.
+// an endpoint that has not validated. An Event Grid schema endpoint that answers it 200
+// without the code puts the subscription in manual validation: it validates when its
+// validationUrl is called, within [EventSubscription.ManualValidationWindow]. Events
+// published from now on whose type the subscription takes are delivered in publication
+// order (unless Reorder), one batch at a time: a batch being retried holds back the ones
+// after it.
 //
 // Retries: a 2xx answer is a success; 400, 401, 403 and 413 drop the batch at once (Event
 // Grid dead-letters it); any other status, a timeout or a transport error is retried
@@ -436,6 +486,7 @@ func newSubscription(v *Vault, cfg EventSubscription) *Subscription {
 		validated: make(chan struct{}),
 		failed:    make(chan struct{}),
 		wake:      make(chan struct{}, 1),
+		manualOK:  make(chan struct{}),
 	}
 	if s.client == nil {
 		tr := http.DefaultTransport.(*http.Transport).Clone()
@@ -453,7 +504,8 @@ func newSubscription(v *Vault, cfg EventSubscription) *Subscription {
 func (s *Subscription) Name() string { return s.cfg.Name }
 
 // WaitValidated returns nil once the validation handshake has succeeded, or ctx's error.
-// It returns an error at once if the handshake gave up after MaxDeliveryAttempts or the
+// It returns an error at once if the handshake gave up after MaxDeliveryAttempts, its
+// manual validation window passed without a GET of the validationUrl, or the
 // subscription was closed before it succeeded.
 func (s *Subscription) WaitValidated(ctx context.Context) error {
 	select {
@@ -662,11 +714,18 @@ func (s *Subscription) handshake() bool {
 		start := time.Now()
 		var status int
 		var reason string
+		var manual bool
 		var err error
 		if s.cfg.Schema == EventGridSchema {
-			status, reason, err = s.validateEventGrid(body, attempt)
+			status, reason, manual, err = s.validateEventGrid(body, attempt)
 		} else {
 			status, reason, err = s.validateCloudEvents()
+		}
+		s.mu.Lock()
+		early := s.manual == manualConfirmed // the validationUrl was called before the answer came
+		s.mu.Unlock()
+		if manual || early {
+			return s.awaitManual(attempt, start)
 		}
 		ok := err == nil && reason == "" && status == http.StatusOK
 		if err != nil {
@@ -688,24 +747,167 @@ func (s *Subscription) handshake() bool {
 		}
 		if !retry || !s.sleep(s.delay(attempt)) {
 			if s.ctx.Err() == nil {
-				s.mu.Lock()
-				s.failErr = fmt.Errorf("kvtest: event subscription %s: endpoint validation failed after %d attempts: %s",
-					s.cfg.Name, attempt, reason)
-				s.queue = nil
-				s.mu.Unlock()
-				close(s.failed)
+				s.fail(fmt.Errorf("kvtest: event subscription %s: endpoint validation failed after %d attempts: %s",
+					s.cfg.Name, attempt, reason))
 			}
 			return false
 		}
 	}
 }
 
+// fail gives the handshake up with err, which WaitValidated returns; queued events are
+// dropped and none is queued afterwards.
+func (s *Subscription) fail(err error) {
+	s.mu.Lock()
+	s.failErr = err
+	s.queue = nil
+	s.mu.Unlock()
+	close(s.failed)
+}
+
+// awaitManual is the Event Grid schema's manual validation, after the endpoint answered
+// the handshake's attempt 200 without a validationResponse: it waits for a GET of the
+// validationUrl ([Server.serveManualValidation]), the subscription's Close or the end of
+// ManualValidationWindow, and reports whether the subscription validated.
+func (s *Subscription) awaitManual(attempt int, start time.Time) bool {
+	s.mu.Lock()
+	early := s.manual == manualConfirmed
+	if !early {
+		s.manual = manualAwaiting
+	}
+	s.mu.Unlock()
+	d := Delivery{Kind: "validation", EventIDs: []string{s.valID}, Types: []string{validationEventType},
+		Attempt: attempt, Status: http.StatusOK, Err: awaitingManualValidation, Time: start}
+	if early {
+		d.Err = ""
+	}
+	s.record(d)
+	window := s.cfg.ManualValidationWindow
+	s.v.srv.cfg.logger.Info("event subscription awaiting manual validation", "vault", s.v.host,
+		"subscription", s.cfg.Name, "attempt", attempt, "window", window)
+	t := time.NewTimer(window)
+	defer t.Stop()
+	select {
+	case <-s.manualOK:
+	case <-s.ctx.Done():
+	case <-t.C:
+	}
+	// The GET and the window's end may race: the state, under mu, decides.
+	s.mu.Lock()
+	confirmed := s.manual == manualConfirmed
+	closed := s.ctx.Err() != nil
+	if !confirmed {
+		s.manual = manualExpired
+	}
+	s.mu.Unlock()
+	switch {
+	case confirmed:
+		s.v.srv.cfg.logger.Info("event subscription validation", "vault", s.v.host, "subscription", s.cfg.Name,
+			"attempt", attempt, "status", http.StatusOK, "validated", true, "manual", true)
+		close(s.validated)
+		return true
+	case closed:
+		return false
+	}
+	s.v.srv.cfg.logger.Info("event subscription validation", "vault", s.v.host, "subscription", s.cfg.Name,
+		"attempt", attempt, "status", http.StatusOK, "validated", false, "manual", true)
+	s.fail(fmt.Errorf("kvtest: event subscription %s: endpoint validation failed: the endpoint answered the handshake "+
+		"200 without a validationResponse, and its validationUrl was not called (GET) within the manual validation "+
+		"window of %v (provisioning state Failed: re-create the subscription)", s.cfg.Name, window))
+	return false
+}
+
+// confirmManual checks a GET of the validationUrl against the subscription and, when the
+// token matches and the subscription awaits manual validation, completes the handshake.
+// It returns "" on success, else why the GET does not validate.
+func (s *Subscription) confirmManual(token string) string {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if s.valToken == "" || subtle.ConstantTimeCompare([]byte(token), []byte(s.valToken)) != 1 {
+		return "the validation token does not match the event subscription's validationUrl"
+	}
+	select {
+	case <-s.validated:
+		return "the event subscription is already validated"
+	default:
+	}
+	switch {
+	case s.closed || s.ctx.Err() != nil:
+		return "the event subscription was deleted"
+	case s.manual == manualConfirmed:
+		return "the event subscription is already validated"
+	case s.manual == manualExpired || s.failErr != nil:
+		return "the event subscription's validation failed (provisioning state Failed): re-create it"
+	}
+	// manualAwaiting, or manualNone while the handshake's answer is still being read: an
+	// endpoint may call the validationUrl before its 200 arrives, and the URL is valid
+	// from the moment it was sent.
+	s.manual = manualConfirmed
+	close(s.manualOK)
+	return ""
+}
+
+// serveManualValidation serves Event Grid's validationUrl,
+// GET https://rp-kvtest.eventgrid.azure.net/eventsubscriptions/<name>/validate?id=<code>&token=<token>,
+// on the Entra listener: 200 with Event Grid's text when it completes a manual
+// validation, 400 with the reason otherwise.
+func (s *Server) serveManualValidation(w http.ResponseWriter, r *http.Request) {
+	plain := func(status int, msg string) {
+		w.Header().Set("Content-Type", "text/plain; charset=utf-8")
+		w.Header().Set("X-Content-Type-Options", "nosniff")
+		w.WriteHeader(status)
+		_, _ = io.WriteString(w, msg)
+	}
+	parts := strings.Split(strings.Trim(r.URL.Path, "/"), "/")
+	if len(parts) != 3 || parts[0] != "eventsubscriptions" || parts[2] != "validate" || parts[1] == "" {
+		plain(http.StatusNotFound, "kvtest Event Grid: not found: validation URLs are /eventsubscriptions/<name>/validate?id=...&token=...\n")
+		return
+	}
+	if r.Method != http.MethodGet {
+		w.Header().Set("Allow", http.MethodGet)
+		plain(http.StatusMethodNotAllowed, "kvtest Event Grid: a validation URL accepts GET only.\n")
+		return
+	}
+	name, q := parts[1], r.URL.Query()
+	id, token := q.Get("id"), q.Get("token")
+	if id == "" || token == "" {
+		plain(http.StatusBadRequest, "kvtest Event Grid: the validation URL has no id or no token.\n")
+		return
+	}
+	var sub *Subscription
+	for _, v := range s.Vaults() {
+		for _, c := range v.subscriptions() {
+			if strings.EqualFold(c.cfg.Name, name) && strings.EqualFold(c.code, id) {
+				sub = c
+			}
+		}
+	}
+	if sub == nil {
+		s.cfg.logger.Info("event subscription manual validation refused", "subscription", name, "reason", "unknown")
+		plain(http.StatusBadRequest, "kvtest Event Grid: no event subscription "+name+" with this validation id.\n")
+		return
+	}
+	if why := sub.confirmManual(token); why != "" {
+		s.cfg.logger.Info("event subscription manual validation refused", "vault", sub.v.host, "subscription", sub.cfg.Name, "reason", why)
+		plain(http.StatusBadRequest, "kvtest Event Grid: "+why+".\n")
+		return
+	}
+	s.cfg.logger.Info("event subscription validated manually", "vault", sub.v.host, "subscription", sub.cfg.Name)
+	plain(http.StatusOK, manualValidationOK)
+}
+
 // validationBody is the Event Grid schema's handshake: one SubscriptionValidationEvent.
+// Its validationUrl's token, new for every handshake, is kept for the GET of manual
+// validation.
 func (s *Subscription) validationBody() []byte {
 	now := time.Now().UTC()
-	vurl := "https://rp-kvtest.eventgrid.azure.net/eventsubscriptions/" + url.PathEscape(s.cfg.Name) +
+	token := randomHex(16)
+	s.mu.Lock()
+	s.valToken = token
+	s.mu.Unlock()
+	vurl := "https://" + emuinfo.EventGridHost + "/eventsubscriptions/" + url.PathEscape(s.cfg.Name) +
 		"/validate?id=" + s.code + "&t=" + now.Format("2006-01-02T15:04:05.0000000Z") +
-		"&apiVersion=2020-10-15-preview&token=" + randomHex(16)
+		"&apiVersion=2020-10-15-preview&token=" + token
 	b, _ := json.Marshal([]gridEvent{{
 		ID:              s.valID,
 		Topic:           s.v.topic(),
@@ -720,24 +922,54 @@ func (s *Subscription) validationBody() []byte {
 }
 
 // validateEventGrid sends the validation event; it validates with 200 and a JSON body
-// whose validationResponse (any letter case) is the code.
-func (s *Subscription) validateEventGrid(body []byte, attempt int) (int, string, error) {
+// whose validationResponse (any letter case) is the code. A 200 without a
+// validationResponse (no JSON object, no such field, null or "") reports manual: the
+// subscription switches to manual validation.
+func (s *Subscription) validateEventGrid(body []byte, attempt int) (status int, reason string, manual bool, err error) {
 	h := s.aegHeaders("SubscriptionValidation", attempt, "2")
 	h.Set("Content-Type", "application/json; charset=utf-8")
 	status, _, resp, err := s.send(http.MethodPost, body, h)
 	if err != nil || status != http.StatusOK {
-		return status, "", err
+		return status, "", false, err
 	}
-	var answer struct {
-		ValidationResponse string `json:"validationResponse"` // json matches any case
+	raw, ok := validationResponse(resp)
+	if !ok {
+		return status, "", true, nil
 	}
-	if json.Unmarshal(resp, &answer) != nil {
-		return status, "the answer is not JSON with a validationResponse", nil
+	var code string
+	if json.Unmarshal(raw, &code) != nil {
+		return status, "the validationResponse is not a string", false, nil
 	}
-	if !strings.EqualFold(answer.ValidationResponse, s.code) {
-		return status, "the validationResponse is not the validation code", nil
+	if code == "" {
+		return status, "", true, nil
 	}
-	return status, "", nil
+	if !strings.EqualFold(code, s.code) {
+		return status, "the validationResponse is not the validation code", false, nil
+	}
+	return status, "", false, nil
+}
+
+// validationResponse returns the validationResponse field of a handshake's answer (any
+// letter case, an exact match first), and false when the answer has none: it is not a
+// JSON object, lacks the field or has it null.
+func validationResponse(resp []byte) (json.RawMessage, bool) {
+	var obj map[string]json.RawMessage
+	if json.Unmarshal(resp, &obj) != nil {
+		return nil, false
+	}
+	raw, ok := obj["validationResponse"]
+	if !ok {
+		for _, k := range slices.Sorted(maps.Keys(obj)) {
+			if strings.EqualFold(k, "validationResponse") {
+				raw, ok = obj[k], true
+				break
+			}
+		}
+	}
+	if !ok || string(bytes.TrimSpace(raw)) == "null" {
+		return nil, false
+	}
+	return raw, true
 }
 
 // validateCloudEvents sends CloudEvents' abuse protection request; it validates with 200

@@ -5,7 +5,9 @@ import (
 	"crypto"
 	"crypto/rsa"
 	"crypto/sha256"
+	"crypto/tls"
 	"encoding/json"
+	"errors"
 	"fmt"
 	"io"
 	"math/big"
@@ -24,6 +26,7 @@ import (
 	"github.com/Azure/azure-sdk-for-go/sdk/azcore/to"
 	"github.com/Azure/azure-sdk-for-go/sdk/security/keyvault/azsecrets"
 
+	"github.com/viperkv/viperkv/internal/emuinfo"
 	"github.com/viperkv/viperkv/kvtest"
 )
 
@@ -56,7 +59,10 @@ type webhook struct {
 	// handshake, when set, gives the status and validation code (Event Grid schema) or
 	// allowed origin (CloudEvents) for the n-th handshake; "" means the right one.
 	handshake func(n int) (status int, value string)
-	hshakes   int
+	// rawHandshake, when set, gives the status and the whole body of the answer to the
+	// n-th Event Grid schema handshake (handshake is then not used for it).
+	rawHandshake func(n int) (status int, body string)
+	hshakes      int
 	// gate, when set, holds every handshake until it is closed (or the request ends).
 	gate chan struct{}
 }
@@ -86,7 +92,7 @@ func (h *webhook) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 		n = h.notes
 		h.notes++
 	}
-	answer, handshake, gate := h.answer, h.handshake, h.gate
+	answer, handshake, rawHandshake, gate := h.answer, h.handshake, h.rawHandshake, h.gate
 	h.mu.Unlock()
 
 	if !isHandshake {
@@ -117,6 +123,12 @@ func (h *webhook) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 		w.Header().Set("WebHook-Allowed-Origin", value)
 		w.Header().Set("Allow", "POST, OPTIONS")
 		w.WriteHeader(status)
+		return
+	}
+	if rawHandshake != nil {
+		status, raw := rawHandshake(n)
+		w.WriteHeader(status)
+		_, _ = io.WriteString(w, raw)
 		return
 	}
 	var evs []struct {
@@ -1276,4 +1288,358 @@ vaults:
 			}
 		})
 	}
+}
+
+// The Event Grid schema's asynchronous (manual) validation: an endpoint that answers the
+// handshake 200 without a validationResponse validates when its validationUrl is called.
+
+const manualOK = "Webhook successfully validated as a subscription endpoint."
+
+// validationURL returns the validationUrl of the first handshake the webhook received.
+func (h *webhook) validationURL(t *testing.T) string {
+	t.Helper()
+	for _, r := range h.requests() {
+		if r.eventType() != "SubscriptionValidation" {
+			continue
+		}
+		var evs []struct {
+			Data struct {
+				ValidationURL string `json:"validationUrl"`
+			} `json:"data"`
+		}
+		if err := json.Unmarshal(r.Body, &evs); err != nil || len(evs) != 1 || evs[0].Data.ValidationURL == "" {
+			t.Fatalf("handshake body %s: %v", r.Body, err)
+		}
+		return evs[0].Data.ValidationURL
+	}
+	t.Fatal("the webhook received no handshake")
+	return ""
+}
+
+// handshakes counts the Event Grid schema handshakes the webhook received.
+func (h *webhook) handshakes() int {
+	n := 0
+	for _, r := range h.requests() {
+		if r.eventType() == "SubscriptionValidation" {
+			n++
+		}
+	}
+	return n
+}
+
+// manualHook is a webhook that answers every Event Grid schema handshake 200 with body.
+func manualHook(t *testing.T, body string) *webhook {
+	t.Helper()
+	hook := newWebhook(t, true)
+	hook.rawHandshake = func(int) (int, string) { return http.StatusOK, body }
+	return hook
+}
+
+// call sends one request with c and returns the status and body.
+func call(t *testing.T, c *http.Client, method, u string) (*http.Response, string) {
+	t.Helper()
+	req, err := http.NewRequestWithContext(ctxTimeout(t, eventWait), method, u, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	resp, err := c.Do(req)
+	if err != nil {
+		t.Fatalf("%s %s: %v", method, u, err)
+	}
+	defer resp.Body.Close()
+	b, _ := io.ReadAll(resp.Body)
+	return resp, string(b)
+}
+
+// awaitingManual waits for the handshake's record and checks it says the subscription
+// awaits manual validation; WaitValidated must not return yet.
+func awaitingManual(t *testing.T, sub *kvtest.Subscription) {
+	t.Helper()
+	ds := deliveries(t, sub, 1)
+	if d := ds[0]; len(ds) != 1 || d.Kind != "validation" || d.Status != 200 || d.Attempt != 1 || d.Retried ||
+		d.Err != "awaiting manual validation: GET the validationUrl" || len(d.EventIDs) != 1 ||
+		!slices.Equal(d.Types, []string{"Microsoft.EventGrid.SubscriptionValidationEvent"}) {
+		t.Fatalf("deliveries %+v", ds)
+	}
+	if err := sub.WaitValidated(ctxTimeout(t, 50*time.Millisecond)); !errors.Is(err, context.DeadlineExceeded) {
+		t.Fatalf("WaitValidated before the GET = %v", err)
+	}
+}
+
+// TestEventGridManualValidation: a 200 without a validationResponse switches to manual
+// validation; a GET of the validationUrl at its production URL, through Server.Client
+// or the proxy, completes the handshake and the events queued meanwhile are delivered.
+func TestEventGridManualValidation(t *testing.T) {
+	srv := kvtest.NewServerT(t)
+	proxied := &http.Transport{
+		Proxy:           http.ProxyURL(mustURL(t, srv.ProxyURL())),
+		TLSClientConfig: &tls.Config{RootCAs: srv.CertPool(), MinVersion: tls.VersionTLS12},
+	}
+	t.Cleanup(proxied.CloseIdleConnections)
+	for _, tc := range []struct {
+		name   string
+		client *http.Client
+	}{
+		{"client", srv.Client()},
+		{"proxy", &http.Client{Transport: proxied, Timeout: eventWait}},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			kv := srv.AddVault("manual-" + tc.name)
+			hook := manualHook(t, "")
+			sub := kv.Subscribe(kvtest.EventSubscription{Name: "async-sub", Endpoint: hook.URL, Client: hook.Client(),
+				RetryDelays: []time.Duration{10 * time.Millisecond}})
+			awaitingManual(t, sub)
+			queued := kv.SetSecret("queued", "x") // waits for the validation
+			vurl := hook.validationURL(t)
+			u := mustURL(t, vurl)
+			if u.Scheme != "https" || u.Host != emuinfo.EventGridHost || u.Path != "/eventsubscriptions/async-sub/validate" {
+				t.Fatalf("validationUrl %s", vurl)
+			}
+			if n := len(hook.notifications("")); n != 0 {
+				t.Fatalf("%d notifications before the validation", n)
+			}
+
+			resp, body := call(t, tc.client, http.MethodGet, vurl)
+			if resp.StatusCode != 200 || body != manualOK {
+				t.Fatalf("GET validationUrl: %d %q", resp.StatusCode, body)
+			}
+			if resp.TLS == nil || resp.TLS.PeerCertificates[0].VerifyHostname(emuinfo.EventGridHost) != nil {
+				t.Error("the validationUrl's certificate is not valid for its host")
+			}
+			waitValidated(t, sub)
+			later := kv.SetSecret("later", "x")
+			evs := hook.waitEvents(t, "async-sub", 2)
+			if len(evs) != 2 || evs[0].version() != queued || evs[1].version() != later {
+				t.Errorf("events %+v", evs)
+			}
+			if n := hook.handshakes(); n != 1 {
+				t.Errorf("%d handshakes, want 1 (manual validation is not retried)", n)
+			}
+			if ds := deliveries(t, sub, 3); len(ds) != 3 || ds[1].Kind != "notification" || ds[2].Kind != "notification" {
+				t.Errorf("deliveries %+v", ds)
+			}
+
+			// The URL works once.
+			if resp, body := call(t, tc.client, http.MethodGet, vurl); resp.StatusCode != 400 || !strings.Contains(body, "already validated") {
+				t.Errorf("second GET: %d %q", resp.StatusCode, body)
+			}
+		})
+	}
+
+	// Every answer without a validationResponse means manual validation.
+	for name, body := range map[string]string{
+		"empty": "", "not-json": "validated, thanks", "no-field": `{"status": "ok"}`, "empty-field": `{"validationResponse": ""}`,
+		"null-field": `{"VALIDATIONRESPONSE": null}`, "array": `["x"]`, "null": "null",
+	} {
+		t.Run("body-"+name, func(t *testing.T) {
+			kv := srv.AddVault("body-" + name)
+			hook := manualHook(t, body)
+			sub := kv.Subscribe(kvtest.EventSubscription{Endpoint: hook.URL, Client: hook.Client(),
+				RetryDelays: []time.Duration{10 * time.Millisecond}})
+			awaitingManual(t, sub)
+			if resp, got := call(t, srv.Client(), http.MethodGet, hook.validationURL(t)); resp.StatusCode != 200 || got != manualOK {
+				t.Fatalf("GET validationUrl: %d %q", resp.StatusCode, got)
+			}
+			waitValidated(t, sub)
+		})
+	}
+}
+
+// TestEventGridManualValidationRefusals: the validationUrl validates only with its own
+// token and id, only while the subscription awaits manual validation, only with GET and
+// only at Event Grid's host.
+func TestEventGridManualValidationRefusals(t *testing.T) {
+	srv := kvtest.NewServerT(t)
+	c := srv.Client()
+
+	// An endpoint may call its validationUrl before its 200 reaches Event Grid (from a
+	// goroutine its handshake handler started): the URL is valid once sent.
+	t.Run("early-get", func(t *testing.T) {
+		kv := srv.AddVault("earlyget")
+		hook := manualHook(t, "")
+		hook.gate = make(chan struct{})
+		sub := kv.Subscribe(kvtest.EventSubscription{Name: "early", Endpoint: hook.URL, Client: hook.Client()})
+		waitUntil(t, "the handshake", func() bool { return hook.handshakes() == 1 })
+		if resp, body := call(t, c, http.MethodGet, hook.validationURL(t)); resp.StatusCode != 200 || body != manualOK {
+			t.Errorf("GET before the handshake's answer: %d %q", resp.StatusCode, body)
+		}
+		close(hook.gate)
+		waitValidated(t, sub)
+		if ds := deliveries(t, sub, 1); len(ds) != 1 || ds[0].Status != 200 || ds[0].Err != "" || ds[0].Retried {
+			t.Errorf("deliveries %+v", ds)
+		}
+		if resp, body := call(t, c, http.MethodGet, hook.validationURL(t)); resp.StatusCode != 400 || !strings.Contains(body, "already validated") {
+			t.Errorf("second GET: %d %q", resp.StatusCode, body)
+		}
+	})
+
+	t.Run("wrong-token", func(t *testing.T) {
+		kv := srv.AddVault("wrongtoken")
+		hook := manualHook(t, "")
+		hook.gate = make(chan struct{})
+		sub := kv.Subscribe(kvtest.EventSubscription{Name: "guarded", Endpoint: hook.URL, Client: hook.Client()})
+		waitUntil(t, "the handshake", func() bool { return hook.handshakes() == 1 })
+		vurl := hook.validationURL(t)
+		close(hook.gate)
+		awaitingManual(t, sub)
+
+		u := mustURL(t, vurl)
+		with := func(key, value string) string {
+			q := u.Query()
+			q.Set(key, value)
+			v := *u
+			v.RawQuery = q.Encode()
+			return v.String()
+		}
+		for _, tc := range []struct {
+			what, method, url string
+			status            int
+			body              string
+		}{
+			{"wrong token", http.MethodGet, with("token", strings.Repeat("0", len(u.Query().Get("token")))), 400, "token does not match"},
+			{"no token", http.MethodGet, with("token", ""), 400, "no id or no token"},
+			{"wrong id", http.MethodGet, with("id", strings.ToUpper("00000000-0000-4000-8000-000000000000")), 400, "no event subscription guarded"},
+			{"wrong name", http.MethodGet, strings.Replace(vurl, "/guarded/", "/other/", 1), 400, "no event subscription other"},
+			{"POST", http.MethodPost, vurl, 405, "GET only"},
+			{"other path", http.MethodGet, "https://" + emuinfo.EventGridHost + "/" + srv.TenantID() + "/.well-known/openid-configuration", 404, "not found"},
+			// The same path at Entra ID's host is Entra ID's, not Event Grid's.
+			{"Entra host", http.MethodGet, strings.Replace(vurl, emuinfo.EventGridHost, "login.microsoftonline.com", 1), 400, "AADSTS90002"},
+		} {
+			resp, body := call(t, c, tc.method, tc.url)
+			if resp.StatusCode != tc.status || !strings.Contains(body, tc.body) {
+				t.Errorf("%s: %d %q, want %d with %q", tc.what, resp.StatusCode, body, tc.status, tc.body)
+			}
+		}
+		if err := sub.WaitValidated(ctxTimeout(t, 50*time.Millisecond)); !errors.Is(err, context.DeadlineExceeded) {
+			t.Fatalf("WaitValidated after refused GETs = %v", err)
+		}
+		if resp, body := call(t, c, http.MethodGet, vurl); resp.StatusCode != 200 || body != manualOK {
+			t.Fatalf("GET validationUrl: %d %q", resp.StatusCode, body)
+		}
+		waitValidated(t, sub)
+		if resp, body := call(t, c, http.MethodGet, vurl); resp.StatusCode != 400 || !strings.Contains(body, "already validated") {
+			t.Errorf("second GET: %d %q", resp.StatusCode, body)
+		}
+	})
+
+	t.Run("window-expires", func(t *testing.T) {
+		kv := srv.AddVault("expires")
+		hook, other := manualHook(t, ""), newWebhook(t, true)
+		sub := kv.Subscribe(kvtest.EventSubscription{Endpoint: hook.URL, Client: hook.Client(),
+			ManualValidationWindow: 200 * time.Millisecond})
+		witness := kv.Subscribe(kvtest.EventSubscription{Endpoint: other.URL, Client: other.Client()})
+		waitValidated(t, witness)
+		kv.SetSecret("during", "x") // queued, then dropped with the subscription
+		err := sub.WaitValidated(ctxTimeout(t, eventWait))
+		if err == nil || !strings.Contains(err.Error(), "validationUrl was not called") || !strings.Contains(err.Error(), "200ms") {
+			t.Fatalf("WaitValidated = %v, want the validationUrl not called within the window", err)
+		}
+		select {
+		case <-kvtest.SubscriptionDone(sub):
+		case <-time.After(eventWait):
+			t.Fatal("the subscription's goroutine outlived the failed handshake")
+		}
+		kv.SetSecret("after", "x")
+		other.waitEvents(t, "", 2) // both were published and delivered elsewhere
+		if n := len(hook.notifications("")); n != 0 {
+			t.Errorf("%d notifications to a subscription that failed validation", n)
+		}
+		if ds := sub.Deliveries(); len(ds) != 1 || ds[0].Err != "awaiting manual validation: GET the validationUrl" {
+			t.Errorf("deliveries %+v", ds)
+		}
+		if n := hook.handshakes(); n != 1 {
+			t.Errorf("%d handshakes, want 1", n)
+		}
+		if resp, body := call(t, c, http.MethodGet, hook.validationURL(t)); resp.StatusCode != 400 || !strings.Contains(body, "validation failed") {
+			t.Errorf("GET after the window: %d %q", resp.StatusCode, body)
+		}
+	})
+
+	t.Run("closed", func(t *testing.T) {
+		kv := srv.AddVault("closed")
+		hook := manualHook(t, "")
+		sub := kv.Subscribe(kvtest.EventSubscription{Endpoint: hook.URL, Client: hook.Client()})
+		awaitingManual(t, sub)
+		sub.Close()
+		if err := sub.WaitValidated(context.Background()); err == nil {
+			t.Error("WaitValidated = nil for a subscription closed while awaiting manual validation")
+		}
+		if resp, body := call(t, c, http.MethodGet, hook.validationURL(t)); resp.StatusCode != 400 || !strings.Contains(body, "no event subscription") {
+			t.Errorf("GET after Close: %d %q", resp.StatusCode, body)
+		}
+	})
+
+	t.Run("validated-synchronously", func(t *testing.T) {
+		kv := srv.AddVault("syncvalidated")
+		hook := newWebhook(t, true)
+		sub := kv.Subscribe(kvtest.EventSubscription{Endpoint: hook.URL, Client: hook.Client()})
+		waitValidated(t, sub)
+		if resp, body := call(t, c, http.MethodGet, hook.validationURL(t)); resp.StatusCode != 400 || !strings.Contains(body, "already validated") {
+			t.Errorf("GET after a synchronous validation: %d %q", resp.StatusCode, body)
+		}
+	})
+
+	// A validationResponse that is present but wrong is a failed attempt, retried, as
+	// before: not manual validation.
+	t.Run("wrong-code", func(t *testing.T) {
+		for name, body := range map[string]string{
+			"other-code": `{"validationResponse": "not-the-code"}`,
+			"not-string": `{"validationResponse": 42}`,
+		} {
+			t.Run(name, func(t *testing.T) {
+				kv := srv.AddVault("wrongcode-" + name)
+				hook := manualHook(t, body)
+				sub := kv.Subscribe(kvtest.EventSubscription{Endpoint: hook.URL, Client: hook.Client(),
+					RetryDelays: []time.Duration{10 * time.Millisecond}, MaxDeliveryAttempts: 2})
+				err := sub.WaitValidated(ctxTimeout(t, eventWait))
+				if err == nil || !strings.Contains(err.Error(), "validation failed after 2 attempts") ||
+					!strings.Contains(err.Error(), "the validationResponse is not") {
+					t.Fatalf("WaitValidated = %v", err)
+				}
+				ds := sub.Deliveries()
+				if len(ds) != 2 || ds[0].Status != 200 || !ds[0].Retried || ds[1].Retried ||
+					!strings.HasPrefix(ds[0].Err, "the validationResponse is not") || strings.Contains(ds[0].Err, "manual") {
+					t.Errorf("deliveries %+v", ds)
+				}
+				if resp, got := call(t, c, http.MethodGet, hook.validationURL(t)); resp.StatusCode != 400 {
+					t.Errorf("GET after a failed handshake: %d %q", resp.StatusCode, got)
+				}
+			})
+		}
+	})
+
+	// Event Grid's host is HTTPS on port 443 only, as Entra ID's hosts are.
+	t.Run("ports", func(t *testing.T) {
+		for _, u := range []string{
+			"https://" + emuinfo.EventGridHost + ":8443/eventsubscriptions/x/validate?id=1&token=2",
+			"http://" + emuinfo.EventGridHost + "/eventsubscriptions/x/validate?id=1&token=2",
+		} {
+			req, _ := http.NewRequestWithContext(ctxTimeout(t, eventWait), http.MethodGet, u, nil)
+			resp, err := c.Do(req)
+			if err == nil {
+				resp.Body.Close()
+				t.Errorf("%s through Server.Client: %s", u, resp.Status)
+			} else if !strings.Contains(err.Error(), "connection refused") {
+				t.Errorf("%s through Server.Client: %v, want connection refused", u, err)
+			}
+		}
+		proxyURL := srv.ProxyURL()
+		h := emuinfo.EventGridHost
+		for _, tc := range []struct {
+			req    string
+			status int
+			body   string
+		}{
+			{"CONNECT " + h + ":80 HTTP/1.1\r\nHost: " + h + ":80\r\n\r\n", 403, "port 443 only"},
+			{"CONNECT " + h + ":8443 HTTP/1.1\r\nHost: " + h + ":8443\r\n\r\n", 403, "port 443 only"},
+			{"GET http://" + h + "/eventsubscriptions/x/validate?id=1&token=2 HTTP/1.1\r\nHost: " + h + "\r\n\r\n", 403, "HTTPS only"},
+			{"CONNECT rp-other.eventgrid.azure.net:443 HTTP/1.1\r\nHost: rp-other.eventgrid.azure.net:443\r\n\r\n", 403, "not an open proxy"},
+		} {
+			resp, body := proxyRoundTrip(t, proxyURL, tc.req)
+			line, _, _ := strings.Cut(tc.req, "\r\n")
+			if resp.StatusCode != tc.status || !strings.Contains(body, tc.body) {
+				t.Errorf("%s: %d %q, want %d with %q", line, resp.StatusCode, body, tc.status, tc.body)
+			}
+		}
+	})
 }

@@ -27,9 +27,11 @@ import (
 //
 // The proxy tunnels CONNECT <vault>.vault.azure.net:443 (and the .vault.azure.cn and
 // .vault.usgovcloudapi.net suffixes) to that vault's listener and the Entra ID hosts
-// (login.microsoftonline.com, login.chinacloudapi.cn, login.microsoftonline.us) on port
-// 443 to the Entra listener; the emulator's certificate is valid for those names, so TLS
-// is end to end between the client and the emulator. It forwards plain HTTP requests for
+// (login.microsoftonline.com, login.chinacloudapi.cn, login.microsoftonline.us) and the
+// host of Event Grid's validation URLs (rp-kvtest.eventgrid.azure.net, see
+// [EventSubscription.ManualValidationWindow]) on port 443 to the Entra listener; the
+// emulator's certificate is valid for those names, so TLS is end to end between the
+// client and the emulator. It forwards plain HTTP requests for
 // http://169.254.169.254 to the IMDS style endpoint. The emulator's own loopback
 // addresses pass too, so a NO_PROXY without 127.0.0.1 does no harm. It is not an open
 // proxy: every other host or port answers 403 Forbidden, and a vault host the emulator
@@ -104,7 +106,8 @@ type proxyRefusal struct {
 
 // proxiedHosts describes what the proxy routes, for refusal messages.
 const proxiedHosts = "it routes only CONNECT <vault>.vault.azure.net:443 (also .vault.azure.cn, .vault.usgovcloudapi.net), " +
-	"CONNECT login.microsoftonline.com:443 (also login.chinacloudapi.cn, login.microsoftonline.us) and " +
+	"CONNECT login.microsoftonline.com:443 (also login.chinacloudapi.cn, login.microsoftonline.us), " +
+	"CONNECT " + emuinfo.EventGridHost + ":443 (Event Grid's validation URLs) and " +
 	"http://169.254.169.254 (IMDS) to the emulator; it is not an open proxy"
 
 // proxyTarget returns the emulator listener that hostport reaches through the proxy: a
@@ -135,6 +138,14 @@ func (s *Server) proxyTarget(hostport string, tunnel bool) (string, *proxyRefusa
 		}
 		if port != "443" {
 			return refuse("%s (Entra ID listens on port 443 only)", what)
+		}
+		return s.entra.addr, nil
+	case h == emuinfo.EventGridHost:
+		if !tunnel {
+			return refuse("%s (Event Grid's validation URLs are HTTPS only: use https://%s)", what, h)
+		}
+		if port != "443" {
+			return refuse("%s (Event Grid listens on port 443 only)", what)
 		}
 		return s.entra.addr, nil
 	case emuinfo.VaultSuffix(h) != "":

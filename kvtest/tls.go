@@ -14,10 +14,13 @@ import (
 	"net"
 	"net/http"
 	"time"
+
+	"github.com/viperkv/viperkv/internal/emuinfo"
 )
 
 // tlsDNSNames are the names the emulator's one leaf certificate is valid for: every
-// vault of the three clouds and the Entra ID hosts, so clients keep production URLs.
+// vault of the three clouds, the Entra ID hosts and the host of Event Grid's validation
+// URLs, so clients keep production URLs.
 var tlsDNSNames = []string{
 	"*.vault.azure.net",
 	"*.vault.azure.cn",
@@ -25,6 +28,7 @@ var tlsDNSNames = []string{
 	"login.microsoftonline.com",
 	"login.chinacloudapi.cn",
 	"login.microsoftonline.us",
+	emuinfo.EventGridHost,
 	"localhost",
 }
 

@@ -46,8 +46,15 @@ func IsEntraHost(h string) bool {
 	return false
 }
 
+// EventGridHost is the host of the validationUrl in the emulator's Event Grid handshakes
+// (https://rp-kvtest.eventgrid.azure.net/eventsubscriptions/<name>/validate?...). It is
+// Event Grid's host, not the webhook's: the Entra listener serves it, on port 443 only,
+// and the emulator's certificate is valid for it.
+const EventGridHost = "rp-kvtest.eventgrid.azure.net"
+
 // Router dials production hosts to the emulator's listeners: vault hosts (by Vault),
-// 169.254.169.254:80 to IMDS and the Entra ID hosts to Entra; anything else as asked.
+// 169.254.169.254:80 to IMDS, and the Entra ID hosts and [EventGridHost] to Entra; anything
+// else as asked.
 type Router struct {
 	Vault  func(host string) (addr string, ok bool)
 	IMDS   string // 127.0.0.1:PORT
@@ -65,7 +72,7 @@ func (rt *Router) Dial(ctx context.Context, network, addr string) (net.Conn, err
 	switch {
 	case h == "169.254.169.254" && port == "80" && rt.IMDS != "":
 		return rt.dialer.DialContext(ctx, network, rt.IMDS)
-	case IsEntraHost(h) && rt.Entra != "":
+	case (IsEntraHost(h) || h == EventGridHost) && rt.Entra != "":
 		if port != "443" {
 			return nil, refused(network, addr)
 		}
