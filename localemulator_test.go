@@ -18,6 +18,7 @@ import (
 
 	"github.com/viperkv/viperkv"
 	"github.com/viperkv/viperkv/internal/emuinfo"
+	"github.com/viperkv/viperkv/internal/nettest"
 	"github.com/viperkv/viperkv/kvtest"
 )
 
@@ -204,7 +205,7 @@ func TestWithLocalEmulatorRefusesNonLoopback(t *testing.T) {
 			}
 		})
 	}
-	if n := connectionsBefore(t, ln); n != 0 {
+	if n := nettest.ConnectionsBefore(t, ln); n != 0 {
 		t.Errorf("the loopback stand-in saw %d connection(s), want none", n)
 	}
 	if n := srv.Count(kvtest.OpToken) + srv.Count(kvtest.OpChallenge) + srv.Count(kvtest.OpGetSecret); n != 0 {
@@ -263,30 +264,5 @@ func TestRootDoesNotImportKvtest(t *testing.T) {
 	}
 	if n < 10 {
 		t.Fatalf("go list -deps listed %d packages; the check proves nothing", n)
-	}
-}
-
-// connectionsBefore counts the connections made to ln so far, without waiting on the clock:
-// it dials a marker connection and accepts in backlog order until the marker arrives, so a
-// stray dial that happened before the call has been counted by then.
-func connectionsBefore(t *testing.T, ln net.Listener) int {
-	t.Helper()
-	m, err := net.Dial("tcp", ln.Addr().String())
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer m.Close()
-	n := 0
-	for {
-		c, err := ln.Accept()
-		if err != nil {
-			t.Fatal(err)
-		}
-		mine := c.RemoteAddr().String() == m.LocalAddr().String()
-		c.Close()
-		if mine {
-			return n
-		}
-		n++
 	}
 }

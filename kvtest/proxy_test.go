@@ -22,6 +22,7 @@ import (
 	"github.com/Azure/azure-sdk-for-go/sdk/security/keyvault/azsecrets"
 
 	"github.com/viperkv/viperkv/internal/emuinfo"
+	"github.com/viperkv/viperkv/internal/nettest"
 	"github.com/viperkv/viperkv/kvtest"
 )
 
@@ -62,33 +63,8 @@ func standIn(t *testing.T) (addr string, accepted func() int) {
 	t.Cleanup(func() { ln.Close() })
 	n := 0
 	return ln.Addr().String(), func() int {
-		n += connectionsBefore(t, ln)
+		n += nettest.ConnectionsBefore(t, ln)
 		return n
-	}
-}
-
-// connectionsBefore counts the connections made to ln so far, without waiting on the clock:
-// it dials a marker connection and accepts in backlog order until the marker arrives, so a
-// stray dial that happened before the call has been counted by then.
-func connectionsBefore(t *testing.T, ln net.Listener) int {
-	t.Helper()
-	m, err := net.Dial("tcp", ln.Addr().String())
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer m.Close()
-	n := 0
-	for {
-		c, err := ln.Accept()
-		if err != nil {
-			t.Fatal(err)
-		}
-		mine := c.RemoteAddr().String() == m.LocalAddr().String()
-		c.Close()
-		if mine {
-			return n
-		}
-		n++
 	}
 }
 
