@@ -320,18 +320,7 @@ func TestEmulatorProxy(t *testing.T) {
 		t.Errorf("https://example.com through the proxy: %v", err)
 	}
 
-	for k, v := range info.Env() {
-		t.Setenv(k, v)
-	}
-	opts := azcore.ClientOptions{Transport: hc}
-	cred, err := azidentity.NewManagedIdentityCredential(&azidentity.ManagedIdentityCredentialOptions{ClientOptions: opts})
-	if err != nil {
-		t.Fatal(err)
-	}
-	c, err := azsecrets.NewClient("https://myvault.vault.azure.net", cred, &azsecrets.ClientOptions{ClientOptions: opts})
-	if err != nil {
-		t.Fatal(err)
-	}
+	c := myvaultClient(t, info, hc, "")
 	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
 	defer cancel()
 	if _, err := c.GetSecret(ctx, "api-key", "", nil); err != nil {
@@ -428,20 +417,7 @@ func TestEmulatorDeletionWindowFlag(t *testing.T) {
 		t.Fatal(err)
 	}
 	defer hc.CloseIdleConnections()
-	for k, v := range info.Env() {
-		t.Setenv(k, v)
-	}
-	opts := azcore.ClientOptions{Transport: hc}
-	cred, err := azidentity.NewManagedIdentityCredential(&azidentity.ManagedIdentityCredentialOptions{
-		ClientOptions: opts, ID: azidentity.ClientID(info.Identities["rotator"].ClientID),
-	})
-	if err != nil {
-		t.Fatal(err)
-	}
-	c, err := azsecrets.NewClient("https://myvault.vault.azure.net", cred, &azsecrets.ClientOptions{ClientOptions: opts})
-	if err != nil {
-		t.Fatal(err)
-	}
+	c := myvaultClient(t, info, hc, info.Identities["rotator"].ClientID)
 	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
 	defer cancel()
 	if _, err := c.DeleteSecret(ctx, "api-key", nil); err != nil {
@@ -450,4 +426,28 @@ func TestEmulatorDeletionWindowFlag(t *testing.T) {
 	if _, err := c.PurgeDeletedSecret(ctx, "api-key", nil); err != nil {
 		t.Errorf("purge right after DELETE with --deletion-window 0: %v", err)
 	}
+}
+
+// myvaultClient is the real SDK reaching myvault at its production URL through hc, with
+// managed identity from the emulator's App Service variables (set for the test): the
+// system identity, or the user-assigned one clientID names.
+func myvaultClient(t *testing.T, info *emuinfo.Info, hc *http.Client, clientID string) *azsecrets.Client {
+	t.Helper()
+	for k, v := range info.Env() {
+		t.Setenv(k, v)
+	}
+	opts := azcore.ClientOptions{Transport: hc}
+	mo := &azidentity.ManagedIdentityCredentialOptions{ClientOptions: opts}
+	if clientID != "" {
+		mo.ID = azidentity.ClientID(clientID)
+	}
+	cred, err := azidentity.NewManagedIdentityCredential(mo)
+	if err != nil {
+		t.Fatal(err)
+	}
+	c, err := azsecrets.NewClient("https://myvault.vault.azure.net", cred, &azsecrets.ClientOptions{ClientOptions: opts})
+	if err != nil {
+		t.Fatal(err)
+	}
+	return c
 }
