@@ -128,6 +128,21 @@ func TestFaults(t *testing.T) {
 			t.Errorf("SDK did not recover from a reset: %v", err)
 		}
 	})
+	t.Run("forged body", func(t *testing.T) {
+		kv.InjectFault(kvtest.OpListSecrets, kvtest.Fault{Body: `{"value":[{"id":"https://other.vault.azure.net/secrets/forged"}],"nextLink":null}`, Times: 1})
+		pager := c.NewListSecretPropertiesPager(nil)
+		page, err := pager.NextPage(ctx)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if len(page.Value) != 1 || page.Value[0].ID == nil || page.Value[0].ID.Name() != "forged" || pager.More() {
+			t.Errorf("forged page = %+v, more %v", page.Value, pager.More())
+		}
+		real := c.NewListSecretPropertiesPager(nil) // Times: 1 -- the next list is the vault's own
+		if page, err := real.NextPage(ctx); err != nil || len(page.Value) != 1 || page.Value[0].ID.Name() != "s" {
+			t.Errorf("after the forged page: %v %+v", err, page.Value)
+		}
+	})
 	t.Run("challenge fault", func(t *testing.T) {
 		kv.InjectFault(kvtest.OpChallenge, kvtest.Fault{Status: 500, Times: 1})
 		fresh := newSecretsClient(t, srv, kv.URL(), newCred(t, srv, nil)) // a new client starts with a challenge

@@ -117,6 +117,11 @@ type Fault struct {
 	// redirect, so this stands in for a hostile proxy or a hijacked endpoint, to test that a
 	// client follows no redirect with its token or identity header.
 	Location string
+	// Body, when set, answers with this body as JSON instead of an error: Status then
+	// defaults to 200. It forges what a vault could never say (a list page whose items
+	// name no secret, a nextLink that loops or points elsewhere), to test that a client
+	// treats the vault's answers as untrusted data.
+	Body string
 	// Times is how many requests the fault affects; 0 means until cleared.
 	Times int
 }
@@ -221,6 +226,18 @@ func (s *Server) serveFault(w http.ResponseWriter, r *http.Request, f Fault, wri
 		}
 		w.Header().Set("Location", f.Location)
 		w.WriteHeader(status)
+		return
+	}
+	if f.Body != "" {
+		status := f.Status
+		if status == 0 {
+			status = http.StatusOK
+		}
+		h := w.Header()
+		h.Set("Content-Type", "application/json; charset=utf-8")
+		h.Set("Date", time.Now().UTC().Format(http.TimeFormat))
+		w.WriteHeader(status)
+		_, _ = w.Write([]byte(f.Body))
 		return
 	}
 	status, code, msg := f.resolved()
