@@ -233,7 +233,7 @@ func (f *fakeSource) getSecret(ctx context.Context, r Reference) (secretVersion,
 // attributes of every secret with a version (a failing secret shows as disabled when it
 // fails with SecretDisabled, and is absent when it fails with SecretNotFound), then the
 // extra secrets that make the vault bigger.
-func (f *fakeSource) listSecrets(ctx context.Context, vault string, maxPages int) ([]secretProps, bool, error) {
+func (f *fakeSource) listSecrets(ctx context.Context, vault string, maxPages int) (vaultListing, error) {
 	f.mu.Lock()
 	defer f.mu.Unlock()
 	if f.listPages == nil {
@@ -241,11 +241,11 @@ func (f *fakeSource) listSecrets(ctx context.Context, vault string, maxPages int
 	}
 	if f.listErr != nil {
 		f.listPages[vault]++
-		return nil, false, f.listErr
+		return vaultListing{}, f.listErr
 	}
 	if f.listDenied[vault] {
 		f.listPages[vault]++
-		return nil, false, &fetchError{status: StatusAccessToKeyVaultDenied,
+		return vaultListing{}, &fetchError{status: StatusAccessToKeyVaultDenied,
 			reason: "GET https://" + vault + "/secrets (list): 403 Forbidden (ForbiddenByRbac)"}
 	}
 	var all []secretProps
@@ -264,10 +264,10 @@ func (f *fakeSource) listSecrets(ctx context.Context, vault string, maxPages int
 	pages := max(1, (len(all)+24)/25)
 	if maxPages > 0 && pages > maxPages {
 		f.listPages[vault] += maxPages
-		return all[:maxPages*25], false, nil
+		return vaultListing{props: all[:maxPages*25]}, nil
 	}
 	f.listPages[vault] += pages
-	return all, true, nil
+	return vaultListing{props: all, complete: true}, nil
 }
 
 // pages returns the list pages served for the vault.

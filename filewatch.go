@@ -130,14 +130,10 @@ func (p *Provider) loadFile(ctx context.Context, b []byte) error {
 	p.updateMu.Lock()
 	defer p.updateMu.Unlock()
 	p.file = b
-	tree := settingsOf(shadow, p.opts.envKeys)
-	warnings := unnamedEnvRefs(shadow, tree, p.parse)
-	tree, err = p.withImports(shadow, tree, p.imports)
+	tree, sc, err := p.scanOf(shadow)
 	if err != nil {
 		return err
 	}
-	sc := scanSettings(tree, p.parse)
-	sc.warnings = warnings
 	fresh := p.unheld(sc)
 	ctx, span := p.tel.span(ctx, "viperkv.file.reload", SourceFile)
 	snap, err := p.update(ctx, SourceFile, tree, sc, fresh)

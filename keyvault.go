@@ -160,28 +160,28 @@ func (vc *vaultClient) get(ctx context.Context, r Reference) (sv secretVersion, 
 // listSecrets lists the vault's secrets page by page through the vault's limiter. A
 // throttled page restarts the list (azcore's pager cannot retry a page), after the
 // limiter's pause.
-func (f *keyVault) listSecrets(ctx context.Context, vault string, maxPages int) ([]secretProps, bool, error) {
+func (f *keyVault) listSecrets(ctx context.Context, vault string, maxPages int) (vaultListing, error) {
 	vc, err := f.vault(vault)
 	if err != nil {
-		return nil, false, &fetchError{status: StatusOtherReasons, reason: err.Error()}
+		return vaultListing{}, &fetchError{status: StatusOtherReasons, reason: err.Error()}
 	}
 	for attempt := 0; ; attempt++ {
-		props, complete, retryAfter, err := vc.list(ctx, vault, maxPages)
+		l, retryAfter, err := vc.list(ctx, vault, maxPages)
 		if retryAfter == 0 || attempt >= maxThrottleRetries || ctx.Err() != nil {
-			return props, complete, err
+			return l, err
 		}
 		f.log.Debug("viperkv: vault throttled a list; retrying", "vault", vault, "retry_after", retryAfter, "attempt", attempt+1)
 	}
 }
 
-func (vc *vaultClient) list(ctx context.Context, vault string, maxPages int) (out []secretProps, complete bool, retryAfter time.Duration, err error) {
+func (vc *vaultClient) list(ctx context.Context, vault string, maxPages int) (out vaultListing, retryAfter time.Duration, err error) {
 	pager := vc.client.NewListSecretPropertiesPager(nil)
 	for pages := 0; pager.More(); pages++ {
 		if maxPages > 0 && pages == maxPages {
-			return out, false, 0, nil
+			return out, 0, nil
 		}
 		if err := vc.lim.acquire(ctx); err != nil {
-			return nil, false, 0, listError(vault, err)
+			return vaultListing{}, 0, listError(vault, err)
 		}
 		page, err := pager.NextPage(ctx)
 		if err != nil {
@@ -189,35 +189,51 @@ func (vc *vaultClient) list(ctx context.Context, vault string, maxPages int) (ou
 			if errors.As(err, &re) && re.StatusCode == http.StatusTooManyRequests {
 				retryAfter = retryAfterOf(re.RawResponse)
 				vc.lim.release(true, retryAfter)
-				return nil, false, retryAfter, listError(vault, err)
+				return vaultListing{}, retryAfter, listError(vault, err)
 			}
 			vc.lim.release(false, 0)
-			return nil, false, 0, listError(vault, err)
+			return vaultListing{}, 0, listError(vault, err)
 		}
 		vc.lim.release(false, 0)
 		for _, item := range page.Value {
-			if item == nil || item.ID == nil {
+			p, ok := listedSecret(vault, item)
+			if !ok {
+				out.malformed++
 				continue
 			}
-			p := secretProps{name: item.ID.Name(), enabled: true}
-			if a := item.Attributes; a != nil {
-				if a.Enabled != nil {
-					p.enabled = *a.Enabled
-				}
-				p.updated, p.expires, p.notBefore = a.Updated, a.Expires, a.NotBefore
-			}
-			for k, v := range item.Tags {
-				if v != nil {
-					if p.tags == nil {
-						p.tags = map[string]string{}
-					}
-					p.tags[k] = *v
-				}
-			}
-			out = append(out, p)
+			out.props = append(out.props, p)
 		}
 	}
-	return out, true, 0, nil
+	out.complete = true
+	return out, 0, nil
+}
+
+// listedSecret validates one list item: its name must follow Key Vault's grammar. A list
+// is data from the network: a name no secret can have is left out.
+func listedSecret(vault string, item *azsecrets.SecretProperties) (secretProps, bool) {
+	if item == nil || item.ID == nil {
+		return secretProps{}, false
+	}
+	name := item.ID.Name()
+	if secretNameProblem(name) != "" {
+		return secretProps{}, false
+	}
+	p := secretProps{name: name, enabled: true}
+	if a := item.Attributes; a != nil {
+		if a.Enabled != nil {
+			p.enabled = *a.Enabled
+		}
+		p.updated, p.expires, p.notBefore = a.Updated, a.Expires, a.NotBefore
+	}
+	for k, v := range item.Tags {
+		if v != nil {
+			if p.tags == nil {
+				p.tags = map[string]string{}
+			}
+			p.tags[k] = *v
+		}
+	}
+	return p, true
 }
 
 // listError is classifyError for a list request.

@@ -117,16 +117,17 @@ func (p *Provider) detect(ctx context.Context, cur *snapshot, due []Reference, n
 			fetch = append(fetch, cands...)
 			continue
 		}
-		props, complete, err := p.cycleLists[vault], true, error(nil)
-		if props == nil && p.importsFrom(vault) {
+		l, listed := p.cycleLists[vault]
+		var err error
+		if !listed && p.importsFrom(vault) {
 			// A vault source lists this vault every interval: check with its next list
 			// rather than listing twice.
 			p.sched.deferTo(cands, p.importNext)
 			continue
 		}
-		if props == nil { // not listed by this cycle's import of a vault source
+		if !listed { // not listed by this cycle's import of a vault source
 			lctx, cancel := context.WithTimeout(ctx, p.opts.fetchTimeout)
-			props, complete, err = p.source.listSecrets(lctx, vault, maxPages)
+			l, err = p.source.listSecrets(lctx, vault, maxPages)
 			cancel()
 		}
 		st := p.lists[vault]
@@ -154,16 +155,16 @@ func (p *Provider) detect(ctx context.Context, cur *snapshot, due []Reference, n
 			p.opts.logger.Info("viperkv: the vault's secrets may be listed again", "vault", vault)
 			st.denied = time.Time{}
 		}
-		st.size, st.listedAt = len(props), now
-		if !complete {
+		st.size, st.listedAt = len(l.props)+l.malformed, now
+		if !l.complete {
 			st.size++ // more than were read
 		}
-		listed := make(map[string]secretProps, len(props))
-		for _, sp := range props {
-			listed[strings.ToLower(sp.name)] = sp
+		byName := make(map[string]secretProps, len(l.props))
+		for _, sp := range l.props {
+			byName[strings.ToLower(sp.name)] = sp
 		}
 		for _, r := range cands {
-			sp, ok := listed[strings.ToLower(r.Name)]
+			sp, ok := byName[strings.ToLower(r.Name)]
 			if ok && p.unchanged(r, sp) {
 				confirmed = append(confirmed, r)
 			} else {

@@ -45,7 +45,7 @@ type Provider struct {
 	sourceStats atomic.Pointer[[]VaultSourceStatus] // what each vault source found at its last list
 	// cycleLists holds the lists made by this update's import, so change detection does not
 	// list the same vault twice in one cycle.
-	cycleLists map[string][]secretProps
+	cycleLists map[string]vaultListing
 
 	push   pushState // what Notify remembers; its own lock, so a delivery never waits on a Load to be judged
 	tel    *telemetry
@@ -113,7 +113,7 @@ func New(v *viper.Viper, opts ...Option) (*Provider, error) {
 		notify:     notifier{log: o.logger},
 		sched:      newSchedule(o),
 		lists:      map[string]*vaultList{},
-		cycleLists: map[string][]secretProps{},
+		cycleLists: map[string]vaultListing{},
 		wake:       make(chan struct{}, 1),
 	}
 	switch {
@@ -184,12 +184,10 @@ func (p *Provider) load(ctx context.Context) (*snapshot, error) {
 		p.imports, ierr = p.importVaults(ctx, p.imports, start)
 		p.importNext = start.Add(jitter(p.opts.refreshInterval, 0.1))
 	}
-	tree, warnings, err := p.settings()
+	tree, sc, err := p.settings()
 	if err != nil {
 		return nil, err
 	}
-	sc := scanSettings(tree, p.parse)
-	sc.warnings = warnings
 	snap, err := p.update(ctx, SourceRefresh, tree, sc, sc.distinct())
 	p.logLoad(snap, time.Since(start))
 	var lerr error
@@ -205,9 +203,9 @@ func (p *Provider) load(ctx context.Context) (*snapshot, error) {
 	return snap, lerr
 }
 
-// settings returns the settings to resolve: the source Viper's, with the config file as
-// Watch last read it. The caller holds updateMu.
-func (p *Provider) settings() (map[string]any, []ReferenceStatus, error) {
+// settings returns the settings to resolve, scanned: the source Viper's, with the config
+// file as Watch last read it. The caller holds updateMu.
+func (p *Provider) settings() (map[string]any, *scan, error) {
 	v := p.src
 	if p.file != nil {
 		shadow, err := p.withFile(p.file)
@@ -216,13 +214,21 @@ func (p *Provider) settings() (map[string]any, []ReferenceStatus, error) {
 		}
 		v = shadow
 	}
+	return p.scanOf(v)
+}
+
+// scanOf reads v's settings (with the env-only keys named and the vault sources' keys)
+// and scans them for references. The caller holds updateMu.
+func (p *Provider) scanOf(v *viper.Viper) (map[string]any, *scan, error) {
 	tree := settingsOf(v, p.opts.envKeys)
 	warnings := unnamedEnvRefs(v, tree, p.parse)
-	tree, err := p.withImports(v, tree, p.imports)
+	tree, imported, err := p.withImports(v, tree, p.imports)
 	if err != nil {
 		return nil, nil, err
 	}
-	return tree, warnings, nil
+	sc := scanSettings(tree, p.parse, imported)
+	sc.warnings = warnings
+	return tree, sc, nil
 }
 
 // update fetches refs, merges them into the current configuration with the settings tree

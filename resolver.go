@@ -62,9 +62,15 @@ func setPath(tree map[string]any, path []string, val any) {
 }
 
 // scanSettings finds every reference in the tree. Strings without '@' cost one IndexByte.
-func scanSettings(tree map[string]any, pc parseConfig) *scan {
+// The keys of imported hold placeholders: each stands for its secret as a whole value,
+// without being parsed.
+func scanSettings(tree map[string]any, pc parseConfig, imported map[string]Reference) *scan {
 	sc := &scan{templates: map[string]template{}, invalid: map[string]*ReferenceError{}}
 	transform("", tree, func(key, s string) (string, bool) {
+		if r, ok := imported[key]; ok {
+			sc.templates[key] = template{parts: []part{{ref: &r, text: r.String()}}}
+			return s, true
+		}
 		t, err := parseTemplate(key, s, pc)
 		var re *ReferenceError
 		switch {

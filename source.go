@@ -25,9 +25,17 @@ type secretSource interface {
 	// is a *fetchError in the words of a Status; any other error counts as OtherReasons.
 	getSecret(ctx context.Context, r Reference) (secretVersion, error)
 	// listSecrets lists the vault's secrets with the attributes of each one's current
-	// version, reading at most maxPages pages (0: all). complete is false when pages were
-	// left unread. A failure is a *fetchError, as for getSecret.
-	listSecrets(ctx context.Context, vault string, maxPages int) (props []secretProps, complete bool, err error)
+	// version, reading at most maxPages pages (0: all). Items that name no secret of the
+	// vault are left out and counted. A list that cannot finish (its nextLinks loop or
+	// lead elsewhere) fails. A failure is a *fetchError, as for getSecret.
+	listSecrets(ctx context.Context, vault string, maxPages int) (vaultListing, error)
+}
+
+// vaultListing is what one list of a vault found.
+type vaultListing struct {
+	props     []secretProps
+	complete  bool // false when pages were left unread (maxPages)
+	malformed int  // items left out: their id names no secret of the vault
 }
 
 // secretProps is one item of a vault's secret list: the secret's name and the attributes

@@ -137,7 +137,7 @@ type VaultSourceStatus struct {
 	Vault    string         // the vault's host
 	Listed   int            // secrets the vault listed
 	Imported int            // keys the source gives (a key the environment or a reference wins still counts)
-	Skipped  map[string]int // secrets left out, by reason: "filtered", "disabled", "not yet valid", "collision"
+	Skipped  map[string]int // secrets left out, by reason: "filtered", "disabled", "not yet valid", "collision", "malformed" (an item that names no secret of the vault)
 	Err      error          // why the list failed, if it did (the source's keys keep their values)
 }
 
@@ -172,8 +172,8 @@ func (p *Provider) importVaults(ctx context.Context, prev vaultImports, now time
 	var errs []error
 	// The vaults are listed at once (a vault's pages follow each other, vaults need not).
 	type listing struct {
-		props []secretProps
-		err   error
+		vaultListing
+		err error
 	}
 	lists := make([]listing, len(p.opts.vaultSources))
 	var wg sync.WaitGroup
@@ -181,7 +181,7 @@ func (p *Provider) importVaults(ctx context.Context, prev vaultImports, now time
 		wg.Go(func() {
 			lctx, cancel := context.WithTimeout(ctx, p.opts.fetchTimeout)
 			defer cancel()
-			lists[i].props, _, lists[i].err = p.source.listSecrets(lctx, s.host, 0)
+			lists[i].vaultListing, lists[i].err = p.source.listSecrets(lctx, s.host, 0)
 		})
 	}
 	wg.Wait()
@@ -197,9 +197,9 @@ func (p *Provider) importVaults(ctx context.Context, prev vaultImports, now time
 		p.sourceStats.Store(&stats)
 	}()
 	for i, s := range p.opts.vaultSources {
-		props, err := lists[i].props, lists[i].err
+		l, err := lists[i].vaultListing, lists[i].err
 		st := &stats[i]
-		*st = VaultSourceStatus{Vault: s.host, Listed: len(props), Skipped: map[string]int{}, Err: err}
+		*st = VaultSourceStatus{Vault: s.host, Listed: len(l.props) + l.malformed, Skipped: map[string]int{}, Err: err}
 		if err != nil {
 			var fe *fetchError
 			ve := &VaultSourceError{Vault: s.host, Status: StatusOtherReasons, Reason: err.Error()}
@@ -217,8 +217,13 @@ func (p *Provider) importVaults(ctx context.Context, prev vaultImports, now time
 			}
 			continue
 		}
-		p.cycleLists[s.host] = props
-		for _, sp := range props {
+		p.cycleLists[s.host] = l
+		if l.malformed > 0 {
+			st.Skipped["malformed"] = l.malformed
+			p.opts.logger.Warn("viperkv: a vault source's list has items that name no secret of the vault; skipped",
+				"vault", s.host, "items", l.malformed)
+		}
+		for _, sp := range l.props {
 			k, ok := s.key(sp.name)
 			if !ok || !s.matches(sp) {
 				st.Skipped["filtered"]++
@@ -290,24 +295,28 @@ func (s *vaultSource) matches(sp secretProps) bool {
 // it after the environment and flags are applied is not set by either.
 const marker = "\x00viperkv-vault-source-marker"
 
-// withImports adds the vault-sourced keys to the settings tree of v, as references, under
-// the keys no environment variable, flag or override sets and no reference holds.
-func (p *Provider) withImports(v *viper.Viper, tree map[string]any, ims vaultImports) (map[string]any, error) {
+// withImports adds the vault-sourced keys to the settings tree of v, under the keys no
+// environment variable, flag or override sets and no reference holds, and returns the
+// secret each key it added stands for. An import is a structured value: its key holds a
+// placeholder in the tree and the scan takes the secret from the returned map, so a
+// listed name is never rendered into a reference and parsed again.
+func (p *Provider) withImports(v *viper.Viper, tree map[string]any, ims vaultImports) (map[string]any, map[string]Reference, error) {
 	if len(ims) == 0 {
-		return tree, nil
+		return tree, nil, nil
 	}
 	shadow := *v
 	shadow.SetConfigType("json")
 	if err := shadow.ReadConfig(strings.NewReader("{}")); err != nil { // a config map of its own
-		return nil, err
+		return nil, nil, err
 	}
 	markers := map[string]any{}
 	for k := range ims {
 		setPath(markers, strings.Split(k, "."), marker)
 	}
 	if err := shadow.MergeConfigMap(markers); err != nil {
-		return nil, err
+		return nil, nil, err
 	}
+	placed := map[string]Reference{}
 	for _, k := range slices.Sorted(maps.Keys(ims)) {
 		im := ims[k]
 		if got := shadow.Get(k); got != marker {
@@ -335,9 +344,10 @@ func (p *Provider) withImports(v *viper.Viper, tree map[string]any, ims vaultImp
 			p.opts.logger.Warn("viperkv: a vault-sourced key lies under a key that holds a value; skipped", "key", k, "secret", im.ref.Name)
 			continue
 		}
-		setPath(tree, path, im.ref.String())
+		setPath(tree, path, "") // a placeholder: the scan renders the import from placed
+		placed[k] = im.ref
 	}
-	return tree, nil
+	return tree, placed, nil
 }
 
 // lookupPath returns the value at path in tree.
@@ -392,13 +402,11 @@ func (p *Provider) reimport(ctx context.Context, now time.Time) {
 	if same {
 		return
 	}
-	tree, warnings, err := p.settings()
+	tree, sc, err := p.settings()
 	if err != nil {
 		p.opts.logger.Warn("viperkv: reading the settings for new vault-sourced keys failed", "err", err.Error())
 		return
 	}
-	sc := scanSettings(tree, p.parse)
-	sc.warnings = warnings
 	fresh := p.unheld(sc)
 	_, _ = p.update(ctx, SourcePoll, tree, sc, fresh)
 }
