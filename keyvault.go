@@ -8,6 +8,7 @@ import (
 	"log/slog"
 	"net"
 	"net/http"
+	"net/url"
 	"strconv"
 	"strings"
 	"sync"
@@ -208,14 +209,15 @@ func (vc *vaultClient) list(ctx context.Context, vault string, maxPages int) (ou
 	return out, 0, nil
 }
 
-// listedSecret validates one list item: its name must follow Key Vault's grammar. A list
-// is data from the network: a name no secret can have is left out.
+// listedSecret validates one list item: its id must be https://<vault>/secrets/<name> with
+// a name of Key Vault's grammar. A list is data from the network: an id that does not
+// parse, names another vault or no secret, or a name no secret can have is left out.
 func listedSecret(vault string, item *azsecrets.SecretProperties) (secretProps, bool) {
 	if item == nil || item.ID == nil {
 		return secretProps{}, false
 	}
-	name := item.ID.Name()
-	if secretNameProblem(name) != "" {
+	name, ok := secretIDName(vault, string(*item.ID))
+	if !ok {
 		return secretProps{}, false
 	}
 	p := secretProps{name: name, enabled: true}
@@ -234,6 +236,22 @@ func listedSecret(vault string, item *azsecrets.SecretProperties) (secretProps, 
 		}
 	}
 	return p, true
+}
+
+// secretIDName returns the secret name of a versionless secret id of vault, or false.
+func secretIDName(vault, id string) (string, bool) {
+	if strings.ContainsAny(id, "%\\") {
+		return "", false // Key Vault never escapes a name
+	}
+	u, err := url.Parse(id)
+	if err != nil || u.User != nil || u.RawQuery != "" || u.Fragment != "" || !sameOrigin(u, &url.URL{Scheme: "https", Host: vault}) {
+		return "", false
+	}
+	name, ok := strings.CutPrefix(u.Path, "/secrets/")
+	if !ok || secretNameProblem(name) != "" {
+		return "", false
+	}
+	return name, true
 }
 
 // listError is classifyError for a list request.

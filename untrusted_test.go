@@ -3,6 +3,9 @@ package viperkv_test
 import (
 	"strings"
 	"testing"
+	"time"
+
+	"github.com/spf13/viper"
 
 	"github.com/viperkv/viperkv"
 	"github.com/viperkv/viperkv/kvtest"
@@ -58,4 +61,83 @@ func TestVaultSourceListedNameIsNotAReference(t *testing.T) {
 	lc.Status(p)
 	lc.Err(err)
 	lc.Check(t, p, sentinel, logs.String())
+}
+
+// List items whose id does not parse, names no secret, or names another vault are
+// skipped with a count, in a vault source and in list change detection; the process
+// does not crash and the well-formed items still count.
+func TestMalformedListItemsAreSkipped(t *testing.T) {
+	bad := []string{
+		`"https://myvault.vault.azure.net/secrets/a%zz"`,
+		`"https://myvault.vault.azure.net/secrets/a\u0000b"`,
+		`"https://myvault.vault.azure.net/secrets"`,
+		`"https://myvault.vault.azure.net/secrets/"`,
+		`"https://myvault.vault.azure.net/keys/k1"`,
+		`"https://other.vault.azure.net/secrets/elsewhere"`,
+		`"http://myvault.vault.azure.net/secrets/plain"`,
+		`"not a url"`,
+		`""`,
+		`null`,
+		`"https://myvault.vault.azure.net/secrets/` + strings.Repeat("n", 128) + `"`,
+		`"https://myvault.vault.azure.net/secrets/under_score"`,
+	}
+	items := func(good ...string) []string {
+		out := append([]string(nil), bad...)
+		for _, g := range good {
+			out = append(out, listItem(`"https://myvault.vault.azure.net/secrets/`+g+`"`))
+		}
+		for i := range bad {
+			out[i] = listItem(bad[i])
+		}
+		return out
+	}
+
+	t.Run("vault source", func(t *testing.T) {
+		srv, kv := importVault(t)
+		kv.SetSecret("good", "good-value")
+		kv.InjectFault(kvtest.OpListSecrets, kvtest.Fault{Body: listPage("null", items("good")...)})
+		p, err := importProvider(t, srv, nil, &redirLog{}, viperkv.WithVaultSource("myvault"))
+		if err != nil {
+			t.Fatalf("Load: %v", err)
+		}
+		if got := p.GetString("good"); got != "good-value" {
+			t.Errorf("good = %q", got)
+		}
+		if keys := p.Viper().AllKeys(); len(keys) != 1 {
+			t.Errorf("keys %v, want only good", keys)
+		}
+		if st := p.VaultSources(); len(st) != 1 || st[0].Skipped["malformed"] != len(bad) {
+			t.Errorf("VaultSources = %+v, want %d skipped as malformed", st, len(bad))
+		}
+	})
+
+	t.Run("change detection", func(t *testing.T) {
+		srv, kv := importVault(t)
+		kv.SetSecret("a", "a-1")
+		kv.SetSecret("b", "b-1")
+		v := viper.New()
+		v.Set("a", "@KeyVault(VaultName=myvault;SecretName=a)")
+		v.Set("b", "@KeyVault(VaultName=myvault;SecretName=b)")
+		p, err := importProvider(t, srv, v, &redirLog{}, viperkv.WithChangeDetection(viperkv.ChangeDetectionList),
+			viperkv.WithRefreshInterval(200*time.Millisecond))
+		if err != nil {
+			t.Fatal(err)
+		}
+		kv.InjectFault(kvtest.OpListSecrets, kvtest.Fault{Body: listPage("null", items()...)})
+		kv.SetSecret("a", "a-2")
+		watch(t, p)
+		// The forged list names neither a nor b: they are gone from a complete list, so
+		// a GET checks each and finds a's rotation.
+		waitFor(t, 10*time.Second, "a's rotation", func() bool { return p.GetString("a") == "a-2" })
+	})
+}
+
+// waitFor polls cond until it holds or d passes.
+func waitFor(t *testing.T, d time.Duration, what string, cond func() bool) {
+	t.Helper()
+	for deadline := time.Now().Add(d); !cond(); time.Sleep(20 * time.Millisecond) {
+		if time.Now().After(deadline) {
+			t.Fatalf("%s did not happen within %v", what, d)
+		}
+	}
 }
