@@ -175,11 +175,19 @@ func (f *keyVault) listSecrets(ctx context.Context, vault string, maxPages int) 
 	}
 }
 
+// maxListPages bounds one list of a vault: 25,000 pages hold 625,000 secrets, far more than
+// a vault holds, so only a vault whose nextLinks never end (each one new) reaches it.
+const maxListPages = 25_000
+
 func (vc *vaultClient) list(ctx context.Context, vault string, maxPages int) (out vaultListing, retryAfter time.Duration, err error) {
 	pager := vc.client.NewListSecretPropertiesPager(nil)
+	seen := map[string]bool{}
 	for pages := 0; pager.More(); pages++ {
 		if maxPages > 0 && pages == maxPages {
 			return out, 0, nil
+		}
+		if pages == maxListPages {
+			return vaultListing{}, 0, listBroken(vault, fmt.Sprintf("the list did not end after %d pages", maxListPages))
 		}
 		if err := vc.lim.acquire(ctx); err != nil {
 			return vaultListing{}, 0, listError(vault, err)
@@ -203,6 +211,19 @@ func (vc *vaultClient) list(ctx context.Context, vault string, maxPages int) (ou
 				continue
 			}
 			out.props = append(out.props, p)
+		}
+		// The pager follows nextLink as given: check it before it does. A link that was
+		// followed already would loop for ever; one that leaves the vault's list would send
+		// the token elsewhere or read something that is not this list.
+		if page.NextLink != nil && *page.NextLink != "" {
+			next := *page.NextLink
+			if reason := nextLinkProblem(vault, next); reason != "" {
+				return vaultListing{}, 0, listBroken(vault, reason)
+			}
+			if seen[next] {
+				return vaultListing{}, 0, listBroken(vault, "a nextLink repeats: the pages loop")
+			}
+			seen[next] = true
 		}
 	}
 	out.complete = true
@@ -252,6 +273,27 @@ func secretIDName(vault, id string) (string, bool) {
 		return "", false
 	}
 	return name, true
+}
+
+// nextLinkProblem says why a list page's nextLink must not be followed: it must continue
+// the vault's own list, https://<vault>/secrets?..., and nothing else.
+func nextLinkProblem(vault, next string) string {
+	u, err := url.Parse(next)
+	switch {
+	case err != nil:
+		return "a nextLink does not parse"
+	case u.User != nil || !sameOrigin(u, &url.URL{Scheme: "https", Host: vault}):
+		return "a nextLink leads away from https://" + vault + " (to " + redacted(u) + ")"
+	case strings.TrimSuffix(u.Path, "/") != "/secrets":
+		return "a nextLink leads away from the list of secrets (to " + redacted(u) + ")"
+	}
+	return ""
+}
+
+// listBroken is the failure of a list that cannot finish: not transient, since the same
+// pages would come back.
+func listBroken(vault, reason string) *fetchError {
+	return &fetchError{status: StatusOtherReasons, reason: "GET https://" + vault + "/secrets (list): " + reason}
 }
 
 // listError is classifyError for a list request.

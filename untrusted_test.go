@@ -1,6 +1,8 @@
 package viperkv_test
 
 import (
+	"context"
+
 	"strings"
 	"testing"
 	"time"
@@ -129,6 +131,74 @@ func TestMalformedListItemsAreSkipped(t *testing.T) {
 		// The forged list names neither a nor b: they are gone from a complete list, so
 		// a GET checks each and finds a's rotation.
 		waitFor(t, 10*time.Second, "a's rotation", func() bool { return p.GetString("a") == "a-2" })
+	})
+}
+
+// A nextLink that loops (every page points at itself) or leads away from the vault's list
+// is not followed: the list stops at once and fails, a vault source keeps its keys and
+// says why, and list change detection falls back to a GET per secret, so a rotation is
+// seen and the status does not claim a check that never happened.
+func TestListNextLinkLoops(t *testing.T) {
+	const self = `"https://myvault.vault.azure.net:443/secrets?api-version=2026-04-01&$skiptoken=loop&maxresults=25"`
+	for _, tc := range []struct{ name, next string }{
+		{"self", self},
+		{"other host", `"https://other.vault.azure.net:443/secrets?api-version=2026-04-01&$skiptoken=x&maxresults=25"`},
+		{"other path", `"https://myvault.vault.azure.net:443/secrets/good/versions?api-version=2026-04-01"`},
+		{"not https", `"http://myvault.vault.azure.net/secrets?api-version=2026-04-01&$skiptoken=y"`},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			srv, kv := importVault(t)
+			kv.SetSecret("a", "a-1")
+			kv.SetSecret("b", "b-1")
+			v := viper.New()
+			v.Set("a", "@KeyVault(VaultName=myvault;SecretName=a)")
+			v.Set("b", "@KeyVault(VaultName=myvault;SecretName=b)")
+			p, err := importProvider(t, srv, v, &redirLog{}, viperkv.WithChangeDetection(viperkv.ChangeDetectionList),
+				viperkv.WithRefreshInterval(200*time.Millisecond), viperkv.WithFetchTimeout(30*time.Second))
+			if err != nil {
+				t.Fatal(err)
+			}
+			page := listPage(tc.next, listItem(`"https://myvault.vault.azure.net/secrets/a"`), listItem(`"https://myvault.vault.azure.net/secrets/b"`))
+			kv.InjectFault(kvtest.OpListSecrets, kvtest.Fault{Body: page})
+			kv.ResetCounters()
+			kv.SetSecret("a", "a-2")
+			watch(t, p)
+			waitFor(t, 10*time.Second, "a's rotation", func() bool { return p.GetString("a") == "a-2" })
+			// Each cycle reads at most the forged page and its one repeat before it stops.
+			lists, gets := kv.Count(kvtest.OpListSecrets), kv.Count(kvtest.OpGetSecret)
+			if lists > 2*gets+4 {
+				t.Errorf("%d list pages for %d GETs: the loop is followed", lists, gets)
+			}
+		})
+	}
+
+	t.Run("vault source", func(t *testing.T) {
+		srv, kv := importVault(t)
+		kv.SetSecret("good", "good-value")
+		p, err := importProvider(t, srv, nil, &redirLog{}, viperkv.WithVaultSource("myvault"), viperkv.WithFetchTimeout(30*time.Second))
+		if err != nil {
+			t.Fatal(err)
+		}
+		kv.InjectFault(kvtest.OpListSecrets, kvtest.Fault{Body: listPage(self, listItem(`"https://myvault.vault.azure.net/secrets/good"`))})
+		kv.ResetCounters()
+		start := time.Now()
+		err = p.Load(context.Background())
+		if err == nil || !strings.Contains(err.Error(), "nextLink") {
+			t.Errorf("Load = %v, want the vault source's list to fail naming the nextLink", err)
+		}
+		if n := kv.Count(kvtest.OpListSecrets); n > 3 {
+			t.Errorf("%d list pages: the loop was followed", n)
+		}
+		if d := time.Since(start); d > 20*time.Second {
+			t.Errorf("Load took %v with a 30 s fetch timeout: the loop ran to the deadline", d)
+		}
+		if got := p.GetString("good"); got != "good-value" {
+			t.Errorf("good = %q: a failed list must keep the source's keys", got)
+		}
+		st := p.VaultSources()
+		if len(st) != 1 || st[0].Err == nil {
+			t.Errorf("VaultSources = %+v, want the list's error", st)
+		}
 	})
 }
 
