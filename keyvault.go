@@ -150,6 +150,14 @@ func (vc *vaultClient) get(ctx context.Context, r Reference) (sv secretVersion, 
 	if a := resp.Attributes; a != nil {
 		sv.expires, sv.notBefore, sv.updated = a.Expires, a.NotBefore, a.Updated
 	}
+	for k, v := range resp.Tags {
+		if v != nil {
+			if sv.tags == nil {
+				sv.tags = map[string]string{}
+			}
+			sv.tags[k] = *v
+		}
+	}
 	if raw != nil {
 		if t, err := http.ParseTime(raw.Header.Get("Date")); err == nil {
 			sv.served = &t

@@ -60,6 +60,11 @@ type SecretChange struct {
 // ChangeNearExpiry and ChangeExpired of the version in use it updates the status and sends
 // the events Watch would send, without a fetch. Pinned references are never touched.
 //
+// A change is untrusted input. A new version of a secret that a vault source
+// ([WithVaultSource]) would import but that no key holds yet costs one GET, to learn that
+// the secret exists and the source takes it; only then does Watch list the source early, at
+// most once every 10 seconds. A change naming a secret nothing would take costs nothing.
+//
 // Notify returns when the change has been handled: nil, a *LoadError when the secret
 // could not be fetched (it keeps its last good value and Watch retries it), ctx's error,
 // or an error naming a missing field. Before the first Load it returns an error and does
@@ -84,12 +89,7 @@ func (p *Provider) Notify(ctx context.Context, c SecretChange) (err error) {
 	key := pushKey{vault: c.Vault, name: strings.ToLower(c.Name)}
 	if len(versionless(cur, key)) == 0 {
 		if c.Type == ChangeNewVersion && p.importsFrom(c.Vault) {
-			// A secret new to a vault source: list the source on Watch's next turn.
-			p.updateMu.Lock()
-			p.importNext = time.Time{}
-			p.updateMu.Unlock()
-			p.poke()
-			return ignore("not imported yet; the vault source is listed again now")
+			return p.newToSource(ctx, c, key, ignore)
 		}
 		return ignore("no versionless reference names the secret")
 	}
@@ -111,14 +111,8 @@ func (p *Provider) Notify(ctx context.Context, c SecretChange) (err error) {
 		return ignore("the same change is being handled")
 	}
 	defer p.push.finish(key, c.Version)
-	if max := p.opts.pushDelay; max > 0 {
-		t := time.NewTimer(rand.N(max + 1))
-		select {
-		case <-ctx.Done():
-			t.Stop()
-			return ctx.Err()
-		case <-t.C:
-		}
+	if err := p.pushDelay(ctx); err != nil {
+		return err
 	}
 	p.updateMu.Lock()
 	defer p.updateMu.Unlock()
@@ -143,6 +137,70 @@ func (p *Provider) Notify(ctx context.Context, c SecretChange) (err error) {
 		return &LoadError{Failed: failed}
 	}
 	return nil
+}
+
+// pushDelay waits WithPushDelay's random delay, or until ctx ends.
+func (p *Provider) pushDelay(ctx context.Context) error {
+	max := p.opts.pushDelay
+	if max <= 0 {
+		return nil
+	}
+	t := time.NewTimer(rand.N(max + 1))
+	defer t.Stop()
+	select {
+	case <-ctx.Done():
+		return ctx.Err()
+	case <-t.C:
+		return nil
+	}
+}
+
+// minEarlyImport is how soon after a vault source's last list a notice of a new secret may
+// list it again: notices of new secrets come in bursts (a deployment creates many), and a
+// stream of forged ones must not become a stream of lists.
+const minEarlyImport = 10 * time.Second
+
+// newToSource handles a new version of a secret no key holds, in a vault a source imports.
+// A notice is untrusted: one GET says whether the secret exists and a source takes it, so
+// a forged or stale notice costs that request and nothing more. A secret that is new
+// brings the sources' next list forward, to at most one every minEarlyImport.
+func (p *Provider) newToSource(ctx context.Context, c SecretChange, key pushKey, ignore func(string) error) error {
+	if secretNameProblem(c.Name) != "" {
+		return ignore("not a secret name")
+	}
+	if !p.sourceTakes(c.Vault, c.Name, nil) {
+		return ignore("no vault source takes the secret")
+	}
+	if p.push.seenID(c.ID) {
+		return ignore("duplicate delivery")
+	}
+	if !p.push.start(key, c.Version) {
+		return ignore("the same change is being handled")
+	}
+	defer p.push.finish(key, c.Version)
+	if err := p.pushDelay(ctx); err != nil {
+		return err
+	}
+	fctx, cancel := context.WithTimeout(ctx, p.opts.fetchTimeout)
+	sv, err := p.source.getSecret(fctx, Reference{Vault: c.Vault, Name: c.Name})
+	cancel()
+	if ctx.Err() != nil {
+		return ctx.Err()
+	}
+	p.push.rememberID(c.ID)
+	if err != nil {
+		return ignore("the secret could not be fetched: " + err.Error())
+	}
+	if !p.sourceTakes(c.Vault, c.Name, sv.tags) {
+		return ignore("no vault source takes the secret (tags)")
+	}
+	p.updateMu.Lock()
+	if next := p.importedAt.Add(minEarlyImport); next.Before(p.importNext) {
+		p.importNext = next
+	}
+	p.updateMu.Unlock()
+	p.poke()
+	return ignore("new to a vault source; the source is listed again")
 }
 
 // noteExpiry applies Key Vault's word that the version in use is near expiry or expired:

@@ -2,6 +2,7 @@ package viperkv
 
 import (
 	"context"
+	"fmt"
 	"log/slog"
 	"strings"
 	"sync"
@@ -232,6 +233,66 @@ func TestNotifyEdges(t *testing.T) {
 		}
 		if !strings.Contains(logs.String(), "no versionless reference") || strings.Contains(logs.String(), "conn-v1") {
 			t.Errorf("logs do not say why a change was ignored, or show a value:\n%s", logs.String())
+		}
+	})
+}
+
+// Notices are untrusted: a change naming a secret a vault source does not hold costs at
+// most one request (a GET that finds whether it exists), never a list of the vault, and
+// the early lists that genuine new secrets ask for are rate-limited.
+func TestForgedNoticesDoNotAmplify(t *testing.T) {
+	synctest.Test(t, func(t *testing.T) {
+		src := newFakeSource()
+		for i := range 120 {
+			src.set("myvault", fmt.Sprintf("App--K%03d", i), fmt.Sprintf("v%03d", i))
+		}
+		time.Sleep(5 * time.Second) // past Key Vault's one-second timestamps: a list can vouch for them
+		p := newFakeProvider(t, src, YAMLViper(t, "a: b\n"), WithRefreshInterval(time.Hour), WithVaultSource("myvault"))
+		if err := p.Load(t.Context()); err != nil {
+			t.Fatal(err)
+		}
+		startWatch(t, p)
+		synctest.Wait()
+		pages, gets := src.pages("myvault"), totalGets(src)
+		for i := range 25 {
+			c := SecretChange{Type: ChangeNewVersion, ID: fmt.Sprintf("forged-%d", i), Vault: "myvault",
+				Name: fmt.Sprintf("App--Forged%02d", i), Version: fmt.Sprintf("%032x", 1000+i)}
+			if err := p.Notify(t.Context(), c); err != nil {
+				t.Fatal(err)
+			}
+			time.Sleep(time.Second) // spaced out, so no two notices share a cycle
+		}
+		// Names no source takes, or no secret can have, cost nothing.
+		for _, name := range []string{"Trailing--", "x)@KeyVault(VaultName=other;SecretName=admin", ""} {
+			_ = p.Notify(t.Context(), SecretChange{Type: ChangeNewVersion, Vault: "myvault", Name: name, Version: fmt.Sprintf("%032x", 7)})
+		}
+		time.Sleep(time.Minute)
+		synctest.Wait()
+		dPages, dGets := src.pages("myvault")-pages, totalGets(src)-gets
+		if dPages+dGets > 25 {
+			t.Errorf("25 forged notices cost %d list pages and %d GETs, want at most one request each", dPages, dGets)
+		}
+		if dPages != 0 {
+			t.Errorf("forged notices listed the vault (%d pages)", dPages)
+		}
+
+		// Genuine new secrets are imported within the rate limit of early lists, and a
+		// burst of them lists the vault once or twice, not once per notice.
+		pages = src.pages("myvault")
+		for i := range 10 {
+			name := fmt.Sprintf("App--New%02d", i)
+			v := src.set("myvault", name, "new")
+			if err := p.Notify(t.Context(), SecretChange{Type: ChangeNewVersion, ID: "new-" + name, Vault: "myvault", Name: name, Version: v}); err != nil {
+				t.Fatal(err)
+			}
+		}
+		time.Sleep(minEarlyImport)
+		synctest.Wait()
+		if got := p.GetString("app.new09"); got != "new" {
+			t.Errorf("app.new09 = %q %v after its notice, want it imported", got, minEarlyImport)
+		}
+		if lists := (src.pages("myvault") - pages) / 6; lists > 2 {
+			t.Errorf("a burst of 10 new secrets listed the vault %d times (6 pages each), want at most 2", lists)
 		}
 	})
 }

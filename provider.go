@@ -42,6 +42,7 @@ type Provider struct {
 	lists       map[string]*vaultList               // what listing each vault has taught (change detection)
 	imports     vaultImports                        // the keys the vault sources gave at the last import
 	importNext  time.Time                           // when Watch lists the vault sources again
+	importedAt  time.Time                           // when they were last listed
 	sourceStats atomic.Pointer[[]VaultSourceStatus] // what each vault source found at its last list
 	// cycleLists holds the lists made by this update's import, so change detection does not
 	// list the same vault twice in one cycle.
@@ -182,7 +183,6 @@ func (p *Provider) load(ctx context.Context) (*snapshot, error) {
 	var ierr error
 	if len(p.opts.vaultSources) > 0 {
 		p.imports, ierr = p.importVaults(ctx, p.imports, start)
-		p.importNext = start.Add(jitter(p.opts.refreshInterval, 0.1))
 	}
 	tree, sc, err := p.settings()
 	if err != nil {

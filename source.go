@@ -52,6 +52,7 @@ type secretVersion struct {
 	value       string
 	version     string
 	contentType string
+	tags        map[string]string
 	expires     *time.Time
 	notBefore   *time.Time
 	updated     *time.Time // when the version's attributes last changed (one-second resolution)

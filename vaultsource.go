@@ -167,6 +167,7 @@ func (e *VaultSourceError) Error() string {
 // keys of secrets that disappeared within their grace (and those of a vault that could
 // not be listed). The caller holds updateMu.
 func (p *Provider) importVaults(ctx context.Context, prev vaultImports, now time.Time) (vaultImports, error) {
+	p.importedAt, p.importNext = now, now.Add(jitter(p.opts.refreshInterval, 0.1))
 	out := vaultImports{}
 	listed := map[string]bool{} // keys a secret listed now gives, across the sources
 	var errs []error
@@ -387,7 +388,6 @@ func (p *Provider) reimport(ctx context.Context, now time.Time) {
 	if len(p.opts.vaultSources) == 0 || now.Before(p.importNext) {
 		return
 	}
-	p.importNext = now.Add(jitter(p.opts.refreshInterval, 0.1))
 	ims, err := p.importVaults(ctx, p.imports, now)
 	if err != nil {
 		p.opts.logger.Warn("viperkv: listing a vault source failed; its keys keep their values", "err", err.Error())
@@ -409,6 +409,17 @@ func (p *Provider) reimport(ctx context.Context, now time.Time) {
 	}
 	fresh := p.unheld(sc)
 	_, _ = p.update(ctx, SourcePoll, tree, sc, fresh)
+}
+
+// sourceTakes reports whether a vault source of vault imports the secret name, with tags
+// (nil: not known yet, so not checked).
+func (p *Provider) sourceTakes(vault, name string, tags map[string]string) bool {
+	for _, s := range p.opts.vaultSources {
+		if _, ok := s.key(name); ok && s.host == vault && (tags == nil || s.matches(secretProps{tags: tags})) {
+			return true
+		}
+	}
+	return false
 }
 
 // importsFrom reports whether a vault source reads the vault host.
