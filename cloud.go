@@ -3,6 +3,8 @@ package viperkv
 import (
 	"fmt"
 	"strings"
+
+	"github.com/viperkv/viperkv/internal/kvname"
 )
 
 // Cloud names an Azure cloud. It decides which vault host names references may use (and
@@ -55,7 +57,7 @@ func ParseCloud(name string) (Cloud, error) {
 	case "azureusgovernment", "usgovernment", "usgov":
 		return CloudUSGovernment, nil
 	}
-	return "", fmt.Errorf("viperkv: unknown cloud %s (want AzurePublic, AzureChina or AzureUSGovernment)", quote(name))
+	return "", fmt.Errorf("viperkv: unknown cloud %s (want AzurePublic, AzureChina or AzureUSGovernment)", kvname.Quote(name))
 }
 
 // authorityHost returns the cloud's Entra ID host, such as "login.microsoftonline.com".

@@ -215,11 +215,11 @@ func (h *headerAuth) check(r *http.Request) error {
 // transportClient returns an *http.Client that sends through the provider's transport,
 // which refuses redirects and, in tests, reaches the emulator.
 func (p *Provider) transportClient() *http.Client {
-	tr := noRedirects(p.opts.transport)
-	if c, ok := tr.(*http.Client); ok {
+	if c, ok := p.transport.(*http.Client); ok {
 		return c
 	}
-	return &http.Client{Transport: roundTripFunc(tr.Do), CheckRedirect: useLastResponse}
+	return &http.Client{Transport: roundTripFunc(p.transport.Do),
+		CheckRedirect: func(*http.Request, []*http.Request) error { return http.ErrUseLastResponse }}
 }
 
 type roundTripFunc func(*http.Request) (*http.Response, error)

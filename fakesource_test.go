@@ -3,309 +3,193 @@ package viperkv
 import (
 	"context"
 	"errors"
-	"fmt"
-	"maps"
 	"path/filepath"
 	"regexp"
 	"runtime"
-	"slices"
 	"strings"
 	"sync"
 	"testing"
 	"time"
 
 	"github.com/spf13/viper"
+
+	"github.com/viperkv/viperkv/internal/driver"
+	"github.com/viperkv/viperkv/internal/driver/memvault"
 )
 
-// fakeSource is the secretSource of the logic tests: secret versions per (vault, name) in
-// memory, per-secret failures, latency and hangs, and a record of every call. It waits only
-// on channels and timers, so inside a testing/synctest bubble its latency and hangs take
-// simulated time.
+// fakeSource is the source of the logic tests: the in-memory vaults of memvault (which
+// passes the driver's conformance suite, as the Azure source does), with helpers that
+// speak the test's words: vault names, statuses. It waits only on channels and timers, so
+// inside a testing/synctest bubble its latency and hangs take simulated time.
 type fakeSource struct {
-	mu      sync.Mutex
-	secrets map[fakeKey]*fakeSecret
-	calls   []fakeCall
-	busy    int // calls in progress
-	made    int // versions made, for unique version ids
+	*memvault.Vaults
 
-	listPages  map[string]int  // list pages served, per vault host
-	listDenied map[string]bool // vault hosts whose list answers 403
-	listErr    *fetchError     // every list fails with this, when set
-	extra      map[string]int  // unreferenced secrets a vault holds besides these, for its size
-
-	// vaultBehind is how far the vault's clock runs behind this machine's (negative: ahead):
-	// it stamps versions' updated and answers' Date.
-	vaultBehind time.Duration
+	mu       sync.Mutex
+	disabled map[string]bool            // secrets fail disabled, which heal enables again
+	faults   map[string]*memvault.Fault // each secret's failure and latency, combined
 }
 
-// vaultNow is the vault's clock, to the second as Key Vault's timestamps and Date headers
-// are. The caller holds f.mu.
-func (f *fakeSource) vaultNow() time.Time {
-	return time.Now().Add(-f.vaultBehind).Truncate(time.Second)
+// setFault changes the secret's fault with f and puts the result in place.
+func (f *fakeSource) setFault(vault, name string, change func(*memvault.Fault)) {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	if f.faults == nil {
+		f.faults = map[string]*memvault.Fault{}
+	}
+	k := vault + "/" + strings.ToLower(name)
+	cur := f.faults[k]
+	if cur == nil {
+		cur = &memvault.Fault{}
+		f.faults[k] = cur
+	}
+	change(cur)
+	f.FailGet(vaultHost(vault), name, *cur)
 }
 
-// fakeKey names a secret: the vault's host and the name in lower case (Key Vault compares
-// names case-insensitively).
-type fakeKey struct{ vault, name string }
-
-type fakeSecret struct {
-	versions []secretVersion // oldest first: the last is the latest
-	fail     *fetchError     // every GET fails with this
-	hang     bool            // every GET waits until its context ends
-	latency  time.Duration   // every GET takes this long
-
-	// A transient failure (flaky, flakyUntil): GETs fail with flake while flakes > 0 (each
-	// counts one down; < 0: until heal) or until flakeUntil.
-	flake      *fetchError
-	flakes     int
-	flakeUntil time.Time
-}
-
-// fakeCall is one getSecret call: the reference asked for, when it started and ended.
+// fakeCall is one Get: the reference asked for (its name in lower case), when it started
+// and ended.
 type fakeCall struct {
 	ref        Reference
 	start, end time.Time
 }
 
-func newFakeSource() *fakeSource { return &fakeSource{secrets: map[fakeKey]*fakeSecret{}} }
+func newFakeSource() *fakeSource { return &fakeSource{Vaults: memvault.New()} }
 
 // vaultHost is the host of a vault of the public cloud.
 func vaultHost(vault string) string { return vault + ".vault.azure.net" }
 
-func keyOf(vault, name string) fakeKey { return fakeKey{vaultHost(vault), strings.ToLower(name)} }
-
-// secret returns the state of a secret, creating it. The caller holds f.mu.
-func (f *fakeSource) secret(vault, name string) *fakeSecret {
-	k := keyOf(vault, name)
-	s := f.secrets[k]
-	if s == nil {
-		s = &fakeSecret{}
-		f.secrets[k] = s
-	}
-	return s
-}
-
 // versionOption sets an attribute of a new version.
-type versionOption func(*secretVersion)
+type versionOption = memvault.SecretOption
 
-func expiresAt(t time.Time) versionOption   { return func(v *secretVersion) { v.expires = &t } }
-func notBeforeAt(t time.Time) versionOption { return func(v *secretVersion) { v.notBefore = &t } }
+func expiresAt(t time.Time) versionOption   { return memvault.Expires(t) }
+func notBeforeAt(t time.Time) versionOption { return memvault.NotBefore(t) }
 
 // set makes value the latest version of the secret and returns the new version's id.
 func (f *fakeSource) set(vault, name, value string, opts ...versionOption) string {
-	f.mu.Lock()
-	defer f.mu.Unlock()
-	f.made++
-	updated := f.vaultNow()
-	sv := secretVersion{value: value, version: fmt.Sprintf("%032x", f.made), updated: &updated}
-	for _, o := range opts {
-		o(&sv)
-	}
-	s := f.secret(vault, name)
-	s.versions = append(s.versions, sv)
-	return sv.version
+	return f.Set(vaultHost(vault), name, value, opts...)
 }
 
-// fail makes every GET of the secret fail with status and reason, as keyVault reports a
-// failure, until heal.
+// failure is how the vault, the network or the identity endpoint produce status: an HTTP
+// answer where there is one, else the driver's kind.
+func failure(status Status, reason string, transient bool) memvault.Fault {
+	switch status {
+	case StatusAccessToKeyVaultDenied:
+		return memvault.Fault{Status: 403, Inner: "ForbiddenByRbac"}
+	case StatusSecretDisabled:
+		return memvault.Fault{Status: 403, Inner: "SecretDisabled"}
+	case StatusSecretNotFound, StatusSecretVersionNotFound:
+		return memvault.Fault{Status: 404, Code: "SecretNotFound"}
+	case StatusUnauthorizedClient:
+		if !transient {
+			return memvault.Fault{Status: 401, Code: "Unauthorized"}
+		}
+	case StatusThrottled:
+		return memvault.Fault{Err: &driver.Error{Kind: driver.KindThrottled, Reason: reason, Transient: true}}
+	}
+	kinds := map[Status]driver.Kind{StatusOtherReasons: driver.KindOther, StatusMSINotEnabled: driver.KindNoIdentity,
+		StatusFetchTimedOut: driver.KindTimeout, StatusVaultNotFound: driver.KindVaultNotFound, StatusUnauthorizedClient: driver.KindUnauthorized}
+	k, ok := kinds[status]
+	if !ok {
+		panic("fakeSource: no failure for status " + string(status))
+	}
+	return memvault.Fault{Err: &driver.Error{Kind: k, Reason: reason, Transient: transient}}
+}
+
+// fail makes every GET of the secret fail with status (and reason, where no HTTP answer
+// gives one), as a failure that will not change soon, until heal. A disabled or deleted
+// secret is made so in the vault, so that lists show it too.
 func (f *fakeSource) fail(vault, name string, status Status, reason string) {
-	f.mu.Lock()
-	defer f.mu.Unlock()
-	f.secret(vault, name).fail = &fetchError{status: status, reason: reason}
+	switch status {
+	case StatusSecretDisabled:
+		if err := f.SetEnabled(vaultHost(vault), name, "", false); err != nil {
+			panic(err)
+		}
+		f.mu.Lock()
+		if f.disabled == nil {
+			f.disabled = map[string]bool{}
+		}
+		f.disabled[vault+"/"+name] = true
+		f.mu.Unlock()
+	case StatusSecretNotFound:
+		f.Delete(vaultHost(vault), name)
+	default:
+		f.setFault(vault, name, func(cur *memvault.Fault) { *cur = withLatency(failure(status, reason, false), cur.Latency) })
+	}
+}
+
+// withLatency is f taking d.
+func withLatency(f memvault.Fault, d time.Duration) memvault.Fault {
+	f.Latency = d
+	return f
 }
 
 // flaky makes the next n GETs of the secret (every one until heal, when n < 0) fail with
 // status and reason as a transient failure, one that Load and Refresh retry.
 func (f *fakeSource) flaky(vault, name string, status Status, reason string, n int) {
-	f.mu.Lock()
-	defer f.mu.Unlock()
-	s := f.secret(vault, name)
-	s.flake, s.flakes, s.flakeUntil = &fetchError{status: status, reason: reason, transient: true}, n, time.Time{}
+	fault := failure(status, reason, true)
+	fault.Times = max(n, 0)
+	f.setFault(vault, name, func(cur *memvault.Fault) { *cur = withLatency(fault, cur.Latency) })
 }
 
 // flakyUntil makes every GET of the secret that starts before until fail with status and
 // reason as a transient failure, as while an identity endpoint is starting.
 func (f *fakeSource) flakyUntil(vault, name string, status Status, reason string, until time.Time) {
-	f.mu.Lock()
-	defer f.mu.Unlock()
-	s := f.secret(vault, name)
-	s.flake, s.flakes, s.flakeUntil = &fetchError{status: status, reason: reason, transient: true}, 0, until
+	fault := failure(status, reason, true)
+	fault.Until = until
+	f.setFault(vault, name, func(cur *memvault.Fault) { *cur = withLatency(fault, cur.Latency) })
 }
 
 // hang makes every GET of the secret wait until its context ends, until heal.
 func (f *fakeSource) hang(vault, name string) {
-	f.mu.Lock()
-	defer f.mu.Unlock()
-	f.secret(vault, name).hang = true
+	f.setFault(vault, name, func(cur *memvault.Fault) { cur.Hang = true })
 }
 
 // delay makes every GET of the secret take d.
 func (f *fakeSource) delay(vault, name string, d time.Duration) {
-	f.mu.Lock()
-	defer f.mu.Unlock()
-	f.secret(vault, name).latency = d
+	f.setFault(vault, name, func(cur *memvault.Fault) { cur.Latency = d })
 }
 
-// heal ends the secret's failure, hang and latency.
+// heal ends the secret's failure, hang and latency, and brings it back if fail disabled
+// or deleted it.
 func (f *fakeSource) heal(vault, name string) {
+	f.Clear(vaultHost(vault), name)
+	f.Recover(vaultHost(vault), name)
 	f.mu.Lock()
-	defer f.mu.Unlock()
-	s := f.secret(vault, name)
-	s.fail, s.hang, s.latency = nil, false, 0
-	s.flake, s.flakes, s.flakeUntil = nil, 0, time.Time{}
-}
-
-func (f *fakeSource) getSecret(ctx context.Context, r Reference) (secretVersion, error) {
-	call := fakeCall{ref: r.key(), start: time.Now()}
-	f.mu.Lock()
-	f.busy++
+	disabled := f.disabled[vault+"/"+name]
+	delete(f.disabled, vault+"/"+name)
+	delete(f.faults, vault+"/"+strings.ToLower(name))
 	f.mu.Unlock()
-	defer func() {
-		call.end = time.Now()
-		f.mu.Lock()
-		f.busy--
-		f.calls = append(f.calls, call)
-		f.mu.Unlock()
-	}()
-	timedOut := func() error {
-		// What keyVault reports for a fetch its context ended.
-		reason := "GET " + r.ID() + ": timed out"
-		if errors.Is(ctx.Err(), context.Canceled) {
-			reason = "GET " + r.ID() + ": canceled"
-		}
-		return &fetchError{status: StatusFetchTimedOut, reason: reason, transient: true}
+	if disabled {
+		_ = f.SetEnabled(vaultHost(vault), name, "", true)
 	}
-	if ctx.Err() != nil {
-		return secretVersion{}, timedOut()
-	}
-	f.mu.Lock()
-	s := f.secrets[fakeKey{r.Vault, strings.ToLower(r.Name)}]
-	var hang bool
-	var latency time.Duration
-	if s != nil {
-		hang, latency = s.hang, s.latency
-	}
-	f.mu.Unlock()
-	switch {
-	case hang:
-		<-ctx.Done()
-		return secretVersion{}, timedOut()
-	case latency > 0:
-		timer := time.NewTimer(latency)
-		defer timer.Stop()
-		select {
-		case <-timer.C:
-		case <-ctx.Done():
-			return secretVersion{}, timedOut()
-		}
-	}
-
-	f.mu.Lock()
-	defer f.mu.Unlock()
-	if s != nil && s.flake != nil && (s.flakes != 0 || call.start.Before(s.flakeUntil)) {
-		if s.flakes > 0 {
-			s.flakes--
-		}
-		return secretVersion{}, &fetchError{status: s.flake.status, reason: s.flake.reason, transient: true}
-	}
-	switch {
-	case s == nil || len(s.versions) == 0:
-		return secretVersion{}, &fetchError{status: StatusSecretNotFound, reason: "GET " + r.ID() + ": 404 SecretNotFound"}
-	case s.fail != nil:
-		return secretVersion{}, &fetchError{status: s.fail.status, reason: s.fail.reason}
-	}
-	served := f.vaultNow()
-	if r.Version == "" {
-		sv := s.versions[len(s.versions)-1]
-		sv.served = &served
-		return sv, nil
-	}
-	for _, sv := range s.versions {
-		if sv.version == r.Version {
-			sv.served = &served
-			return sv, nil
-		}
-	}
-	return secretVersion{}, &fetchError{status: StatusSecretVersionNotFound, reason: "GET " + r.ID() + ": 404 SecretNotFound"}
-}
-
-// listSecrets lists a vault as Key Vault does, 25 items a page: the current version's
-// attributes of every secret with a version (a failing secret shows as disabled when it
-// fails with SecretDisabled, and is absent when it fails with SecretNotFound), then the
-// extra secrets that make the vault bigger.
-func (f *fakeSource) listSecrets(ctx context.Context, vault string, maxPages int) (vaultListing, error) {
-	f.mu.Lock()
-	defer f.mu.Unlock()
-	if f.listPages == nil {
-		f.listPages = map[string]int{}
-	}
-	if f.listErr != nil {
-		f.listPages[vault]++
-		return vaultListing{}, f.listErr
-	}
-	if f.listDenied[vault] {
-		f.listPages[vault]++
-		return vaultListing{}, &fetchError{status: StatusAccessToKeyVaultDenied,
-			reason: "GET https://" + vault + "/secrets (list): 403 Forbidden (ForbiddenByRbac)"}
-	}
-	var all []secretProps
-	for _, k := range slices.SortedFunc(maps.Keys(f.secrets), func(a, b fakeKey) int { return strings.Compare(a.name, b.name) }) {
-		s := f.secrets[k]
-		if k.vault != vault || len(s.versions) == 0 || (s.fail != nil && s.fail.status == StatusSecretNotFound) {
-			continue
-		}
-		cur := s.versions[len(s.versions)-1]
-		all = append(all, secretProps{name: k.name, enabled: s.fail == nil || s.fail.status != StatusSecretDisabled,
-			updated: cur.updated, expires: cur.expires, notBefore: cur.notBefore})
-	}
-	for i := range f.extra[vault] {
-		all = append(all, secretProps{name: fmt.Sprintf("zz-extra-%d", i), enabled: true})
-	}
-	pages := max(1, (len(all)+24)/25)
-	if maxPages > 0 && pages > maxPages {
-		f.listPages[vault] += maxPages
-		return vaultListing{props: all[:maxPages*25]}, nil
-	}
-	f.listPages[vault] += pages
-	return vaultListing{props: all, complete: true}, nil
 }
 
 // pages returns the list pages served for the vault.
-func (f *fakeSource) pages(vault string) int {
-	f.mu.Lock()
-	defer f.mu.Unlock()
-	return f.listPages[vaultHost(vault)]
-}
+func (f *fakeSource) pages(vault string) int { return f.Pages(vaultHost(vault)) }
 
 // denyList makes the vault's list answer 403, as for an identity without list permission.
 func (f *fakeSource) denyList(vault string) {
-	f.mu.Lock()
-	defer f.mu.Unlock()
-	if f.listDenied == nil {
-		f.listDenied = map[string]bool{}
-	}
-	f.listDenied[vaultHost(vault)] = true
+	f.FailList(vaultHost(vault), memvault.Fault{Status: 403, Inner: "ForbiddenByRbac"})
 }
 
 // grow adds n unreferenced secrets to the vault, for its size as listed.
-func (f *fakeSource) grow(vault string, n int) {
-	f.mu.Lock()
-	defer f.mu.Unlock()
-	if f.extra == nil {
-		f.extra = map[string]int{}
+func (f *fakeSource) grow(vault string, n int) { f.Grow(vaultHost(vault), n) }
+
+// calls returns every Get, in the order they ended.
+func (f *fakeSource) calls() []fakeCall {
+	var out []fakeCall
+	for _, c := range f.Calls() {
+		out = append(out, fakeCall{ref: Reference{Vault: c.Vault, Name: c.Name, Version: c.Version}, start: c.Start, end: c.End})
 	}
-	f.extra[vaultHost(vault)] += n
+	return out
 }
 
 // callsOf returns the calls that asked for the secret (any version, or the one given),
 // in the order they ended.
 func (f *fakeSource) callsOf(vault, name string, version ...string) []fakeCall {
-	k := keyOf(vault, name)
-	f.mu.Lock()
-	defer f.mu.Unlock()
 	var out []fakeCall
-	for _, c := range f.calls {
-		if c.ref.Vault != k.vault || c.ref.Name != k.name || len(version) > 0 && c.ref.Version != version[0] {
+	for _, c := range f.calls() {
+		if c.ref.Vault != vaultHost(vault) || c.ref.Name != strings.ToLower(name) || len(version) > 0 && c.ref.Version != version[0] {
 			continue
 		}
 		out = append(out, c)
@@ -319,18 +203,12 @@ func (f *fakeSource) count(vault, name string, version ...string) int {
 }
 
 // inFlight returns the number of calls in progress.
-func (f *fakeSource) inFlight() int {
-	f.mu.Lock()
-	defer f.mu.Unlock()
-	return f.busy
-}
+func (f *fakeSource) inFlight() int { return f.InFlight() }
 
 // callCount returns the number of calls per reference (versions kept apart).
 func (f *fakeSource) callCount() map[Reference]int {
-	f.mu.Lock()
-	defer f.mu.Unlock()
 	out := map[Reference]int{}
-	for _, c := range f.calls {
+	for _, c := range f.calls() {
 		out[c.ref]++
 	}
 	return out
@@ -339,7 +217,7 @@ func (f *fakeSource) callCount() map[Reference]int {
 // newFakeProvider returns a Provider for v that fetches from src and watches no file.
 func newFakeProvider(t *testing.T, src *fakeSource, v *viper.Viper, opts ...Option) *Provider {
 	t.Helper()
-	p, err := New(v, append([]Option{withSource(src), WithoutFileWatch()}, opts...)...)
+	p, err := New(v, append([]Option{withSource(src.Vaults), WithoutFileWatch()}, opts...)...)
 	if err != nil {
 		t.Fatal(err)
 	}

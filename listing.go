@@ -2,12 +2,13 @@ package viperkv
 
 import (
 	"context"
-	"errors"
 	"fmt"
 	"maps"
 	"slices"
 	"strings"
 	"time"
+
+	"github.com/viperkv/viperkv/internal/driver"
 )
 
 // ChangeDetection is how Watch finds new versions of versionless references.
@@ -127,26 +128,27 @@ func (p *Provider) detect(ctx context.Context, cur *snapshot, due []Reference, n
 		}
 		if !listed { // not listed by this cycle's import of a vault source
 			lctx, cancel := context.WithTimeout(ctx, p.opts.fetchTimeout)
-			l, err = p.source.listSecrets(lctx, vault, maxPages)
+			l, err = p.reader.List(lctx, vault, maxPages)
 			cancel()
 		}
 		st := p.lists[vault]
 		if err != nil {
-			var fe *fetchError
-			if errors.As(err, &fe) && fe.status == StatusAccessToKeyVaultDenied {
+			switch e := driver.AsError(err); e.Kind {
+			case driver.KindForbidden:
 				if st.denied.IsZero() {
 					p.opts.logger.Warn("viperkv: the identity may not list the vault's secrets; checking each secret by GET instead",
-						"vault", vault, "reason", fe.reason)
+						"vault", vault, "reason", e.Reason)
 				}
 				st.denied = now
-			} else if errors.As(err, &fe) && (fe.status == StatusThrottled || fe.status == StatusFetchTimedOut) {
+			case driver.KindThrottled, driver.KindTimeout:
 				// The vault is throttling: a GET per secret would multiply the load that
 				// throttles it. Check again after the back-off.
-				p.opts.logger.Debug("viperkv: listing the vault was throttled; checking again later", "vault", vault, "reason", fe.reason)
+				p.opts.logger.Debug("viperkv: listing the vault was throttled; checking again later", "vault", vault, "reason", e.Reason)
 				postponed = append(postponed, cands...)
 				continue
-			} else {
-				p.opts.logger.Debug("viperkv: listing the vault failed; checking each secret by GET this cycle", "vault", vault, "err", err.Error())
+			default:
+				// The list could not finish (a failure, or pages that loop): a GET says.
+				p.opts.logger.Debug("viperkv: listing the vault failed; checking each secret by GET this cycle", "vault", vault, "reason", e.Reason)
 			}
 			fetch = append(fetch, cands...)
 			continue
@@ -155,13 +157,13 @@ func (p *Provider) detect(ctx context.Context, cur *snapshot, due []Reference, n
 			p.opts.logger.Info("viperkv: the vault's secrets may be listed again", "vault", vault)
 			st.denied = time.Time{}
 		}
-		st.size, st.listedAt = len(l.props)+l.malformed, now
-		if !l.complete {
+		st.size, st.listedAt = len(l.Props)+l.Malformed, now
+		if !l.Complete {
 			st.size++ // more than were read
 		}
-		byName := make(map[string]secretProps, len(l.props))
-		for _, sp := range l.props {
-			byName[strings.ToLower(sp.name)] = sp
+		byName := make(map[string]driver.Props, len(l.Props))
+		for _, sp := range l.Props {
+			byName[strings.ToLower(sp.Name)] = sp
 		}
 		for _, r := range cands {
 			sp, ok := byName[strings.ToLower(r.Name)]
@@ -179,10 +181,10 @@ func (p *Provider) detect(ctx context.Context, cur *snapshot, due []Reference, n
 
 // unchanged reports whether a list item shows the version the provider last fetched for r,
 // enabled, with the same validity window.
-func (p *Provider) unchanged(r Reference, sp secretProps) bool {
+func (p *Provider) unchanged(r Reference, sp driver.Props) bool {
 	held, ok := p.sched.updated[r]
-	return ok && sp.enabled && sp.updated != nil && sp.updated.Equal(held.updated) &&
-		equalTime(sp.expires, held.expires) && equalTime(sp.notBefore, held.notBefore)
+	return ok && sp.Enabled && sp.Updated != nil && sp.Updated.Equal(held.updated) &&
+		equalTime(sp.Expires, held.expires) && equalTime(sp.NotBefore, held.notBefore)
 }
 
 func equalTime(a, b *time.Time) bool {

@@ -7,6 +7,9 @@ import (
 	"testing"
 	"testing/synctest"
 	"time"
+
+	"github.com/viperkv/viperkv/internal/driver"
+	"github.com/viperkv/viperkv/internal/driver/memvault"
 )
 
 // twentySecrets returns a config referencing s00..s19 of myvault, versionless.
@@ -20,11 +23,7 @@ func twentySecrets(src *fakeSource) string {
 	return b.String()
 }
 
-func totalGets(src *fakeSource) int {
-	src.mu.Lock()
-	defer src.mu.Unlock()
-	return len(src.calls)
-}
+func totalGets(src *fakeSource) int { return len(src.Calls()) }
 
 // By listing, a cycle over 20 secrets of one vault costs one list page, and a rotation
 // costs one GET: found within a cycle, announced once. Load's fetches, made within two
@@ -78,7 +77,7 @@ func TestListFindsAVersionOfTheSameSecond(t *testing.T) {
 			synctest.Test(t, func(t *testing.T) {
 				const interval = 5 * time.Second
 				src := newFakeSource()
-				src.vaultBehind = behind
+				src.SetClockBehind(behind)
 				doc := twentySecrets(src)
 				p := loadFake(t, src, doc, WithRefreshInterval(interval), WithChangeDetection(ChangeDetectionList))
 				v2 := src.set("myvault", "s03", "v03-2") // the same (simulated) second as v1 and Load
@@ -228,9 +227,8 @@ func TestThrottledListIsNotAmplified(t *testing.T) {
 		rec := record(p)
 		startWatch(t, p)
 		afterLoad := totalGets(src)
-		src.mu.Lock()
-		src.listErr = &fetchError{status: StatusThrottled, reason: "GET https://myvault.vault.azure.net/secrets (list): 429 Throttled"}
-		src.mu.Unlock()
+		src.FailList(vaultHost("myvault"), memvault.Fault{Err: &driver.Error{Kind: driver.KindThrottled,
+			Reason: "GET https://myvault.vault.azure.net/secrets (list): 429 Throttled", Transient: true}})
 		time.Sleep(3 * interval)
 		synctest.Wait()
 		if n := totalGets(src) - afterLoad; n != 0 {
@@ -242,9 +240,7 @@ func TestThrottledListIsNotAmplified(t *testing.T) {
 		if evs := rec.all(); len(evs) != 0 {
 			t.Errorf("events while only the check failed: %v", evs)
 		}
-		src.mu.Lock()
-		src.listErr = nil
-		src.mu.Unlock()
+		src.Clear(vaultHost("myvault"), "")
 		v2 := src.set("myvault", "s04", "v04-2")
 		time.Sleep(2 * interval)
 		synctest.Wait()

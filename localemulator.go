@@ -1,22 +1,12 @@
 package viperkv
 
 import (
-	"context"
-	"crypto/tls"
-	"crypto/x509"
-	"encoding/json"
 	"errors"
 	"fmt"
 	"log/slog"
-	"maps"
-	"net"
 	"net/http"
-	"net/netip"
-	"net/url"
-	"os"
-	"path/filepath"
-	"slices"
-	"strings"
+
+	"github.com/viperkv/viperkv/internal/emuinfo"
 )
 
 // WithLocalEmulator makes the provider talk to a running standalone emulator (viperkv
@@ -53,33 +43,11 @@ func WithLocalEmulator(infoPath string) Option {
 	return func(o *options) { o.localEmulator = &localEmulator{path: infoPath} }
 }
 
-// emulatorInfo is the part of the standalone emulator's info file (kvtest.Info) the
-// provider uses.
-type emulatorInfo struct {
-	CAFile           string            `json:"ca_file"`
-	IdentityEndpoint string            `json:"identity_endpoint"`
-	IMDSEndpoint     string            `json:"imds_endpoint"`
-	EntraEndpoint    string            `json:"entra_endpoint"`
-	Vaults           map[string]string `json:"vaults"`      // name (or host) -> https://127.0.0.1:PORT
-	VaultHosts       map[string]string `json:"vault_hosts"` // host -> https://127.0.0.1:PORT
-}
-
 // localEmulator routes a provider's connections to a standalone emulator.
 type localEmulator struct {
-	path   string
-	log    *slog.Logger
-	vaults map[string]string   // lowercase vault host -> 127.0.0.1:PORT
-	imds   string              // 127.0.0.1:PORT
-	entra  string              // 127.0.0.1:PORT, or "" when the info names none
-	direct map[string]struct{} // the emulator's own addresses, reachable as they are
-	dialer net.Dialer
+	path string
+	log  *slog.Logger
 }
-
-// entraHosts are the Entra ID hosts of the three clouds.
-var entraHosts = []string{"login.microsoftonline.com", "login.chinacloudapi.cn", "login.microsoftonline.us"}
-
-// imdsAddr is where azidentity sends IMDS token requests.
-const imdsAddr = "169.254.169.254:80"
 
 // apply reads the info file and sets o up to reach the emulator.
 func (e *localEmulator) apply(o *options) error {
@@ -87,141 +55,26 @@ func (e *localEmulator) apply(o *options) error {
 	if o.transport != nil {
 		return wrap(errors.New("WithTransport cannot be combined with it"))
 	}
-	b, err := os.ReadFile(e.path)
+	in, err := emuinfo.Read(e.path)
 	if err != nil {
 		return wrap(err)
-	}
-	var in emulatorInfo
-	if err := json.Unmarshal(b, &in); err != nil {
-		return wrap(fmt.Errorf("not an emulator info file: %w", err))
 	}
 	// Every address is checked before the CA file is read or anything is dialed.
-	e.vaults, e.direct = map[string]string{}, map[string]struct{}{}
-	addr := func(field, raw, scheme string) (string, error) {
-		a, err := loopbackAddr(raw, scheme)
-		if err != nil {
-			return "", fmt.Errorf("%s %q: %w", field, raw, err)
-		}
-		e.direct[a] = struct{}{}
-		return a, nil
-	}
-	if e.imds, err = addr("imds_endpoint", in.IMDSEndpoint, "http"); err != nil {
-		return wrap(err)
-	}
-	if in.IdentityEndpoint != "" {
-		if _, err := addr("identity_endpoint", in.IdentityEndpoint, "http"); err != nil {
-			return wrap(err)
-		}
-	}
-	if in.EntraEndpoint != "" {
-		if e.entra, err = addr("entra_endpoint", in.EntraEndpoint, "https"); err != nil {
-			return wrap(err)
-		}
-	}
-	for _, field := range []string{"vaults", "vault_hosts"} {
-		m := in.Vaults
-		if field == "vault_hosts" {
-			m = in.VaultHosts
-		}
-		for _, key := range slices.Sorted(maps.Keys(m)) {
-			host := strings.ToLower(key)
-			if !strings.Contains(host, ".") {
-				host += "." + CloudPublic.VaultSuffix()
-			}
-			a, err := addr(field+"."+key, m[key], "https")
-			if err != nil {
-				return wrap(err)
-			}
-			e.vaults[host] = a
-		}
-	}
-	if len(e.vaults) == 0 {
-		return wrap(errors.New("the info file names no vault"))
-	}
-	pool, err := readCA(e.path, in.CAFile)
+	rt, err := in.Router("the emulator of " + e.path)
 	if err != nil {
 		return wrap(err)
 	}
-
-	tr := defaultTransport()
-	tr.Proxy = nil // a proxy from the environment must not see this traffic
-	tr.DialContext = e.dial
-	tr.TLSClientConfig = &tls.Config{RootCAs: pool, MinVersion: tls.VersionTLS12}
-	o.transport = &http.Client{Transport: tr, CheckRedirect: useLastResponse}
+	pool, err := in.CertPool()
+	if err != nil {
+		return wrap(err)
+	}
+	o.transport = &http.Client{Transport: emuinfo.Transport(pool, rt),
+		CheckRedirect: func(*http.Request, []*http.Request) error { return http.ErrUseLastResponse }}
 	e.log = o.logger
 	if e.log.Handler() == slog.DiscardHandler {
 		e.log = slog.Default()
 	}
 	return nil
-}
-
-// loopbackAddr returns the host:port of raw, a URL of the given scheme whose host must be
-// a loopback IP address with a port.
-func loopbackAddr(raw, scheme string) (string, error) {
-	u, err := url.Parse(raw)
-	if err != nil || u.Host == "" {
-		return "", errors.New("not a URL")
-	}
-	if u.Scheme != scheme {
-		return "", fmt.Errorf("want an %s URL", scheme)
-	}
-	ip, err := netip.ParseAddr(u.Hostname())
-	if err != nil || !ip.IsLoopback() {
-		return "", fmt.Errorf("%s is not a loopback address (the emulator listens on 127.0.0.1): refusing it", u.Host)
-	}
-	if u.Port() == "" {
-		return "", errors.New("no port")
-	}
-	return u.Host, nil
-}
-
-// readCA reads the emulator's CA certificate; a relative path is relative to the info file.
-func readCA(infoPath, caFile string) (*x509.CertPool, error) {
-	if caFile == "" {
-		return nil, errors.New("the info file names no ca_file")
-	}
-	if !filepath.IsAbs(caFile) {
-		caFile = filepath.Join(filepath.Dir(infoPath), caFile)
-	}
-	pem, err := os.ReadFile(caFile)
-	if err != nil {
-		return nil, fmt.Errorf("the emulator's CA: %w", err)
-	}
-	pool := x509.NewCertPool()
-	if !pool.AppendCertsFromPEM(pem) {
-		return nil, fmt.Errorf("%s holds no PEM certificate", caFile)
-	}
-	return pool, nil
-}
-
-// dial connects to the emulator's listener for addr, or refuses.
-func (e *localEmulator) dial(ctx context.Context, network, addr string) (net.Conn, error) {
-	host, port, err := net.SplitHostPort(addr)
-	if err != nil {
-		return nil, err
-	}
-	h := strings.ToLower(strings.TrimSuffix(host, "."))
-	target := ""
-	switch {
-	case h+":"+port == imdsAddr:
-		target = e.imds
-	case port == "443" && slices.Contains(entraHosts, h):
-		target = e.entra
-	case port == "443" && e.vaults[h] != "":
-		target = e.vaults[h]
-	case port == "443" && isVaultHost(h):
-		// What a resolver says of a vault that does not exist.
-		return nil, &net.OpError{Op: "dial", Net: network, Err: &net.DNSError{Err: "no such host", Name: host, IsNotFound: true}}
-	}
-	if _, ok := e.direct[addr]; ok && target == "" {
-		target = addr
-	}
-	if target == "" {
-		return nil, &net.OpError{Op: "dial", Net: network, Err: fmt.Errorf(
-			"viperkv: local emulator: refusing to connect to %s: not an address of the emulator of %s "+
-				"(is IDENTITY_ENDPOINT or MSI_ENDPOINT set for another endpoint?)", addr, e.path)}
-	}
-	return e.dialer.DialContext(ctx, network, target)
 }
 
 // warn says, on every Load, that the provider is not talking to Azure. e may be nil.
@@ -230,13 +83,4 @@ func (e *localEmulator) warn() {
 		e.log.Warn("viperkv: NOT TALKING TO AZURE: secrets come from the local emulator (WithLocalEmulator); never use this in production",
 			"info", e.path)
 	}
-}
-
-func isVaultHost(h string) bool {
-	for _, c := range []Cloud{CloudPublic, CloudChina, CloudUSGovernment} {
-		if strings.HasSuffix(h, "."+c.VaultSuffix()) {
-			return true
-		}
-	}
-	return false
 }

@@ -11,6 +11,8 @@ import (
 	"sync"
 	"time"
 
+	"github.com/viperkv/viperkv/internal/kvname"
+
 	"go.opentelemetry.io/otel/attribute"
 )
 
@@ -165,7 +167,7 @@ const minEarlyImport = 10 * time.Second
 // a forged or stale notice costs that request and nothing more. A secret that is new
 // brings the sources' next list forward, to at most one every minEarlyImport.
 func (p *Provider) newToSource(ctx context.Context, c SecretChange, key pushKey, ignore func(string) error) error {
-	if secretNameProblem(c.Name) != "" {
+	if kvname.SecretNameProblem(c.Name) != "" {
 		return ignore("not a secret name")
 	}
 	if !p.sourceTakes(c.Vault, c.Name, nil) {
@@ -182,7 +184,7 @@ func (p *Provider) newToSource(ctx context.Context, c SecretChange, key pushKey,
 		return err
 	}
 	fctx, cancel := context.WithTimeout(ctx, p.opts.fetchTimeout)
-	sv, err := p.source.getSecret(fctx, Reference{Vault: c.Vault, Name: c.Name})
+	sv, err := p.reader.Get(fctx, c.Vault, c.Name, "")
 	cancel()
 	if ctx.Err() != nil {
 		return ctx.Err()
@@ -191,7 +193,7 @@ func (p *Provider) newToSource(ctx context.Context, c SecretChange, key pushKey,
 	if err != nil {
 		return ignore("the secret could not be fetched: " + err.Error())
 	}
-	if !p.sourceTakes(c.Vault, c.Name, sv.tags) {
+	if !p.sourceTakes(c.Vault, c.Name, sv.Tags) {
 		return ignore("no vault source takes the secret (tags)")
 	}
 	p.updateMu.Lock()

@@ -209,7 +209,7 @@ func TestNotifyEdges(t *testing.T) {
 		if err := p.Load(ctx); err != nil {
 			t.Fatal(err)
 		}
-		before := len(src.calls)
+		before := len(src.Calls())
 		for _, c := range []SecretChange{
 			newVersion("othervault", "conn", "abc"),
 			newVersion("myvault", "unreferenced", "abc"),
@@ -218,8 +218,8 @@ func TestNotifyEdges(t *testing.T) {
 				t.Errorf("Notify(%+v) = %v, want nil (ignored)", c, err)
 			}
 		}
-		if len(src.calls) != before {
-			t.Errorf("changes to unreferenced secrets made %d GETs", len(src.calls)-before)
+		if len(src.Calls()) != before {
+			t.Errorf("changes to unreferenced secrets made %d GETs", len(src.Calls())-before)
 		}
 		for c, want := range map[SecretChange]string{
 			{Type: ChangeNewVersion, Name: "conn", Version: "a"}:                            "no Vault",

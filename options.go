@@ -9,6 +9,8 @@ import (
 	"github.com/Azure/azure-sdk-for-go/sdk/azidentity"
 	"go.opentelemetry.io/otel/metric"
 	"go.opentelemetry.io/otel/trace"
+
+	"github.com/viperkv/viperkv/internal/driver"
 )
 
 // Defaults for the options.
@@ -53,7 +55,7 @@ type options struct {
 	meterProvider      metric.MeterProvider
 	tracerProvider     trace.TracerProvider
 
-	source secretSource // replaces Key Vault in the logic tests; never set by users
+	source driver.Source // replaces Key Vault in the logic tests; never set by users
 
 	localEmulator *localEmulator // WithLocalEmulator; New applies it
 }
@@ -63,7 +65,7 @@ func (o options) parseConfig() parseConfig { return newParseConfig(o.cloud, o.al
 
 // withSource makes the provider fetch from src instead of Key Vault: the seam the logic
 // tests use to run merge, schedule and expiry under simulated time.
-func withSource(src secretSource) Option {
+func withSource(src driver.Source) Option {
 	return func(o *options) { o.source = src }
 }
 

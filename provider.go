@@ -12,8 +12,10 @@ import (
 
 	"github.com/Azure/azure-sdk-for-go/sdk/azcore"
 	"github.com/Azure/azure-sdk-for-go/sdk/azcore/policy"
-	"github.com/Azure/azure-sdk-for-go/sdk/azidentity"
 	"github.com/spf13/viper"
+
+	"github.com/viperkv/viperkv/internal/driver"
+	"github.com/viperkv/viperkv/internal/driver/azvault"
 )
 
 // Mask replaces secret values in MaskedSettings.
@@ -27,12 +29,13 @@ const Mask = "******"
 // and several Providers may share one Viper. The app reads the resolved configuration
 // through Viper, Get and GetString.
 type Provider struct {
-	src    *viper.Viper
-	opts   options
-	parse  parseConfig
-	source secretSource
-	cred   azcore.TokenCredential // the shared credential behind source, for the remote provider
-	notify notifier
+	src       *viper.Viper
+	opts      options
+	parse     parseConfig
+	reader    *driver.Reader         // every request to a vault goes through it
+	cred      azcore.TokenCredential // the shared credential behind reader, for the remote provider
+	transport policy.Transporter     // what reader sends through, refusing redirects
+	notify    notifier
 
 	// updateMu serialises everything that publishes a configuration: Load, Refresh, poll
 	// cycles and file reloads. It guards the fields below it. Readers never take it.
@@ -46,7 +49,7 @@ type Provider struct {
 	sourceStats atomic.Pointer[[]VaultSourceStatus] // what each vault source found at its last list
 	// cycleLists holds the lists made by this update's import, so change detection does not
 	// list the same vault twice in one cycle.
-	cycleLists map[string]vaultListing
+	cycleLists map[string]driver.Listing
 
 	push   pushState // what Notify remembers; its own lock, so a delivery never waits on a Load to be judged
 	tel    *telemetry
@@ -114,31 +117,19 @@ func New(v *viper.Viper, opts ...Option) (*Provider, error) {
 		notify:     notifier{log: o.logger},
 		sched:      newSchedule(o),
 		lists:      map[string]*vaultList{},
-		cycleLists: map[string]vaultListing{},
+		cycleLists: map[string]driver.Listing{},
 		wake:       make(chan struct{}, 1),
 	}
-	switch {
-	case o.source != nil: // logic tests
-		p.source = o.source
-	default:
-		tr := noRedirects(o.transport) // one connection pool for the identity endpoint and the vaults
-		cred := o.cred
-		if cred == nil {
-			mi, err := azidentity.NewManagedIdentityCredential(&azidentity.ManagedIdentityCredentialOptions{
-				// Short retries: a starting identity endpoint is ridden out by Load's own
-				// retries up to its deadline, not by one token request waiting ~9 s.
-				ClientOptions: azcore.ClientOptions{Transport: tr,
-					Retry: policy.RetryOptions{MaxRetries: 2, RetryDelay: 200 * time.Millisecond, MaxRetryDelay: time.Second}},
-				ID: o.identity,
-			})
-			if err != nil {
-				return nil, fmt.Errorf("viperkv: New: managed identity: %w", err)
-			}
-			cred = mi
+	src := o.source // the logic tests' in-memory vaults
+	if src == nil {
+		az, err := azvault.New(azvault.Config{Credential: o.cred, Identity: o.identity, Transport: o.transport,
+			Tracing: tel.sdk, OnRequest: tel.countRequest, Log: o.logger})
+		if err != nil {
+			return nil, fmt.Errorf("viperkv: New: managed identity: %w", err)
 		}
-		kv := newKeyVault(cred, tr, o.maxInflight, o.logger, tel)
-		p.source, p.cred = kv, kv.cred
+		src, p.cred, p.transport = az, az.Credential(), az.Transport()
 	}
+	p.reader = driver.NewReader(src, o.maxInflight, o.logger)
 	if err := p.observeGauges(); err != nil {
 		return nil, fmt.Errorf("viperkv: New: telemetry: %w", err)
 	}
@@ -239,7 +230,7 @@ func (p *Provider) scanOf(v *viper.Viper) (map[string]any, *scan, error) {
 func (p *Provider) update(ctx context.Context, src Source, tree map[string]any, sc *scan, refs []Reference) (*snapshot, error) {
 	prev := p.cur.Load()
 	fctx, cancel := context.WithTimeout(ctx, p.opts.fetchTimeout)
-	fetched := fetchSecrets(fctx, p.source, refs, p.retryFor(src, sc))
+	fetched := fetchSecrets(fctx, p.reader, refs, p.retryFor(src, sc))
 	cancel()
 	err := ctx.Err()
 	if err != nil && prev != nil {

@@ -5,7 +5,8 @@ import (
 	"net/netip"
 	"strconv"
 	"strings"
-	"unicode/utf8"
+
+	"github.com/viperkv/viperkv/internal/kvname"
 )
 
 // Grammar:
@@ -38,12 +39,6 @@ const (
 	// The prefixes after their '@', lowercase for ASCII case folding.
 	prefixShort = "keyvault("
 	prefixLong  = "microsoft.keyvault("
-
-	maxSecretName = 127
-	versionLen    = 32
-	// maxQuote bounds how much of any piece of the config value an error quotes, so an
-	// error can never carry a long value (or the whole of one) into logs.
-	maxQuote = 64
 )
 
 // Reference is one parsed Key Vault secret reference. Its fields are canonical: the URL the
@@ -384,7 +379,7 @@ func parseParams(body string, pc parseConfig) (Reference, Status, string) {
 		}
 		name, v, ok := strings.Cut(seg, "=")
 		if !ok {
-			return bad(fmt.Sprintf("parameter %s has no '=' (want Name=value)", quote(seg)))
+			return bad(fmt.Sprintf("parameter %s has no '=' (want Name=value)", kvname.Quote(seg)))
 		}
 		name, v = trimBlank(name), trimBlank(v)
 		idx := -1
@@ -398,7 +393,7 @@ func parseParams(body string, pc parseConfig) (Reference, Status, string) {
 		case name == "":
 			return bad("parameter name missing before '='")
 		case idx < 0:
-			return bad(fmt.Sprintf("unknown parameter %s (want SecretUri, VaultName, SecretName, SecretVersion)", quote(name)))
+			return bad(fmt.Sprintf("unknown parameter %s (want SecretUri, VaultName, SecretName, SecretVersion)", kvname.Quote(name)))
 		case seen&paramNames[idx].bit != 0:
 			return bad("duplicate parameter " + paramNames[idx].name)
 		case v == "":
@@ -426,25 +421,25 @@ func parseParams(body string, pc parseConfig) (Reference, Status, string) {
 	case seen&paramSecretName == 0:
 		return bad("missing SecretName")
 	}
-	if r := vaultNameProblem(val[1]); r != "" {
+	if r := kvname.VaultNameProblem(val[1]); r != "" {
 		if strings.IndexByte(val[1], '.') >= 0 {
 			r += "; VaultName takes the bare name such as \"myvault\", a full URL goes in SecretUri"
 		}
 		return bad(r)
 	}
-	if r := secretNameProblem(val[2]); r != "" {
+	if r := kvname.SecretNameProblem(val[2]); r != "" {
 		return bad(r)
 	}
 	version := val[3]
 	if version != "" {
-		if r := versionProblem(version); r != "" {
+		if r := kvname.VersionProblem(version); r != "" {
 			return bad(r)
 		}
 	}
 	c := pc.cloudOrDefault()
 	suffix := c.VaultSuffix()
 	if suffix == "" {
-		return refused(fmt.Sprintf("cloud %s has no known Key Vault suffix", quote(string(c))))
+		return refused(fmt.Sprintf("cloud %s has no known Key Vault suffix", kvname.Quote(string(c))))
 	}
 	return Reference{Vault: lowerASCII(val[1]) + "." + suffix, Name: val[2], Version: lowerASCII(version)}, "", ""
 }
@@ -476,7 +471,7 @@ func parseSecretURI(u string, pc parseConfig) (Reference, Status, string) {
 			nonEmpty(pc.cloudOrDefault().VaultSuffix(), CloudPublic.VaultSuffix()) + "/secrets/<name>)")
 	}
 	if scheme := u[:k]; !equalFold(scheme, "https") {
-		return refused(fmt.Sprintf("SecretUri scheme %s is refused: tokens are sent over https only", quote(scheme)))
+		return refused(fmt.Sprintf("SecretUri scheme %s is refused: tokens are sent over https only", kvname.Quote(scheme)))
 	}
 	rest := u[k+3:]
 	// '\' ends the authority as it does for browsers, so "evil.test\@vault..." is judged
@@ -509,13 +504,13 @@ func parseSecretURI(u string, pc parseConfig) (Reference, Status, string) {
 	case port == "":
 	case port == ":":
 		return bad("SecretUri has an empty port after ':'")
-	case port[0] != ':' || !allDigits(port[1:]):
-		return bad(fmt.Sprintf("SecretUri port %s is not a number", quote(strings.TrimPrefix(port, ":"))))
+	case port[0] != ':' || !kvname.AllDigits(port[1:]):
+		return bad(fmt.Sprintf("SecretUri port %s is not a number", kvname.Quote(strings.TrimPrefix(port, ":"))))
 	case port == ":443":
 	case pc.allowedHosts[host+port]:
 		vault = host + port
 	default:
-		return refused(fmt.Sprintf("port %s is refused (Key Vault listens on 443)", quote(port[1:])))
+		return refused(fmt.Sprintf("port %s is refused (Key Vault listens on 443)", kvname.Quote(port[1:])))
 	}
 	if vault == host && !pc.allowedHosts[host] {
 		if r := vaultHostProblem(host, pc.cloudOrDefault()); r != "" {
@@ -569,11 +564,11 @@ func parseSecretPath(p string) (name, version, reason string) {
 	if n < 2 {
 		return "", "", "SecretUri has no secret name (want /secrets/<name>)"
 	}
-	if r := secretNameProblem(seg[1]); r != "" {
+	if r := kvname.SecretNameProblem(seg[1]); r != "" {
 		return "", "", r
 	}
 	if n == 3 {
-		if r := versionProblem(seg[2]); r != "" {
+		if r := kvname.VersionProblem(seg[2]); r != "" {
 			return "", "", r
 		}
 	}
@@ -584,17 +579,17 @@ func parseSecretPath(p string) (name, version, reason string) {
 func vaultHostProblem(host string, c Cloud) string {
 	suffix := c.VaultSuffix()
 	if suffix == "" {
-		return fmt.Sprintf("cloud %s has no known Key Vault suffix, and host %s is not allowed explicitly", quote(string(c)), quote(host))
+		return fmt.Sprintf("cloud %s has no known Key Vault suffix, and host %s is not allowed explicitly", kvname.Quote(string(c)), kvname.Quote(host))
 	}
 	notVault := func(what string) string {
-		return fmt.Sprintf("host %s %sis not a Key Vault host of cloud %s (*.%s)", quote(host), what, c, suffix)
+		return fmt.Sprintf("host %s %sis not a Key Vault host of cloud %s (*.%s)", kvname.Quote(host), what, c, suffix)
 	}
 	if isIPLike(host) {
 		return notVault("is an IP address: it ")
 	}
 	for i := 0; i < len(host); i++ {
 		if ch := host[i]; !(ch >= 'a' && ch <= 'z' || ch >= '0' && ch <= '9' || ch == '.' || ch == '-') {
-			return notVault("has " + describeByte(host, i) + ": it ")
+			return notVault("has " + kvname.DescribeByte(host, i) + ": it ")
 		}
 	}
 	if strings.HasSuffix(host, ".") {
@@ -610,8 +605,8 @@ func vaultHostProblem(host string, c Cloud) string {
 		}
 		return r
 	}
-	if r := vaultNameProblem(label[:len(label)-1]); r != "" {
-		return fmt.Sprintf("host %s is not a valid vault host: %s", quote(host), r)
+	if r := kvname.VaultNameProblem(label[:len(label)-1]); r != "" {
+		return fmt.Sprintf("host %s is not a valid vault host: %s", kvname.Quote(host), r)
 	}
 	return ""
 }
@@ -632,122 +627,30 @@ func isIPLike(host string) bool {
 	if i := strings.LastIndexByte(last, '.'); i >= 0 {
 		last = last[i+1:]
 	}
-	if allDigits(last) {
+	if kvname.AllDigits(last) {
 		return true
 	}
 	if len(last) >= 2 && last[0] == '0' && (last[1] == 'x' || last[1] == 'X') {
-		return isHex(last[2:])
+		return kvname.IsHex(last[2:])
 	}
 	return false
 }
 
-// vaultNameProblem applies Azure's vault naming rules: 3-24 of [0-9A-Za-z-], starting with
-// a letter, ending with a letter or digit, no "--".
-func vaultNameProblem(v string) string {
-	for i := 0; i < len(v); i++ {
-		if !isNameByte(v[i]) {
-			return fmt.Sprintf("vault name %s has %s (allowed: letters, digits, '-')", quote(v), describeByte(v, i))
-		}
-	}
-	switch {
-	case len(v) < 3 || len(v) > 24:
-		return fmt.Sprintf("vault name %s is %d characters (want 3-24)", quote(v), len(v))
-	case !isLetter(v[0]):
-		return fmt.Sprintf("vault name %s must start with a letter", quote(v))
-	case v[len(v)-1] == '-':
-		return fmt.Sprintf("vault name %s must end with a letter or digit", quote(v))
-	case strings.Contains(v, "--"):
-		return fmt.Sprintf("vault name %s has \"--\" (consecutive hyphens are not allowed)", quote(v))
-	}
-	return ""
-}
-
-// secretNameProblem applies Key Vault's secret naming rules: 1-127 of [0-9A-Za-z-].
-func secretNameProblem(n string) string {
-	if n == "" {
-		return "missing secret name"
-	}
-	for i := 0; i < len(n); i++ {
-		if !isNameByte(n[i]) {
-			return fmt.Sprintf("secret name %s has %s (allowed: letters, digits, '-')", quote(n), describeByte(n, i))
-		}
-	}
-	if len(n) > maxSecretName {
-		return fmt.Sprintf("secret name %s is %d characters (max %d)", quote(n), len(n), maxSecretName)
-	}
-	return ""
-}
-
-// versionProblem checks a secret version: 32 hex digits, as Key Vault issues them.
-func versionProblem(v string) string {
-	for i := 0; i < len(v); i++ {
-		if !isHex(v[i : i+1]) {
-			return fmt.Sprintf("secret version %s has %s (want 32 hex digits)", quote(v), describeByte(v, i))
-		}
-	}
-	if len(v) != versionLen {
-		return fmt.Sprintf("secret version %s is %d characters (want 32 hex digits)", quote(v), len(v))
-	}
-	return ""
-}
-
-func isLetter(c byte) bool   { return c >= 'a' && c <= 'z' || c >= 'A' && c <= 'Z' }
-func isNameByte(c byte) bool { return isLetter(c) || c >= '0' && c <= '9' || c == '-' }
-
 func isScheme(s string) bool {
-	if s == "" || !isLetter(s[0]) || len(s) > 32 {
+	if s == "" || !kvname.IsLetter(s[0]) || len(s) > 32 {
 		return false
 	}
 	for i := 1; i < len(s); i++ {
-		if c := s[i]; !isLetter(c) && !(c >= '0' && c <= '9') && c != '+' && c != '-' && c != '.' {
+		if c := s[i]; !kvname.IsLetter(c) && !(c >= '0' && c <= '9') && c != '+' && c != '-' && c != '.' {
 			return false
 		}
 	}
 	return true
 }
 
-func allDigits(s string) bool {
-	for i := 0; i < len(s); i++ {
-		if s[i] < '0' || s[i] > '9' {
-			return false
-		}
-	}
-	return s != ""
-}
-
-func isHex(s string) bool {
-	for i := 0; i < len(s); i++ {
-		if c := s[i]; !(c >= '0' && c <= '9' || c >= 'a' && c <= 'f' || c >= 'A' && c <= 'F') {
-			return false
-		}
-	}
-	return s != ""
-}
-
-// describeByte names the character at s[i] for an error: '_', ' ', 'é', or byte 0xff.
-func describeByte(s string, i int) string {
-	r, size := utf8.DecodeRuneInString(s[i:])
-	if r == utf8.RuneError && size <= 1 {
-		return fmt.Sprintf("byte 0x%02x", s[i])
-	}
-	return strconv.QuoteRune(r)
-}
-
-// quote quotes a piece of config text for an error, cut to maxQuote bytes.
-func quote(s string) string {
-	if len(s) <= maxQuote {
-		return strconv.Quote(s)
-	}
-	n := maxQuote
-	for n > 0 && !utf8.RuneStart(s[n]) {
-		n--
-	}
-	return strconv.Quote(s[:n]) + "..."
-}
-
 // quoteBare is quote without the quotation marks, for text inside a path.
 func quoteBare(s string) string {
-	q := quote(s)
+	q := kvname.Quote(s)
 	if strings.HasSuffix(q, "...") {
 		return q[1:len(q)-4] + "..."
 	}

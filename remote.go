@@ -11,6 +11,8 @@ import (
 	"sync"
 	"time"
 
+	"github.com/viperkv/viperkv/internal/kvname"
+
 	"github.com/spf13/viper"
 )
 
@@ -242,7 +244,7 @@ func (f *remoteFactory) read(ctx context.Context, rp viper.RemoteProvider) (remo
 	if err != nil {
 		return remoteDoc{}, err
 	}
-	s := fetchSecret(ctx, f.base.source, ref)
+	s, _ := fetchOnce(ctx, f.base.reader, ref)
 	if s.status != StatusResolved || !s.has {
 		return remoteDoc{}, fmt.Errorf("viperkv: remote config %s: %s: %s", ref.ID(), s.status, s.reason)
 	}
@@ -264,7 +266,7 @@ func (f *remoteFactory) read(ctx context.Context, rp viper.RemoteProvider) (remo
 	if err != nil {
 		return remoteDoc{}, err
 	}
-	p.source = f.base.source // one set of vault clients, limiters and token flights for every read
+	p.reader = f.base.reader // one set of vault clients, limiters and token flights for every read
 	if err := p.Load(ctx); err != nil {
 		return remoteDoc{}, fmt.Errorf("viperkv: remote config %s (version %s): %w", ref.ID(), s.version, err)
 	}
@@ -294,7 +296,7 @@ func (f *remoteFactory) reference(rp viper.RemoteProvider) (Reference, error) {
 	ref, st, reason := parseSecretURI(endpoint+"/secrets/"+path, f.base.parse)
 	if reason != "" {
 		return Reference{}, fmt.Errorf("viperkv: remote provider %s, endpoint %s, path %s: %s: %s",
-			RemoteProviderName, quote(rp.Endpoint()), quote(rp.Path()), st, reason)
+			RemoteProviderName, kvname.Quote(rp.Endpoint()), kvname.Quote(rp.Path()), st, reason)
 	}
 	return ref, nil
 }
@@ -327,5 +329,5 @@ func remoteKey(rp viper.RemoteProvider) string { return rp.Endpoint() + "\x00" +
 
 func errNoRemoteFactory(rp viper.RemoteProvider) error {
 	return fmt.Errorf("viperkv: no remote config factory for provider %s: import _ \"github.com/spf13/viper/remote\" "+
-		"(its init registers it) before calling RegisterRemoteProvider", quote(rp.Provider()))
+		"(its init registers it) before calling RegisterRemoteProvider", kvname.Quote(rp.Provider()))
 }

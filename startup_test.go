@@ -2,23 +2,13 @@ package viperkv
 
 import (
 	"context"
-	"crypto/x509"
 	"errors"
 	"fmt"
-	"io"
 	"log/slog"
-	"net"
-	"net/http"
-	"net/url"
-	"os"
 	"strings"
-	"syscall"
 	"testing"
 	"testing/synctest"
 	"time"
-
-	"github.com/Azure/azure-sdk-for-go/sdk/azcore"
-	"github.com/Azure/azure-sdk-for-go/sdk/azidentity"
 )
 
 // Start-up resilience: Load and Refresh retry transient failures with back-off until the
@@ -72,7 +62,6 @@ func TestLoadRetriesTransientFailures(t *testing.T) {
 	}{
 		{"vault 503", StatusOtherReasons, "GET https://myvault.vault.azure.net/secrets/s: 503 ServiceUnavailable"},
 		{"connection reset", StatusOtherReasons, "GET https://myvault.vault.azure.net/secrets/s: read: connection reset by peer"},
-		{"429 beyond the limiter", StatusThrottled, "GET https://myvault.vault.azure.net/secrets/s: 429 Throttled"},
 		{"identity endpoint refuses", StatusMSINotEnabled, "no managed identity endpoint is available: connection refused"},
 		{"identity endpoint 503", StatusOtherReasons, "identity endpoint answered 503"},
 		{"token request timed out", StatusFetchTimedOut, "identity endpoint did not answer in time"},
@@ -436,86 +425,4 @@ func TestPollAndNotifyDoNotRetryInCycle(t *testing.T) {
 			t.Errorf("db.conn = %q, want the last good value", p.GetString("db.conn"))
 		}
 	})
-}
-
-// classifyError and classifyCredentialError decide transience from the error's structure.
-func TestClassifyTransience(t *testing.T) {
-	r := Reference{Vault: "myvault.vault.azure.net", Name: "s"}
-	pinned := Reference{Vault: "myvault.vault.azure.net", Name: "s", Version: "0123456789abcdef0123456789abcdef"}
-	resp := func(code int, body string) *http.Response {
-		req, _ := http.NewRequest(http.MethodGet, "https://myvault.vault.azure.net/secrets/s", nil)
-		return &http.Response{StatusCode: code, Header: http.Header{}, Body: io.NopCloser(strings.NewReader(body)), Request: req}
-	}
-	vault := func(code int, inner string) error {
-		body := fmt.Sprintf(`{"error":{"code":"Code","innererror":{"code":%q}}}`, inner)
-		return &azcore.ResponseError{StatusCode: code, RawResponse: resp(code, body)}
-	}
-	dial := func(errno syscall.Errno) error {
-		return &url.Error{Op: "Get", URL: "https://myvault.vault.azure.net/secrets/s",
-			Err: &net.OpError{Op: "dial", Net: "tcp", Err: os.NewSyscallError("connect", errno)}}
-	}
-	managed := func(err error) error { return &credentialError{err: err, managed: true} }
-	other := func(err error) error { return &credentialError{err: err} }
-	answered := func(code int) error { return &azidentity.AuthenticationFailedError{RawResponse: resp(code, "{}")} }
-	noAnswer := &azidentity.AuthenticationFailedError{} // azidentity's error for a connection refused or reset
-
-	for _, tc := range []struct {
-		name      string
-		ref       Reference
-		err       error
-		status    Status
-		transient bool
-	}{
-		{"vault 500", r, vault(500, ""), StatusOtherReasons, true},
-		{"vault 502", r, vault(502, ""), StatusOtherReasons, true},
-		{"vault 503", r, vault(503, ""), StatusOtherReasons, true},
-		{"vault 504", r, vault(504, ""), StatusOtherReasons, true},
-		{"vault 408", r, vault(408, ""), StatusOtherReasons, true},
-		{"vault 429 beyond the limiter", r, vault(429, ""), StatusThrottled, true},
-		{"throttle wait cut short", r, fmt.Errorf("%w: %w", errThrottleWait, context.DeadlineExceeded), StatusThrottled, true},
-		{"connection refused", r, dial(syscall.ECONNREFUSED), StatusOtherReasons, true},
-		{"connection reset", r, dial(syscall.ECONNRESET), StatusOtherReasons, true},
-		{"bare connection reset", r, syscall.ECONNRESET, StatusOtherReasons, true},
-		{"stream cut (HTTP/2 reset)", r, &url.Error{Op: "Get", URL: "https://x", Err: io.ErrUnexpectedEOF}, StatusOtherReasons, true},
-		{"dial timeout", r, &url.Error{Op: "Get", URL: "https://x", Err: &net.OpError{Op: "dial", Err: os.ErrDeadlineExceeded}}, StatusOtherReasons, true},
-		{"DNS server not answering", r, &url.Error{Op: "Get", URL: "https://x", Err: &net.DNSError{Err: "i/o timeout", IsTimeout: true}}, StatusOtherReasons, true},
-		{"a deadline of its own", r, context.DeadlineExceeded, StatusFetchTimedOut, true},
-
-		{"vault 403", r, vault(403, "ForbiddenByRbac"), StatusAccessToKeyVaultDenied, false},
-		{"secret disabled", r, vault(403, "SecretDisabled"), StatusSecretDisabled, false},
-		{"vault 401", r, vault(401, ""), StatusUnauthorizedClient, false},
-		{"secret not found", r, vault(404, ""), StatusSecretNotFound, false},
-		{"version not found", pinned, vault(404, ""), StatusSecretVersionNotFound, false},
-		{"vault 400", r, vault(400, ""), StatusOtherReasons, false},
-		{"vault host does not resolve", r, &url.Error{Op: "Get", URL: "https://x", Err: &net.OpError{Op: "dial", Err: &net.DNSError{Err: "no such host", IsNotFound: true}}}, StatusVaultNotFound, false},
-		{"untrusted certificate", r, &url.Error{Op: "Get", URL: "https://x", Err: x509.UnknownAuthorityError{}}, StatusOtherReasons, false},
-		{"redirect refused", r, &refusedError{msg: "refused a redirect"}, StatusOtherReasons, false},
-		{"canceled", r, context.Canceled, StatusFetchTimedOut, false},
-		{"unknown error", r, errors.New("boom"), StatusOtherReasons, false},
-
-		{"identity endpoint refuses or resets", r, managed(noAnswer), StatusMSINotEnabled, true},
-		{"identity endpoint 500", r, managed(answered(500)), StatusOtherReasons, true},
-		{"identity endpoint 503", r, managed(answered(503)), StatusOtherReasons, true},
-		{"identity endpoint 429", r, managed(answered(429)), StatusOtherReasons, true},
-		{"token request timed out", r, &credentialError{err: noAnswer, managed: true, timedOut: true}, StatusFetchTimedOut, true},
-		{"identity not assigned (400)", r, managed(answered(400)), StatusMSINotEnabled, false},
-		{"identity not found (404)", r, managed(answered(404)), StatusMSINotEnabled, false},
-		{"identity endpoint 403", r, managed(answered(403)), StatusUnauthorizedClient, false},
-		{"system identity off", r, managed(errors.New("ManagedIdentityCredential: failed to authenticate a system assigned identity")), StatusMSINotEnabled, false},
-		{"identity endpoint redirect", r, managed(answered(302)), StatusOtherReasons, false},
-
-		{"Entra ID 503", r, other(answered(503)), StatusOtherReasons, true},
-		{"Entra ID unreachable, chain kept", r, other(fmt.Errorf("custom credential: %w", dial(syscall.ECONNREFUSED))), StatusOtherReasons, true},
-		{"credential timed out", r, &credentialError{err: errors.New("x"), timedOut: true}, StatusFetchTimedOut, true},
-		{"Entra ID refuses (401)", r, other(answered(401)), StatusUnauthorizedClient, false},
-		{"Entra ID refuses (400)", r, other(answered(400)), StatusUnauthorizedClient, false},
-		{"az login missing", r, other(errors.New("AzureCLICredential: executable not found on path")), StatusOtherReasons, false},
-	} {
-		t.Run(tc.name, func(t *testing.T) {
-			fe := classifyError(tc.ref, tc.err)
-			if fe.status != tc.status || fe.transient != tc.transient || fe.reason == "" {
-				t.Errorf("classifyError = %s, transient %v (%q); want %s, transient %v", fe.status, fe.transient, fe.reason, tc.status, tc.transient)
-			}
-		})
-	}
 }

@@ -4,10 +4,8 @@ import (
 	"context"
 	"fmt"
 	"net/http"
-	"strings"
 	"time"
 
-	"github.com/Azure/azure-sdk-for-go/sdk/azcore/policy"
 	"github.com/Azure/azure-sdk-for-go/sdk/azcore/tracing"
 	"github.com/Azure/azure-sdk-for-go/sdk/tracing/azotel"
 	"go.opentelemetry.io/otel/attribute"
@@ -130,49 +128,23 @@ func (p *Provider) observeGauges() error {
 				o.ObserveInt64(refs, n, metric.WithAttributes(attrStatus.String(string(s))))
 			}
 		}
-		if kv, ok := p.source.(*keyVault); ok {
-			for vault, w := range kv.windows() {
-				o.ObserveInt64(window, int64(w), metric.WithAttributes(attrVault.String(vault)))
-			}
+		for vault, w := range p.reader.Windows() {
+			o.ObserveInt64(window, int64(w), metric.WithAttributes(attrVault.String(vault)))
 		}
 		return nil
 	}, staleness, refs, window)
 	return err
 }
 
-// windows returns each vault's limiter window.
-func (f *keyVault) windows() map[string]int {
-	f.mu.Lock()
-	defer f.mu.Unlock()
-	out := make(map[string]int, len(f.vaults))
-	for host, vc := range f.vaults {
-		vc.lim.mu.Lock()
-		out[host] = vc.lim.limit
-		vc.lim.mu.Unlock()
-	}
-	return out
-}
-
-// requestMetrics is the per-retry policy that counts each request to a vault.
-type requestMetrics struct {
-	host     string
-	requests metric.Int64Counter
-}
-
-// Do implements policy.Policy.
-func (m requestMetrics) Do(req *policy.Request) (*http.Response, error) {
-	resp, err := req.Next()
+// countRequest counts one request to a vault: its operation, its status code (0: no
+// answer) and whether the vault throttled it.
+func (t *telemetry) countRequest(ctx context.Context, vault, op string, status int) {
 	class := "error"
-	if resp != nil {
-		class = fmt.Sprintf("%dxx", resp.StatusCode/100)
+	if status != 0 {
+		class = fmt.Sprintf("%dxx", status/100)
 	}
-	op := "get"
-	if p := strings.TrimSuffix(req.Raw().URL.Path, "/"); p == "/secrets" {
-		op = "list"
-	}
-	m.requests.Add(req.Raw().Context(), 1, metric.WithAttributes(attrVault.String(m.host), attrOperation.String(op),
-		attrStatusClass.String(class), attrThrottled.Bool(resp != nil && resp.StatusCode == http.StatusTooManyRequests)))
-	return resp, err
+	t.requests.Add(ctx, 1, metric.WithAttributes(attrVault.String(vault), attrOperation.String(op),
+		attrStatusClass.String(class), attrThrottled.Bool(status == http.StatusTooManyRequests)))
 }
 
 // span starts a span for one of the provider's operations.

@@ -11,6 +11,8 @@ import (
 	"time"
 
 	"github.com/spf13/viper"
+
+	"github.com/viperkv/viperkv/internal/driver"
 )
 
 // VaultSourceOption configures WithVaultSource.
@@ -173,7 +175,7 @@ func (p *Provider) importVaults(ctx context.Context, prev vaultImports, now time
 	var errs []error
 	// The vaults are listed at once (a vault's pages follow each other, vaults need not).
 	type listing struct {
-		vaultListing
+		driver.Listing
 		err error
 	}
 	lists := make([]listing, len(p.opts.vaultSources))
@@ -182,7 +184,7 @@ func (p *Provider) importVaults(ctx context.Context, prev vaultImports, now time
 		wg.Go(func() {
 			lctx, cancel := context.WithTimeout(ctx, p.opts.fetchTimeout)
 			defer cancel()
-			lists[i].vaultListing, lists[i].err = p.source.listSecrets(lctx, s.host, 0)
+			lists[i].Listing, lists[i].err = p.reader.List(lctx, s.host, 0)
 		})
 	}
 	wg.Wait()
@@ -198,17 +200,14 @@ func (p *Provider) importVaults(ctx context.Context, prev vaultImports, now time
 		p.sourceStats.Store(&stats)
 	}()
 	for i, s := range p.opts.vaultSources {
-		l, err := lists[i].vaultListing, lists[i].err
+		l, err := lists[i].Listing, lists[i].err
 		st := &stats[i]
-		*st = VaultSourceStatus{Vault: s.host, Listed: len(l.props) + l.malformed, Skipped: map[string]int{}, Err: err}
+		*st = VaultSourceStatus{Vault: s.host, Listed: len(l.Props) + l.Malformed, Skipped: map[string]int{}, Err: err}
 		if err != nil {
-			var fe *fetchError
-			ve := &VaultSourceError{Vault: s.host, Status: StatusOtherReasons, Reason: err.Error()}
-			if errors.As(err, &fe) {
-				ve.Status, ve.Reason = fe.status, fe.reason
-				if fe.status == StatusAccessToKeyVaultDenied {
-					ve.Reason += ": the identity may not list the vault's secrets (grant Key Vault Secrets User, or the List permission of an access policy)"
-				}
+			e := driver.AsError(err)
+			ve := &VaultSourceError{Vault: s.host, Status: statusOf(e.Kind), Reason: e.Reason}
+			if e.Kind == driver.KindForbidden {
+				ve.Reason += ": the identity may not list the vault's secrets (grant Key Vault Secrets User, or the List permission of an access policy)"
 			}
 			errs = append(errs, ve)
 			for k, im := range prev {
@@ -219,21 +218,21 @@ func (p *Provider) importVaults(ctx context.Context, prev vaultImports, now time
 			continue
 		}
 		p.cycleLists[s.host] = l
-		if l.malformed > 0 {
-			st.Skipped["malformed"] = l.malformed
+		if l.Malformed > 0 {
+			st.Skipped["malformed"] = l.Malformed
 			p.opts.logger.Warn("viperkv: a vault source's list has items that name no secret of the vault; skipped",
-				"vault", s.host, "items", l.malformed)
+				"vault", s.host, "items", l.Malformed)
 		}
-		for _, sp := range l.props {
-			k, ok := s.key(sp.name)
-			if !ok || !s.matches(sp) {
+		for _, sp := range l.Props {
+			k, ok := s.key(sp.Name)
+			if !ok || !s.matches(sp.Tags) {
 				st.Skipped["filtered"]++
 				continue
 			}
-			if !sp.enabled || (sp.notBefore != nil && now.Before(*sp.notBefore)) {
+			if !sp.Enabled || (sp.NotBefore != nil && now.Before(*sp.NotBefore)) {
 				// Skipped; a key it gave before is kept within the grace, like a deleted
 				// one: its fetch says why (EventError), its last good value stays.
-				if !sp.enabled {
+				if !sp.Enabled {
 					st.Skipped["disabled"]++
 				} else {
 					st.Skipped["not yet valid"]++
@@ -241,10 +240,10 @@ func (p *Provider) importVaults(ctx context.Context, prev vaultImports, now time
 				continue
 			}
 			var updated time.Time
-			if sp.updated != nil {
-				updated = *sp.updated
+			if sp.Updated != nil {
+				updated = *sp.Updated
 			}
-			im := imported{ref: Reference{Vault: s.host, Name: sp.name}, updated: updated}
+			im := imported{ref: Reference{Vault: s.host, Name: sp.Name}, updated: updated}
 			if other, ok := out[k]; ok && listed[k] {
 				winner, loser := im, other
 				if other.updated.After(im.updated) {
@@ -282,10 +281,10 @@ func (s *vaultSource) gives(name, key string) bool {
 	return ok && k == key
 }
 
-// matches reports whether a listed secret carries every tag the source asks for.
-func (s *vaultSource) matches(sp secretProps) bool {
+// matches reports whether a secret with tags carries every tag the source asks for.
+func (s *vaultSource) matches(tags map[string]string) bool {
 	for k, v := range s.tags {
-		if got, ok := sp.tags[k]; !ok || got != v {
+		if got, ok := tags[k]; !ok || got != v {
 			return false
 		}
 	}
@@ -415,7 +414,7 @@ func (p *Provider) reimport(ctx context.Context, now time.Time) {
 // (nil: not known yet, so not checked).
 func (p *Provider) sourceTakes(vault, name string, tags map[string]string) bool {
 	for _, s := range p.opts.vaultSources {
-		if _, ok := s.key(name); ok && s.host == vault && (tags == nil || s.matches(secretProps{tags: tags})) {
+		if _, ok := s.key(name); ok && s.host == vault && (tags == nil || s.matches(tags)) {
 			return true
 		}
 	}

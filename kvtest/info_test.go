@@ -95,7 +95,7 @@ func TestWriteInfo(t *testing.T) {
 
 	// A process with only the files: the info's client and the workload identity's
 	// variables, production URLs, challenge verification on.
-	hc, err := info.Client()
+	hc, err := info.Client("the emulator")
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -205,7 +205,7 @@ func TestInfoClient(t *testing.T) {
 		info.Identities["noaccess"].ClientID == "" || info.SystemIdentity == nil || info.CAFile != filepath.Join(dir, "ca.pem") {
 		t.Fatalf("info = %+v", info)
 	}
-	hc, err := info.Client()
+	hc, err := info.Client("the emulator")
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -233,7 +233,7 @@ func Start(opts ...Option) (*Server, error) {
 		cache:        map[string]*verifiedToken{},
 		log:          cfg.logger,
 	}
-	s.router = &emuinfo.Router{Vault: s.vaultAddr, IMDS: s.imds.addr, Entra: s.entra.addr}
+	s.router = &emuinfo.Router{Vault: s.vaultAddr, IMDS: s.imds.addr, Entra: s.entra.addr, Direct: emuinfo.Loopback, Name: "this kvtest.Server"}
 	s.client = &http.Client{Transport: s.newTransport(s.router)}
 	if err := s.applySeed(sd); err != nil {
 		s.Close()
@@ -285,7 +285,8 @@ func (s *Server) TenantID() string { return s.tenant }
 // emulator's CA and dials "<vault>.vault.azure.net:443" (and the .cn and
 // .usgovcloudapi.net suffixes) to that vault's listener, unknown vault hosts to a
 // *net.DNSError with IsNotFound, "169.254.169.254:80" to the IMDS style endpoint and the
-// Entra ID hosts to the Entra listener; anything else is dialed normally. URLs keep their
+// Entra ID hosts to the Entra listener, and loopback addresses (a test's own servers) as
+// they are; anything else is refused, so a test can never reach Azure. URLs keep their
 // production hosts, so the SDK's challenge resource verification stays on.
 // Every call returns the same client.
 func (s *Server) Client() *http.Client { return s.client }

@@ -185,7 +185,7 @@ func openEmulator(name, path string) (*emuinfo.Info, *http.Client, error) {
 	if err := emulatorRunning(name+"="+path, info); err != nil {
 		return nil, nil, err
 	}
-	hc, err := info.Client()
+	hc, err := info.Client("the emulator of " + name + "=" + path)
 	if err != nil {
 		return nil, nil, usageError("%s: %v", name, err)
 	}

@@ -127,7 +127,7 @@ func TestEmulatorCommand(t *testing.T) {
 	}
 
 	// The viperkv way: production URLs through Info.Client.
-	hc, err := info.Client()
+	hc, err := info.Client("the emulator")
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -235,7 +235,7 @@ func TestEmulatorFilesPerInfoFile(t *testing.T) {
 	}
 	// Each CA file is its own emulator's: its vault's certificate verifies against it.
 	for _, in := range []*emuinfo.Info{aInfo, bInfo} {
-		hc, err := in.Client()
+		hc, err := in.Client("the emulator")
 		if err != nil {
 			t.Fatal(err)
 		}
@@ -412,7 +412,7 @@ func TestEmulatorDeletionWindowFlag(t *testing.T) {
 	}
 	// Tokens of 5 minutes are never cached by MSAL, whose cache is per process.
 	info, _, _ := startEmulator(t, "--deletion-window", "0", "--token-lifetime", "5m")
-	hc, err := info.Client()
+	hc, err := info.Client("the emulator")
 	if err != nil {
 		t.Fatal(err)
 	}

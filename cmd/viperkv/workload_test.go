@@ -151,7 +151,7 @@ func TestWorkloadIdentityAgainstStandaloneEmulator(t *testing.T) {
 	}
 
 	// The Go SDK, from the info file alone.
-	hc, err := info.Client()
+	hc, err := info.Client("the emulator")
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -123,11 +123,11 @@ func WriteFileAtomic(path string, data []byte, perm os.FileMode) error {
 func Read(path string) (*Info, error) {
 	b, err := os.ReadFile(path)
 	if err != nil {
-		return nil, fmt.Errorf("emuinfo: reading info: %w", err)
+		return nil, fmt.Errorf("reading the emulator's info file: %w", err)
 	}
 	var in Info
 	if err := json.Unmarshal(b, &in); err != nil {
-		return nil, fmt.Errorf("emuinfo: parsing info %s: %w", path, err)
+		return nil, fmt.Errorf("%s is not an emulator info file: %w", path, err)
 	}
 	if in.CAFile != "" && !filepath.IsAbs(in.CAFile) {
 		in.CAFile = filepath.Join(filepath.Dir(path), in.CAFile)
@@ -156,10 +156,10 @@ func (i *Info) Env() map[string]string {
 func (i *Info) WorkloadIdentityEnv(name string) (map[string]string, error) {
 	id, ok := i.Identities[name]
 	if !ok {
-		return nil, fmt.Errorf("emuinfo: info has no identity %q", name)
+		return nil, fmt.Errorf("the emulator info has no identity %q", name)
 	}
 	if id.FederatedTokenFile == "" {
-		return nil, fmt.Errorf("emuinfo: identity %q has no federated_token_file (not federated in the seed?)", name)
+		return nil, fmt.Errorf("the emulator info's identity %q has no federated_token_file (not federated in the seed?)", name)
 	}
 	host := i.AuthorityHost
 	if host == "" && i.EntraEndpoint != "" {
@@ -191,10 +191,10 @@ func (i *Info) WorkloadIdentityEnv(name string) (map[string]string, error) {
 // or no ca_file.
 func (i *Info) ProxyEnv() (map[string]string, error) {
 	if i.ProxyURL == "" {
-		return nil, errors.New("emuinfo: info has no proxy_url (written by an emulator without a proxy?)")
+		return nil, errors.New("the emulator info has no proxy_url (written by an emulator without a proxy?)")
 	}
 	if i.CAFile == "" {
-		return nil, errors.New("emuinfo: info has no ca_file")
+		return nil, errors.New("the emulator info has no ca_file")
 	}
 	return map[string]string{
 		"HTTPS_PROXY":         i.ProxyURL,
@@ -215,54 +215,101 @@ func (i *Info) VaultNames() []string {
 	return out
 }
 
-// Client returns an *http.Client that trusts the CA file and dials production vault
-// hosts (https://myvault.vault.azure.net) to the emulator's 127.0.0.1 ports, unknown
-// vault hosts to a not-found DNS error, 169.254.169.254:80 to the IMDS style endpoint and
-// login.microsoftonline.com to the Entra listener, so configurations keep production URLs
-// and the SDK's challenge resource verification stays on.
-func (i *Info) Client() (*http.Client, error) {
+// Client returns an *http.Client that trusts the CA file and routes as [Info.Router]
+// does, refusing redirects.
+func (i *Info) Client(name string) (*http.Client, error) {
+	pool, err := i.CertPool()
+	if err != nil {
+		return nil, err
+	}
+	rt, err := i.Router(name)
+	if err != nil {
+		return nil, err
+	}
+	return &http.Client{Transport: Transport(pool, rt),
+		CheckRedirect: func(*http.Request, []*http.Request) error { return http.ErrUseLastResponse }}, nil
+}
+
+// CertPool returns a pool holding the emulator's CA (CAFile).
+func (i *Info) CertPool() (*x509.CertPool, error) {
 	if i.CAFile == "" {
-		return nil, errors.New("emuinfo: info has no ca_file")
+		return nil, errors.New("the info names no ca_file")
 	}
 	pem, err := os.ReadFile(i.CAFile)
 	if err != nil {
-		return nil, fmt.Errorf("emuinfo: reading CA: %w", err)
+		return nil, fmt.Errorf("the emulator's CA: %w", err)
 	}
 	pool := x509.NewCertPool()
 	if !pool.AppendCertsFromPEM(pem) {
-		return nil, fmt.Errorf("emuinfo: %s holds no PEM certificate", i.CAFile)
+		return nil, fmt.Errorf("%s holds no PEM certificate", i.CAFile)
+	}
+	return pool, nil
+}
+
+// Router returns a router to the info's emulator: production vault hosts
+// (https://myvault.vault.azure.net), 169.254.169.254:80 and the Entra ID hosts to its
+// listeners, its own addresses as they are, and nothing else, so configurations keep
+// production URLs and the SDK's challenge resource verification stays on. Every address
+// in the info must be a loopback IP address with a port (the emulator listens on
+// 127.0.0.1): anything else is an error naming it, before anything is dialed. name names
+// the emulator in refusals.
+func (i *Info) Router(name string) (*Router, error) {
+	direct := map[string]bool{}
+	addr := func(field, raw, scheme string) (string, error) {
+		u, err := url.Parse(raw)
+		switch {
+		case err != nil || u.Host == "":
+			return "", fmt.Errorf("%s %q: not a URL", field, raw)
+		case u.Scheme != scheme:
+			return "", fmt.Errorf("%s %q: want an %s URL", field, raw, scheme)
+		case u.Port() == "":
+			return "", fmt.Errorf("%s %q: no port", field, raw)
+		case !Loopback(u.Host):
+			return "", fmt.Errorf("%s %q: %s is not a loopback address (the emulator listens on 127.0.0.1): refusing it", field, raw, u.Host)
+		}
+		direct[u.Host] = true
+		return u.Host, nil
+	}
+	rt := &Router{Name: name, Direct: func(a string) bool { return direct[a] }}
+	var err error
+	if rt.IMDS, err = addr("imds_endpoint", i.IMDSEndpoint, "http"); err != nil {
+		return nil, err
+	}
+	if i.IdentityEndpoint != "" {
+		if _, err := addr("identity_endpoint", i.IdentityEndpoint, "http"); err != nil {
+			return nil, err
+		}
+	}
+	if i.EntraEndpoint != "" {
+		if rt.Entra, err = addr("entra_endpoint", i.EntraEndpoint, "https"); err != nil {
+			return nil, err
+		}
+	}
+	if i.ProxyURL != "" {
+		if _, err := addr("proxy_url", i.ProxyURL, "http"); err != nil {
+			return nil, err
+		}
 	}
 	hosts := map[string]string{}
-	add := func(host, direct string) error {
-		u, err := url.Parse(direct)
-		if err != nil || u.Host == "" {
-			return fmt.Errorf("emuinfo: invalid vault URL %q for %s", direct, host)
-		}
-		hosts[strings.ToLower(host)] = u.Host
-		return nil
-	}
-	for name, direct := range i.Vaults {
+	for _, name := range i.VaultNames() {
 		host, err := VaultHost(name)
 		if err != nil {
 			return nil, err
 		}
-		if err := add(host, direct); err != nil {
+		if hosts[host], err = addr("vaults."+name, i.Vaults[name], "https"); err != nil {
 			return nil, err
 		}
 	}
-	for host, direct := range i.VaultHosts {
-		if err := add(host, direct); err != nil {
+	for host, raw := range i.VaultHosts {
+		if hosts[strings.ToLower(host)], err = addr("vault_hosts."+host, raw, "https"); err != nil {
 			return nil, err
 		}
 	}
-	rt := &Router{Vault: func(h string) (string, bool) { a, ok := hosts[h]; return a, ok }}
-	if u, err := url.Parse(i.IMDSEndpoint); err == nil {
-		rt.IMDS = u.Host
+	if len(hosts) == 0 {
+		return nil, errors.New("the info names no vault")
 	}
-	if u, err := url.Parse(i.EntraEndpoint); err == nil {
-		rt.Entra = u.Host
-	}
-	return &http.Client{Transport: Transport(pool, rt)}, nil
+	rt.Vault = func(h string) (string, bool) { a, ok := hosts[h]; return a, ok }
+	return rt, nil
 }
 
 // SeedError is an error in a seed given to kvtest.WithSeed: the user's mistake (a typo, an

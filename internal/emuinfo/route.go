@@ -7,6 +7,7 @@ import (
 	"fmt"
 	"net"
 	"net/http"
+	"net/netip"
 	"regexp"
 	"strings"
 	"syscall"
@@ -52,13 +53,20 @@ func IsEntraHost(h string) bool {
 // and the emulator's certificate is valid for it.
 const EventGridHost = "rp-kvtest.eventgrid.azure.net"
 
-// Router dials production hosts to the emulator's listeners: vault hosts (by Vault),
-// 169.254.169.254:80 to IMDS, and the Entra ID hosts and [EventGridHost] to Entra; anything
-// else as asked.
+// Router dials production hosts to the emulator's listeners: vault hosts (by Vault; an
+// unknown vault host is a name that does not resolve), 169.254.169.254:80 to IMDS, and the
+// Entra ID hosts and [EventGridHost] to Entra. It fails closed: any other address is
+// refused unless Direct allows it, so nothing routed through it reaches Azure or any host
+// the emulator does not stand for.
 type Router struct {
-	Vault  func(host string) (addr string, ok bool)
-	IMDS   string // 127.0.0.1:PORT
-	Entra  string // 127.0.0.1:PORT
+	Vault func(host string) (addr string, ok bool)
+	IMDS  string // 127.0.0.1:PORT
+	Entra string // 127.0.0.1:PORT
+	// Direct reports the addresses dialed as they are (nil: none), such as the
+	// emulator's own listeners or, for a test's client, its own loopback servers.
+	Direct func(addr string) bool
+	// Name names the emulator in refusals, such as the info file's path.
+	Name   string
 	dialer net.Dialer
 }
 
@@ -66,7 +74,7 @@ type Router struct {
 func (rt *Router) Dial(ctx context.Context, network, addr string) (net.Conn, error) {
 	host, port, err := net.SplitHostPort(addr)
 	if err != nil {
-		return rt.dialer.DialContext(ctx, network, addr)
+		return nil, rt.refuse(network, addr)
 	}
 	h := strings.ToLower(strings.TrimSuffix(host, "."))
 	switch {
@@ -89,8 +97,31 @@ func (rt *Router) Dial(ctx context.Context, network, addr string) (net.Conn, err
 			return nil, refused(network, addr)
 		}
 		return rt.dialer.DialContext(ctx, network, a)
+	case rt.Direct != nil && rt.Direct(addr):
+		return rt.dialer.DialContext(ctx, network, addr)
 	}
-	return rt.dialer.DialContext(ctx, network, addr)
+	return nil, rt.refuse(network, addr)
+}
+
+// refuse is the error for an address the emulator does not stand for.
+func (rt *Router) refuse(network, addr string) error {
+	name := rt.Name
+	if name == "" {
+		name = "the emulator"
+	}
+	return &net.OpError{Op: "dial", Net: network, Err: fmt.Errorf(
+		"refusing to connect to %s: not an address of %s (is IDENTITY_ENDPOINT or MSI_ENDPOINT set for another endpoint?)", addr, name)}
+}
+
+// Loopback reports whether addr is a loopback IP address with a port, as a test's own
+// servers are: a Direct for clients that must reach them.
+func Loopback(addr string) bool {
+	host, _, err := net.SplitHostPort(addr)
+	if err != nil {
+		return false
+	}
+	ip, err := netip.ParseAddr(host)
+	return err == nil && ip.IsLoopback()
 }
 
 func refused(network, addr string) error {

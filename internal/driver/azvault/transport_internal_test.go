@@ -1,4 +1,4 @@
-package viperkv
+package azvault
 
 import (
 	"context"
@@ -100,7 +100,7 @@ func TestRedirectGuardOfVaultClient(t *testing.T) {
 	pipeline := func(ft *fakeTransport) runtime.Pipeline {
 		return runtime.NewPipeline("viperkv", "test", runtime.PipelineOptions{}, &policy.ClientOptions{
 			Transport:        ft,
-			PerRetryPolicies: guards(vaultGuard(host)),
+			PerRetryPolicies: []policy.Policy{vaultGuard(host)},
 			// Retry every error, as fetch's shouldRetry does: a refusal must still be final.
 			Retry: policy.RetryOptions{ShouldRetry: func(_ *http.Response, err error) bool { return err != nil }, RetryDelay: 1},
 		})

@@ -1,4 +1,4 @@
-package viperkv
+package driver
 
 import (
 	"context"

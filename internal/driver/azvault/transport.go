@@ -1,4 +1,4 @@
-package viperkv
+package azvault
 
 import (
 	"crypto/tls"
@@ -6,11 +6,12 @@ import (
 	"net"
 	"net/http"
 	"net/url"
-	"strings"
 	"time"
 
 	"github.com/Azure/azure-sdk-for-go/sdk/azcore/policy"
 	"github.com/Azure/azure-sdk-for-go/sdk/azcore/runtime"
+
+	"github.com/viperkv/viperkv/internal/driver"
 )
 
 // Key Vault and the managed identity endpoints never answer with a redirect, but Go's
@@ -77,9 +78,9 @@ func (s sameOriginTransport) Do(req *http.Request) (*http.Response, error) {
 	if err != nil || resp == nil || resp.Request == nil || resp.Request.URL == nil {
 		return resp, err
 	}
-	if !sameOrigin(resp.Request.URL, req.URL) {
+	if !driver.SameOrigin(resp.Request.URL, req.URL) {
 		runtime.Drain(resp)
-		return nil, &refusedError{msg: "refused the response from " + redacted(resp.Request.URL) +
+		return nil, &refusedError{msg: "refused the response from " + driver.Redacted(resp.Request.URL) +
 			": the transport followed a redirect away from " + origin(req.URL) +
 			" (Key Vault and the identity endpoints never redirect)"}
 	}
@@ -100,9 +101,9 @@ type vaultGuardPolicy struct {
 }
 
 func (g vaultGuardPolicy) Do(req *policy.Request) (*http.Response, error) {
-	if u := req.Raw().URL; !sameOrigin(u, g.want) {
+	if u := req.Raw().URL; !driver.SameOrigin(u, g.want) {
 		return nil, &refusedError{msg: "refused to send a request for vault " + g.host + " to " +
-			redacted(u) + ": only " + origin(g.want) + " may receive its token"}
+			driver.Redacted(u) + ": only " + origin(g.want) + " may receive its token"}
 	}
 	resp, err := req.Next()
 	if err != nil {
@@ -111,16 +112,16 @@ func (g vaultGuardPolicy) Do(req *policy.Request) (*http.Response, error) {
 	if resp.StatusCode >= 300 && resp.StatusCode < 400 {
 		to := "no location"
 		if loc, lerr := resp.Location(); lerr == nil {
-			to = redacted(loc)
+			to = driver.Redacted(loc)
 		}
 		e := &refusedError{msg: fmt.Sprintf("refused a redirect (%d %s) to %s: Key Vault never redirects",
 			resp.StatusCode, http.StatusText(resp.StatusCode), to)}
 		runtime.Drain(resp)
 		return nil, e
 	}
-	if r := resp.Request; r != nil && r.URL != nil && !sameOrigin(r.URL, g.want) {
+	if r := resp.Request; r != nil && r.URL != nil && !driver.SameOrigin(r.URL, g.want) {
 		runtime.Drain(resp)
-		return nil, &refusedError{msg: "refused the response from " + redacted(r.URL) +
+		return nil, &refusedError{msg: "refused the response from " + driver.Redacted(r.URL) +
 			": the transport followed a redirect away from " + origin(g.want) + " (Key Vault never redirects)"}
 	}
 	return resp, nil
@@ -136,42 +137,4 @@ func (e *refusedError) Error() string { return e.msg }
 // NonRetriable marks the error as final for azcore's retry policy.
 func (*refusedError) NonRetriable() {}
 
-// sameOrigin reports whether u is on a's scheme, host and port, with the scheme's default
-// port filled in, so "host" and "host:443" are the same https origin.
-func sameOrigin(u, a *url.URL) bool {
-	return strings.EqualFold(u.Scheme, a.Scheme) &&
-		strings.EqualFold(u.Hostname(), a.Hostname()) &&
-		portOf(u) == portOf(a)
-}
-
-func portOf(u *url.URL) string {
-	if p := u.Port(); p != "" {
-		return p
-	}
-	switch strings.ToLower(u.Scheme) {
-	case "https":
-		return "443"
-	case "http":
-		return "80"
-	}
-	return ""
-}
-
 func origin(u *url.URL) string { return u.Scheme + "://" + u.Host }
-
-// redacted renders u without user info, query or fragment: a reason names where a redirect
-// pointed without repeating anything a URL might carry as a credential.
-func redacted(u *url.URL) string {
-	return (&url.URL{Scheme: u.Scheme, Host: u.Host, Path: u.Path}).String()
-}
-
-// guards drops nil policies, so a guard that does not apply to a client can be left out.
-func guards(ps ...policy.Policy) []policy.Policy {
-	var out []policy.Policy
-	for _, p := range ps {
-		if p != nil {
-			out = append(out, p)
-		}
-	}
-	return out
-}

@@ -1,4 +1,4 @@
-package viperkv
+package driver
 
 import (
 	"context"
@@ -213,4 +213,11 @@ func (l *limiter) wakeLocked() {
 		close(l.waiters[0])
 		l.waiters = l.waiters[1:]
 	}
+}
+
+// window returns the concurrency window.
+func (l *limiter) window() int {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	return l.limit
 }

@@ -1,4 +1,4 @@
-package viperkv
+package azvault
 
 import (
 	"context"
@@ -12,7 +12,10 @@ import (
 	"github.com/Azure/azure-sdk-for-go/sdk/azcore"
 	"github.com/Azure/azure-sdk-for-go/sdk/azcore/policy"
 	"github.com/Azure/azure-sdk-for-go/sdk/azidentity"
+
 	"golang.org/x/sync/singleflight"
+
+	"github.com/viperkv/viperkv/internal/driver"
 )
 
 // tokenTimeout bounds each token request made on behalf of waiting callers, so a hung
@@ -116,8 +119,8 @@ func (e *credentialError) Unwrap() error { return e.err }
 // NonRetriable tells azcore's retry policy not to retry: the credential already retried.
 func (e *credentialError) NonRetriable() {}
 
-// classifyCredentialError maps a token failure to a status, a short reason, and whether it is
-// transient (see fetchError): the identity endpoint or Entra ID not answering, or answering
+// classifyCredentialError maps a token failure to a kind, a short reason, and whether it is
+// transient (see driver.Error): the identity endpoint or Entra ID not answering, or answering
 // 408, 429 or 5xx, as while an App Service or AKS node starts, is; a refusal or an unknown
 // identity is not.
 //
@@ -128,41 +131,41 @@ func (e *credentialError) NonRetriable() {}
 // off) are not *AuthenticationFailedError. For other credentials no response says nothing
 // certain (az login's failures have none either), so only a network error the credential
 // kept in its chain counts.
-func classifyCredentialError(err *credentialError) (Status, string, bool) {
+func classifyCredentialError(err *credentialError) (driver.Kind, string, bool) {
 	var afe *azidentity.AuthenticationFailedError
 	isAFE := errors.As(err.err, &afe)
 	if !err.managed {
 		switch {
 		case err.timedOut || errors.Is(err.err, context.DeadlineExceeded):
-			return StatusFetchTimedOut, "the credential did not get a token in time", true
-		case isAFE && afe.RawResponse != nil && transientStatus(afe.RawResponse.StatusCode):
-			return StatusOtherReasons, "Entra ID answered " + strconv.Itoa(afe.RawResponse.StatusCode) + ": " + firstLine(err.err.Error()), true
+			return driver.KindTimeout, "the credential did not get a token in time", true
+		case isAFE && afe.RawResponse != nil && driver.TransientStatus(afe.RawResponse.StatusCode):
+			return driver.KindOther, "Entra ID answered " + strconv.Itoa(afe.RawResponse.StatusCode) + ": " + firstLine(err.err.Error()), true
 		case isAFE && afe.RawResponse != nil:
-			return StatusUnauthorizedClient, "Entra ID refused the credential (" + strconv.Itoa(afe.RawResponse.StatusCode) + "): " + firstLine(err.err.Error()), false
+			return driver.KindUnauthorized, "Entra ID refused the credential (" + strconv.Itoa(afe.RawResponse.StatusCode) + "): " + firstLine(err.err.Error()), false
 		}
-		return StatusOtherReasons, "the credential could not get a token: " + firstLine(err.err.Error()), transientError(err.err)
+		return driver.KindOther, "the credential could not get a token: " + firstLine(err.err.Error()), transientError(err.err)
 	}
 	if isAFE && afe.RawResponse != nil {
 		code := afe.RawResponse.StatusCode
 		switch {
 		case code == http.StatusBadRequest, code == http.StatusNotFound:
 			// The endpoint exists but knows no such identity: it is not assigned to this resource.
-			return StatusMSINotEnabled, "identity endpoint answered " + strconv.Itoa(code) + ": the managed identity is not enabled or not assigned", false
+			return driver.KindNoIdentity, "identity endpoint answered " + strconv.Itoa(code) + ": the managed identity is not enabled or not assigned", false
 		case code == http.StatusUnauthorized, code == http.StatusForbidden:
-			return StatusUnauthorizedClient, "identity endpoint answered " + strconv.Itoa(code) + ": the client is not authorized to get tokens", false
+			return driver.KindUnauthorized, "identity endpoint answered " + strconv.Itoa(code) + ": the client is not authorized to get tokens", false
 		}
-		return StatusOtherReasons, "identity endpoint answered " + strconv.Itoa(code), transientStatus(code)
+		return driver.KindOther, "identity endpoint answered " + strconv.Itoa(code), driver.TransientStatus(code)
 	}
 	if err.timedOut || errors.Is(err.err, context.DeadlineExceeded) {
-		return StatusFetchTimedOut, "identity endpoint did not answer in time", true
+		return driver.KindTimeout, "identity endpoint did not answer in time", true
 	}
 	if isAFE {
 		// No response at all: the endpoint refused or dropped the connection, or timed out.
-		return StatusMSINotEnabled, "no managed identity endpoint is available: " + firstLine(err.err.Error()), true
+		return driver.KindNoIdentity, "no managed identity endpoint is available: " + firstLine(err.err.Error()), true
 	}
 	// The credential gave up without asking (for example the endpoint said the system-assigned
 	// identity is off).
-	return StatusMSINotEnabled, "no managed identity is available: " + firstLine(err.err.Error()), false
+	return driver.KindNoIdentity, "no managed identity is available: " + firstLine(err.err.Error()), false
 }
 
 // firstLine keeps error details to one line: azcore's errors span many lines of response dump.
