@@ -2,7 +2,8 @@ package viperkv
 
 import (
 	"fmt"
-	"strings"
+
+	"github.com/viperkv/viperkv/internal/cloud"
 
 	"github.com/viperkv/viperkv/internal/kvname"
 )
@@ -24,22 +25,15 @@ const (
 // VaultSuffix returns the DNS suffix of the cloud's vaults, such as "vault.azure.net", or
 // "" for a cloud this package does not know.
 func (c Cloud) VaultSuffix() string {
-	switch c {
-	case CloudPublic:
-		return "vault.azure.net"
-	case CloudChina:
-		return "vault.azure.cn"
-	case CloudUSGovernment:
-		return "vault.usgovcloudapi.net"
-	}
-	return ""
+	t, _ := cloud.ByName(string(c))
+	return t.VaultSuffix
 }
 
 // KeyVaultResource returns the resource (token audience) that Key Vault of this cloud
 // expects, such as "https://vault.azure.net", or "" for an unknown cloud.
 func (c Cloud) KeyVaultResource() string {
-	if s := c.VaultSuffix(); s != "" {
-		return "https://" + s
+	if t, ok := cloud.ByName(string(c)); ok {
+		return t.Resource()
 	}
 	return ""
 }
@@ -49,35 +43,16 @@ func (c Cloud) KeyVaultResource() string {
 // aliases public, china, usgovernment and usgov, in any case. An empty name is an error
 // so that a missing setting is not silently taken for the public cloud.
 func ParseCloud(name string) (Cloud, error) {
-	switch lowerASCII(strings.TrimSpace(name)) {
-	case "azurepublic", "azurecloud", "public":
-		return CloudPublic, nil
-	case "azurechina", "azurechinacloud", "china":
-		return CloudChina, nil
-	case "azureusgovernment", "usgovernment", "usgov":
-		return CloudUSGovernment, nil
+	if t, ok := cloud.ByName(name); ok {
+		return Cloud(t.Name), nil
 	}
 	return "", fmt.Errorf("viperkv: unknown cloud %s (want AzurePublic, AzureChina or AzureUSGovernment)", kvname.Quote(name))
 }
 
-// authorityHost returns the cloud's Entra ID host, such as "login.microsoftonline.com".
-func (c Cloud) authorityHost() string {
-	switch c {
-	case CloudChina:
-		return "login.chinacloudapi.cn"
-	case CloudUSGovernment:
-		return "login.microsoftonline.us"
+// table returns the cloud's row of the cloud table (the public cloud's for an unknown one).
+func (c Cloud) table() cloud.Cloud {
+	if t, ok := cloud.ByName(string(c)); ok {
+		return t
 	}
-	return "login.microsoftonline.com"
-}
-
-// v1Issuer returns the issuer of the cloud's v1 access tokens for tenant.
-func (c Cloud) v1Issuer(tenant string) string {
-	switch c {
-	case CloudChina:
-		return "https://sts.chinacloudapi.cn/" + tenant + "/"
-	case CloudUSGovernment:
-		return "https://login.microsoftonline.us/" + tenant + "/"
-	}
-	return "https://sts.windows.net/" + tenant + "/"
+	return cloud.Public()
 }

@@ -101,13 +101,13 @@ func NewEventGridHandler(p *Provider, opts ...EventGridOption) (http.Handler, er
 	}
 	h := &eventGridHandler{p: p, header: cfg.header, log: p.opts.logger}
 	if cfg.tenant != "" {
-		cloud := p.opts.cloud
+		c := p.opts.cloud.table()
 		h.entra = &entraAuth{
 			tenant:    cfg.tenant,
 			audiences: cfg.audiences,
 			role:      cfg.role,
-			discovery: "https://" + cloud.authorityHost() + "/" + url.PathEscape(cfg.tenant) + "/v2.0/.well-known/openid-configuration",
-			v1Issuer:  cloud.v1Issuer(cfg.tenant),
+			discovery: "https://" + c.AuthorityHost + "/" + url.PathEscape(cfg.tenant) + "/v2.0/.well-known/openid-configuration",
+			v1Issuer:  c.V1Issuer(cfg.tenant),
 			client:    p.transportClient(),
 			now:       time.Now,
 		}

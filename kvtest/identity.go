@@ -11,7 +11,7 @@ import (
 	"sync"
 	"time"
 
-	"github.com/viperkv/viperkv/internal/emuinfo"
+	"github.com/viperkv/viperkv/internal/cloud"
 )
 
 // Identity is a managed identity: the system-assigned one of the emulated app, or a
@@ -286,8 +286,8 @@ func knownResource(resource string) bool {
 		return true
 	}
 	r := strings.TrimSuffix(resource, "/")
-	for _, c := range emuinfo.Clouds {
-		if strings.EqualFold(r, c.Resource) {
+	for _, c := range cloud.All() {
+		if strings.EqualFold(r, c.Resource()) {
 			return true
 		}
 	}

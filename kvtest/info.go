@@ -9,6 +9,8 @@ import (
 	"sync"
 	"time"
 
+	"github.com/viperkv/viperkv/internal/cloud"
+
 	"github.com/viperkv/viperkv/internal/emuinfo"
 )
 
@@ -144,7 +146,7 @@ func (s *Server) info(caFile string) emuinfo.Info {
 }
 
 func (v *Vault) infoKey() string {
-	if emuinfo.VaultSuffix(v.host) == emuinfo.Clouds[0].Suffix {
+	if emuinfo.VaultSuffix(v.host) == cloud.Public().VaultSuffix {
 		return v.name
 	}
 	return v.host

@@ -12,6 +12,8 @@ import (
 	"sync"
 	"time"
 
+	"github.com/viperkv/viperkv/internal/cloud"
+
 	"github.com/viperkv/viperkv/internal/emuinfo"
 )
 
@@ -132,7 +134,7 @@ func (s *Server) proxyTarget(hostport string, tunnel bool) (string, *proxyRefusa
 			return refuse("%s (IMDS listens on port 80 only)", what)
 		}
 		return s.imds.addr, nil
-	case emuinfo.IsEntraHost(h):
+	case cloud.IsAuthorityHost(h):
 		if !tunnel {
 			return refuse("%s (Entra ID is HTTPS only: use https://%s)", what, h)
 		}

@@ -7,11 +7,11 @@ import (
 	"sync"
 	"testing"
 
+	kvcloud "github.com/viperkv/viperkv/internal/cloud"
+
 	"github.com/Azure/azure-sdk-for-go/sdk/azcore"
 	"github.com/Azure/azure-sdk-for-go/sdk/azcore/cloud"
 	"github.com/Azure/azure-sdk-for-go/sdk/azidentity"
-
-	"github.com/viperkv/viperkv/internal/emuinfo"
 )
 
 // NewServerT starts an emulator for the test t, as [NewServer] does, and closes it when
@@ -101,7 +101,7 @@ type entraTransport struct{ c *http.Client }
 func (t entraTransport) Do(req *http.Request) (*http.Response, error) {
 	host := strings.ToLower(strings.TrimSuffix(req.URL.Hostname(), "."))
 	switch {
-	case emuinfo.IsEntraHost(host):
+	case kvcloud.IsAuthorityHost(host):
 	case strings.HasSuffix(host, ".login.microsoft.com") || host == "login.microsoft.com":
 		req = req.Clone(req.Context())
 		req.URL.Host = "login.microsoftonline.com"

@@ -15,21 +15,20 @@ import (
 	"net/http"
 	"time"
 
+	"github.com/viperkv/viperkv/internal/cloud"
+
 	"github.com/viperkv/viperkv/internal/emuinfo"
 )
 
-// tlsDNSNames are the names the emulator's one leaf certificate is valid for: every
-// vault of the three clouds, the Entra ID hosts and the host of Event Grid's validation
-// URLs, so clients keep production URLs.
-var tlsDNSNames = []string{
-	"*.vault.azure.net",
-	"*.vault.azure.cn",
-	"*.vault.usgovcloudapi.net",
-	"login.microsoftonline.com",
-	"login.chinacloudapi.cn",
-	"login.microsoftonline.us",
-	emuinfo.EventGridHost,
-	"localhost",
+// tlsDNSNames returns the names the emulator's one leaf certificate is valid for: every
+// vault and the Entra ID host of each cloud, and the host of Event Grid's validation URLs,
+// so clients keep production URLs.
+func tlsDNSNames() []string {
+	names := []string{emuinfo.EventGridHost, "localhost"}
+	for _, c := range cloud.All() {
+		names = append(names, "*."+c.VaultSuffix, c.AuthorityHost)
+	}
+	return names
 }
 
 // pki is the emulator's certificate authority and the leaf certificate it issued.
@@ -74,7 +73,7 @@ func newPKI() (*pki, error) {
 		NotAfter:     now.Add(397 * 24 * time.Hour),
 		KeyUsage:     x509.KeyUsageDigitalSignature,
 		ExtKeyUsage:  []x509.ExtKeyUsage{x509.ExtKeyUsageServerAuth},
-		DNSNames:     tlsDNSNames,
+		DNSNames:     tlsDNSNames(),
 		IPAddresses:  []net.IP{net.IPv4(127, 0, 0, 1), net.IPv6loopback},
 	}
 	leafDER, err := x509.CreateCertificate(rand.Reader, leafTmpl, caCert, &leafKey.PublicKey, caKey)

@@ -12,6 +12,8 @@ import (
 	"sync/atomic"
 	"time"
 
+	"github.com/viperkv/viperkv/internal/cloud"
+
 	"github.com/viperkv/viperkv/internal/emuinfo"
 )
 
@@ -139,9 +141,9 @@ func (s *Server) AddVault(name string) *Vault {
 		purging:  map[string]purge{},
 		grants:   map[string]map[Role]bool{},
 	}
-	for _, c := range emuinfo.Clouds {
-		if c.Suffix == suffix {
-			v.resource, v.authority = c.Resource, c.Authority
+	for _, c := range cloud.All() {
+		if c.VaultSuffix == suffix {
+			v.resource, v.authority = c.Resource(), "https://"+c.AuthorityHost
 		}
 	}
 	if v.ln, err = s.listen(http.HandlerFunc(v.serveHTTP), true); err != nil {

@@ -11,40 +11,14 @@ import (
 	"regexp"
 	"strings"
 	"syscall"
+
+	"github.com/viperkv/viperkv/internal/cloud"
 )
-
-// Cloud is a cloud's vault DNS suffix with its challenge resource and authority host.
-type Cloud struct {
-	Suffix    string // vault.azure.net
-	Resource  string // https://vault.azure.net
-	Authority string // https://login.microsoftonline.com
-}
-
-// Clouds are the clouds the emulator serves; the public cloud comes first.
-var Clouds = [...]Cloud{
-	{"vault.azure.net", "https://vault.azure.net", "https://login.microsoftonline.com"},
-	{"vault.azure.cn", "https://vault.azure.cn", "https://login.chinacloudapi.cn"},
-	{"vault.usgovcloudapi.net", "https://vault.usgovcloudapi.net", "https://login.microsoftonline.us"},
-}
 
 // VaultSuffix returns the cloud suffix host ends with ("" if none).
 func VaultSuffix(host string) string {
-	for _, c := range Clouds {
-		if strings.HasSuffix(host, "."+c.Suffix) || host == c.Suffix {
-			return c.Suffix
-		}
-	}
-	return ""
-}
-
-// IsEntraHost reports whether h is the Entra ID host of one of the clouds.
-func IsEntraHost(h string) bool {
-	for _, c := range Clouds {
-		if "https://"+h == c.Authority {
-			return true
-		}
-	}
-	return false
+	c, _ := cloud.ByVaultHost(host)
+	return c.VaultSuffix
 }
 
 // EventGridHost is the host of the validationUrl in the emulator's Event Grid handshakes
@@ -80,7 +54,7 @@ func (rt *Router) Dial(ctx context.Context, network, addr string) (net.Conn, err
 	switch {
 	case h == "169.254.169.254" && port == "80" && rt.IMDS != "":
 		return rt.dialer.DialContext(ctx, network, rt.IMDS)
-	case (IsEntraHost(h) || h == EventGridHost) && rt.Entra != "":
+	case (cloud.IsAuthorityHost(h) || h == EventGridHost) && rt.Entra != "":
 		if port != "443" {
 			return nil, refused(network, addr)
 		}
@@ -161,7 +135,7 @@ func VaultHost(name string) (string, error) {
 	n = strings.TrimPrefix(n, "https://")
 	n = strings.TrimSuffix(n, "/")
 	if !strings.Contains(n, ".") {
-		n += "." + Clouds[0].Suffix
+		n += "." + cloud.Public().VaultSuffix
 	}
 	suffix := VaultSuffix(n)
 	label := strings.TrimSuffix(n, "."+suffix)
