@@ -144,13 +144,20 @@ func (p *Provider) logEvent(e Event) {
 
 // notifier delivers events to watchers. Each watcher has its own queue, drained by a
 // goroutine that exists only while the queue is non-empty: a slow watcher delays only
-// itself, a panicking one is logged and skipped, and an idle provider runs nothing.
+// itself, a panicking one is logged and skipped, and an idle provider runs nothing. A
+// queue holds at most maxQueued events: a watcher stuck in a call would otherwise pin
+// every configuration published after it (each event holds two).
 type notifier struct {
 	log *slog.Logger
 
-	mu   sync.Mutex
-	subs []*subscriber
+	mu     sync.Mutex
+	subs   []*subscriber
+	closed bool
+	drains sync.WaitGroup
 }
+
+// maxQueued bounds a watcher's queue; beyond it the oldest events are dropped.
+const maxQueued = 1024
 
 type subscriber struct {
 	fn func(Event)
@@ -159,12 +166,17 @@ type subscriber struct {
 	queue   []Event
 	running bool
 	removed bool
+	dropped int // events dropped since the watcher last kept up
 }
 
 func (n *notifier) subscribe(fn func(Event)) (cancel func()) {
 	s := &subscriber{fn: fn}
 	n.mu.Lock()
-	n.subs = append(n.subs, s)
+	if n.closed {
+		s.removed = true
+	} else {
+		n.subs = append(n.subs, s)
+	}
 	n.mu.Unlock()
 	return func() {
 		n.mu.Lock()
@@ -187,26 +199,48 @@ func (n *notifier) publish(evs []Event) {
 		return
 	}
 	n.mu.Lock()
-	subs := n.subs
-	n.mu.Unlock()
-	for _, s := range subs {
+	defer n.mu.Unlock()
+	for _, s := range n.subs {
 		s.mu.Lock()
 		if !s.removed {
 			s.queue = append(s.queue, evs...)
+			if over := len(s.queue) - maxQueued; over > 0 {
+				if s.dropped == 0 {
+					n.log.Warn("viperkv: a change watcher is not keeping up; its oldest events are dropped", "queued", maxQueued)
+				}
+				clear(s.queue[:over]) // let the configurations they hold go
+				s.queue, s.dropped = s.queue[over:], s.dropped+over
+			}
 			if !s.running {
 				s.running = true
-				go s.drain(n.log)
+				n.drains.Add(1)
+				go func() { defer n.drains.Done(); s.drain(n.log) }()
 			}
 		}
 		s.mu.Unlock()
 	}
 }
 
+// close stops delivery: queued events are dropped, and it returns when every watcher has
+// returned from the event it was handling.
+func (n *notifier) close() {
+	n.mu.Lock()
+	n.closed = true
+	for _, s := range n.subs {
+		s.mu.Lock()
+		s.removed, s.queue = true, nil
+		s.mu.Unlock()
+	}
+	n.subs = nil
+	n.mu.Unlock()
+	n.drains.Wait()
+}
+
 func (s *subscriber) drain(log *slog.Logger) {
 	for {
 		s.mu.Lock()
 		if len(s.queue) == 0 || s.removed {
-			s.running = false
+			s.running, s.dropped = false, 0
 			s.mu.Unlock()
 			return
 		}

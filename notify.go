@@ -72,6 +72,11 @@ type SecretChange struct {
 // or an error naming a missing field. Before the first Load it returns an error and does
 // nothing: the Load fetches the latest versions anyway.
 func (p *Provider) Notify(ctx context.Context, c SecretChange) (err error) {
+	ctx, done, err := p.enter(ctx)
+	if err != nil {
+		return err
+	}
+	defer done()
 	ctx, span := p.tel.span(ctx, "viperkv.Notify", SourcePush)
 	span.SetAttributes(attrVault.String(c.Vault), attrSecret.String(c.Name), attribute.String("viperkv.change", string(c.Type)))
 	defer func() { endSpan(span, nil, err) }()

@@ -58,6 +58,54 @@ type Provider struct {
 	cur      atomic.Pointer[snapshot]
 	watching atomic.Bool
 	wake     chan struct{} // tells the poll loop the schedule changed
+
+	// The lifecycle. life ends when Close is called; every call that does I/O runs under
+	// it (see enter) and Close waits for them, so no goroutine of the provider survives it.
+	life      context.Context
+	end       context.CancelFunc
+	lifeMu    sync.Mutex
+	closed    bool
+	ops       sync.WaitGroup // calls in progress (Load, Refresh, Watch, Notify) and push workers
+	unobserve func()         // unregisters the meter callback
+}
+
+// ErrClosed is returned by a Provider's methods that do I/O after Close.
+var ErrClosed = errors.New("viperkv: the provider is closed")
+
+// enter starts a call that does I/O: it returns a context that ends when ctx does or when
+// the provider is closed, and a func that ends the call. It fails after Close.
+func (p *Provider) enter(ctx context.Context) (context.Context, func(), error) {
+	p.lifeMu.Lock()
+	defer p.lifeMu.Unlock()
+	if p.closed {
+		return nil, nil, ErrClosed
+	}
+	p.ops.Add(1)
+	ctx, cancel := context.WithCancel(ctx)
+	stop := context.AfterFunc(p.life, cancel)
+	return ctx, func() { stop(); cancel(); p.ops.Done() }, nil
+}
+
+// Close stops everything the provider started and releases what it holds: Watch returns,
+// Load, Refresh and Notify in progress are cut short (their fetches keep nothing), queued
+// pushes are dropped, watchers get no more events, the metrics callback is unregistered and
+// idle connections are closed. It returns when all of it has stopped, watchers' calls in
+// progress included: do not call it from a watcher, which it would wait for. The resolved
+// configuration stays readable (Viper, Get, Status); calls that do I/O return ErrClosed.
+// Calling Close again does nothing.
+func (p *Provider) Close() error {
+	p.lifeMu.Lock()
+	if p.closed {
+		p.lifeMu.Unlock()
+		return nil
+	}
+	p.closed = true
+	p.lifeMu.Unlock()
+	p.end()
+	p.ops.Wait()
+	p.notify.close()
+	p.unobserve()
+	return p.reader.Close()
 }
 
 // ReferenceStatus is the state of one reference in one config key. It never holds a value.
@@ -110,6 +158,7 @@ func New(v *viper.Viper, opts ...Option) (*Provider, error) {
 		return nil, fmt.Errorf("viperkv: New: telemetry: %w", err)
 	}
 	p := &Provider{
+		unobserve:  func() {},
 		tel:        tel,
 		src:        v,
 		opts:       o,
@@ -130,6 +179,7 @@ func New(v *viper.Viper, opts ...Option) (*Provider, error) {
 		src, p.cred, p.transport = az, az.Credential(), az.Transport()
 	}
 	p.reader = driver.NewReader(src, o.maxInflight, o.logger)
+	p.life, p.end = context.WithCancel(context.Background())
 	if err := p.observeGauges(); err != nil {
 		return nil, fmt.Errorf("viperkv: New: telemetry: %w", err)
 	}
@@ -157,6 +207,11 @@ func New(v *viper.Viper, opts ...Option) (*Provider, error) {
 // ends first, fetches cut short do not replace what the provider held, and the error also
 // wraps ctx's error.
 func (p *Provider) Load(ctx context.Context) error {
+	ctx, done, err := p.enter(ctx)
+	if err != nil {
+		return err
+	}
+	defer done()
 	p.opts.localEmulator.warn()
 	p.updateMu.Lock()
 	defer p.updateMu.Unlock()

@@ -19,16 +19,22 @@ import (
 // exponential back-off, watches the Viper's config file, publishes each new configuration
 // in one atomic step and notifies OnChange watchers. Values that fail to refresh keep their
 // last good value. If no Load has run, Watch runs one first (its failures are logged and
-// retried like any other). Watch returns ctx's error once every goroutine it started has
-// stopped.
+// retried like any other). Watch returns once every goroutine it started has stopped:
+// ctx's error when ctx ends, ErrClosed when the provider is closed.
 func (p *Provider) Watch(ctx context.Context) error {
+	outer := ctx
+	ctx, done, err := p.enter(ctx)
+	if err != nil {
+		return err
+	}
+	defer done()
 	if !p.watching.CompareAndSwap(false, true) {
 		return errors.New("viperkv: Watch is already running")
 	}
 	defer p.watching.Store(false)
 	if p.cur.Load() == nil {
 		if err := p.Load(ctx); err != nil && ctx.Err() != nil {
-			return ctx.Err()
+			return watchEnd(outer)
 		}
 	}
 
@@ -45,7 +51,15 @@ func (p *Provider) Watch(ctx context.Context) error {
 		wg.Go(func() { p.fileLoop(ctx, fw) })
 	}
 	wg.Wait()
-	return ctx.Err()
+	return watchEnd(outer)
+}
+
+// watchEnd is what Watch returns when it stops: ctx's error, or ErrClosed.
+func watchEnd(ctx context.Context) error {
+	if err := ctx.Err(); err != nil {
+		return err
+	}
+	return ErrClosed
 }
 
 // Refresh re-fetches now every versionless reference and every reference without a good
@@ -54,6 +68,11 @@ func (p *Provider) Watch(ctx context.Context) error {
 // returns a *LoadError when references are failing (those keep their last good values).
 // Before any Load, Refresh is Load.
 func (p *Provider) Refresh(ctx context.Context) error {
+	ctx, done, err := p.enter(ctx)
+	if err != nil {
+		return err
+	}
+	defer done()
 	p.updateMu.Lock()
 	cur := p.cur.Load()
 	if cur == nil {

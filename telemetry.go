@@ -4,7 +4,10 @@ import (
 	"context"
 	"fmt"
 	"net/http"
+	"runtime"
+	"sync"
 	"time"
+	"weak"
 
 	"github.com/Azure/azure-sdk-for-go/sdk/azcore/tracing"
 	"github.com/Azure/azure-sdk-for-go/sdk/tracing/azotel"
@@ -92,6 +95,9 @@ const (
 )
 
 // observeGauges registers the observable gauges, read from what update last published.
+// The callback holds the provider weakly, and its registration ends when the provider is
+// closed or collected: a meter provider outlives the providers it observes (the remote
+// provider makes one per document), and must not pin them and the secrets they hold.
 func (p *Provider) observeGauges() error {
 	m := p.tel.meter
 	staleness, err := m.Float64ObservableGauge("viperkv.secret.staleness", metric.WithUnit("s"),
@@ -109,7 +115,12 @@ func (p *Provider) observeGauges() error {
 	if err != nil {
 		return err
 	}
-	_, err = m.RegisterCallback(func(_ context.Context, o metric.Observer) error {
+	wp := weak.Make(p)
+	reg, err := m.RegisterCallback(func(_ context.Context, o metric.Observer) error {
+		p := wp.Value()
+		if p == nil {
+			return nil
+		}
 		now := time.Now()
 		if h := p.health.Load(); h != nil {
 			for r, rh := range h.refs {
@@ -133,7 +144,14 @@ func (p *Provider) observeGauges() error {
 		}
 		return nil
 	}, staleness, refs, window)
-	return err
+	if err != nil {
+		return err
+	}
+	var once sync.Once
+	unregister := func() { once.Do(func() { _ = reg.Unregister() }) }
+	p.unobserve = unregister
+	runtime.AddCleanup(p, func(f func()) { f() }, unregister)
+	return nil
 }
 
 // countRequest counts one request to a vault: its operation, its status code (0: no
