@@ -74,4 +74,6 @@ func IsAuthorityHost(h string) bool {
 func (c Cloud) Resource() string { return "https://" + c.VaultSuffix }
 
 // V1Issuer returns the issuer of its v1 access tokens for tenant.
-func (c Cloud) V1Issuer(tenant string) string { return "https://" + c.v1IssuerHost + "/" + tenant + "/" }
+func (c Cloud) V1Issuer(tenant string) string {
+	return "https://" + c.v1IssuerHost + "/" + tenant + "/"
+}
