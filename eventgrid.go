@@ -305,27 +305,27 @@ func (e deliveredEvent) unix(key string) time.Time {
 	return time.Unix(int64(*f), 0)
 }
 
-// change returns the SecretChange a Key Vault secret event carries.
-func (e deliveredEvent) change() (SecretChange, bool) {
-	var typ ChangeType
+// change returns the Notice a Key Vault secret event carries.
+func (e deliveredEvent) change() (Notice, bool) {
+	var typ NoticeType
 	switch {
-	case strings.EqualFold(e.typ, string(ChangeNewVersion)):
-		typ = ChangeNewVersion
-	case strings.EqualFold(e.typ, string(ChangeNearExpiry)):
-		typ = ChangeNearExpiry
-	case strings.EqualFold(e.typ, string(ChangeExpired)):
-		typ = ChangeExpired
+	case strings.EqualFold(e.typ, string(NoticeNewVersion)):
+		typ = NoticeNewVersion
+	case strings.EqualFold(e.typ, string(NoticeNearExpiry)):
+		typ = NoticeNearExpiry
+	case strings.EqualFold(e.typ, string(NoticeExpired)):
+		typ = NoticeExpired
 	default:
-		return SecretChange{}, false
+		return Notice{}, false
 	}
 	if ot := e.field("objecttype"); ot != "" && !strings.EqualFold(ot, "secret") {
-		return SecretChange{}, false
+		return Notice{}, false
 	}
 	vault := e.field("vaultname")
 	if u, err := url.Parse(e.field("id")); err == nil && u.Scheme == "https" && u.Host != "" {
 		vault = u.Host // the full host: right in every cloud and for allowed private hosts
 	}
-	return SecretChange{Type: typ, ID: e.id, Vault: vault, Name: e.field("objectname"), Version: e.field("version"),
+	return Notice{Type: typ, ID: e.id, Vault: vault, Name: e.field("objectname"), Version: e.field("version"),
 		NotBefore: e.unix("nbf"), Expires: e.unix("exp")}, true
 }
 
@@ -342,12 +342,12 @@ func (e deliveredEvent) change() (SecretChange, bool) {
 // It authenticates nothing: the body must come from a channel that did (a Service Bus
 // receiver signed in with the app's identity, for example). A forged change can cost a GET
 // of a referenced secret, never change a value.
-func ParseSecretChanges(body []byte) ([]SecretChange, error) {
+func ParseSecretChanges(body []byte) ([]Notice, error) {
 	events, err := parseDelivery("", body)
 	if err != nil {
 		return nil, fmt.Errorf("viperkv: not an Event Grid or CloudEvents body: %w", err)
 	}
-	var out []SecretChange
+	var out []Notice
 	for _, e := range events {
 		if c, ok := e.change(); ok {
 			out = append(out, c)

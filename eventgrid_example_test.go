@@ -23,7 +23,7 @@ func ExampleNewEventGridHandler() {
 	kv.SetSecret("api-key", "key-one")
 
 	v := exampleViper(`api: {key: "@KeyVault(SecretUri=https://myvault.vault.azure.net/secrets/api-key/)"}`)
-	p, err := viperkv.New(v, viperkv.WithCredential(srv.Credential()), viperkv.WithTransport(srv.Client()),
+	p, err := viperkv.New(v, viperkv.WithEmulator(srv),
 		viperkv.WithRefreshInterval(time.Hour))
 	if err != nil {
 		fmt.Println(err)
@@ -72,7 +72,7 @@ func ExampleProvider_Notify() {
 	kv.Grant(srv.SystemIdentity(), kvtest.RoleSecretsUser)
 	kv.SetSecret("api-key", "key-one")
 	p, err := viperkv.New(exampleViper(`api: {key: "@KeyVault(VaultName=myvault;SecretName=api-key)"}`),
-		viperkv.WithCredential(srv.Credential()), viperkv.WithTransport(srv.Client()))
+		viperkv.WithEmulator(srv))
 	if err != nil {
 		fmt.Println(err)
 		return
@@ -84,8 +84,8 @@ func ExampleProvider_Notify() {
 	version := kv.SetSecret("api-key", "key-two")
 
 	// The fields of the event's data: VaultName, ObjectName, Version.
-	err = p.Notify(context.Background(), viperkv.SecretChange{
-		Type: viperkv.ChangeNewVersion, ID: "the event's id", Vault: "myvault", Name: "api-key", Version: version,
+	err = p.Notify(context.Background(), viperkv.Notice{
+		Type: viperkv.NoticeNewVersion, ID: "the event's id", Vault: "myvault", Name: "api-key", Version: version,
 	})
 	fmt.Println(err, p.GetString("api.key"))
 	// Output: <nil> key-two

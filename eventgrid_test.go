@@ -73,7 +73,7 @@ func newEGFixture(t *testing.T, opts ...viperkv.EventGridOption) *egFixture {
 		"  pinned: \"@KeyVault(SecretUri=https://myvault.vault.azure.net/secrets/db/%s)\"\n"+
 		"api:\n  key: \"@KeyVault(VaultName=myvault;SecretName=api-key)\"\n", f.v1))
 	var err error
-	f.p, err = viperkv.New(v, viperkv.WithCredential(f.srv.Credential()), viperkv.WithTransport(f.srv.Client()),
+	f.p, err = viperkv.New(v, viperkv.WithEmulator(f.srv),
 		viperkv.WithoutFileWatch(), viperkv.WithLogger(slog.New(slog.NewTextHandler(f.logs, &slog.HandlerOptions{Level: slog.LevelDebug}))))
 	if err != nil {
 		t.Fatal(err)
@@ -228,7 +228,7 @@ func (f *egFixture) settle(t *testing.T, token string) []viperkv.Event {
 	t.Helper()
 	viperkv.WaitEventGrid(f.h)
 	v := f.kv.SetSecret("api-key", "key-"+fmt.Sprint(time.Now().UnixNano()))
-	if st, body := f.post(t, token, "application/json", []any{egEvent("marker-"+v, string(viperkv.ChangeNewVersion), "api-key", v)}); st != 200 {
+	if st, body := f.post(t, token, "application/json", []any{egEvent("marker-"+v, string(viperkv.NoticeNewVersion), "api-key", v)}); st != 200 {
 		t.Fatalf("marker delivery: %d %s", st, body)
 	}
 	var seen []viperkv.Event
@@ -254,13 +254,13 @@ func TestEventGridSchemas(t *testing.T) {
 		body              func(id, v string) any
 	}{
 		{"EventGridSchema", "application/json", func(id, v string) any {
-			return []any{egEvent(id, string(viperkv.ChangeNewVersion), "db", v)}
+			return []any{egEvent(id, string(viperkv.NoticeNewVersion), "db", v)}
 		}},
 		{"CloudEvents", "application/cloudevents+json; charset=utf-8", func(id, v string) any {
-			return ceEvent(id, string(viperkv.ChangeNewVersion), "db", v)
+			return ceEvent(id, string(viperkv.NoticeNewVersion), "db", v)
 		}},
 		{"CloudEventsBatch", "application/cloudevents-batch+json; charset=utf-8", func(id, v string) any {
-			return []any{ceEvent("other-"+id, "Microsoft.KeyVault.KeyNewVersionCreated", "k", "1"), ceEvent(id, string(viperkv.ChangeNewVersion), "db", v)}
+			return []any{ceEvent("other-"+id, "Microsoft.KeyVault.KeyNewVersionCreated", "k", "1"), ceEvent(id, string(viperkv.NoticeNewVersion), "db", v)}
 		}},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
@@ -328,7 +328,7 @@ func TestEventGridHandshakes(t *testing.T) {
 	}
 
 	// Before the first Load: handshakes are answered, notifications get 503 (retried).
-	unloaded, err := viperkv.New(yamlViper(t, "a: b\n"), viperkv.WithCredential(f.srv.Credential()), viperkv.WithTransport(f.srv.Client()))
+	unloaded, err := viperkv.New(yamlViper(t, "a: b\n"), viperkv.WithEmulator(f.srv))
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -342,7 +342,7 @@ func TestEventGridHandshakes(t *testing.T) {
 	if st, body := f.post(t, tok, "application/json", validation, "aeg-event-type", "SubscriptionValidation"); st != 200 || !strings.Contains(body, "512d38b6") {
 		t.Errorf("handshake before Load: %d %s", st, body)
 	}
-	if st, _ := f.post(t, tok, "application/json", []any{egEvent("e", string(viperkv.ChangeNewVersion), "db", "abc")}); st != 503 {
+	if st, _ := f.post(t, tok, "application/json", []any{egEvent("e", string(viperkv.NoticeNewVersion), "db", "abc")}); st != 503 {
 		t.Errorf("notification before Load: %d, want 503", st)
 	}
 }
@@ -399,7 +399,7 @@ func TestEventGridAuthentication(t *testing.T) {
 		t.Run(tc.name, func(t *testing.T) {
 			v := f.kv.SetSecret("db", f.sentinel+"-"+tc.name)
 			f.kv.ResetCounters()
-			body := &bodyWatch{r: strings.NewReader(`[` + mustJSON(egEvent("id-"+v, string(viperkv.ChangeNewVersion), "db", v)) + `]`)}
+			body := &bodyWatch{r: strings.NewReader(`[` + mustJSON(egEvent("id-"+v, string(viperkv.NoticeNewVersion), "db", v)) + `]`)}
 			req := httptest.NewRequest(http.MethodPost, "/events", body)
 			req.Header.Set("Content-Type", "application/json")
 			if tc.token != "" {
@@ -456,7 +456,7 @@ func mustJSON(v any) string {
 func TestEventGridHeaderAuthentication(t *testing.T) {
 	f := newEGFixture(t, viperkv.EventGridHeader("X-Webhook-Key", "s3cret-header"))
 	v := f.kv.SetSecret("db", f.sentinel+"-v2")
-	ev := []any{egEvent("h1", string(viperkv.ChangeNewVersion), "db", v)}
+	ev := []any{egEvent("h1", string(viperkv.NoticeNewVersion), "db", v)}
 	for _, hv := range []string{"", "wrong", "s3cret-header-and-more"} {
 		var hdr []string
 		if hv != "" {
@@ -514,7 +514,7 @@ func TestEventGridHeaderAuthentication(t *testing.T) {
 func TestEventGridDeliveries(t *testing.T) {
 	f := newEGFixture(t)
 	tok := f.token(t, nil)
-	nv := string(viperkv.ChangeNewVersion)
+	nv := string(viperkv.NoticeNewVersion)
 
 	big := bytes.Repeat([]byte(" "), 1<<20+1)
 	if st, _ := f.post(t, tok, "application/json", big); st != 413 {
@@ -579,9 +579,9 @@ func TestEventGridDeliveries(t *testing.T) {
 	// Near expiry and expiry of the version in use: events, no GET.
 	f.kv.ResetCounters()
 	exp := time.Now().Add(29 * 24 * time.Hour)
-	near := egEvent("near", string(viperkv.ChangeNearExpiry), "db", v3)
+	near := egEvent("near", string(viperkv.NoticeNearExpiry), "db", v3)
 	near["data"].(map[string]any)["EXP"] = exp.Unix()
-	expired := egEvent("exp", string(viperkv.ChangeExpired), "db", v3)
+	expired := egEvent("exp", string(viperkv.NoticeExpired), "db", v3)
 	expired["data"].(map[string]any)["EXP"] = exp.Unix()
 	for _, body := range []any{[]any{near}, []any{expired}} {
 		if st, out := f.post(t, tok, "application/json", body); st != 200 {
@@ -737,7 +737,7 @@ func TestParseSecretChangesFromTheEmulator(t *testing.T) {
 				t.Fatalf("ParseSecretChanges(%s) = %v, %v", body, changes, err)
 			}
 			c := changes[0]
-			if c.Type != viperkv.ChangeNewVersion || c.ID == "" || c.Vault != "myvault.vault.azure.net" || c.Name != "db" || c.Version != v2 {
+			if c.Type != viperkv.NoticeNewVersion || c.ID == "" || c.Vault != "myvault.vault.azure.net" || c.Name != "db" || c.Version != v2 {
 				t.Errorf("change %+v", c)
 			}
 			f.kv.ResetCounters()
@@ -761,14 +761,14 @@ func TestParseSecretChangesSkipsAndRejects(t *testing.T) {
 	mixed := mustJSON([]any{
 		egEvent("e1", "Microsoft.KeyVault.KeyNewVersionCreated", "signing-key", "k1"),
 		egEvent("e2", "Microsoft.EventGrid.SubscriptionValidationEvent", "", ""),
-		egEvent("e3", string(viperkv.ChangeNearExpiry), "db", "v9"),
+		egEvent("e3", string(viperkv.NoticeNearExpiry), "db", "v9"),
 	})
 	changes, err := viperkv.ParseSecretChanges([]byte(mixed))
-	if err != nil || len(changes) != 1 || changes[0].Type != viperkv.ChangeNearExpiry || changes[0].ID != "e3" || changes[0].Version != "v9" {
+	if err != nil || len(changes) != 1 || changes[0].Type != viperkv.NoticeNearExpiry || changes[0].ID != "e3" || changes[0].Version != "v9" {
 		t.Errorf("mixed delivery: %+v, %v", changes, err)
 	}
-	batch := mustJSON([]any{ceEvent("c1", string(viperkv.ChangeNewVersion), "db", "v2"), ceEvent("c2", string(viperkv.ChangeExpired), "api-key", "v3")})
-	if changes, err := viperkv.ParseSecretChanges([]byte(batch)); err != nil || len(changes) != 2 || changes[1].Type != viperkv.ChangeExpired {
+	batch := mustJSON([]any{ceEvent("c1", string(viperkv.NoticeNewVersion), "db", "v2"), ceEvent("c2", string(viperkv.NoticeExpired), "api-key", "v3")})
+	if changes, err := viperkv.ParseSecretChanges([]byte(batch)); err != nil || len(changes) != 2 || changes[1].Type != viperkv.NoticeExpired {
 		t.Errorf("CloudEvents batch: %+v, %v", changes, err)
 	}
 	for _, bad := range []string{"", "not json", `{"id":"x"}`, `[{"id":"x","data":"str","eventType":"Microsoft.KeyVault.SecretNewVersionCreated"}]`} {
@@ -788,9 +788,9 @@ func TestParseSecretChangesForged(t *testing.T) {
 	defer evil.Close()
 	host := strings.TrimPrefix(evil.URL, "https://")
 	forged := mustJSON([]any{
-		map[string]any{"id": "f1", "eventType": string(viperkv.ChangeNewVersion),
+		map[string]any{"id": "f1", "eventType": string(viperkv.NoticeNewVersion),
 			"data": map[string]any{"Id": "https://" + host + "/secrets/db/0123", "VaultName": "myvault", "ObjectName": "db", "Version": "0123"}},
-		map[string]any{"id": "f2", "eventType": string(viperkv.ChangeNewVersion),
+		map[string]any{"id": "f2", "eventType": string(viperkv.NoticeNewVersion),
 			"data": map[string]any{"Id": "https://myvault.vault.azure.net/secrets/db/forged", "VaultName": "myvault", "ObjectName": "db", "Version": "forged"}},
 	})
 	changes, err := viperkv.ParseSecretChanges([]byte(forged))
@@ -822,8 +822,8 @@ func TestParseSecretChangesForged(t *testing.T) {
 // ParseSecretChanges takes any body without panicking, and what it returns is a secret
 // change of a known type whose fields carry no surrounding spaces.
 func FuzzParseSecretChanges(f *testing.F) {
-	f.Add([]byte(mustJSON([]any{egEvent("e1", string(viperkv.ChangeNewVersion), "db", "v2")})))
-	f.Add([]byte(mustJSON(ceEvent("c1", string(viperkv.ChangeExpired), "db", "v2"))))
+	f.Add([]byte(mustJSON([]any{egEvent("e1", string(viperkv.NoticeNewVersion), "db", "v2")})))
+	f.Add([]byte(mustJSON(ceEvent("c1", string(viperkv.NoticeExpired), "db", "v2"))))
 	f.Add([]byte(`[{"id":" x ","eventType":"Microsoft.KeyVault.SecretNearExpiry","data":{"ObjectName ":" db ","Id":"https://h/secrets/db/v"}}]`))
 	f.Add([]byte(`{"specversion":"1.0","type":"x","data":null}`))
 	f.Fuzz(func(t *testing.T, body []byte) {
@@ -836,7 +836,7 @@ func FuzzParseSecretChanges(f *testing.F) {
 		}
 		for _, c := range changes {
 			switch c.Type {
-			case viperkv.ChangeNewVersion, viperkv.ChangeNearExpiry, viperkv.ChangeExpired:
+			case viperkv.NoticeNewVersion, viperkv.NoticeNearExpiry, viperkv.NoticeExpired:
 			default:
 				t.Fatalf("change of type %q", c.Type)
 			}

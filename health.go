@@ -1,57 +1,74 @@
 package viperkv
 
 import (
+	"context"
 	"encoding/json"
 	"net/http"
-	"slices"
+	"strings"
 	"time"
+
+	"go.opentelemetry.io/otel/metric"
 )
 
-// ReferenceHealth is how fresh one reference's value is, for dashboards and readiness
-// probes. It never holds a value.
-type ReferenceHealth struct {
-	Key       string    // config key
-	Reference Reference // zero when the reference is malformed
-	Status    Status
-	Reason    string // why, when Status is not StatusResolved
-	// HasValue says the key holds a value: its latest, or its last good one while failing.
-	HasValue bool
-	// LastSuccess is when the value held was last confirmed current: fetched, or shown
-	// unchanged by a list. Zero when never.
-	LastSuccess time.Time
-	// ConsecutiveFailures counts the failed fetches since the last success, and
-	// FailingSince is when they began (zero when not failing).
-	ConsecutiveFailures int
-	FailingSince        time.Time
-	// Staleness is the time since LastSuccess, for a versionless reference (a pinned
-	// version never changes, so it is never stale: 0).
-	Staleness time.Duration
+// freshness is what the provider knows of one secret's freshness.
+type freshness struct {
+	confirmed    time.Time // the value held was last confirmed current (zero: never)
+	failingSince time.Time // the current run of failures began (zero: not failing)
+	fails        int       // consecutive failed fetches
 }
 
-// Health reports every reference of the current configuration, sorted by config key, as
-// Status does, with how fresh each value is. It is nil before the first Load.
-func (p *Provider) Health() []ReferenceHealth {
-	cur := p.cur.Load()
+// healthState is published by every update, for Status and the gauges to read without
+// waiting on a Load.
+type healthState struct {
+	refs map[Reference]freshness
+}
+
+// observe counts the update's failed fetches and publishes the health state. The caller
+// holds updateMu.
+func (p *Provider) observe(snap *snapshot, fetched map[Reference]*secret, now time.Time) {
+	for r, f := range fetched {
+		if f.status != StatusResolved {
+			p.tel.failures.Add(context.Background(), 1, metric.WithAttributes(attrVault.String(r.Vault), attrStatus.String(string(f.status))))
+		}
+	}
+	h := &healthState{refs: make(map[Reference]freshness, len(snap.secrets))}
+	for r := range snap.secrets {
+		var f freshness
+		if st := p.sched.polls[r]; st != nil {
+			f = freshness{confirmed: st.ok, failingSince: st.since, fails: st.fails}
+		}
+		h.refs[r] = f
+	}
+	p.health.Store(h)
+}
+
+// Status reports every reference of the current configuration, sorted by config key, with
+// how fresh each value is, and environment variables holding references that no key reads
+// (StatusEnvKeyNotNamed). It is nil before the first Load.
+func (p *Provider) Status() []ReferenceStatus {
+	return p.statusOf(p.cur.Load(), time.Now())
+}
+
+// statusOf returns the rows of cur with their freshness at now.
+func (p *Provider) statusOf(cur *snapshot, now time.Time) []ReferenceStatus {
 	if cur == nil {
 		return nil
 	}
-	var refs map[Reference]refHealth
+	var refs map[Reference]freshness
 	if h := p.health.Load(); h != nil {
 		refs = h.refs
 	}
-	now := time.Now()
-	out := make([]ReferenceHealth, 0, len(cur.status))
-	for _, st := range cur.status {
-		if st.Status == StatusEnvKeyNotNamed {
-			continue // a warning about a variable no key reads, not a reference of the configuration
+	out := make([]ReferenceStatus, len(cur.status))
+	for i, st := range cur.status {
+		if st.Status != StatusEnvKeyNotNamed {
+			f := refs[st.Reference]
+			st.HasValue = st.Version != ""
+			st.LastSuccess, st.ConsecutiveFailures, st.FailingSince = f.confirmed, f.fails, f.failingSince
+			if st.Reference.Version == "" && !f.confirmed.IsZero() { // a pinned version never goes stale
+				st.Staleness = now.Sub(f.confirmed)
+			}
 		}
-		rh := refs[st.Reference]
-		h := ReferenceHealth{Key: st.Key, Reference: st.Reference, Status: st.Status, Reason: st.Reason,
-			HasValue: st.Version != "", LastSuccess: rh.confirmed, ConsecutiveFailures: rh.fails, FailingSince: rh.failingSince}
-		if st.Reference.Version == "" && !rh.confirmed.IsZero() {
-			h.Staleness = now.Sub(rh.confirmed)
-		}
-		out = append(out, h)
+		out[i] = st
 	}
 	return out
 }
@@ -61,7 +78,7 @@ type HealthOption func(*healthConfig)
 
 type healthConfig struct {
 	maxFailing time.Duration
-	optional   []string
+	optional   map[string]bool
 }
 
 // HealthMaxFailing makes HealthHandler answer 503 when a reference has been failing for
@@ -72,9 +89,14 @@ func HealthMaxFailing(d time.Duration) HealthOption {
 }
 
 // HealthOptional names config keys whose references are not required: one without a
-// value does not make HealthHandler answer 503.
+// value does not make HealthHandler answer 503. Keys are compared without regard to case,
+// as Viper's are.
 func HealthOptional(keys ...string) HealthOption {
-	return func(c *healthConfig) { c.optional = append(c.optional, keys...) }
+	return func(c *healthConfig) {
+		for _, k := range keys {
+			c.optional[strings.ToLower(k)] = true
+		}
+	}
 }
 
 // HealthHandler returns an http.Handler for readiness probes: 200 when every required
@@ -82,7 +104,7 @@ func HealthOptional(keys ...string) HealthOption {
 // bound), 503 otherwise and before the first Load. The JSON body names the references
 // that fail, with their status, reason and how long they have failed; never a value.
 func (p *Provider) HealthHandler(opts ...HealthOption) http.Handler {
-	var cfg healthConfig
+	cfg := healthConfig{optional: map[string]bool{}}
 	for _, o := range opts {
 		o(&cfg)
 	}
@@ -104,24 +126,27 @@ func (p *Provider) HealthHandler(opts ...HealthOption) http.Handler {
 			Failing    []failing `json:"failing"`
 		}{Status: "ok", Failing: []failing{}}
 		code := http.StatusOK
-		hs := p.Health()
-		if hs == nil && p.cur.Load() == nil {
+		now := time.Now()
+		cur := p.cur.Load() // one configuration: the rows and "not loaded" must agree
+		if cur == nil {
 			body.Status, code = "not loaded", http.StatusServiceUnavailable
 		}
-		now := time.Now()
-		body.References = len(hs)
-		for _, h := range hs {
-			if h.Status == StatusResolved {
+		for _, st := range p.statusOf(cur, now) {
+			if st.Status == StatusEnvKeyNotNamed {
+				continue // a warning about a variable no key reads, not a reference of the configuration
+			}
+			body.References++
+			if st.Status == StatusResolved {
 				continue
 			}
-			f := failing{Key: h.Key, Vault: h.Reference.Vault, Secret: h.Reference.Name, Status: h.Status, Reason: h.Reason,
-				HasValue: h.HasValue, StalenessS: h.Staleness.Seconds()}
-			if !h.FailingSince.IsZero() {
-				f.FailingForS = now.Sub(h.FailingSince).Seconds()
+			f := failing{Key: st.Key, Vault: st.Reference.Vault, Secret: st.Reference.Name, Status: st.Status, Reason: st.Reason,
+				HasValue: st.HasValue, StalenessS: st.Staleness.Seconds()}
+			if !st.FailingSince.IsZero() {
+				f.FailingForS = now.Sub(st.FailingSince).Seconds()
 			}
-			required := !slices.Contains(cfg.optional, h.Key)
-			tooLong := cfg.maxFailing > 0 && !h.FailingSince.IsZero() && now.Sub(h.FailingSince) > cfg.maxFailing
-			f.MakesUnready = required && (!h.HasValue || tooLong)
+			required := !cfg.optional[strings.ToLower(st.Key)]
+			tooLong := cfg.maxFailing > 0 && !st.FailingSince.IsZero() && now.Sub(st.FailingSince) > cfg.maxFailing
+			f.MakesUnready = required && (!st.HasValue || tooLong)
 			if f.MakesUnready {
 				body.Status, code = "unavailable", http.StatusServiceUnavailable
 			}

@@ -19,13 +19,13 @@ func TestHealthInSimulatedTime(t *testing.T) {
 		src.set("myvault", "cache", "cache-v1")
 		p := newFakeProvider(t, src, YAMLViper(t, "db: \"@KeyVault(VaultName=myvault;SecretName=db)\"\ncache: \"@KeyVault(VaultName=myvault;SecretName=cache)\"\n"+
 			"bad: \"@KeyVault(VaultName=;SecretName=x)\"\n"),
-			WithRefreshInterval(interval), WithRetryBackoff(time.Minute, time.Minute), WithChangeDetection(ChangeDetectionGet))
+			WithRefreshInterval(interval), WithRetryBackoff(time.Minute, time.Minute), WithVersionCheck(VersionCheckGet))
 		if err := p.Load(t.Context()); err == nil {
 			t.Fatal("Load with a malformed reference: no error")
 		}
-		byKey := func() map[string]ReferenceHealth {
-			out := map[string]ReferenceHealth{}
-			for _, h := range p.Health() {
+		byKey := func() map[string]ReferenceStatus {
+			out := map[string]ReferenceStatus{}
+			for _, h := range p.Status() {
 				out[h.Key] = h
 			}
 			return out
@@ -44,6 +44,9 @@ func TestHealthInSimulatedTime(t *testing.T) {
 		}
 		if code, _ := serve(HealthOptional("bad")); code != 200 {
 			t.Errorf("the malformed reference made optional: %d, want 200", code)
+		}
+		if code, _ := serve(HealthOptional("BAD")); code != 200 {
+			t.Errorf("the malformed reference made optional in another case: %d, want 200 (keys are case-insensitive)", code)
 		}
 
 		startWatch(t, p)

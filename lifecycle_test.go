@@ -33,7 +33,7 @@ func TestCloseLeavesNoGoroutine(t *testing.T) {
 	kv.SetSecret("db", "db-v1")
 	kv.SetSecret("api", "api-v1")
 	p, err := viperkv.New(yamlViper(t, "db: \"@KeyVault(VaultName=myvault;SecretName=db)\"\napi: \"@KeyVault(VaultName=myvault;SecretName=api)\"\n"),
-		viperkv.WithCredential(srv.Credential()), viperkv.WithTransport(srv.Client()), viperkv.WithoutFileWatch(),
+		viperkv.WithEmulator(srv), viperkv.WithoutFileWatch(),
 		viperkv.WithRefreshInterval(50*time.Millisecond), viperkv.WithMeterProvider(metric.NewMeterProvider()))
 	if err != nil {
 		t.Fatal(err)
@@ -47,7 +47,7 @@ func TestCloseLeavesNoGoroutine(t *testing.T) {
 	go func() { watched <- p.Watch(context.Background()) }()
 
 	v2 := kv.SetSecret("db", "db-v2")
-	if err := p.Notify(context.Background(), viperkv.SecretChange{Type: viperkv.ChangeNewVersion, Vault: "myvault", Name: "db", Version: v2}); err != nil {
+	if err := p.Notify(context.Background(), viperkv.Notice{Type: viperkv.NoticeNewVersion, Vault: "myvault", Name: "db", Version: v2}); err != nil {
 		t.Fatal(err)
 	}
 	h, err := viperkv.NewEventGridHandler(p, viperkv.EventGridHeader("X-Secret", "s3cret"))
@@ -94,7 +94,7 @@ func TestCloseLeavesNoGoroutine(t *testing.T) {
 		"Refresh": func() error { return p.Refresh(context.Background()) },
 		"Watch":   func() error { return p.Watch(context.Background()) },
 		"Notify": func() error {
-			return p.Notify(context.Background(), viperkv.SecretChange{Type: viperkv.ChangeNewVersion, Vault: "myvault", Name: "db", Version: v2})
+			return p.Notify(context.Background(), viperkv.Notice{Type: viperkv.NoticeNewVersion, Vault: "myvault", Name: "db", Version: v2})
 		},
 	} {
 		if err := call(); !errors.Is(err, viperkv.ErrClosed) {
@@ -117,7 +117,7 @@ func TestCloseCutsShortALoad(t *testing.T) {
 	kv.SetSecret("db", "v")
 	kv.InjectFault(kvtest.OpGetSecret, kvtest.Fault{Hang: true})
 	p, err := viperkv.New(yamlViper(t, "db: \"@KeyVault(VaultName=myvault;SecretName=db)\"\n"),
-		viperkv.WithCredential(srv.Credential()), viperkv.WithTransport(srv.Client()))
+		viperkv.WithEmulator(srv))
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -168,7 +168,7 @@ func TestProvidersAreNotPinnedByTheirMeter(t *testing.T) {
 	kv.Grant(srv.SystemIdentity(), kvtest.RoleSecretsUser)
 	kv.SetSecret("db", "v")
 	p, err := viperkv.New(yamlViper(t, "db: \"@KeyVault(VaultName=myvault;SecretName=db)\"\n"),
-		viperkv.WithCredential(srv.Credential()), viperkv.WithTransport(srv.Client()), viperkv.WithMeterProvider(mp))
+		viperkv.WithEmulator(srv), viperkv.WithMeterProvider(mp))
 	if err != nil {
 		t.Fatal(err)
 	}

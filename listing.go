@@ -11,23 +11,23 @@ import (
 	"github.com/viperkv/viperkv/internal/driver"
 )
 
-// ChangeDetection is how Watch finds new versions of versionless references.
-type ChangeDetection string
+// VersionCheck is how Watch finds new versions of versionless references.
+type VersionCheck string
 
-// Change detection modes.
+// Version check modes.
 const (
-	// ChangeDetectionAuto chooses per vault whichever costs fewer requests a cycle: listing
+	// VersionCheckAuto chooses per vault whichever costs fewer requests a cycle: listing
 	// when the vault is small next to the number of its secrets the configuration watches,
 	// a GET per secret otherwise. It is the default.
-	ChangeDetectionAuto ChangeDetection = "auto"
-	// ChangeDetectionList lists each vault's secrets (25 a page) every cycle and GETs only
+	VersionCheckAuto VersionCheck = "auto"
+	// VersionCheckList lists each vault's secrets (25 a page) every cycle and GETs only
 	// those whose attributes changed.
-	ChangeDetectionList ChangeDetection = "list"
-	// ChangeDetectionGet GETs every versionless secret every cycle.
-	ChangeDetectionGet ChangeDetection = "get"
+	VersionCheckList VersionCheck = "list"
+	// VersionCheckGet GETs every versionless secret every cycle.
+	VersionCheckGet VersionCheck = "get"
 )
 
-// WithChangeDetection sets how Watch finds new versions (default ChangeDetectionAuto).
+// WithVersionCheck sets how Watch finds new versions (default VersionCheckAuto).
 //
 // A refresh cycle by listing costs ceil(N/25) requests for a vault of N secrets, however
 // many of them the configuration references, plus one GET per secret that changed: 20
@@ -42,8 +42,8 @@ const (
 // second as the one held could list as unchanged: a secret fetched within two seconds of
 // its last change, by the vault's clock (the Date of its answer), is checked by GET once
 // more on the next cycle.
-func WithChangeDetection(mode ChangeDetection) Option {
-	return func(o *options) { o.changeDetection = mode }
+func WithVersionCheck(mode VersionCheck) Option {
+	return func(o *options) { o.versionCheck = mode }
 }
 
 // sameSecond is how soon after a version's last change a fetch leaves it ambiguous to a
@@ -71,11 +71,11 @@ func (p *Provider) listPlan(vault string, k int, now time.Time) (list bool, maxP
 		p.lists[vault] = st
 	}
 	switch {
-	case p.opts.changeDetection == ChangeDetectionGet:
+	case p.opts.versionCheck == VersionCheckGet:
 		return false, 0
 	case !st.denied.IsZero() && now.Sub(st.denied) < relist:
 		return false, 0
-	case p.opts.changeDetection == ChangeDetectionList:
+	case p.opts.versionCheck == VersionCheckList:
 		return true, 0
 	case k < 2: // one GET costs no more than one page
 		return false, 0
@@ -194,11 +194,11 @@ func equalTime(a, b *time.Time) bool {
 	return a.Equal(*b)
 }
 
-// checkChangeDetection validates WithChangeDetection's mode.
-func checkChangeDetection(m ChangeDetection) error {
+// checkVersionCheck validates WithVersionCheck's mode.
+func checkVersionCheck(m VersionCheck) error {
 	switch m {
-	case ChangeDetectionAuto, ChangeDetectionList, ChangeDetectionGet:
+	case VersionCheckAuto, VersionCheckList, VersionCheckGet:
 		return nil
 	}
-	return fmt.Errorf("viperkv: New: WithChangeDetection(%q): want auto, list or get", string(m))
+	return fmt.Errorf("viperkv: New: WithVersionCheck(%q): want auto, list or get", string(m))
 }

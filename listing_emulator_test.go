@@ -12,7 +12,7 @@ import (
 	"github.com/viperkv/viperkv/kvtest"
 )
 
-// TestListingOnTheEmulator: change detection by listing through the real SDK's pager,
+// TestListingOnTheEmulator: version checks by listing through the real SDK's pager,
 // against a vault that pages as Key Vault may (short and empty pages with a nextLink):
 // quiet cycles cost list pages and no GET; a rotation costs a GET; a 403 on list falls
 // back to GETs and says so once. Real time, generous deadlines; nothing depends on how
@@ -33,8 +33,8 @@ func TestListingOnTheEmulator(t *testing.T) {
 	// next cycle (one-second timestamps); start past that window.
 	time.Sleep(2100 * time.Millisecond)
 	logs := &redirLog{}
-	p, err := viperkv.New(yamlViper(t, doc.String()), viperkv.WithCredential(srv.Credential()), viperkv.WithTransport(srv.Client()),
-		viperkv.WithoutFileWatch(), viperkv.WithRefreshInterval(100*time.Millisecond), viperkv.WithChangeDetection(viperkv.ChangeDetectionAuto),
+	p, err := viperkv.New(yamlViper(t, doc.String()), viperkv.WithEmulator(srv),
+		viperkv.WithoutFileWatch(), viperkv.WithRefreshInterval(100*time.Millisecond), viperkv.WithVersionCheck(viperkv.VersionCheckAuto),
 		viperkv.WithLogger(slog.New(slog.NewTextHandler(logs, nil))))
 	if err != nil {
 		t.Fatal(err)
@@ -82,7 +82,7 @@ func TestListingOnTheEmulator(t *testing.T) {
 	for attempt := 0; ; attempt++ {
 		created := time.Now()
 		va := kv.SetSecret("s09", "value-09-a")
-		if err := p.Notify(context.Background(), viperkv.SecretChange{Type: viperkv.ChangeNewVersion, Vault: "myvault", Name: "s09", Version: va}); err != nil {
+		if err := p.Notify(context.Background(), viperkv.Notice{Type: viperkv.NoticeNewVersion, Vault: "myvault", Name: "s09", Version: va}); err != nil {
 			t.Fatal(err)
 		}
 		vb := kv.SetSecret("s09", "value-09-b")

@@ -30,14 +30,14 @@ func totalGets(src *fakeSource) int { return len(src.Calls()) }
 // seconds of the versions' creation, are checked by GET once more on the first cycle (the
 // one-second timestamps could hide a version made in the same second).
 func TestListDetectsRotationsWithOnePagePerCycle(t *testing.T) {
-	for _, mode := range []ChangeDetection{ChangeDetectionAuto, ChangeDetectionList} {
+	for _, mode := range []VersionCheck{VersionCheckAuto, VersionCheckList} {
 		t.Run(string(mode), func(t *testing.T) {
 			synctest.Test(t, func(t *testing.T) {
 				const interval = time.Minute
 				src := newFakeSource()
 				doc := twentySecrets(src)
 				time.Sleep(5 * time.Second) // the versions are older than the same-second window
-				p := loadFake(t, src, doc, WithRefreshInterval(interval), WithChangeDetection(mode))
+				p := loadFake(t, src, doc, WithRefreshInterval(interval), WithVersionCheck(mode))
 				rec := record(p)
 				startWatch(t, p)
 				afterLoad := totalGets(src)
@@ -79,7 +79,7 @@ func TestListFindsAVersionOfTheSameSecond(t *testing.T) {
 				src := newFakeSource()
 				src.SetClockBehind(behind)
 				doc := twentySecrets(src)
-				p := loadFake(t, src, doc, WithRefreshInterval(interval), WithChangeDetection(ChangeDetectionList))
+				p := loadFake(t, src, doc, WithRefreshInterval(interval), WithVersionCheck(VersionCheckList))
 				v2 := src.set("myvault", "s03", "v03-2") // the same (simulated) second as v1 and Load
 				rec := record(p)
 				startWatch(t, p)
@@ -110,7 +110,7 @@ func TestListForbiddenFallsBackToGets(t *testing.T) {
 		src.denyList("myvault")
 		time.Sleep(5 * time.Second)
 		var logs logSink
-		p := loadFake(t, src, doc, WithRefreshInterval(interval), WithChangeDetection(ChangeDetectionList),
+		p := loadFake(t, src, doc, WithRefreshInterval(interval), WithVersionCheck(VersionCheckList),
 			WithLogger(slog.New(slog.NewTextHandler(&logs, nil))))
 		rec := record(p)
 		startWatch(t, p)
@@ -141,7 +141,7 @@ func TestListDisabledAndDeletedSecrets(t *testing.T) {
 		src := newFakeSource()
 		doc := twentySecrets(src)
 		time.Sleep(5 * time.Second)
-		p := loadFake(t, src, doc, WithRefreshInterval(interval), WithChangeDetection(ChangeDetectionList))
+		p := loadFake(t, src, doc, WithRefreshInterval(interval), WithVersionCheck(VersionCheckList))
 		rec := record(p)
 		startWatch(t, p)
 		src.fail("myvault", "s01", StatusSecretDisabled, "GET https://myvault.vault.azure.net/secrets/s01: 403: the secret version is disabled")
@@ -208,8 +208,8 @@ b: {x: "@KeyVault(VaultName=shared;SecretName=x)", y: "@KeyVault(VaultName=share
 }
 
 func TestWithChangeDetectionRejectsUnknownModes(t *testing.T) {
-	_, err := New(YAMLViper(t, "a: b\n"), withSource(newFakeSource()), WithChangeDetection("sometimes"))
-	if err == nil || !strings.Contains(err.Error(), `WithChangeDetection("sometimes")`) {
+	_, err := New(YAMLViper(t, "a: b\n"), withSource(newFakeSource()), WithVersionCheck("sometimes"))
+	if err == nil || !strings.Contains(err.Error(), `WithVersionCheck("sometimes")`) {
 		t.Errorf("New = %v", err)
 	}
 }
@@ -222,7 +222,7 @@ func TestThrottledListIsNotAmplified(t *testing.T) {
 		src := newFakeSource()
 		doc := twentySecrets(src)
 		time.Sleep(5 * time.Second)
-		p := loadFake(t, src, doc, WithRefreshInterval(interval), WithChangeDetection(ChangeDetectionList),
+		p := loadFake(t, src, doc, WithRefreshInterval(interval), WithVersionCheck(VersionCheckList),
 			WithRetryBackoff(10*time.Second, time.Minute))
 		rec := record(p)
 		startWatch(t, p)
@@ -250,7 +250,7 @@ func TestThrottledListIsNotAmplified(t *testing.T) {
 	})
 }
 
-// A vault source and change detection share one list of the vault a cycle: importing the
+// A vault source and version checks share one list of the vault a cycle: importing the
 // vault's secrets as keys does not list it twice.
 func TestVaultSourceListsOncePerCycle(t *testing.T) {
 	synctest.Test(t, func(t *testing.T) {

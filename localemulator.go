@@ -9,7 +9,7 @@ import (
 	"github.com/viperkv/viperkv/internal/emuinfo"
 )
 
-// WithLocalEmulator makes the provider talk to a running standalone emulator (viperkv
+// WithEmulatorInfo makes the provider talk to a running standalone emulator (viperkv
 // emulator --info infoPath) instead of Azure, keeping the configuration's production URLs
 // (https://myvault.vault.azure.net): it is how a service runs on a laptop against the
 // emulator without importing kvtest into its binary.
@@ -18,7 +18,7 @@ import (
 // for example only when a variable of its own is set:
 //
 //	if path := os.Getenv("MYAPP_KEYVAULT_EMULATOR"); path != "" {
-//		opts = append(opts, viperkv.WithLocalEmulator(path))
+//		opts = append(opts, viperkv.WithEmulatorInfo(path))
 //	}
 //
 // New reads the info file and then:
@@ -39,7 +39,7 @@ import (
 //
 // Every Load logs at Warn that the provider is not talking to Azure, to the provider's
 // logger or, when its logs are discarded (no WithLogger), to slog.Default().
-func WithLocalEmulator(infoPath string) Option {
+func WithEmulatorInfo(infoPath string) Option {
 	return func(o *options) { o.localEmulator = &localEmulator{path: infoPath} }
 }
 
@@ -51,7 +51,7 @@ type localEmulator struct {
 
 // apply reads the info file and sets o up to reach the emulator.
 func (e *localEmulator) apply(o *options) error {
-	wrap := func(err error) error { return fmt.Errorf("viperkv: New: WithLocalEmulator(%s): %w", e.path, err) }
+	wrap := func(err error) error { return fmt.Errorf("viperkv: New: WithEmulatorInfo(%s): %w", e.path, err) }
 	if o.transport != nil {
 		return wrap(errors.New("WithTransport cannot be combined with it"))
 	}
@@ -80,7 +80,7 @@ func (e *localEmulator) apply(o *options) error {
 // warn says, on every Load, that the provider is not talking to Azure. e may be nil.
 func (e *localEmulator) warn() {
 	if e != nil {
-		e.log.Warn("viperkv: NOT TALKING TO AZURE: secrets come from the local emulator (WithLocalEmulator); never use this in production",
+		e.log.Warn("viperkv: NOT TALKING TO AZURE: secrets come from the local emulator (WithEmulatorInfo); never use this in production",
 			"info", e.path)
 	}
 }

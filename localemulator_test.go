@@ -70,7 +70,7 @@ func writeEmulatorInfo(t *testing.T, srv *kvtest.Server, edit func(*emuinfo.Info
 	return path
 }
 
-// TestWithLocalEmulatorLoads: with nothing but WithLocalEmulator (no transport, no
+// TestWithLocalEmulatorLoads: with nothing but WithEmulatorInfo (no transport, no
 // variables), production URLs resolve against the emulator, the environment is left as it
 // was, a user-assigned identity is chosen by WithManagedIdentity, a vault the emulator does
 // not have is VaultNotFound, and every Load warns that it is not Azure.
@@ -92,7 +92,7 @@ db:
   conn: "@KeyVault(SecretUri=https://myvault.vault.azure.net/secrets/db-conn/)"
 missing: "@KeyVault(VaultName=novault;SecretName=x)"
 `)
-	p, err := viperkv.New(v, viperkv.WithLocalEmulator(path), viperkv.WithLogger(log))
+	p, err := viperkv.New(v, viperkv.WithEmulatorInfo(path), viperkv.WithLogger(log))
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -122,7 +122,7 @@ missing: "@KeyVault(VaultName=novault;SecretName=x)"
 	// process-wide cache: the identity is new) comes from the emulator.
 	tokens := srv.Count(kvtest.OpToken)
 	v = yamlViper(t, `token: "@KeyVault(VaultName=othervault;SecretName=only-user)"`)
-	p, err = viperkv.New(v, viperkv.WithLocalEmulator(path), viperkv.WithLogger(log),
+	p, err = viperkv.New(v, viperkv.WithEmulatorInfo(path), viperkv.WithLogger(log),
 		viperkv.WithManagedIdentity(azidentity.ClientID(user.ClientID)))
 	if err != nil {
 		t.Fatal(err)
@@ -146,7 +146,7 @@ func TestWithLocalEmulatorWarnsToDefaultLogger(t *testing.T) {
 	slog.SetDefault(slog.New(slog.NewTextHandler(&logs, nil)))
 	t.Cleanup(func() { slog.SetDefault(prev) })
 
-	p, err := viperkv.New(yamlViper(t, `s: "@KeyVault(VaultName=myvault;SecretName=s)"`), viperkv.WithLocalEmulator(path))
+	p, err := viperkv.New(yamlViper(t, `s: "@KeyVault(VaultName=myvault;SecretName=s)"`), viperkv.WithEmulatorInfo(path))
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -195,7 +195,7 @@ func TestWithLocalEmulatorRefusesNonLoopback(t *testing.T) {
 				tc.edit(in, tc.bad)
 			})
 			v := yamlViper(t, `s: "@KeyVault(VaultName=myvault;SecretName=s)"`)
-			p, err := viperkv.New(v, viperkv.WithLocalEmulator(path))
+			p, err := viperkv.New(v, viperkv.WithEmulatorInfo(path))
 			if err == nil {
 				_ = p.Load(context.Background())
 				t.Fatalf("New accepted an info file naming %s", tc.bad)
@@ -229,21 +229,21 @@ func TestWithLocalEmulatorErrors(t *testing.T) {
 		opts []viperkv.Option
 		want string
 	}{
-		{"with transport", []viperkv.Option{viperkv.WithLocalEmulator(good), viperkv.WithTransport(srv.Client())}, "WithTransport cannot be combined with it"},
-		{"missing file", []viperkv.Option{viperkv.WithLocalEmulator(good + ".gone")}, "no such file"},
-		{"not json", []viperkv.Option{viperkv.WithLocalEmulator(notJSON)}, "not an emulator info file"},
-		{"no CA", []viperkv.Option{viperkv.WithLocalEmulator(noCA)}, "the emulator's CA"},
+		{"with transport", []viperkv.Option{viperkv.WithEmulatorInfo(good), viperkv.WithTransport(srv.Client())}, "WithTransport cannot be combined with it"},
+		{"missing file", []viperkv.Option{viperkv.WithEmulatorInfo(good + ".gone")}, "no such file"},
+		{"not json", []viperkv.Option{viperkv.WithEmulatorInfo(notJSON)}, "not an emulator info file"},
+		{"no CA", []viperkv.Option{viperkv.WithEmulatorInfo(noCA)}, "the emulator's CA"},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			_, err := viperkv.New(yamlViper(t, "a: b"), tc.opts...)
-			if err == nil || !strings.Contains(err.Error(), tc.want) || !strings.HasPrefix(err.Error(), "viperkv: New: WithLocalEmulator(") {
+			if err == nil || !strings.Contains(err.Error(), tc.want) || !strings.HasPrefix(err.Error(), "viperkv: New: WithEmulatorInfo(") {
 				t.Errorf("err = %v, want one mentioning %q", err, tc.want)
 			}
 		})
 	}
 }
 
-// TestRootDoesNotImportKvtest: a program using only the root package (WithLocalEmulator
+// TestRootDoesNotImportKvtest: a program using only the root package (WithEmulatorInfo
 // included) does not link the emulator.
 func TestRootDoesNotImportKvtest(t *testing.T) {
 	out, err := exec.Command("go", "list", "-deps", "-json=ImportPath", ".").Output()

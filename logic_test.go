@@ -53,7 +53,7 @@ db:
   pool: 10
 api: "@KeyVault(VaultName=myvault;SecretName=api)"
 old: "@KeyVault(VaultName=myvault;SecretName=pinned;SecretVersion=%s)"
-`, pinned), WithRefreshInterval(interval), WithChangeDetection(ChangeDetectionGet)) // counts GETs per cycle
+`, pinned), WithRefreshInterval(interval), WithVersionCheck(VersionCheckGet)) // counts GETs per cycle
 		loaded := time.Now()
 		rec := record(p)
 		v2 := src.set("myvault", "db-conn", "conn-v2")
@@ -367,7 +367,7 @@ func TestNearExpiryOncePerVersion(t *testing.T) {
 near: "@KeyVault(VaultName=myvault;SecretName=soon)"
 far: "@KeyVault(VaultName=myvault;SecretName=later)"
 none: "@KeyVault(VaultName=myvault;SecretName=never)"
-`, WithRefreshInterval(interval), WithExpiryWarning(2*time.Hour), WithChangeDetection(ChangeDetectionGet))
+`, WithRefreshInterval(interval), WithExpiryWarning(2*time.Hour), WithVersionCheck(VersionCheckGet))
 		rec := record(p)
 		startWatch(t, p)
 

@@ -16,26 +16,26 @@ import (
 	"go.opentelemetry.io/otel/attribute"
 )
 
-// ChangeType is what a [SecretChange] reports. The values are Key Vault's Event Grid event
+// NoticeType is what a [Notice] reports. The values are Key Vault's Event Grid event
 // types.
-type ChangeType string
+type NoticeType string
 
 // Key Vault's secret event types. Key Vault publishes no event when a secret is disabled
 // or deleted: polling (Watch) notices those.
 const (
-	// ChangeNewVersion: a new version of the secret was created (a rotation).
-	ChangeNewVersion ChangeType = "Microsoft.KeyVault.SecretNewVersionCreated"
-	// ChangeNearExpiry: the version expires soon (Key Vault says so 30 days ahead).
-	ChangeNearExpiry ChangeType = "Microsoft.KeyVault.SecretNearExpiry"
-	// ChangeExpired: the version has expired.
-	ChangeExpired ChangeType = "Microsoft.KeyVault.SecretExpired"
+	// NoticeNewVersion: a new version of the secret was created (a rotation).
+	NoticeNewVersion NoticeType = "Microsoft.KeyVault.SecretNewVersionCreated"
+	// NoticeNearExpiry: the version expires soon (Key Vault says so 30 days ahead).
+	NoticeNearExpiry NoticeType = "Microsoft.KeyVault.SecretNearExpiry"
+	// NoticeExpired: the version has expired.
+	NoticeExpired NoticeType = "Microsoft.KeyVault.SecretExpired"
 )
 
-// SecretChange is a change Key Vault reported for one secret: the content of a Key Vault
+// Notice is a change Key Vault reported for one secret: the content of a Key Vault
 // Event Grid event, however it reached the app (the Event Grid handler, a Service Bus
 // subscription, a queue). It holds no value.
-type SecretChange struct {
-	Type ChangeType
+type Notice struct {
+	Type NoticeType
 	// ID is the event's id. A change whose ID was seen recently is a duplicate delivery
 	// and is ignored; "" skips that check.
 	ID string
@@ -54,12 +54,12 @@ type SecretChange struct {
 // accepts, for apps that receive Key Vault's events some other way (for example Event Grid
 // to a Service Bus topic with a subscription per instance).
 //
-// For ChangeNewVersion it fetches that secret's latest version, after a random delay of up
+// For NoticeNewVersion it fetches that secret's latest version, after a random delay of up
 // to WithPushDelay, publishes the configuration and sends EventChanged with Source
 // SourcePush to OnChange watchers. It fetches nothing when no versionless reference names
 // the secret, when the provider holds that version already or held it before (a late or
 // duplicate delivery), or when the same change is being handled already. For
-// ChangeNearExpiry and ChangeExpired of the version in use it updates the status and sends
+// NoticeNearExpiry and NoticeExpired of the version in use it updates the status and sends
 // the events Watch would send, without a fetch. Pinned references are never touched.
 //
 // A change is untrusted input. A new version of a secret that a vault source
@@ -71,7 +71,7 @@ type SecretChange struct {
 // could not be fetched (it keeps its last good value and Watch retries it), ctx's error,
 // or an error naming a missing field. Before the first Load it returns an error and does
 // nothing: the Load fetches the latest versions anyway.
-func (p *Provider) Notify(ctx context.Context, c SecretChange) (err error) {
+func (p *Provider) Notify(ctx context.Context, c Notice) (err error) {
 	ctx, done, err := p.enter(ctx)
 	if err != nil {
 		return err
@@ -95,7 +95,7 @@ func (p *Provider) Notify(ctx context.Context, c SecretChange) (err error) {
 	}
 	key := pushKey{vault: c.Vault, name: strings.ToLower(c.Name)}
 	if len(versionless(cur, key)) == 0 {
-		if c.Type == ChangeNewVersion && p.importsFrom(c.Vault) {
+		if c.Type == NoticeNewVersion && p.importsFrom(c.Vault) {
 			return p.newToSource(ctx, c, key, ignore)
 		}
 		return ignore("no versionless reference names the secret")
@@ -104,13 +104,13 @@ func (p *Provider) Notify(ctx context.Context, c SecretChange) (err error) {
 		return ignore("duplicate delivery")
 	}
 	switch held := heldVersions(cur, key); {
-	case c.Type == ChangeNewVersion && allEqual(held, c.Version):
+	case c.Type == NoticeNewVersion && allEqual(held, c.Version):
 		p.push.rememberID(c.ID)
 		return ignore("version already held")
 	case !slices.Contains(held, c.Version) && p.push.wasHeld(key, c.Version):
 		p.push.rememberID(c.ID)
 		return ignore("an older version than the one held")
-	case c.Type != ChangeNewVersion && slices.Contains(held, c.Version):
+	case c.Type != NoticeNewVersion && slices.Contains(held, c.Version):
 		return p.noteExpiry(ctx, c, key)
 	}
 	// A new version, or an expiry notice for a version not seen yet: fetch the latest.
@@ -125,7 +125,7 @@ func (p *Provider) Notify(ctx context.Context, c SecretChange) (err error) {
 	defer p.updateMu.Unlock()
 	cur = p.cur.Load()
 	refs := versionless(cur, key)
-	if c.Type == ChangeNewVersion && allEqual(heldVersions(cur, key), c.Version) {
+	if c.Type == NoticeNewVersion && allEqual(heldVersions(cur, key), c.Version) {
 		p.push.rememberID(c.ID)
 		return ignore("version fetched meanwhile")
 	}
@@ -171,7 +171,7 @@ const minEarlyImport = 10 * time.Second
 // A notice is untrusted: one GET says whether the secret exists and a source takes it, so
 // a forged or stale notice costs that request and nothing more. A secret that is new
 // brings the sources' next list forward, to at most one every minEarlyImport.
-func (p *Provider) newToSource(ctx context.Context, c SecretChange, key pushKey, ignore func(string) error) error {
+func (p *Provider) newToSource(ctx context.Context, c Notice, key pushKey, ignore func(string) error) error {
 	if kvname.SecretNameProblem(c.Name) != "" {
 		return ignore("not a secret name")
 	}
@@ -212,12 +212,12 @@ func (p *Provider) newToSource(ctx context.Context, c SecretChange, key pushKey,
 
 // noteExpiry applies Key Vault's word that the version in use is near expiry or expired:
 // the same status and events as the poll path, without a fetch.
-func (p *Provider) noteExpiry(ctx context.Context, c SecretChange, key pushKey) error {
+func (p *Provider) noteExpiry(ctx context.Context, c Notice, key pushKey) error {
 	p.updateMu.Lock()
 	defer p.updateMu.Unlock()
 	cur := p.cur.Load()
 	for _, r := range versionless(cur, key) {
-		p.sched.tell(r, expiryNote{version: c.Version, expired: c.Type == ChangeExpired, expires: c.Expires})
+		p.sched.tell(r, expiryNote{version: c.Version, expired: c.Type == NoticeExpired, expires: c.Expires})
 	}
 	_, err := p.update(ctx, SourcePush, cur.tree, cur.scan, nil)
 	p.push.rememberID(c.ID)
@@ -226,8 +226,8 @@ func (p *Provider) noteExpiry(ctx context.Context, c SecretChange, key pushKey) 
 
 // normalizeChange trims and case-folds c's fields (Azure's own sample event carries an
 // "ObjectName " key) and turns the vault into a host.
-func (p *Provider) normalizeChange(c SecretChange) (SecretChange, error) {
-	c.Type = ChangeType(strings.TrimSpace(string(c.Type)))
+func (p *Provider) normalizeChange(c Notice) (Notice, error) {
+	c.Type = NoticeType(strings.TrimSpace(string(c.Type)))
 	c.ID = strings.TrimSpace(c.ID)
 	c.Name = strings.TrimSpace(c.Name)
 	c.Version = strings.ToLower(strings.TrimSpace(c.Version))
@@ -256,7 +256,7 @@ func (p *Provider) normalizeChange(c SecretChange) (SecretChange, error) {
 		return c, fmt.Errorf("viperkv: Notify: the change has no %s", strings.Join(missing, " or "))
 	}
 	switch c.Type {
-	case ChangeNewVersion, ChangeNearExpiry, ChangeExpired:
+	case NoticeNewVersion, NoticeNearExpiry, NoticeExpired:
 	default:
 		return c, fmt.Errorf("viperkv: Notify: unknown change type %q", c.Type)
 	}

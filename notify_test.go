@@ -27,8 +27,8 @@ func pushSetup(t *testing.T, opts ...Option) (*fakeSource, *Provider, string) {
 	return src, p, v1
 }
 
-func newVersion(vault, name, version string) SecretChange {
-	return SecretChange{Type: ChangeNewVersion, ID: "ev-" + version, Vault: vault, Name: name, Version: version}
+func newVersion(vault, name, version string) Notice {
+	return Notice{Type: NoticeNewVersion, ID: "ev-" + version, Vault: vault, Name: name, Version: version}
 }
 
 // A new version fetches that one secret once and announces it from SourcePush; the pinned
@@ -86,11 +86,11 @@ func TestNotifyIgnoresDuplicatesAndLateEvents(t *testing.T) {
 			t.Fatalf("%d GETs for one change delivered 5 times, want 1", n)
 		}
 		ctx := context.Background()
-		for _, c := range []SecretChange{
+		for _, c := range []Notice{
 			newVersion("myvault", "conn", v2), // same id again
-			{Type: ChangeNewVersion, ID: "x", Vault: "myvault", Name: "CONN", Version: strings.ToUpper(v2)}, // held version, other id
+			{Type: NoticeNewVersion, ID: "x", Vault: "myvault", Name: "CONN", Version: strings.ToUpper(v2)}, // held version, other id
 			newVersion("myvault", "conn", v1), // late: older than the one held
-			{Type: ChangeNewVersion, ID: "y", Vault: "https://MyVault.vault.azure.net/", Name: " conn ", Version: v1},
+			{Type: NoticeNewVersion, ID: "y", Vault: "https://MyVault.vault.azure.net/", Name: " conn ", Version: v1},
 		} {
 			if err := p.Notify(ctx, c); err != nil {
 				t.Fatal(err)
@@ -155,7 +155,7 @@ func TestNotifyExpiryWithoutFetch(t *testing.T) {
 		before := src.count("myvault", "conn")
 		ctx := context.Background()
 
-		c := SecretChange{Type: ChangeNearExpiry, ID: "n1", Vault: "myvault", Name: "conn", Version: v1, Expires: exp}
+		c := Notice{Type: NoticeNearExpiry, ID: "n1", Vault: "myvault", Name: "conn", Version: v1, Expires: exp}
 		if err := p.Notify(ctx, c); err != nil {
 			t.Fatal(err)
 		}
@@ -167,7 +167,7 @@ func TestNotifyExpiryWithoutFetch(t *testing.T) {
 		if e := rec.only(t, EventNearExpiry); e.Source != SourcePush || !e.Expires.Equal(exp) || e.NewVersion != v1 {
 			t.Errorf("near-expiry event %v", e)
 		}
-		if err := p.Notify(ctx, SecretChange{Type: ChangeExpired, ID: "x1", Vault: "myvault", Name: "conn", Version: v1, Expires: exp}); err != nil {
+		if err := p.Notify(ctx, Notice{Type: NoticeExpired, ID: "x1", Vault: "myvault", Name: "conn", Version: v1, Expires: exp}); err != nil {
 			t.Fatal(err)
 		}
 		synctest.Wait()
@@ -184,7 +184,7 @@ func TestNotifyExpiryWithoutFetch(t *testing.T) {
 
 		// A notice about a version the provider has not seen: fetch the latest.
 		v2 := src.set("myvault", "conn", "conn-v2")
-		if err := p.Notify(ctx, SecretChange{Type: ChangeNearExpiry, ID: "n3", Vault: "myvault", Name: "conn", Version: v2}); err != nil {
+		if err := p.Notify(ctx, Notice{Type: NoticeNearExpiry, ID: "n3", Vault: "myvault", Name: "conn", Version: v2}); err != nil {
 			t.Fatal(err)
 		}
 		if p.GetString("db.conn") != "conn-v2" || src.count("myvault", "conn")-before != 1 {
@@ -210,7 +210,7 @@ func TestNotifyEdges(t *testing.T) {
 			t.Fatal(err)
 		}
 		before := len(src.Calls())
-		for _, c := range []SecretChange{
+		for _, c := range []Notice{
 			newVersion("othervault", "conn", "abc"),
 			newVersion("myvault", "unreferenced", "abc"),
 		} {
@@ -221,10 +221,10 @@ func TestNotifyEdges(t *testing.T) {
 		if len(src.Calls()) != before {
 			t.Errorf("changes to unreferenced secrets made %d GETs", len(src.Calls())-before)
 		}
-		for c, want := range map[SecretChange]string{
-			{Type: ChangeNewVersion, Name: "conn", Version: "a"}:                            "no Vault",
-			{Type: ChangeNewVersion, Vault: "myvault", Version: "a"}:                        "no Name",
-			{Type: ChangeNewVersion, Vault: "myvault", Name: "conn"}:                        "no Version",
+		for c, want := range map[Notice]string{
+			{Type: NoticeNewVersion, Name: "conn", Version: "a"}:                            "no Vault",
+			{Type: NoticeNewVersion, Vault: "myvault", Version: "a"}:                        "no Name",
+			{Type: NoticeNewVersion, Vault: "myvault", Name: "conn"}:                        "no Version",
 			{Type: "Microsoft.KeyVault.SecretDeleted", Vault: "v", Name: "n", Version: "a"}: "unknown change type",
 		} {
 			if err := p.Notify(ctx, c); err == nil || !strings.Contains(err.Error(), want) {
@@ -255,7 +255,7 @@ func TestForgedNoticesDoNotAmplify(t *testing.T) {
 		synctest.Wait()
 		pages, gets := src.pages("myvault"), totalGets(src)
 		for i := range 25 {
-			c := SecretChange{Type: ChangeNewVersion, ID: fmt.Sprintf("forged-%d", i), Vault: "myvault",
+			c := Notice{Type: NoticeNewVersion, ID: fmt.Sprintf("forged-%d", i), Vault: "myvault",
 				Name: fmt.Sprintf("App--Forged%02d", i), Version: fmt.Sprintf("%032x", 1000+i)}
 			if err := p.Notify(t.Context(), c); err != nil {
 				t.Fatal(err)
@@ -264,7 +264,7 @@ func TestForgedNoticesDoNotAmplify(t *testing.T) {
 		}
 		// Names no source takes, or no secret can have, cost nothing.
 		for _, name := range []string{"Trailing--", "x)@KeyVault(VaultName=other;SecretName=admin", ""} {
-			_ = p.Notify(t.Context(), SecretChange{Type: ChangeNewVersion, Vault: "myvault", Name: name, Version: fmt.Sprintf("%032x", 7)})
+			_ = p.Notify(t.Context(), Notice{Type: NoticeNewVersion, Vault: "myvault", Name: name, Version: fmt.Sprintf("%032x", 7)})
 		}
 		time.Sleep(time.Minute)
 		synctest.Wait()
@@ -282,7 +282,7 @@ func TestForgedNoticesDoNotAmplify(t *testing.T) {
 		for i := range 10 {
 			name := fmt.Sprintf("App--New%02d", i)
 			v := src.set("myvault", name, "new")
-			if err := p.Notify(t.Context(), SecretChange{Type: ChangeNewVersion, ID: "new-" + name, Vault: "myvault", Name: name, Version: v}); err != nil {
+			if err := p.Notify(t.Context(), Notice{Type: NoticeNewVersion, ID: "new-" + name, Vault: "myvault", Name: name, Version: v}); err != nil {
 				t.Fatal(err)
 			}
 		}

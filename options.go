@@ -2,6 +2,7 @@ package viperkv
 
 import (
 	"log/slog"
+	"net/http"
 	"time"
 
 	"github.com/Azure/azure-sdk-for-go/sdk/azcore"
@@ -50,14 +51,14 @@ type options struct {
 	expiryWarning      time.Duration
 	watchFile          bool
 	pushDelay          time.Duration
-	changeDetection    ChangeDetection
+	versionCheck       VersionCheck
 	vaultSources       []*vaultSource
 	meterProvider      metric.MeterProvider
 	tracerProvider     trace.TracerProvider
 
 	source driver.Source // replaces Key Vault in the logic tests; never set by users
 
-	localEmulator *localEmulator // WithLocalEmulator; New applies it
+	localEmulator *localEmulator // WithEmulatorInfo; New applies it
 }
 
 // parseConfig is what the reference parser needs of the options.
@@ -81,7 +82,7 @@ func defaultOptions() options {
 		retryMax:        DefaultRetryMax,
 		expiryWarning:   DefaultExpiryWarning,
 		watchFile:       true,
-		changeDetection: ChangeDetectionAuto,
+		versionCheck:    VersionCheckAuto,
 	}
 }
 
@@ -90,6 +91,24 @@ func defaultOptions() options {
 // (azidentity.NewWorkloadIdentityCredential) or a developer's az login.
 func WithCredential(cred azcore.TokenCredential) Option {
 	return func(o *options) { o.cred = cred }
+}
+
+// Emulator is what WithEmulator needs of an emulator running in the process:
+// *kvtest.Server has both methods.
+type Emulator interface {
+	// Credential returns a credential that gets the emulator's tokens.
+	Credential() azcore.TokenCredential
+	// Client returns a client that reaches the emulator for production host names and
+	// refuses every other host.
+	Client() *http.Client
+}
+
+// WithEmulator makes the provider talk to an emulator in the process (kvtest.NewServer)
+// instead of Azure, with its credential and its client, so configurations keep production
+// vault URLs and nothing reaches Azure. It is for tests; for a standalone emulator see
+// WithEmulatorInfo.
+func WithEmulator(e Emulator) Option {
+	return func(o *options) { o.cred, o.transport = e.Credential(), e.Client() }
 }
 
 // WithManagedIdentity selects a user-assigned managed identity by client ID, object ID or

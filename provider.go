@@ -4,7 +4,6 @@ import (
 	"context"
 	"errors"
 	"fmt"
-	"slices"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -42,12 +41,12 @@ type Provider struct {
 	updateMu    sync.Mutex
 	sched       schedule
 	file        []byte                              // the config file's content as Watch last read it; nil: the source's
-	lists       map[string]*vaultList               // what listing each vault has taught (change detection)
+	lists       map[string]*vaultList               // what listing each vault has taught (version checks)
 	imports     vaultImports                        // the keys the vault sources gave at the last import
 	importNext  time.Time                           // when Watch lists the vault sources again
 	importedAt  time.Time                           // when they were last listed
 	sourceStats atomic.Pointer[[]VaultSourceStatus] // what each vault source found at its last list
-	// cycleLists holds the lists made by this update's import, so change detection does not
+	// cycleLists holds the lists made by this update's import, so version checks does not
 	// list the same vault twice in one cycle.
 	cycleLists map[string]driver.Listing
 
@@ -108,7 +107,8 @@ func (p *Provider) Close() error {
 	return p.reader.Close()
 }
 
-// ReferenceStatus is the state of one reference in one config key. It never holds a value.
+// ReferenceStatus is the state of one reference in one config key, and how fresh its value
+// is, for people, dashboards and readiness probes. It never holds a value.
 type ReferenceStatus struct {
 	Key       string        // config key, e.g. "db.conn"; list elements as "hosts[1]"
 	Written   string        // the reference as written in the config, e.g. "@KeyVault(VaultName=v;SecretName=s)"
@@ -117,6 +117,19 @@ type ReferenceStatus struct {
 	Status    Status        // StatusResolved or why not
 	Reason    string        // why, when Status is not StatusResolved
 	Took      time.Duration // time the fetch took
+
+	// HasValue says the key holds a value: its latest, or its last good one while failing.
+	HasValue bool
+	// LastSuccess is when the value held was last confirmed current: fetched, or shown
+	// unchanged by a list. Zero when never.
+	LastSuccess time.Time
+	// ConsecutiveFailures counts the failed fetches since the last success, and
+	// FailingSince is when they began (zero when not failing).
+	ConsecutiveFailures int
+	FailingSince        time.Time
+	// Staleness is the time since LastSuccess, for a versionless reference (a pinned
+	// version never changes, so it is never stale: 0).
+	Staleness time.Duration
 }
 
 // New returns a Provider for v. It makes no request; Load (or Watch) resolves. Without
@@ -140,7 +153,7 @@ func New(v *viper.Viper, opts ...Option) (*Provider, error) {
 		return nil, fmt.Errorf("viperkv: New: refresh interval %v and retry back-off %v..%v must be positive and ordered",
 			o.refreshInterval, o.retryMin, o.retryMax)
 	}
-	if err := checkChangeDetection(o.changeDetection); err != nil {
+	if err := checkVersionCheck(o.versionCheck); err != nil {
 		return nil, err
 	}
 	for _, vs := range o.vaultSources {
@@ -376,15 +389,6 @@ func (p *Provider) Get(key string) any { return p.Viper().Get(key) }
 
 // GetString returns the resolved value of key as a string, like viper.GetString.
 func (p *Provider) GetString(key string) string { return p.Viper().GetString(key) }
-
-// Status reports every reference of the current configuration, sorted by config key, and
-// environment variables holding references that no key reads (StatusEnvKeyNotNamed).
-func (p *Provider) Status() []ReferenceStatus {
-	if s := p.cur.Load(); s != nil {
-		return slices.Clone(s.status)
-	}
-	return nil
-}
 
 // MaskedSettings returns the resolved settings as nested maps with every secret value
 // replaced by Mask, for showing configuration to people. Keys that failed are absent.

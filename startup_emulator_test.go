@@ -231,7 +231,7 @@ present: "@KeyVault(VaultName=permvault;SecretName=present)"
 missing: "@KeyVault(VaultName=permvault;SecretName=absent)"
 denied: "@KeyVault(VaultName=deniedvault2;SecretName=s)"
 flaky: "@KeyVault(VaultName=flakyvault2;SecretName=s)"
-`), viperkv.WithCredential(srv.Credential()), viperkv.WithTransport(srv.Client()),
+`), viperkv.WithEmulator(srv),
 		viperkv.WithFetchTimeout(fetchTimeout), debugLog(&logs))
 	if err != nil {
 		t.Fatal(err)
@@ -283,7 +283,7 @@ func TestLoadRidesOutVault500(t *testing.T) {
 	kv.Grant(srv.SystemIdentity(), kvtest.RoleSecretsUser)
 	kv.SetSecret("s", "outage-value")
 	p, err := viperkv.New(yamlViper(t, `k: "@KeyVault(VaultName=outagevault;SecretName=s)"`),
-		viperkv.WithCredential(srv.Credential()), viperkv.WithTransport(srv.Client()))
+		viperkv.WithEmulator(srv))
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -395,11 +395,11 @@ func TestPollAndNotifyDoNotRetryInCycle(t *testing.T) {
 		src := newFakeSource()
 		src.set("myvault", "s", "value-1")
 		var logs logSink
-		p := loadFake(t, src, startupDoc, WithLogger(debugLogger(&logs)), WithChangeDetection(ChangeDetectionGet),
+		p := loadFake(t, src, startupDoc, WithLogger(debugLogger(&logs)), WithVersionCheck(VersionCheckGet),
 			WithRefreshInterval(time.Minute), WithRetryBackoff(retryMin, 5*time.Minute))
 		src.flaky("myvault", "s", StatusOtherReasons, "GET https://myvault.vault.azure.net/secrets/s: 503 ServiceUnavailable", -1)
 
-		err := p.Notify(context.Background(), SecretChange{Type: ChangeNewVersion, Vault: "myvault", Name: "s",
+		err := p.Notify(context.Background(), Notice{Type: NoticeNewVersion, Vault: "myvault", Name: "s",
 			Version: "0123456789abcdef0123456789abcdef"})
 		var le *LoadError
 		if n := src.count("myvault", "s"); !errors.As(err, &le) || n != 2 {

@@ -123,9 +123,9 @@ func (p *Provider) observeGauges() error {
 		}
 		now := time.Now()
 		if h := p.health.Load(); h != nil {
-			for r, rh := range h.refs {
-				if r.Version == "" && !rh.confirmed.IsZero() { // a pinned version never goes stale
-					o.ObserveFloat64(staleness, now.Sub(rh.confirmed).Seconds(),
+			for r, f := range h.refs {
+				if r.Version == "" && !f.confirmed.IsZero() { // a pinned version never goes stale
+					o.ObserveFloat64(staleness, now.Sub(f.confirmed).Seconds(),
 						metric.WithAttributes(attrVault.String(r.Vault), attrSecret.String(r.Name)))
 				}
 			}
@@ -183,37 +183,4 @@ func endSpan(span trace.Span, snap *snapshot, err error) {
 		span.SetStatus(codes.Error, err.Error()) // errors name keys, vaults and statuses, never values
 	}
 	span.End()
-}
-
-// refHealth is what the provider knows of one secret's freshness.
-type refHealth struct {
-	confirmed    time.Time // the value held was last confirmed current (zero: never)
-	failingSince time.Time // the current run of failures began (zero: not failing)
-	fails        int       // consecutive failed fetches
-}
-
-// healthState is published by every update, for Health and the gauges to read without
-// waiting on a Load.
-type healthState struct {
-	refs map[Reference]refHealth
-}
-
-// observe counts the update's failed fetches and publishes the health state. The caller
-// holds updateMu.
-func (p *Provider) observe(snap *snapshot, fetched map[Reference]*secret, now time.Time) {
-	for r, f := range fetched {
-		if f.status != StatusResolved {
-			p.tel.failures.Add(context.Background(), 1, metric.WithAttributes(attrVault.String(r.Vault), attrStatus.String(string(f.status))))
-		}
-	}
-	h := &healthState{refs: make(map[Reference]refHealth, len(snap.secrets))}
-	for r := range snap.secrets {
-		st := p.sched.polls[r]
-		var rh refHealth
-		if st != nil {
-			rh = refHealth{confirmed: st.ok, failingSince: st.since, fails: st.fails}
-		}
-		h.refs[r] = rh
-	}
-	p.health.Store(h)
 }

@@ -105,9 +105,9 @@ func TestTelemetry(t *testing.T) {
 	spans := tracetest.NewInMemoryExporter()
 	tp := sdktrace.NewTracerProvider(sdktrace.WithSyncer(spans))
 	p, err := viperkv.New(yamlViper(t, "db: \"@KeyVault(VaultName=myvault;SecretName=db)\"\napi: \"@KeyVault(VaultName=myvault;SecretName=api)\"\n"),
-		viperkv.WithCredential(srv.Credential()), viperkv.WithTransport(srv.Client()), viperkv.WithoutFileWatch(),
+		viperkv.WithEmulator(srv), viperkv.WithoutFileWatch(),
 		viperkv.WithRefreshInterval(100*time.Millisecond), viperkv.WithRetryBackoff(50*time.Millisecond, 100*time.Millisecond),
-		viperkv.WithChangeDetection(viperkv.ChangeDetectionGet),
+		viperkv.WithVersionCheck(viperkv.VersionCheckGet),
 		viperkv.WithMeterProvider(mp), viperkv.WithTracerProvider(tp))
 	if err != nil {
 		t.Fatal(err)

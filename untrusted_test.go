@@ -66,7 +66,7 @@ func TestVaultSourceListedNameIsNotAReference(t *testing.T) {
 }
 
 // List items whose id does not parse, names no secret, or names another vault are
-// skipped with a count, in a vault source and in list change detection; the process
+// skipped with a count, in a vault source and in list version checks; the process
 // does not crash and the well-formed items still count.
 func TestMalformedListItemsAreSkipped(t *testing.T) {
 	bad := []string{
@@ -113,14 +113,14 @@ func TestMalformedListItemsAreSkipped(t *testing.T) {
 		}
 	})
 
-	t.Run("change detection", func(t *testing.T) {
+	t.Run("version checks", func(t *testing.T) {
 		srv, kv := importVault(t)
 		kv.SetSecret("a", "a-1")
 		kv.SetSecret("b", "b-1")
 		v := viper.New()
 		v.Set("a", "@KeyVault(VaultName=myvault;SecretName=a)")
 		v.Set("b", "@KeyVault(VaultName=myvault;SecretName=b)")
-		p, err := importProvider(t, srv, v, &redirLog{}, viperkv.WithChangeDetection(viperkv.ChangeDetectionList),
+		p, err := importProvider(t, srv, v, &redirLog{}, viperkv.WithVersionCheck(viperkv.VersionCheckList),
 			viperkv.WithRefreshInterval(200*time.Millisecond))
 		if err != nil {
 			t.Fatal(err)
@@ -136,7 +136,7 @@ func TestMalformedListItemsAreSkipped(t *testing.T) {
 
 // A nextLink that loops (every page points at itself) or leads away from the vault's list
 // is not followed: the list stops at once and fails, a vault source keeps its keys and
-// says why, and list change detection falls back to a GET per secret, so a rotation is
+// says why, and list version checks falls back to a GET per secret, so a rotation is
 // seen and the status does not claim a check that never happened.
 func TestListNextLinkLoops(t *testing.T) {
 	const self = `"https://myvault.vault.azure.net:443/secrets?api-version=2026-04-01&$skiptoken=loop&maxresults=25"`
@@ -153,7 +153,7 @@ func TestListNextLinkLoops(t *testing.T) {
 			v := viper.New()
 			v.Set("a", "@KeyVault(VaultName=myvault;SecretName=a)")
 			v.Set("b", "@KeyVault(VaultName=myvault;SecretName=b)")
-			p, err := importProvider(t, srv, v, &redirLog{}, viperkv.WithChangeDetection(viperkv.ChangeDetectionList),
+			p, err := importProvider(t, srv, v, &redirLog{}, viperkv.WithVersionCheck(viperkv.VersionCheckList),
 				viperkv.WithRefreshInterval(200*time.Millisecond), viperkv.WithFetchTimeout(30*time.Second))
 			if err != nil {
 				t.Fatal(err)

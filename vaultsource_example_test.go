@@ -23,7 +23,7 @@ func ExampleWithVaultSource() {
 	kv.SetSecret("billing--Database--Password", "not-ours")
 
 	v := exampleViper("database:\n  host: db.internal\n  password: from-the-file\n")
-	p, err := viperkv.New(v, viperkv.WithCredential(srv.Credential()), viperkv.WithTransport(srv.Client()),
+	p, err := viperkv.New(v, viperkv.WithEmulator(srv),
 		viperkv.WithVaultSource("https://myvault.vault.azure.net", viperkv.SecretPrefix("orders--")))
 	if err != nil {
 		fmt.Println(err)
@@ -54,7 +54,7 @@ func ExampleProvider_HealthHandler() {
 	v := viper.New()
 	v.Set("db.password", "@KeyVault(VaultName=myvault;SecretName=db-password)")
 	v.Set("cache.password", "@KeyVault(VaultName=myvault;SecretName=missing)")
-	p, err := viperkv.New(v, viperkv.WithCredential(srv.Credential()), viperkv.WithTransport(srv.Client()))
+	p, err := viperkv.New(v, viperkv.WithEmulator(srv))
 	if err != nil {
 		fmt.Println(err)
 		return

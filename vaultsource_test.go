@@ -29,7 +29,7 @@ func importProvider(t *testing.T, srv *kvtest.Server, v *viper.Viper, logs *redi
 	if v == nil {
 		v = viper.New()
 	}
-	p, err := viperkv.New(v, append([]viperkv.Option{viperkv.WithCredential(srv.Credential()), viperkv.WithTransport(srv.Client()),
+	p, err := viperkv.New(v, append([]viperkv.Option{viperkv.WithEmulator(srv),
 		viperkv.WithoutFileWatch(), viperkv.WithLogger(slog.New(slog.NewTextHandler(logs, nil)))}, opts...)...)
 	if err != nil {
 		t.Fatal(err)
@@ -253,7 +253,7 @@ func TestVaultSourceNewSecretByPush(t *testing.T) {
 	go func() { defer close(done); _ = p.Watch(ctx) }()
 	defer func() { cancel(); <-done }()
 	v := kv.SetSecret("App--New", "new")
-	if err := p.Notify(context.Background(), viperkv.SecretChange{Type: viperkv.ChangeNewVersion, Vault: "myvault", Name: "App--New", Version: v}); err != nil {
+	if err := p.Notify(context.Background(), viperkv.Notice{Type: viperkv.NoticeNewVersion, Vault: "myvault", Name: "App--New", Version: v}); err != nil {
 		t.Fatal(err)
 	}
 	for deadline := time.Now().Add(20 * time.Second); p.GetString("app.new") != "new"; time.Sleep(10 * time.Millisecond) {

@@ -58,5 +58,5 @@
 //
 // The viperkv command's "emulator" subcommand runs a Server filled [WithSeed] and writes
 // its files with [Server.WriteInfo]; other processes reach it through the proxy the info
-// file names, or with the library's WithLocalEmulator option.
+// file names, or with the library's WithEmulatorInfo option.
 package kvtest

@@ -22,7 +22,7 @@ import (
 //		kv.SetSecret("db-password", "s3cret")
 //
 //		v := newConfig() // the service's Viper, with its production @KeyVault references
-//		p, err := viperkv.New(v, viperkv.WithCredential(srv.Credential()), viperkv.WithTransport(srv.Client()))
+//		p, err := viperkv.New(v, viperkv.WithEmulator(srv))
 //		if err != nil {
 //			t.Fatal(err)
 //		}
@@ -50,7 +50,7 @@ db:
 
 	// srv.Credential() is the app's system-assigned identity without IDENTITY_ENDPOINT;
 	// srv.Client() routes the production host names to the emulator.
-	p, err := viperkv.New(v, viperkv.WithCredential(srv.Credential()), viperkv.WithTransport(srv.Client()))
+	p, err := viperkv.New(v, viperkv.WithEmulator(srv))
 	if err != nil {
 		fmt.Println(err)
 		return

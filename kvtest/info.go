@@ -30,7 +30,7 @@ import (
 // [Server.Close] removes every file WriteInfo wrote that still holds what it wrote. A
 // program uses the files without importing kvtest: the info file's proxy_url and ca_file
 // (HTTPS_PROXY, HTTP_PROXY and SSL_CERT_FILE or the CA variable of its language), or the
-// library's WithLocalEmulator option.
+// library's WithEmulatorInfo option.
 func (s *Server) WriteInfo(path, caFile string) error {
 	wrap := func(err error) error { return fmt.Errorf("kvtest: WriteInfo: %w", err) }
 	if caFile == "" {

@@ -11,7 +11,7 @@
 //   - cold start: every replica Loads at once; fleet wall time against the vault's floor,
 //     (R*S - burst) / rate + one round trip; failed references; 429s;
 //   - steady state for 60 s at a 5 s refresh interval, one secret rotated every 10 s, with
-//     change detection by listing and again by a GET per secret (the anchors' way, on a
+//     version checks by listing and again by a GET per secret (the anchors' way, on a
 //     second vault loaded without a limit so the run need not wait for a second cold
 //     start): peak secret transactions in any 10 s window, failed refreshes (EventError),
 //     and the time from each rotation until the last replica holds it, p50 and p99;
@@ -276,7 +276,7 @@ func run(n int, steady time.Duration) (bool, error) {
 	// Cold start, by the replicas that then list and take pushes.
 	kv := newVault(srv, "fleetvault")
 	time.Sleep(2100 * time.Millisecond) // versions older than the one-second-timestamp window
-	fl, err := newFleet(srv, hc, "fleetvault", n, viperkv.WithChangeDetection(viperkv.ChangeDetectionList),
+	fl, err := newFleet(srv, hc, "fleetvault", n, viperkv.WithVersionCheck(viperkv.VersionCheckList),
 		viperkv.WithPushDelay(5*time.Second), viperkv.WithFetchTimeout(90*time.Second))
 	if err != nil {
 		return false, err
@@ -335,7 +335,7 @@ func run(n int, steady time.Duration) (bool, error) {
 	// beside the push run: another vault, another limit, and the machine has cores to spare.
 	gkv := newVault(srv, "getvault")
 	gkv.SetThrottle(1<<30, time.Second)
-	gfl, err := newFleet(srv, hc, "getvault", n, viperkv.WithChangeDetection(viperkv.ChangeDetectionGet))
+	gfl, err := newFleet(srv, hc, "getvault", n, viperkv.WithVersionCheck(viperkv.VersionCheckGet))
 	if err != nil {
 		return false, err
 	}

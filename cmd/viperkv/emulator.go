@@ -198,7 +198,7 @@ func printInstructions(out io.Writer, info *emuinfo.Info, infoPath string, srv *
 	p("")
 	p("%d. viperkv apps, with no config edits (references keep https://<vault>.vault.azure.net):", step)
 	step++
-	p("   Go:   p, _ := viperkv.New(v, viperkv.WithLocalEmulator(%q))", infoPath)
+	p("   Go:   p, _ := viperkv.New(v, viperkv.WithEmulatorInfo(%q))", infoPath)
 	p("         (an explicit opt-in: refuses non-loopback addresses and warns on every Load)")
 	p("   CLI:  VIPERKV_EMULATOR_INFO=%s viperkv ...", infoPath)
 	p("")

@@ -145,7 +145,7 @@ func TestEmulatorCommand(t *testing.T) {
 	out := stdout.String()
 	for _, s := range []string{"IDENTITY_ENDPOINT=" + info.IdentityEndpoint, "IDENTITY_HEADER=" + info.IdentityHeader,
 		info.Vaults["myvault"], "DisableChallengeResourceVerification", "SSL_CERT_FILE", "REQUESTS_CA_BUNDLE",
-		"NODE_EXTRA_CA_CERTS", "viperkv.WithLocalEmulator", "VIPERKV_EMULATOR_INFO=" + infoPath} {
+		"NODE_EXTRA_CA_CERTS", "viperkv.WithEmulatorInfo", "VIPERKV_EMULATOR_INFO=" + infoPath} {
 		if !strings.Contains(out, s) {
 			t.Errorf("instructions lack %q:\n%s", s, out)
 		}

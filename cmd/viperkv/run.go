@@ -34,7 +34,7 @@ type runFlags struct {
 	watch           bool
 	grace           time.Duration
 	refreshInterval time.Duration
-	changeDetection string
+	versionCheck string
 	push            pushFlags
 }
 
@@ -92,10 +92,10 @@ If a reference does not resolve, the command is not started and the exit status 
 			if err := f.push.check(f.watch); err != nil {
 				return err
 			}
-			switch viperkv.ChangeDetection(f.changeDetection) {
-			case viperkv.ChangeDetectionAuto, viperkv.ChangeDetectionList, viperkv.ChangeDetectionGet:
+			switch viperkv.VersionCheck(f.versionCheck) {
+			case viperkv.VersionCheckAuto, viperkv.VersionCheckList, viperkv.VersionCheckGet:
 			default:
-				return usageError("--change-detection %q: want auto, list or get", f.changeDetection)
+				return usageError("--version-check %q: want auto, list or get", f.versionCheck)
 			}
 			return runRun(cmd, &f, args)
 		},
@@ -108,7 +108,7 @@ If a reference does not resolve, the command is not started and the exit status 
 	cmd.Flags().DurationVar(&f.grace, "grace", 10*time.Second, "with --watch: how long the command has to exit after SIGTERM before SIGKILL")
 	cmd.Flags().DurationVar(&f.refreshInterval, "refresh-interval", viperkv.DefaultRefreshInterval,
 		"with --watch: how often versionless references are re-checked for a new version (try 2s against the emulator)")
-	cmd.Flags().StringVar(&f.changeDetection, "change-detection", string(viperkv.ChangeDetectionAuto),
+	cmd.Flags().StringVar(&f.versionCheck, "version-check", string(viperkv.VersionCheckAuto),
 		"with --watch: how a refresh finds new versions: list (a list of each vault, then GETs of what changed), get (a GET per secret) or auto (whichever costs fewer requests)")
 	f.push.register(cmd)
 	return cmd
@@ -130,7 +130,7 @@ func runRun(cmd *cobra.Command, f *runFlags, args []string) error {
 		return err
 	}
 	p, err := viperkv.New(v, append(opts, viperkv.WithRefreshInterval(f.refreshInterval), viperkv.WithPushDelay(f.push.delay),
-		viperkv.WithChangeDetection(viperkv.ChangeDetection(f.changeDetection)))...)
+		viperkv.WithVersionCheck(viperkv.VersionCheck(f.versionCheck)))...)
 	if err != nil {
 		return err
 	}

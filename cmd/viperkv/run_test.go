@@ -434,19 +434,19 @@ func TestRunWatchPushFromTheEmulator(t *testing.T) {
 	assertNoValues(t, p.stdout.String()+p.stderr.String(), first, second)
 }
 
-// TestRunChangeDetectionFlag: an unknown --change-detection is a usage error; list mode
+// TestRunVersionCheckFlag: an unknown --version-check is a usage error; list mode
 // still restarts the command on a rotation.
-func TestRunChangeDetectionFlag(t *testing.T) {
+func TestRunVersionCheckFlag(t *testing.T) {
 	t.Parallel()
-	p := start(t, []string{childEnvVar}, append([]string{"run", "--watch", "--change-detection", "sometimes"}, childCmd("exit", "0")...)...)
-	if code := p.wait(); code != 2 || !strings.Contains(p.stderr.String(), `--change-detection "sometimes"`) {
+	p := start(t, []string{childEnvVar}, append([]string{"run", "--watch", "--version-check", "sometimes"}, childCmd("exit", "0")...)...)
+	if code := p.wait(); code != 2 || !strings.Contains(p.stderr.String(), `--version-check "sometimes"`) {
 		t.Errorf("exit %d, stderr %q", code, p.stderr.String())
 	}
 	first, second := sentinel(t), sentinel(t)
 	name, ref := newSecret(t, first)
 	startedFile := filepath.Join(t.TempDir(), "started")
 	p = start(t, []string{childEnvVar, "DB_CONN=" + ref},
-		append([]string{"run", "--watch", "--change-detection", "list", "--refresh-interval", "200ms", "--grace", "5s"}, childCmd("serve", startedFile, "DB_CONN")...)...)
+		append([]string{"run", "--watch", "--version-check", "list", "--refresh-interval", "200ms", "--grace", "5s"}, childCmd("serve", startedFile, "DB_CONN")...)...)
 	waitLines(t, p, startedFile, 1)
 	emu.Vault("myvault").SetSecret(name, second)
 	if got := waitLines(t, p, startedFile, 2); !slices.Equal(got, []string{first, second}) {
