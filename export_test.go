@@ -5,7 +5,6 @@ package viperkv
 
 import (
 	"fmt"
-	"net/http"
 	"strings"
 	"testing"
 
@@ -79,9 +78,6 @@ func (c *LeakCheck) Check(t *testing.T, p *Provider, sentinel, logs string, ment
 		}
 	}
 }
-
-// WaitEventGrid waits until the refreshes an Event Grid handler started have finished.
-func WaitEventGrid(h http.Handler) { h.(*eventGridHandler).wg.Wait() }
 
 // ContainsLine is containsLine, for the external tests.
 var ContainsLine = containsLine

@@ -17,6 +17,7 @@ import (
 	"go.uber.org/goleak"
 
 	"github.com/viperkv/viperkv"
+	"github.com/viperkv/viperkv/eventgrid"
 	"github.com/viperkv/viperkv/kvtest"
 )
 
@@ -50,7 +51,7 @@ func TestCloseLeavesNoGoroutine(t *testing.T) {
 	if err := p.Notify(context.Background(), viperkv.Notice{Type: viperkv.NoticeNewVersion, Vault: "myvault", Name: "db", Version: v2}); err != nil {
 		t.Fatal(err)
 	}
-	h, err := viperkv.NewEventGridHandler(p, viperkv.EventGridHeader("X-Secret", "s3cret"))
+	h, err := eventgrid.NewHandler(p, eventgrid.Header("X-Secret", "s3cret"))
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -2,7 +2,6 @@ package viperkv
 
 import (
 	"context"
-	"errors"
 	"fmt"
 	"math/rand/v2"
 	"net/url"
@@ -86,7 +85,7 @@ func (p *Provider) Notify(ctx context.Context, c Notice) (err error) {
 	}
 	cur := p.cur.Load()
 	if cur == nil {
-		return errors.New("viperkv: Notify: no configuration loaded yet")
+		return ErrNotLoaded
 	}
 	log := p.opts.logger.With("id", c.ID, "type", c.Type, "vault", c.Vault, "secret", c.Name, "version", c.Version)
 	ignore := func(why string) error {

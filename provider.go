@@ -51,6 +51,7 @@ type Provider struct {
 	cycleLists map[string]driver.Listing
 
 	push   pushState // what Notify remembers; its own lock, so a delivery never waits on a Load to be judged
+	pushes pushQueue // notices Enqueue accepted
 	tel    *telemetry
 	health atomic.Pointer[healthState] // what update last learned of each secret's freshness
 
@@ -110,13 +111,16 @@ func (p *Provider) Close() error {
 // ReferenceStatus is the state of one reference in one config key, and how fresh its value
 // is, for people, dashboards and readiness probes. It never holds a value.
 type ReferenceStatus struct {
-	Key       string        // config key, e.g. "db.conn"; list elements as "hosts[1]"
-	Written   string        // the reference as written in the config, e.g. "@KeyVault(VaultName=v;SecretName=s)"
-	Reference Reference     // the secret referred to (zero when the reference is malformed)
-	Version   string        // the version whose value the key holds; "" when it holds none
-	Status    Status        // StatusResolved or why not
-	Reason    string        // why, when Status is not StatusResolved
-	Took      time.Duration // time the fetch took
+	Key       string    // config key, e.g. "db.conn"; list elements as "hosts[1]"
+	Written   string    // the reference as written in the config, e.g. "@KeyVault(VaultName=v;SecretName=s)"
+	Reference Reference // the secret referred to (zero when the reference is malformed)
+	Version   string    // the version whose value the key holds; "" when it holds none
+	// ContentType is the content type of that version (for example application/json or
+	// application/x-pkcs12), as Key Vault stores it.
+	ContentType string
+	Status      Status        // StatusResolved or why not
+	Reason      string        // why, when Status is not StatusResolved
+	Took        time.Duration // time the fetch took
 
 	// HasValue says the key holds a value: its latest, or its last good one while failing.
 	HasValue bool

@@ -149,7 +149,7 @@ func build(tree map[string]any, sc *scan, secrets map[Reference]*secret, prev *s
 			if s, ok := secrets[r.key()]; ok {
 				st.Status, st.Reason, st.Took = s.status, s.reason, s.took
 				if s.has {
-					st.Version = s.version
+					st.Version, st.ContentType = s.version, s.contentType
 				}
 			}
 			status = append(status, st)

@@ -121,37 +121,30 @@ legacy: {key: "@KeyVault(VaultName=myvault;SecretName=old-key)"}
 	// true
 }
 
-// A whole configuration document kept in one secret, read through Viper's remote
-// configuration API. References inside the document are resolved too.
-func ExampleRegisterRemoteProvider() {
-	srv, kv, stop := exampleEmulator()
-	defer stop()
-	kv.SetSecret("db-password", "s3cret")
-	kv.SetSecret("app-settings", `
-app: {name: billing}
-db: {dsn: "host=db user=app password=@KeyVault(VaultName=myvault;SecretName=db-password)"}
-`, kvtest.WithContentType("application/yaml"))
+// Notify is the same targeted refresh for events that arrive another way, for example
+// from a Service Bus subscription that Event Grid forwards the vault's events to.
+func ExampleProvider_Notify() {
+	srv := kvtest.NewServer()
+	defer srv.Close()
+	kv := srv.AddVault("myvault")
+	kv.Grant(srv.SystemIdentity(), kvtest.RoleSecretsUser)
+	kv.SetSecret("api-key", "key-one")
+	p, err := viperkv.New(exampleViper(`api: {key: "@KeyVault(VaultName=myvault;SecretName=api-key)"}`),
+		viperkv.WithEmulator(srv))
+	if err != nil {
+		fmt.Println(err)
+		return
+	}
+	if err := p.Load(context.Background()); err != nil {
+		fmt.Println(err)
+		return
+	}
+	version := kv.SetSecret("api-key", "key-two")
 
-	// Once, at start-up; the options are New's.
-	if err := viperkv.RegisterRemoteProvider(viperkv.WithTransport(srv.Client())); err != nil {
-		fmt.Println(err)
-		return
-	}
-	defer viperkv.UnregisterRemoteProvider()
-
-	v := viper.New()
-	v.SetConfigType("yaml")
-	if err := v.AddRemoteProvider("azurekeyvault", "https://myvault.vault.azure.net", "app-settings"); err != nil {
-		fmt.Println(err)
-		return
-	}
-	if err := v.ReadRemoteConfig(); err != nil {
-		fmt.Println(err)
-		return
-	}
-	fmt.Println(v.GetString("app.name"))
-	fmt.Println(v.GetString("db.dsn"))
-	// Output:
-	// billing
-	// host=db user=app password=s3cret
+	// The fields of the event's data: VaultName, ObjectName, Version.
+	err = p.Notify(context.Background(), viperkv.Notice{
+		Type: viperkv.NoticeNewVersion, ID: "the event's id", Vault: "myvault", Name: "api-key", Version: version,
+	})
+	fmt.Println(err, p.GetString("api.key"))
+	// Output: <nil> key-two
 }

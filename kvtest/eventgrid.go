@@ -61,10 +61,10 @@ const (
 // handler checks to know the caller is Event Grid.
 const EventGridAppID = "4962773b-9cdb-44cf-a8bf-237846a00ab7"
 
-// DefaultWebhookRole is the app role Azure's guide to secure webhook delivery has the
+// defaultRole is the app role Azure's guide to secure webhook delivery has the
 // webhook's app registration define and assign to Event Grid's service principal; it is
 // the roles claim of Event Grid's tokens unless [EventSubscription.Roles] says otherwise.
-const DefaultWebhookRole = "AzureEventGridSecureWebhookSubscriber"
+const defaultRole = "AzureEventGridSecureWebhookSubscriber"
 
 // Other Key Vault event types. Subscriptions may filter on them, as a real subscription
 // copied from Azure may, but the emulator publishes none of them.
@@ -129,7 +129,7 @@ type EventSubscription struct {
 	// Event Grid, the subscription reuses a token until five minutes before it expires. It
 	// replaces an Authorization header in Headers.
 	Audience string
-	// Roles is the roles claim of the Entra tokens (default [DefaultWebhookRole]); a
+	// Roles is the roles claim of the Entra tokens (default AzureEventGridSecureWebhookSubscriber, eventgrid.DefaultRole); a
 	// non-nil empty slice leaves the claim out, as for an app that assigned no role.
 	Roles []string
 	// Headers are custom delivery properties: static headers sent on every request,
@@ -242,7 +242,7 @@ func (es EventSubscription) resolved() (EventSubscription, error) {
 		}
 	}
 	if es.Roles == nil {
-		es.Roles = []string{DefaultWebhookRole}
+		es.Roles = []string{defaultRole}
 	} else {
 		es.Roles = slices.Clone(es.Roles)
 	}

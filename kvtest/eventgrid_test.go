@@ -638,7 +638,7 @@ func TestEventGridEntraToken(t *testing.T) {
 			t.Fatalf("%s %s: Authorization %q", name, r.Method, auth)
 		}
 		claims := verifyEntraToken(t, srv, token)
-		wantAud, wantRoles := "api://webhook-app", []any{kvtest.DefaultWebhookRole}
+		wantAud, wantRoles := "api://webhook-app", []any{"AzureEventGridSecureWebhookSubscriber"}
 		if name == "NOROLES" {
 			wantAud, wantRoles = "6f1c7c1e-0000-4000-8000-00000000aaaa", nil
 		}

@@ -43,6 +43,7 @@ import (
 
 	"github.com/viperkv/viperkv"
 	"github.com/viperkv/viperkv/bench/internal/stats"
+	"github.com/viperkv/viperkv/eventgrid"
 	"github.com/viperkv/viperkv/kvtest"
 )
 
@@ -309,7 +310,7 @@ func run(n int, steady time.Duration) (bool, error) {
 	// Push: the same replicas, polling off, a subscription each.
 	mux := http.NewServeMux()
 	for i, r := range fl.reps {
-		h, err := viperkv.NewEventGridHandler(r.p, viperkv.EventGridEntra(srv.TenantID(), audience))
+		h, err := eventgrid.NewHandler(r.p, eventgrid.Entra(srv.TenantID(), audience))
 		if err != nil {
 			return false, err
 		}

@@ -30,6 +30,7 @@ import (
 
 	"github.com/viperkv/viperkv"
 	"github.com/viperkv/viperkv/bench/internal/stats"
+	"github.com/viperkv/viperkv/eventgrid"
 	"github.com/viperkv/viperkv/kvtest"
 )
 
@@ -175,7 +176,7 @@ func measurePush(srv *kvtest.Server, n int) (result, error) {
 		return result{}, err
 	}
 	w := newWatcher(p)
-	h, err := viperkv.NewEventGridHandler(p, viperkv.EventGridEntra(srv.TenantID(), audience))
+	h, err := eventgrid.NewHandler(p, eventgrid.Entra(srv.TenantID(), audience))
 	if err != nil {
 		return result{}, err
 	}

@@ -12,6 +12,7 @@ import (
 	"github.com/spf13/cobra"
 
 	"github.com/viperkv/viperkv"
+	"github.com/viperkv/viperkv/eventgrid"
 )
 
 // eventGridHeaderValueEnv holds the value of --eventgrid-header: a secret, so never a flag
@@ -37,7 +38,7 @@ func (f *pushFlags) register(cmd *cobra.Command) {
 	fl.StringVar(&f.keyFile, "listen-key", "", "with --listen-cert: its private key file (PEM)")
 	fl.StringVar(&f.tenant, "eventgrid-tenant", "", "with --eventgrid-audience: the Microsoft Entra tenant whose tokens Event Grid presents (default $AZURE_TENANT_ID, or the emulator's)")
 	fl.StringSliceVar(&f.audiences, "eventgrid-audience", nil, "accept Event Grid's Entra ID tokens for this audience: the webhook app's application ID or ID URI (repeatable)")
-	fl.StringVar(&f.role, "eventgrid-role", viperkv.DefaultEventGridRole, "with --eventgrid-audience: the app role the token must hold")
+	fl.StringVar(&f.role, "eventgrid-role", eventgrid.DefaultRole, "with --eventgrid-audience: the app role the token must hold")
 	fl.StringVar(&f.header, "eventgrid-header", "", "accept deliveries carrying this header (an Event Grid delivery property) with the value in $"+eventGridHeaderValueEnv)
 	fl.DurationVar(&f.delay, "push-delay", 0, "with --listen: wait a random time up to this before fetching a changed secret (spreads a fleet's GETs)")
 }
@@ -84,7 +85,7 @@ type pushListener struct {
 
 // start listens on --listen and serves p's Event Grid handler there.
 func (f *pushFlags) start(p *viperkv.Provider, tenant string, say func(string, ...any)) (*pushListener, error) {
-	var opts []viperkv.EventGridOption
+	var opts []eventgrid.Option
 	if len(f.audiences) > 0 {
 		if f.tenant == "" {
 			f.tenant = tenant
@@ -92,12 +93,12 @@ func (f *pushFlags) start(p *viperkv.Provider, tenant string, say func(string, .
 		if f.tenant == "" {
 			return nil, usageError("--eventgrid-audience needs --eventgrid-tenant (or $AZURE_TENANT_ID)")
 		}
-		opts = append(opts, viperkv.EventGridEntra(f.tenant, f.audiences...), viperkv.EventGridRole(f.role))
+		opts = append(opts, eventgrid.Entra(f.tenant, f.audiences...), eventgrid.Role(f.role))
 	}
 	if f.header != "" {
-		opts = append(opts, viperkv.EventGridHeader(f.header, f.headerValue))
+		opts = append(opts, eventgrid.Header(f.header, f.headerValue))
 	}
-	h, err := viperkv.NewEventGridHandler(p, opts...)
+	h, err := eventgrid.NewHandler(p, opts...)
 	if err != nil {
 		return nil, usageError("%s", strings.TrimPrefix(err.Error(), "viperkv: "))
 	}

@@ -31,6 +31,7 @@ import (
 	"go.yaml.in/yaml/v3"
 
 	"github.com/viperkv/viperkv"
+	"github.com/viperkv/viperkv/eventgrid"
 	"github.com/viperkv/viperkv/kvtest"
 )
 
@@ -204,7 +205,7 @@ func push(ctx context.Context, say func(string, ...any), srv *kvtest.Server, v *
 		return err
 	}
 	const audience = "api://quickstart-webhook" // the webhook app's ID URI
-	h, err := viperkv.NewEventGridHandler(p, viperkv.EventGridEntra(srv.TenantID(), audience))
+	h, err := eventgrid.NewHandler(p, eventgrid.Entra(srv.TenantID(), audience))
 	if err != nil {
 		return err
 	}

@@ -1,4 +1,4 @@
-package viperkv_test
+package eventgrid_test
 
 import (
 	"bytes"
@@ -22,6 +22,7 @@ import (
 	"github.com/go-jose/go-jose/v4"
 
 	"github.com/viperkv/viperkv"
+	"github.com/viperkv/viperkv/eventgrid"
 	"github.com/viperkv/viperkv/kvtest"
 )
 
@@ -60,7 +61,7 @@ type egFixture struct {
 // newEGFixture loads a provider with db.conn (versionless myvault/db), db.pinned (that
 // secret's first version) and api.key (versionless myvault/api-key), and serves its Event
 // Grid handler.
-func newEGFixture(t *testing.T, opts ...viperkv.EventGridOption) *egFixture {
+func newEGFixture(t *testing.T, opts ...eventgrid.Option) *egFixture {
 	t.Helper()
 	f := &egFixture{srv: kvtest.NewServerT(t, kvtest.WithSigningKey(egKey())), events: make(chan viperkv.Event, 64),
 		logs: &redirLog{}, sentinel: "sentinel-" + fmt.Sprint(time.Now().UnixNano())}
@@ -83,9 +84,9 @@ func newEGFixture(t *testing.T, opts ...viperkv.EventGridOption) *egFixture {
 		t.Fatal(err)
 	}
 	if len(opts) == 0 {
-		opts = []viperkv.EventGridOption{viperkv.EventGridEntra(f.srv.TenantID(), egAudience)}
+		opts = []eventgrid.Option{eventgrid.Entra(f.srv.TenantID(), egAudience)}
 	}
-	f.h, err = viperkv.NewEventGridHandler(f.p, opts...)
+	f.h, err = eventgrid.NewHandler(f.p, opts...)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -125,7 +126,7 @@ func (f *egFixture) claims() map[string]any {
 	now := time.Now()
 	return map[string]any{
 		"aud": egAudience, "iss": "https://sts.windows.net/" + f.srv.TenantID() + "/", "tid": f.srv.TenantID(),
-		"appid": egAppID, "appidacr": "2", "idtyp": "app", "ver": "1.0", "roles": []string{viperkv.DefaultEventGridRole},
+		"appid": egAppID, "appidacr": "2", "idtyp": "app", "ver": "1.0", "roles": []string{eventgrid.DefaultRole},
 		"oid": "0f1e2d3c-4b5a-4978-8a9b-0c1d2e3f4a5b", "sub": "0f1e2d3c-4b5a-4978-8a9b-0c1d2e3f4a5b",
 		"iat": now.Unix(), "nbf": now.Unix(), "exp": now.Add(time.Hour).Unix(),
 	}
@@ -226,7 +227,7 @@ func (f *egFixture) changed(t *testing.T) viperkv.Event {
 // watchers are told in order, so those are all the events of the earlier deliveries.
 func (f *egFixture) settle(t *testing.T, token string) []viperkv.Event {
 	t.Helper()
-	viperkv.WaitEventGrid(f.h)
+	waitPending(t, f.p)
 	v := f.kv.SetSecret("api-key", "key-"+fmt.Sprint(time.Now().UnixNano()))
 	if st, body := f.post(t, token, "application/json", []any{egEvent("marker-"+v, string(viperkv.NoticeNewVersion), "api-key", v)}); st != 200 {
 		t.Fatalf("marker delivery: %d %s", st, body)
@@ -332,7 +333,7 @@ func TestEventGridHandshakes(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	h, err := viperkv.NewEventGridHandler(unloaded, viperkv.EventGridEntra(f.srv.TenantID(), egAudience))
+	h, err := eventgrid.NewHandler(unloaded, eventgrid.Entra(f.srv.TenantID(), egAudience))
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -454,7 +455,7 @@ func mustJSON(v any) string {
 // TestEventGridHeaderAuthentication: a shared secret header alone, and with Entra (both
 // required).
 func TestEventGridHeaderAuthentication(t *testing.T) {
-	f := newEGFixture(t, viperkv.EventGridHeader("X-Webhook-Key", "s3cret-header"))
+	f := newEGFixture(t, eventgrid.Header("X-Webhook-Key", "s3cret-header"))
 	v := f.kv.SetSecret("db", f.sentinel+"-v2")
 	ev := []any{egEvent("h1", string(viperkv.NoticeNewVersion), "db", v)}
 	for _, hv := range []string{"", "wrong", "s3cret-header-and-more"} {
@@ -476,8 +477,8 @@ func TestEventGridHeaderAuthentication(t *testing.T) {
 		t.Error("the shared secret appears in the logs")
 	}
 
-	both, err := viperkv.NewEventGridHandler(f.p, viperkv.EventGridHeader("X-Webhook-Key", "s3cret-header"),
-		viperkv.EventGridEntra(f.srv.TenantID(), egAudience))
+	both, err := eventgrid.NewHandler(f.p, eventgrid.Header("X-Webhook-Key", "s3cret-header"),
+		eventgrid.Entra(f.srv.TenantID(), egAudience))
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -494,14 +495,14 @@ func TestEventGridHeaderAuthentication(t *testing.T) {
 		t.Errorf("both: %d", st)
 	}
 
-	for _, opts := range [][]viperkv.EventGridOption{
+	for _, opts := range [][]eventgrid.Option{
 		nil,
-		{viperkv.EventGridEntra(f.srv.TenantID())},
-		{viperkv.EventGridEntra("", egAudience)},
-		{viperkv.EventGridHeader("", "x")},
-		{viperkv.EventGridHeader("X-Key", "")},
+		{eventgrid.Entra(f.srv.TenantID())},
+		{eventgrid.Entra("", egAudience)},
+		{eventgrid.Header("", "x")},
+		{eventgrid.Header("X-Key", "")},
 	} {
-		if _, err := viperkv.NewEventGridHandler(f.p, opts...); err == nil {
+		if _, err := eventgrid.NewHandler(f.p, opts...); err == nil {
 			t.Errorf("NewEventGridHandler with %d option(s) and no usable authentication: no error", len(opts))
 		}
 	}
@@ -663,7 +664,7 @@ func TestEventGridFromTheEmulator(t *testing.T) {
 	for end := time.Now().Add(15 * time.Second); delivered() < 2*len(versions) && time.Now().Before(end); {
 		time.Sleep(10 * time.Millisecond) // Reorder holds the last event up to a second
 	}
-	viperkv.WaitEventGrid(f.h)
+	waitPending(t, f.p)
 	ok := delivered()
 	if gets := f.kv.Count(kvtest.OpGetSecret); gets > int64(len(versions)) || ok < 2*len(versions) {
 		t.Errorf("%d GETs for %d rotations delivered %d times: duplicates must cost nothing", gets, len(versions), ok)
@@ -732,7 +733,7 @@ func TestParseSecretChangesFromTheEmulator(t *testing.T) {
 				time.Sleep(10 * time.Millisecond)
 				body = rec.first()
 			}
-			changes, err := viperkv.ParseSecretChanges(body)
+			changes, err := eventgrid.ParseNotices(body)
 			if err != nil || len(changes) != 1 {
 				t.Fatalf("ParseSecretChanges(%s) = %v, %v", body, changes, err)
 			}
@@ -763,16 +764,16 @@ func TestParseSecretChangesSkipsAndRejects(t *testing.T) {
 		egEvent("e2", "Microsoft.EventGrid.SubscriptionValidationEvent", "", ""),
 		egEvent("e3", string(viperkv.NoticeNearExpiry), "db", "v9"),
 	})
-	changes, err := viperkv.ParseSecretChanges([]byte(mixed))
+	changes, err := eventgrid.ParseNotices([]byte(mixed))
 	if err != nil || len(changes) != 1 || changes[0].Type != viperkv.NoticeNearExpiry || changes[0].ID != "e3" || changes[0].Version != "v9" {
 		t.Errorf("mixed delivery: %+v, %v", changes, err)
 	}
 	batch := mustJSON([]any{ceEvent("c1", string(viperkv.NoticeNewVersion), "db", "v2"), ceEvent("c2", string(viperkv.NoticeExpired), "api-key", "v3")})
-	if changes, err := viperkv.ParseSecretChanges([]byte(batch)); err != nil || len(changes) != 2 || changes[1].Type != viperkv.NoticeExpired {
+	if changes, err := eventgrid.ParseNotices([]byte(batch)); err != nil || len(changes) != 2 || changes[1].Type != viperkv.NoticeExpired {
 		t.Errorf("CloudEvents batch: %+v, %v", changes, err)
 	}
 	for _, bad := range []string{"", "not json", `{"id":"x"}`, `[{"id":"x","data":"str","eventType":"Microsoft.KeyVault.SecretNewVersionCreated"}]`} {
-		if changes, err := viperkv.ParseSecretChanges([]byte(bad)); err == nil {
+		if changes, err := eventgrid.ParseNotices([]byte(bad)); err == nil {
 			t.Errorf("ParseSecretChanges(%q) = %+v, want an error", bad, changes)
 		}
 	}
@@ -793,7 +794,7 @@ func TestParseSecretChangesForged(t *testing.T) {
 		map[string]any{"id": "f2", "eventType": string(viperkv.NoticeNewVersion),
 			"data": map[string]any{"Id": "https://myvault.vault.azure.net/secrets/db/forged", "VaultName": "myvault", "ObjectName": "db", "Version": "forged"}},
 	})
-	changes, err := viperkv.ParseSecretChanges([]byte(forged))
+	changes, err := eventgrid.ParseNotices([]byte(forged))
 	if err != nil || len(changes) != 2 || changes[0].Vault != host {
 		t.Fatalf("ParseSecretChanges = %+v, %v", changes, err)
 	}
@@ -827,7 +828,7 @@ func FuzzParseSecretChanges(f *testing.F) {
 	f.Add([]byte(`[{"id":" x ","eventType":"Microsoft.KeyVault.SecretNearExpiry","data":{"ObjectName ":" db ","Id":"https://h/secrets/db/v"}}]`))
 	f.Add([]byte(`{"specversion":"1.0","type":"x","data":null}`))
 	f.Fuzz(func(t *testing.T, body []byte) {
-		changes, err := viperkv.ParseSecretChanges(body)
+		changes, err := eventgrid.ParseNotices(body)
 		if err != nil {
 			if changes != nil {
 				t.Fatalf("changes %+v with error %v", changes, err)

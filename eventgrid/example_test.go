@@ -1,21 +1,35 @@
-package viperkv_test
+package eventgrid_test
 
 import (
 	"context"
 	"fmt"
 	"net/http"
 	"net/http/httptest"
+	"strings"
 	"time"
 
+	"github.com/spf13/viper"
+
 	"github.com/viperkv/viperkv"
+	"github.com/viperkv/viperkv/eventgrid"
 	"github.com/viperkv/viperkv/kvtest"
 )
+
+// exampleViper returns a Viper holding the YAML document doc.
+func exampleViper(doc string) *viper.Viper {
+	v := viper.New()
+	v.SetConfigType("yaml")
+	if err := v.ReadConfig(strings.NewReader(doc)); err != nil {
+		panic(err)
+	}
+	return v
+}
 
 // Rotations by push: Key Vault publishes a SecretNewVersionCreated event to Event Grid,
 // Event Grid delivers it to the service's webhook, and the handler refreshes exactly that
 // secret. Here the emulator plays Key Vault and Event Grid, with Microsoft Entra protected
 // delivery as on Azure; polling is left at an hour, as the safety net.
-func ExampleNewEventGridHandler() {
+func ExampleNewHandler() {
 	srv := kvtest.NewServer()
 	defer srv.Close()
 	kv := srv.AddVault("myvault")
@@ -35,7 +49,7 @@ func ExampleNewEventGridHandler() {
 	}
 
 	// The webhook app's ID URI is the audience of the tokens Event Grid presents.
-	h, err := viperkv.NewEventGridHandler(p, viperkv.EventGridEntra(srv.TenantID(), "api://orders-webhook"))
+	h, err := eventgrid.NewHandler(p, eventgrid.Entra(srv.TenantID(), "api://orders-webhook"))
 	if err != nil {
 		fmt.Println(err)
 		return
@@ -63,38 +77,10 @@ func ExampleNewEventGridHandler() {
 	// key-two
 }
 
-// Notify is the same targeted refresh for events that arrive another way, for example
-// from a Service Bus subscription that Event Grid forwards the vault's events to.
-func ExampleProvider_Notify() {
-	srv := kvtest.NewServer()
-	defer srv.Close()
-	kv := srv.AddVault("myvault")
-	kv.Grant(srv.SystemIdentity(), kvtest.RoleSecretsUser)
-	kv.SetSecret("api-key", "key-one")
-	p, err := viperkv.New(exampleViper(`api: {key: "@KeyVault(VaultName=myvault;SecretName=api-key)"}`),
-		viperkv.WithEmulator(srv))
-	if err != nil {
-		fmt.Println(err)
-		return
-	}
-	if err := p.Load(context.Background()); err != nil {
-		fmt.Println(err)
-		return
-	}
-	version := kv.SetSecret("api-key", "key-two")
-
-	// The fields of the event's data: VaultName, ObjectName, Version.
-	err = p.Notify(context.Background(), viperkv.Notice{
-		Type: viperkv.NoticeNewVersion, ID: "the event's id", Vault: "myvault", Name: "api-key", Version: version,
-	})
-	fmt.Println(err, p.GetString("api.key"))
-	// Output: <nil> key-two
-}
-
 // A fleet hears of rotations through a Service Bus topic that Event Grid forwards the
 // vault's events to, one subscription per instance. Each message's body is one event in
-// the subscription's schema; ParseSecretChanges reads it and Notify refreshes the secret.
-func ExampleParseSecretChanges() {
+// the subscription's schema; ParseNotices reads it and Notify refreshes the secret.
+func ExampleParseNotices() {
 	// A message body, as Event Grid writes it in the CloudEvents schema.
 	body := []byte(`{"specversion":"1.0","type":"Microsoft.KeyVault.SecretNewVersionCreated",
 		"source":"/subscriptions/00000000-0000-0000-0000-000000000000/resourceGroups/rg/providers/Microsoft.KeyVault/vaults/myvault",
@@ -102,7 +88,7 @@ func ExampleParseSecretChanges() {
 		"data":{"Id":"https://myvault.vault.azure.net/secrets/db-conn/4d7bcfe3b7a54ad4a9d6b1a7e1b6d2c1",
 		"VaultName":"myvault","ObjectType":"Secret","ObjectName":"db-conn",
 		"Version":"4d7bcfe3b7a54ad4a9d6b1a7e1b6d2c1","NBF":null,"EXP":null}}`)
-	changes, err := viperkv.ParseSecretChanges(body)
+	changes, err := eventgrid.ParseNotices(body)
 	if err != nil {
 		fmt.Println(err) // dead-letter the message: it will not parse next time either
 		return

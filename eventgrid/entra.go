@@ -1,4 +1,4 @@
-package viperkv
+package eventgrid
 
 import (
 	"context"
@@ -22,10 +22,6 @@ import (
 // azp (v2) of the tokens Event Grid presents to a Microsoft Entra protected webhook.
 const eventGridAppID = "4962773b-9cdb-44cf-a8bf-237846a00ab7"
 
-// DefaultEventGridRole is the app role a webhook's app registration assigns to Event
-// Grid's service principal in Azure's guide to Entra protected webhooks.
-const DefaultEventGridRole = "AzureEventGridSecureWebhookSubscriber"
-
 // errAuthUnavailable means a token could not be checked because the tenant's signing keys
 // could not be fetched: the webhook's problem, which Event Grid should retry (503).
 var errAuthUnavailable = errors.New("the tenant's signing keys are unavailable")
@@ -42,11 +38,15 @@ type entraAuth struct {
 	client    *http.Client
 	now       func() time.Time
 
-	mu      sync.Mutex
-	keys    []crypto.PublicKey
-	issuers []string
-	fetched time.Time // when keys were last fetched (or tried)
+	mu       sync.Mutex
+	keys     []crypto.PublicKey
+	issuers  []string
+	fetched  time.Time     // when the last fetch of the keys ended (whether it worked or not)
+	inflight chan struct{} // while a fetch runs; closed when it ends
 }
+
+// keyFetchTimeout bounds one fetch of the tenant's metadata and keys.
+const keyFetchTimeout = 10 * time.Second
 
 // keyRefetchFloor bounds how often an unknown or bad signature makes the handler fetch the
 // tenant's keys again: a stream of forged tokens must not turn into a stream of requests
@@ -125,19 +125,48 @@ func (a *entraAuth) mayRefetch() bool {
 }
 
 // keySet returns the tenant's signing keys, fetching the metadata and the keys when none
-// are held, when they are old, or when refresh is set.
+// are held, when they are old, or when refresh is set. One fetch runs at a time and no lock
+// is held across it: callers that arrive meanwhile wait for its result, each for as long
+// as its own context allows. The fetch runs detached from the request that started it,
+// bounded by keyFetchTimeout: a caller that hangs up must not cancel the fetch every later
+// delivery depends on (a forged token and a hang-up could otherwise keep the keys stale).
 func (a *entraAuth) keySet(ctx context.Context, refresh bool) ([]crypto.PublicKey, error) {
 	a.mu.Lock()
-	defer a.mu.Unlock() // one fetch at a time; others wait for its result
 	now := a.now()
 	if len(a.keys) > 0 && !refresh && now.Sub(a.fetched) < keyMaxAge {
+		defer a.mu.Unlock()
 		return a.keys, nil
 	}
-	if len(a.keys) == 0 && now.Sub(a.fetched) < time.Second {
+	if wait := a.inflight; wait != nil {
+		a.mu.Unlock()
+		select {
+		case <-wait:
+		case <-ctx.Done():
+			return nil, fmt.Errorf("%w: %v", errAuthUnavailable, ctx.Err())
+		}
+		a.mu.Lock()
+		defer a.mu.Unlock()
+		if len(a.keys) == 0 {
+			return nil, errAuthUnavailable
+		}
+		return a.keys, nil
+	}
+	if len(a.keys) == 0 && !a.fetched.IsZero() && now.Sub(a.fetched) < time.Second {
+		a.mu.Unlock()
 		return nil, errAuthUnavailable // a failed fetch is not retried for every request
 	}
-	a.fetched = now
-	keys, issuer, err := a.fetchKeys(ctx)
+	done := make(chan struct{})
+	a.inflight = done
+	a.mu.Unlock()
+
+	fctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), keyFetchTimeout)
+	keys, issuer, err := a.fetchKeys(fctx)
+	cancel()
+
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	a.inflight, a.fetched = nil, a.now()
+	close(done)
 	if err != nil {
 		if len(a.keys) > 0 {
 			return a.keys, nil // keep what verified before
@@ -150,8 +179,6 @@ func (a *entraAuth) keySet(ctx context.Context, refresh bool) ([]crypto.PublicKe
 
 // fetchKeys reads the tenant's metadata document and its JWKS.
 func (a *entraAuth) fetchKeys(ctx context.Context) ([]crypto.PublicKey, string, error) {
-	ctx, cancel := context.WithTimeout(ctx, 10*time.Second)
-	defer cancel()
 	var meta struct {
 		Issuer  string `json:"issuer"`
 		JWKSURI string `json:"jwks_uri"`
@@ -211,18 +238,3 @@ func (h *headerAuth) check(r *http.Request) error {
 	}
 	return nil
 }
-
-// transportClient returns an *http.Client that sends through the provider's transport,
-// which refuses redirects and, in tests, reaches the emulator.
-func (p *Provider) transportClient() *http.Client {
-	if c, ok := p.transport.(*http.Client); ok {
-		return c
-	}
-	return &http.Client{Transport: roundTripFunc(p.transport.Do),
-		CheckRedirect: func(*http.Request, []*http.Request) error { return http.ErrUseLastResponse }}
-}
-
-type roundTripFunc func(*http.Request) (*http.Response, error)
-
-// RoundTrip implements http.RoundTripper.
-func (f roundTripFunc) RoundTrip(r *http.Request) (*http.Response, error) { return f(r) }

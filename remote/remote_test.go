@@ -1,4 +1,4 @@
-package viperkv_test
+package remote_test
 
 import (
 	"context"
@@ -12,10 +12,24 @@ import (
 	"time"
 
 	"github.com/spf13/viper"
+	"go.uber.org/goleak"
 
 	"github.com/viperkv/viperkv"
 	"github.com/viperkv/viperkv/kvtest"
+	"github.com/viperkv/viperkv/remote"
 )
+
+// newEmulator starts an emulator whose managed identity endpoint the process's variables
+// point at, as App Service sets them.
+func newEmulator(t *testing.T) *kvtest.Server {
+	t.Helper()
+	srv := kvtest.NewServer()
+	t.Cleanup(srv.Close)
+	for k, v := range srv.Env() {
+		t.Setenv(k, v)
+	}
+	return srv
+}
 
 // logRecorder keeps log lines, for waiting on what a goroutine the test cannot see did.
 type logRecorder struct {
@@ -105,20 +119,20 @@ func registerRemote(t *testing.T, opts ...viperkv.Option) *fakeFactory {
 	fake := &fakeFactory{}
 	viper.RemoteConfig = fake
 	t.Cleanup(func() {
-		viperkv.UnregisterRemoteProvider()
+		remote.Unregister()
 		if viper.RemoteConfig != fake || !slices.Equal(viper.SupportedRemoteProviders, prevNames) {
-			t.Errorf("UnregisterRemoteProvider left %T and %q", viper.RemoteConfig, viper.SupportedRemoteProviders)
+			t.Errorf("Unregister left %T and %q", viper.RemoteConfig, viper.SupportedRemoteProviders)
 		}
 		viper.RemoteConfig, viper.SupportedRemoteProviders = prev, prevNames
 	})
 	// Registering twice replaces the options; it neither wraps itself nor adds the name twice.
 	for range 2 {
-		if err := viperkv.RegisterRemoteProvider(opts...); err != nil {
+		if err := remote.Register(opts...); err != nil {
 			t.Fatal(err)
 		}
 	}
-	if n := slices.Index(viper.SupportedRemoteProviders, viperkv.RemoteProviderName); n < 0 ||
-		slices.Contains(viper.SupportedRemoteProviders[n+1:], viperkv.RemoteProviderName) {
+	if n := slices.Index(viper.SupportedRemoteProviders, remote.ProviderName); n < 0 ||
+		slices.Contains(viper.SupportedRemoteProviders[n+1:], remote.ProviderName) {
 		t.Fatalf("SupportedRemoteProviders = %q", viper.SupportedRemoteProviders)
 	}
 	return fake
@@ -268,7 +282,55 @@ func TestRemoteProviderRejectsIncompleteDocuments(t *testing.T) {
 		}
 		log.waitFor(t, 1, "remote config not read", want)
 	}
-	if err := viperkv.RegisterRemoteProvider(viperkv.WithMaxInflight(0)); err == nil {
-		t.Error("RegisterRemoteProvider accepted an invalid option")
+	if err := remote.Register(viperkv.WithMaxInflight(0)); err == nil {
+		t.Error("Register accepted an invalid option")
 	}
 }
+
+// Each endpoint and path is read through Providers kept between reads; Unregister stops
+// the polling goroutines and closes them, leaving no goroutine behind.
+func TestRemoteProviderClosesWhatItKept(t *testing.T) {
+	defer goleak.VerifyNone(t, goleak.IgnoreCurrent())
+	srv := kvtest.NewServer()
+	defer srv.Close()
+	kv := srv.AddVault("myvault")
+	kv.Grant(srv.SystemIdentity(), kvtest.RoleSecretsUser)
+	kv.SetSecret("db-conn", "c1")
+	kv.SetSecret("app-settings", "db: \"@KeyVault(VaultName=myvault;SecretName=db-conn)\"\n", kvtest.WithContentType("application/yaml"))
+	log := newLogRecorder()
+	prev, prevNames := viper.RemoteConfig, slices.Clone(viper.SupportedRemoteProviders)
+	defer func() { viper.RemoteConfig, viper.SupportedRemoteProviders = prev, prevNames }()
+	if err := remote.Register(viperkv.WithEmulator(srv), viperkv.WithRefreshInterval(50*time.Millisecond), viperkv.WithLogger(slog.New(log))); err != nil {
+		t.Fatal(err)
+	}
+	v := viper.New()
+	v.SetConfigType("yaml")
+	if err := v.AddRemoteProvider(remote.ProviderName, kv.URL(), "app-settings"); err != nil {
+		t.Fatal(err)
+	}
+	for range 5 {
+		if err := v.ReadRemoteConfig(); err != nil || v.GetString("db") != "c1" {
+			t.Fatalf("ReadRemoteConfig: %v, db %q", err, v.GetString("db"))
+		}
+	}
+	// The document's secret and the reference inside it: one challenge each, however many
+	// reads, since each path keeps its Providers (and their clients).
+	if n := kv.Count(kvtest.OpChallenge); n > 2 {
+		t.Errorf("%d challenge round trips for 5 reads of one path, want at most 2", n)
+	}
+	out, _ := viper.RemoteConfig.WatchChannel(remoteProvider{kv.URL(), "app-settings"})
+	kv.SetSecret("db-conn", "c2")
+	if got := <-out; !strings.Contains(string(got.Value), "c2") {
+		t.Error("the polling goroutine did not hand over the rotated value")
+	}
+	remote.Unregister()
+	srv.Close()
+}
+
+// remoteProvider is a viper.RemoteProvider for calling the factory directly.
+type remoteProvider struct{ endpoint, path string }
+
+func (r remoteProvider) Provider() string      { return remote.ProviderName }
+func (r remoteProvider) Endpoint() string      { return r.endpoint }
+func (r remoteProvider) Path() string          { return r.path }
+func (r remoteProvider) SecretKeyring() string { return "" }
