@@ -48,11 +48,3 @@ func ParseCloud(name string) (Cloud, error) {
 	}
 	return "", fmt.Errorf("viperkv: unknown cloud %s (want AzurePublic, AzureChina or AzureUSGovernment)", kvname.Quote(name))
 }
-
-// table returns the cloud's row of the cloud table (the public cloud's for an unknown one).
-func (c Cloud) table() cloud.Cloud {
-	if t, ok := cloud.ByName(string(c)); ok {
-		return t
-	}
-	return cloud.Public()
-}

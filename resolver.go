@@ -159,20 +159,6 @@ func build(tree map[string]any, sc *scan, secrets map[Reference]*secret, prev *s
 	return &snapshot{tree: tree, scan: sc, v: v, masked: masked.(map[string]any), rendered: rendered, status: status, secrets: secrets}
 }
 
-// hasKey reports whether the configuration has key k, or keys below it: set in the resolved
-// settings, or holding a reference that has not resolved (yet).
-func (s *snapshot) hasKey(k string) bool {
-	if s.v.IsSet(k) {
-		return true
-	}
-	for _, rk := range s.scan.keys() {
-		if rk == k || strings.HasPrefix(rk, k+".") || strings.HasPrefix(rk, k+"[") {
-			return true
-		}
-	}
-	return false
-}
-
 // unnamedEnvRefs finds environment variables under v's prefix that hold a reference no
 // configuration key reads: with AutomaticEnv, Viper does not list env-only keys, so the
 // reference would silently go unresolved (and the key read as ""). Each becomes a

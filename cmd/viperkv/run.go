@@ -34,7 +34,7 @@ type runFlags struct {
 	watch           bool
 	grace           time.Duration
 	refreshInterval time.Duration
-	versionCheck string
+	versionCheck    string
 	push            pushFlags
 }
 

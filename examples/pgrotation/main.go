@@ -7,7 +7,7 @@
 // server programs must be installed) and the Key Vault emulator. A service keeps a pgx
 // pool whose connection string is the reference
 // @KeyVault(SecretUri=https://appvault.vault.azure.net/secrets/pg-conn/), resolved through
-// its managed identity; viperkv.Resource rebuilds the pool when a new version appears,
+// its managed identity; resource.Resource rebuilds the pool when a new version appears,
 // moves traffic to it and drains the old one. A rotator, with an identity of its own,
 // rotates the credential with two login roles (app_blue, app_green) in one group role. Eight
 // workers query continuously: first without rotations (the baseline), then during twenty

@@ -16,6 +16,7 @@ import (
 	"github.com/spf13/viper"
 
 	"github.com/viperkv/viperkv"
+	"github.com/viperkv/viperkv/resource"
 )
 
 // serviceConfig is the service's configuration. The connection string, password included,
@@ -27,12 +28,12 @@ database:
 `
 
 // service keeps a pgx pool built from database.* and queries through it. When the
-// connection string is rotated, viperkv.Resource builds a new pool, checks it, moves
+// connection string is rotated, resource.Resource builds a new pool, checks it, moves
 // traffic to it and drains the old one; a new pool that cannot connect is not used.
 type service struct {
 	log *slog.Logger
 	p   *viperkv.Provider
-	db  *viperkv.Resource[*dbPool]
+	db  *resource.Resource[*dbPool]
 
 	stop    context.CancelFunc
 	watched chan error
@@ -63,8 +64,8 @@ func startService(ctx context.Context, log *slog.Logger, opts ...viperkv.Option)
 		return nil, err
 	}
 	s := &service{log: log, p: p}
-	first := true // the first build has no pool to fall back on: NewResource fails instead
-	s.db, err = viperkv.NewResource(ctx, p, []string{"database"},
+	first := true // the first build has no pool to fall back on: resource.New fails instead
+	s.db, err = resource.New(ctx, p, []string{"database"},
 		func(ctx context.Context, c *viper.Viper) (*dbPool, error) {
 			pool, err := s.open(ctx, c)
 			switch {
@@ -138,7 +139,7 @@ func warm(ctx context.Context, pool *pgxpool.Pool) error {
 	return nil
 }
 
-// close retires a pool: viperkv.Resource calls it after the last query on it finished.
+// close retires a pool: resource.Resource calls it after the last query on it finished.
 func (s *service) close(old *dbPool) {
 	old.Close()
 	s.drained.Add(1)

@@ -1,9 +1,13 @@
-package viperkv
+// Package resource holds a value built from a viperkv Provider's configuration keys (a
+// database pool, a client that carries an API key) and rebuilds it when those keys change,
+// so a rotated secret is put to use without a restart.
+package resource
 
 import (
 	"context"
 	"errors"
 	"fmt"
+	"math/rand/v2"
 	"reflect"
 	"strings"
 	"sync"
@@ -11,6 +15,8 @@ import (
 	"time"
 
 	"github.com/spf13/viper"
+
+	"github.com/viperkv/viperkv"
 )
 
 // Resource holds a value built from configuration keys (a database pool, a client that
@@ -22,15 +28,15 @@ import (
 //   - The old value is released only when every lease on it has ended, so work in flight
 //     on it finishes. Releasing runs on a goroutine of its own and delays nothing else.
 //   - If build fails, the old value keeps serving and Err says why. The build is retried
-//     with the provider's retry back-off ([WithRetryBackoff]), so a transient failure does
-//     not leave the old value in use for good, and a newer change of the keys (a newer
-//     secret version, an edited file) is tried as soon as it arrives.
+//     with capped exponential back-off (1 s doubling to 5 minutes, jittered), so a
+//     transient failure does not leave the old value in use for good, and a newer change of
+//     the keys (a newer secret version, an edited file) is tried as soon as it arrives.
 //
 // Rebuilds run one at a time, on this Resource's own watcher goroutine (see
-// [Provider.OnChange]), and build from the provider's latest configuration. Its methods
+// [viperkv.Provider.OnChange]), and build from the provider's latest configuration. Its methods
 // are safe for concurrent use.
 type Resource[T any] struct {
-	p       *Provider
+	p       *viperkv.Provider
 	keys    []string
 	build   func(context.Context, *viper.Viper) (T, error)
 	release func(T)
@@ -60,33 +66,35 @@ type generation[T any] struct {
 	retired bool         // set under mu's write lock: the value may be released
 }
 
-// NewResource builds the first value from p's current configuration (call it after
-// [Provider.Load]) and rebuilds it whenever an [EventChanged] names one of keys or a key
-// below one of them ("database" covers "database.conn"). List every key build reads; a key
-// the configuration does not have (a typo would never rebuild) is an error.
+// New builds the first value from p's current configuration (call it after
+// [viperkv.Provider.Load]) and rebuilds it whenever a [viperkv.EventChanged] names one of
+// keys or a key below one of them ("database" covers "database.conn", "hosts" covers
+// "hosts[1]"). List every key build reads; a key the configuration does not have (a typo
+// would never rebuild) is an error.
 //
 // build receives the configuration to read; it should check the value works (for a pool,
 // connect and ping) and return an error if not. Its context ends when the Resource is
 // closed; it should also bound its own work with a timeout. Errors from build are returned
-// by NewResource and Err: they should name what failed, never a secret value.
+// by New and Err: they should name what failed, never a secret value.
 //
 // release, which may be nil, frees a retired value (for a pool, Close it). It is called
 // once per value, after the last lease on it has ended.
-func NewResource[T any](ctx context.Context, p *Provider, keys []string,
+func New[T any](ctx context.Context, p *viperkv.Provider, keys []string,
 	build func(ctx context.Context, c *viper.Viper) (T, error), release func(T)) (*Resource[T], error) {
 	if p == nil || build == nil || len(keys) == 0 {
-		return nil, errors.New("viperkv: NewResource needs a provider, at least one key and a build func")
+		return nil, errors.New("resource: New needs a provider, at least one key and a build func")
 	}
-	snap := p.cur.Load()
-	if snap == nil {
-		return nil, errors.New("viperkv: NewResource: call Load first: the resource is built from the loaded configuration")
+	status := p.Status()
+	if status == nil {
+		return nil, errors.New("resource: New: call Load first: the resource is built from the loaded configuration")
 	}
+	c := p.Viper()
 	r := &Resource[T]{p: p, build: build, release: release}
 	for _, k := range keys {
 		k = strings.ToLower(k) // Viper's keys are lower case
-		if !snap.hasKey(k) {
+		if !hasKey(c, status, k) {
 			// A misspelt key would never match an event: the resource would never rebuild.
-			return nil, fmt.Errorf("viperkv: NewResource: key %q is not in the configuration", k)
+			return nil, fmt.Errorf("resource: New: key %q is not in the configuration", k)
 		}
 		r.keys = append(r.keys, k)
 	}
@@ -95,13 +103,13 @@ func NewResource[T any](ctx context.Context, p *Provider, keys []string,
 	r.mu.Lock() // events wait until the first value is in place
 	defer r.mu.Unlock()
 	r.unsubscribe = p.OnChange(r.onEvent)
-	c := p.Viper()
+	c = p.Viper()
 	v, err := build(ctx, c)
 	if err != nil {
 		r.closed = true // an event already waiting on mu must not build
 		r.unsubscribe()
 		r.cancel()
-		return nil, fmt.Errorf("viperkv: building the resource for %s: %w", strings.Join(r.keys, ", "), err)
+		return nil, fmt.Errorf("resource: building the resource for %s: %w", strings.Join(r.keys, ", "), err)
 	}
 	r.from = r.values(c)
 	r.cur.Store(&generation[T]{val: v})
@@ -163,8 +171,8 @@ func (r *Resource[T]) Close() {
 }
 
 // onEvent rebuilds the value when a change names one of the keys.
-func (r *Resource[T]) onEvent(e Event) {
-	if e.Kind != EventChanged || !r.names(e.Keys) {
+func (r *Resource[T]) onEvent(e viperkv.Event) {
+	if e.Kind != viperkv.EventChanged || !r.names(e.Keys) {
 		return
 	}
 	r.mu.Lock()
@@ -189,12 +197,12 @@ func (r *Resource[T]) rebuild(change string) {
 	}
 	v, err := r.build(r.ctx, c)
 	if err != nil {
-		r.setErr(fmt.Errorf("viperkv: rebuilding the resource for %s after %s: %w; still serving the previous one",
+		r.setErr(fmt.Errorf("resource: rebuilding the resource for %s after %s: %w; still serving the previous one",
 			strings.Join(r.keys, ", "), change, err))
 		r.failed = change
 		r.retries++
 		r.pending.Add(1)
-		r.timer = time.AfterFunc(r.p.sched.backoff(r.retries), r.retry)
+		r.timer = time.AfterFunc(backoff(r.retries), r.retry)
 		return
 	}
 	r.from, r.retries = vals, 0
@@ -240,16 +248,46 @@ func (r *Resource[T]) setErr(err error) {
 	r.errMu.Unlock()
 }
 
-// names reports whether a change to eventKeys touches one of the keys.
+// names reports whether a change to eventKeys touches one of the keys: the key itself, a
+// key below it (a map's "database.conn", a list's "hosts[1]") or one above it.
 func (r *Resource[T]) names(eventKeys []string) bool {
 	for _, ek := range eventKeys {
 		for _, k := range r.keys {
-			if ek == k || strings.HasPrefix(ek, k+".") || strings.HasPrefix(k, ek+".") {
+			if ek == k || under(ek, k) || under(k, ek) {
 				return true
 			}
 		}
 	}
 	return false
+}
+
+// under reports whether key lies below parent: "parent.x" or "parent[1]".
+func under(key, parent string) bool {
+	return strings.HasPrefix(key, parent+".") || strings.HasPrefix(key, parent+"[")
+}
+
+// hasKey reports whether the configuration has key k, or keys below it: set in c, or
+// holding a reference that has not resolved (yet).
+func hasKey(c *viper.Viper, status []viperkv.ReferenceStatus, k string) bool {
+	if c.IsSet(k) {
+		return true
+	}
+	for _, st := range status {
+		if st.Status != viperkv.StatusEnvKeyNotNamed && (st.Key == k || under(st.Key, k)) {
+			return true
+		}
+	}
+	return false
+}
+
+// backoff is the wait before retry n (n >= 1): 1 s doubling up to 5 minutes, with "equal
+// jitter" (half fixed, half random).
+func backoff(n int) time.Duration {
+	d := 5 * time.Minute
+	if n < 9 {
+		d = min(time.Second<<(n-1), d)
+	}
+	return d/2 + rand.N(d/2+1)
 }
 
 func (r *Resource[T]) values(c *viper.Viper) []any {
@@ -261,9 +299,13 @@ func (r *Resource[T]) values(c *viper.Viper) []any {
 }
 
 // describeChange names a change without values: the secret and version, or the file.
-func describeChange(e Event) string {
+func describeChange(e viperkv.Event) string {
 	if e.Secret.Name != "" {
-		return fmt.Sprintf("secret %s/%s version %s", e.Secret.Vault, e.Secret.Name, orDash(e.NewVersion))
+		v := e.NewVersion
+		if v == "" {
+			v = "-"
+		}
+		return fmt.Sprintf("secret %s/%s version %s", e.Secret.Vault, e.Secret.Name, v)
 	}
 	return "a change of " + string(e.Source)
 }

@@ -1,4 +1,4 @@
-package viperkv_test
+package resource_test
 
 import (
 	"context"
@@ -14,6 +14,7 @@ import (
 
 	"github.com/viperkv/viperkv"
 	"github.com/viperkv/viperkv/kvtest"
+	"github.com/viperkv/viperkv/resource"
 )
 
 // testClient stands for a pool or a client built from a secret.
@@ -79,12 +80,12 @@ other: "@KeyVault(SecretUri=https://myvault.vault.azure.net/secrets/other/)"
 `
 
 // resourceSetup loads resourceConfig on an emulator and makes a Resource for keys.
-func resourceSetup(t *testing.T, keys ...string) (*kvtest.Vault, *viperkv.Provider, *clientFactory, *viperkv.Resource[*testClient]) {
+func resourceSetup(t *testing.T, keys ...string) (*kvtest.Vault, *viperkv.Provider, *clientFactory, *resource.Resource[*testClient]) {
 	t.Helper()
 	return resourceSetupWith(t, keys, viperkv.WithRetryBackoff(10*time.Millisecond, 40*time.Millisecond))
 }
 
-func resourceSetupWith(t *testing.T, keys []string, opts ...viperkv.Option) (*kvtest.Vault, *viperkv.Provider, *clientFactory, *viperkv.Resource[*testClient]) {
+func resourceSetupWith(t *testing.T, keys []string, opts ...viperkv.Option) (*kvtest.Vault, *viperkv.Provider, *clientFactory, *resource.Resource[*testClient]) {
 	t.Helper()
 	srv := newEmulator(t)
 	kv := srv.AddVault("myvault")
@@ -96,7 +97,7 @@ func resourceSetupWith(t *testing.T, keys []string, opts ...viperkv.Option) (*kv
 		t.Fatal(err)
 	}
 	f := newFactory()
-	r, err := viperkv.NewResource(context.Background(), p, keys, f.build, f.release)
+	r, err := resource.New(context.Background(), p, keys, f.build, f.release)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -111,7 +112,7 @@ func refresh(t *testing.T, p *viperkv.Provider) {
 }
 
 // waitGen waits until Acquire returns generation gen.
-func waitGen(t *testing.T, r *viperkv.Resource[*testClient], gen int) *testClient {
+func waitGen(t *testing.T, r *resource.Resource[*testClient], gen int) *testClient {
 	t.Helper()
 	deadline := time.Now().Add(10 * time.Second)
 	for {
@@ -277,9 +278,9 @@ func TestResourceFirstBuildFails(t *testing.T) {
 		t.Fatal(err)
 	}
 	f := newFactory()
-	r, err := viperkv.NewResource(context.Background(), p, []string{"upstream.api_key"}, f.build, f.release)
+	r, err := resource.New(context.Background(), p, []string{"upstream.api_key"}, f.build, f.release)
 	if r != nil || err == nil || !strings.Contains(err.Error(), "the upstream refused the key") {
-		t.Fatalf("NewResource = %v, %v; want an error", r, err)
+		t.Fatalf("New = %v, %v; want an error", r, err)
 	}
 	kv.SetSecret("api-key", "key-2")
 	refresh(t, p)
@@ -287,8 +288,8 @@ func TestResourceFirstBuildFails(t *testing.T) {
 	if f.builds() != 0 {
 		t.Fatal("a Resource that failed to start still rebuilds")
 	}
-	if _, err := viperkv.NewResource(context.Background(), p, nil, f.build, f.release); err == nil {
-		t.Fatal("NewResource without keys did not fail")
+	if _, err := resource.New(context.Background(), p, nil, f.build, f.release); err == nil {
+		t.Fatal("New without keys did not fail")
 	}
 }
 
@@ -359,4 +360,48 @@ func TestResourceStress(t *testing.T) {
 		t.Fatalf("%d values released, want %d", len(f.released), rotations+1)
 	}
 	t.Logf("%d uses across %d rotations", uses.Load(), rotations)
+}
+
+// Defect: events name a list's elements ("hosts[1]") and a resource over the list matched
+// only "hosts" and "hosts.": it served the old secret for good with Err nil. A rotated
+// element rebuilds it.
+func TestResourceOverAListRebuilds(t *testing.T) {
+	srv := newEmulator(t)
+	kv := srv.AddVault("myvault")
+	kv.Grant(srv.SystemIdentity(), kvtest.RoleSecretsUser)
+	kv.SetSecret("h2", "host-two-v1")
+	p, err := load(t, srv, yamlViper(t, "hosts:\n  - plain-host\n  - \"@KeyVault(VaultName=myvault;SecretName=h2)\"\n"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	built := make(chan []string, 4)
+	r, err := resource.New(context.Background(), p, []string{"hosts"}, func(_ context.Context, c *viper.Viper) ([]string, error) {
+		hs := c.GetStringSlice("hosts")
+		built <- hs
+		return hs, nil
+	}, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer r.Close()
+	if hs := <-built; len(hs) != 2 || hs[1] != "host-two-v1" {
+		t.Fatalf("first build from %q", hs)
+	}
+	v2 := kv.SetSecret("h2", "host-two-v2")
+	if err := p.Notify(context.Background(), viperkv.Notice{Type: viperkv.NoticeNewVersion, Vault: "myvault", Name: "h2", Version: v2}); err != nil {
+		t.Fatal(err)
+	}
+	select {
+	case hs := <-built:
+		if len(hs) != 2 || hs[1] != "host-two-v2" {
+			t.Errorf("rebuilt from %q, want the rotated element", hs)
+		}
+	case <-time.After(10 * time.Second):
+		t.Fatal("a rotated list element did not rebuild the resource over the list")
+	}
+	got, done := r.Acquire()
+	defer done()
+	if len(got) != 2 || got[1] != "host-two-v2" || r.Err() != nil {
+		t.Errorf("serving %q, Err %v", got, r.Err())
+	}
 }

@@ -1,4 +1,4 @@
-package viperkv_test
+package resource_test
 
 import (
 	"context"
@@ -7,6 +7,7 @@ import (
 	"github.com/spf13/viper"
 
 	"github.com/viperkv/viperkv"
+	"github.com/viperkv/viperkv/resource"
 )
 
 // upstreamClient stands for anything built from a secret: a database pool, an API client.
@@ -17,7 +18,7 @@ type upstreamClient struct {
 
 // A client that carries an API key is rebuilt when the key is rotated. Requests hold a
 // lease while they use the client; the old client is released after the last one ends.
-func ExampleNewResource() {
+func ExampleNew() {
 	srv, kv, stop := exampleEmulator()
 	defer stop()
 	kv.SetSecret("api-key", "key-1")
@@ -36,7 +37,7 @@ func ExampleNewResource() {
 
 	built := 0
 	released := make(chan string, 2)
-	clients, err := viperkv.NewResource(ctx, p, []string{"upstream.api_key"},
+	clients, err := resource.New(ctx, p, []string{"upstream.api_key"},
 		func(ctx context.Context, c *viper.Viper) (*upstreamClient, error) {
 			// Build the new client and check it works; an error keeps the old one serving.
 			built++
