@@ -139,7 +139,7 @@ type VaultSourceStatus struct {
 	Vault    string         // the vault's host
 	Listed   int            // secrets the vault listed
 	Imported int            // keys the source gives (a key the environment or a reference wins still counts)
-	Skipped  map[string]int // secrets left out, by reason: "filtered", "disabled", "not yet valid", "collision", "malformed" (an item that names no secret of the vault)
+	Skipped  map[string]int // secrets left out, by reason: "filtered", "disabled", "not yet valid", "collision", "section" (other secrets lie below its key), "malformed" (an item that names no secret of the vault)
 	Err      error          // why the list failed, if it did (the source's keys keep their values)
 }
 
@@ -271,7 +271,38 @@ func (p *Provider) importVaults(ctx context.Context, prev vaultImports, now time
 			out[k] = old
 		}
 	}
+	// A key with other keys below it is a section: a secret naming it would replace them
+	// (Database beside Database--Host; .NET's ConnectionStrings beside
+	// ConnectionStrings--Default). A section is made of its children; the secret naming it
+	// is skipped.
+	parents := map[string]bool{}
+	for k := range out {
+		for i := strings.IndexByte(k, '.'); i >= 0; i = next(k, i) {
+			parents[k[:i]] = true
+		}
+	}
+	for k, im := range out {
+		if !parents[k] {
+			continue
+		}
+		p.opts.logger.Warn("viperkv: a vault secret names a section that other secrets fill; skipped",
+			"key", k, "vault", im.ref.Vault, "secret", im.ref.Name)
+		delete(out, k)
+		for i, s := range p.opts.vaultSources {
+			if im.ref.Vault == s.host && s.gives(im.ref.Name, k) {
+				stats[i].Skipped["section"]++
+			}
+		}
+	}
 	return out, errors.Join(errs...)
+}
+
+// next returns the index of the '.' after the one at i in k, or -1.
+func next(k string, i int) int {
+	if j := strings.IndexByte(k[i+1:], '.'); j >= 0 {
+		return i + 1 + j
+	}
+	return -1
 }
 
 // gives reports whether the source maps the secret name to key (so a secret that is gone
@@ -321,9 +352,10 @@ func (p *Provider) withImports(v *viper.Viper, tree map[string]any, ims vaultImp
 		im := ims[k]
 		if got := shadow.Get(k); got != marker {
 			// The environment (or a flag, or Set) gives the key: its value is the key's,
-			// listed in the settings even when only AutomaticEnv knows it.
+			// listed in the settings even when only AutomaticEnv knows it. A section it
+			// gives is left as the settings have it: nothing of the tree is replaced.
 			p.opts.logger.Debug("viperkv: the environment (or a flag) sets a vault-sourced key; it wins", "key", k)
-			if got != nil && canSet(tree, strings.Split(k, ".")) {
+			if _, section := got.(map[string]any); got != nil && !section && canSet(tree, strings.Split(k, ".")) {
 				setPath(tree, strings.Split(k, "."), got)
 			}
 			continue

@@ -262,3 +262,34 @@ func TestVaultSourceNewSecretByPush(t *testing.T) {
 		}
 	}
 }
+
+// Defect: a vault holding a section secret and a child secret (Database beside
+// database--host; .NET's ConnectionStrings beside ConnectionStrings--Default) replaced the
+// file's whole section: its other keys and the reference in it were gone. The rule: a
+// section is made of its children, and the secret naming it is skipped ("section").
+func TestVaultSourceSectionAndChildSecrets(t *testing.T) {
+	srv, kv := importVault(t)
+	kv.SetSecret("Database", `{"host":"whole"}`)
+	kv.SetSecret("database--host", "db.internal")
+	kv.SetSecret("db-conn", "conn-value")
+	kv.SetSecret("ConnectionStrings", "section-value")
+	kv.SetSecret("ConnectionStrings--Default", "default-conn")
+	v := yamlViper(t, "database:\n  pool_size: 10\n  conn: \"@KeyVault(VaultName=myvault;SecretName=db-conn)\"\n")
+	logs := &redirLog{}
+	p, err := importProvider(t, srv, v, logs, viperkv.WithVaultSource("myvault"))
+	if err != nil {
+		t.Fatalf("Load: %v", err)
+	}
+	for key, want := range map[string]string{"database.pool_size": "10", "database.conn": "conn-value",
+		"database.host": "db.internal", "connectionstrings.default": "default-conn"} {
+		if got := p.GetString(key); got != want {
+			t.Errorf("%s = %q, want %q", key, got, want)
+		}
+	}
+	if st := p.VaultSources(); len(st) != 1 || st[0].Skipped["section"] != 2 {
+		t.Errorf("VaultSources = %+v, want the two section secrets skipped as sections", st)
+	}
+	if !strings.Contains(logs.String(), "names a section") {
+		t.Errorf("no warning names the skipped section secret:\n%s", logs)
+	}
+}
