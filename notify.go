@@ -2,6 +2,7 @@ package viperkv
 
 import (
 	"context"
+	"crypto/sha256"
 	"fmt"
 	"math/rand/v2"
 	"net/url"
@@ -307,8 +308,8 @@ func allEqual(vs []string, v string) bool {
 // and the changes being handled.
 type pushState struct {
 	mu       sync.Mutex
-	ids      map[string]struct{}
-	idOrder  []string
+	ids      map[idDigest]struct{} // digests, so memory is bounded however long ids are
+	idOrder  []idDigest
 	history  map[pushKey][]string
 	inflight map[pushKey][]string
 }
@@ -319,10 +320,18 @@ const (
 	maxRememberedVersions = 16
 )
 
+// idDigest identifies a notice's id: the first 16 bytes of its SHA-256.
+type idDigest [16]byte
+
+func digestOf(id string) idDigest {
+	sum := sha256.Sum256([]byte(id))
+	return idDigest(sum[:16])
+}
+
 func (s *pushState) seenID(id string) bool {
 	s.mu.Lock()
 	defer s.mu.Unlock()
-	_, ok := s.ids[id]
+	_, ok := s.ids[digestOf(id)]
 	return id != "" && ok
 }
 
@@ -330,16 +339,17 @@ func (s *pushState) rememberID(id string) {
 	if id == "" {
 		return
 	}
+	d := digestOf(id)
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	if s.ids == nil {
-		s.ids = map[string]struct{}{}
+		s.ids = map[idDigest]struct{}{}
 	}
-	if _, ok := s.ids[id]; ok {
+	if _, ok := s.ids[d]; ok {
 		return
 	}
-	s.ids[id] = struct{}{}
-	s.idOrder = append(s.idOrder, id)
+	s.ids[d] = struct{}{}
+	s.idOrder = append(s.idOrder, d)
 	if len(s.idOrder) > maxRememberedIDs {
 		delete(s.ids, s.idOrder[0])
 		s.idOrder = s.idOrder[1:]

@@ -149,7 +149,7 @@ func WithMaxInflight(n int) Option {
 
 // WithFetchTimeout bounds the fetches of one Load, Refresh or refresh cycle (default
 // DefaultFetchTimeout), Load's and Refresh's retries of transient failures included; a ctx
-// deadline that comes earlier bounds them instead. A reference still unresolved at the
+// deadline that comes earlier bounds them instead. It must be positive: New refuses 0. A reference still unresolved at the
 // deadline keeps the status of its last failure, or gets StatusFetchTimedOut when its first
 // attempt was still waiting.
 func WithFetchTimeout(d time.Duration) Option {
@@ -164,7 +164,7 @@ func WithEnvKeys(keys ...string) Option {
 }
 
 // WithLogger sends the provider's logs to l. Logs name config keys, vaults, secrets,
-// versions and statuses, never secret values. The default discards logs.
+// versions and statuses, never secret values. The default (and nil) discards logs.
 func WithLogger(l *slog.Logger) Option {
 	return func(o *options) { o.logger = l }
 }

@@ -4,10 +4,14 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"log/slog"
+	"strconv"
 	"strings"
 	"sync"
 	"sync/atomic"
 	"time"
+	"unicode"
+	"unicode/utf8"
 
 	"github.com/Azure/azure-sdk-for-go/sdk/azcore"
 	"github.com/Azure/azure-sdk-for-go/sdk/azcore/policy"
@@ -152,6 +156,14 @@ func New(v *viper.Viper, opts ...Option) (*Provider, error) {
 	}
 	if o.maxInflight < 1 {
 		return nil, fmt.Errorf("viperkv: New: WithMaxInflight(%d): need at least 1", o.maxInflight)
+	}
+	if o.fetchTimeout <= 0 {
+		// It bounds every refresh cycle, which holds the lock that publishes: no bound
+		// would let one hung vault stop every update.
+		return nil, fmt.Errorf("viperkv: New: WithFetchTimeout(%v): need a positive duration", o.fetchTimeout)
+	}
+	if o.logger == nil {
+		o.logger = slog.New(slog.DiscardHandler)
 	}
 	if o.refreshInterval <= 0 || o.retryMin <= 0 || o.retryMax < o.retryMin {
 		return nil, fmt.Errorf("viperkv: New: refresh interval %v and retry back-off %v..%v must be positive and ordered",
@@ -416,7 +428,7 @@ func (e *LoadError) Error() string {
 	fmt.Fprintf(&b, "viperkv: %d reference(s) not resolved:", len(e.Failed))
 	for _, f := range e.Failed {
 		b.WriteString("\n  ")
-		b.WriteString(f.Key)
+		b.WriteString(printable(f.Key))
 		if f.Reference.Vault != "" {
 			fmt.Fprintf(&b, " (vault %s, secret %s", f.Reference.Vault, f.Reference.Name)
 			if f.Reference.Version != "" {
@@ -424,11 +436,21 @@ func (e *LoadError) Error() string {
 			}
 			b.WriteString(")")
 		} else if f.Written != "" {
-			b.WriteString(" (" + f.Written + ")")
+			b.WriteString(" (" + printable(f.Written) + ")")
 		}
-		fmt.Fprintf(&b, ": %s: %s", f.Status, f.Reason)
+		fmt.Fprintf(&b, ": %s: %s", f.Status, printable(f.Reason))
 	}
 	return b.String()
+}
+
+// printable returns s as it is when it is valid UTF-8 without control characters, and
+// quoted with escapes otherwise: keys and references come from the configuration, and an
+// error must not carry a NUL, a terminal escape or broken UTF-8 into logs.
+func printable(s string) string {
+	if utf8.ValidString(s) && strings.IndexFunc(s, func(r rune) bool { return !unicode.IsPrint(r) }) < 0 {
+		return s
+	}
+	return strconv.Quote(s)
 }
 
 // Unwrap returns one *ReferenceError per failed reference.

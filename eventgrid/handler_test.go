@@ -849,3 +849,30 @@ func FuzzParseSecretChanges(f *testing.F) {
 		}
 	})
 }
+
+// Refused requests do not flood the logs with what the attacker chose: each is logged at
+// Debug, and a Warn at most once a minute counts them.
+func TestRefusedRequestsDoNotFloodTheLogs(t *testing.T) {
+	f := newEGFixture(t)
+	const chosen = "ATTACKER-CHOSEN-ISSUER-8d2f"
+	for range 50 {
+		tok := f.token(t, func(c map[string]any) { c["iss"] = chosen })
+		if st, _ := f.post(t, tok, "application/json", []any{egEvent("e", string(viperkv.NoticeNewVersion), "db", "v")}); st != http.StatusUnauthorized {
+			t.Fatalf("a token with a foreign issuer answered %d", st)
+		}
+	}
+	var warns []string
+	for _, line := range strings.Split(f.logs.String(), "\n") {
+		if strings.Contains(line, "level=WARN") {
+			warns = append(warns, line)
+		}
+	}
+	if len(warns) > 1 {
+		t.Errorf("%d Warn lines for 50 refused requests, want at most one:\n%s", len(warns), strings.Join(warns, "\n"))
+	}
+	for _, w := range warns {
+		if strings.Contains(w, chosen) {
+			t.Errorf("a Warn line carries the attacker's claim: %s", w)
+		}
+	}
+}
