@@ -88,7 +88,7 @@ func (p *Provider) listPlan(vault string, k int, now time.Time) (list bool, maxP
 // detect splits the due references into those a GET must fetch, those a list shows
 // unchanged, and those to check again later because the vault throttled the list. The
 // caller holds updateMu.
-func (p *Provider) detect(ctx context.Context, cur *snapshot, due []Reference, now time.Time) (fetch, confirmed, postponed []Reference) {
+func (p *Provider) detect(ctx context.Context, cur *snapshot, due []Reference, lists map[string]driver.Listing, now time.Time) (fetch, confirmed, postponed []Reference) {
 	listable := func(r Reference) bool {
 		s := cur.secrets[r]
 		return r.Version == "" && s != nil && s.has && s.status == StatusResolved && !p.sched.recheck[r]
@@ -118,15 +118,16 @@ func (p *Provider) detect(ctx context.Context, cur *snapshot, due []Reference, n
 			fetch = append(fetch, cands...)
 			continue
 		}
-		l, listed := p.cycleLists[vault]
+		l, listed := lists[vault]
 		var err error
 		if !listed && p.importsFrom(vault) {
 			// A vault source lists this vault every interval: check with its next list
 			// rather than listing twice.
-			p.sched.deferTo(cands, p.importNext)
+			p.sched.deferTo(cands, p.sources.next)
 			continue
 		}
 		if !listed { // not listed by this cycle's import of a vault source
+			// Under updateMu: the list is bounded by the fetch timeout.
 			lctx, cancel := context.WithTimeout(ctx, p.opts.fetchTimeout)
 			l, err = p.reader.List(lctx, vault, maxPages)
 			cancel()

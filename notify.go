@@ -202,8 +202,8 @@ func (p *Provider) newToSource(ctx context.Context, c Notice, key pushKey, ignor
 		return ignore("no vault source takes the secret (tags)")
 	}
 	p.updateMu.Lock()
-	if next := p.importedAt.Add(minEarlyImport); next.Before(p.importNext) {
-		p.importNext = next
+	if next := p.sources.at.Add(minEarlyImport); next.Before(p.sources.next) {
+		p.sources.next = next
 	}
 	p.updateMu.Unlock()
 	p.poke()

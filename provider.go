@@ -42,17 +42,12 @@ type Provider struct {
 
 	// updateMu serialises everything that publishes a configuration: Load, Refresh, poll
 	// cycles and file reloads. It guards the fields below it. Readers never take it.
-	updateMu    sync.Mutex
-	sched       schedule
-	file        []byte                              // the config file's content as Watch last read it; nil: the source's
-	lists       map[string]*vaultList               // what listing each vault has taught (version checks)
-	imports     vaultImports                        // the keys the vault sources gave at the last import
-	importNext  time.Time                           // when Watch lists the vault sources again
-	importedAt  time.Time                           // when they were last listed
-	sourceStats atomic.Pointer[[]VaultSourceStatus] // what each vault source found at its last list
-	// cycleLists holds the lists made by this update's import, so version checks does not
-	// list the same vault twice in one cycle.
-	cycleLists map[string]driver.Listing
+	// It is held across fetches, which WithFetchTimeout bounds (New refuses no bound).
+	updateMu sync.Mutex
+	sched    schedule
+	file     []byte                // the config file's content as Watch last read it; nil: the source's
+	lists    map[string]*vaultList // what listing each vault has taught (version checks)
+	sources  sourcesState          // what the vault sources gave
 
 	push   pushState // what Notify remembers; its own lock, so a delivery never waits on a Load to be judged
 	pushes pushQueue // notices Enqueue accepted
@@ -187,16 +182,15 @@ func New(v *viper.Viper, opts ...Option) (*Provider, error) {
 		return nil, fmt.Errorf("viperkv: New: telemetry: %w", err)
 	}
 	p := &Provider{
-		unobserve:  func() {},
-		tel:        tel,
-		src:        v,
-		opts:       o,
-		parse:      o.parseConfig(),
-		notify:     notifier{log: o.logger},
-		sched:      newSchedule(o),
-		lists:      map[string]*vaultList{},
-		cycleLists: map[string]driver.Listing{},
-		wake:       make(chan struct{}, 1),
+		unobserve: func() {},
+		tel:       tel,
+		src:       v,
+		opts:      o,
+		parse:     o.parseConfig(),
+		notify:    notifier{log: o.logger},
+		sched:     newSchedule(o),
+		lists:     map[string]*vaultList{},
+		wake:      make(chan struct{}, 1),
 	}
 	src := o.source // the logic tests' in-memory vaults
 	if src == nil {
@@ -257,7 +251,7 @@ func (p *Provider) load(ctx context.Context) (*snapshot, error) {
 	start := time.Now()
 	var ierr error
 	if len(p.opts.vaultSources) > 0 {
-		p.imports, ierr = p.importVaults(ctx, p.imports, start)
+		p.sources.imports, _, ierr = p.importVaults(ctx, p.sources.imports, start)
 	}
 	tree, sc, err := p.settings()
 	if err != nil {
@@ -297,7 +291,7 @@ func (p *Provider) settings() (map[string]any, *scan, error) {
 func (p *Provider) scanOf(v *viper.Viper) (map[string]any, *scan, error) {
 	tree := settingsOf(v, p.opts.envKeys)
 	warnings := unnamedEnvRefs(v, tree, p.parse)
-	tree, imported, err := p.withImports(v, tree, p.imports)
+	tree, imported, err := p.withImports(v, tree, p.sources.imports)
 	if err != nil {
 		return nil, nil, err
 	}
@@ -313,6 +307,7 @@ func (p *Provider) scanOf(v *viper.Viper) (map[string]any, *scan, error) {
 // then returns ctx's error along with the published snapshot. The caller holds updateMu.
 func (p *Provider) update(ctx context.Context, src Source, tree map[string]any, sc *scan, refs []Reference) (*snapshot, error) {
 	prev := p.cur.Load()
+	// Under updateMu: the fetches are bounded by the fetch timeout (New refuses none).
 	fctx, cancel := context.WithTimeout(ctx, p.opts.fetchTimeout)
 	fetched := fetchSecrets(fctx, p.reader, refs, p.retryFor(src, sc))
 	cancel()

@@ -8,6 +8,7 @@ import (
 	"slices"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/spf13/viper"
@@ -146,7 +147,7 @@ type VaultSourceStatus struct {
 // VaultSources reports each WithVaultSource's last list, in the order given; nil before
 // the first Load.
 func (p *Provider) VaultSources() []VaultSourceStatus {
-	if s := p.sourceStats.Load(); s != nil {
+	if s := p.sources.stats.Load(); s != nil {
 		return slices.Clone(*s)
 	}
 	return nil
@@ -165,12 +166,23 @@ func (e *VaultSourceError) Error() string {
 	return fmt.Sprintf("viperkv: vault source %s: %s: %s", e.Vault, e.Status, e.Reason)
 }
 
+// sourcesState is what the vault sources gave, and when they are listed again. updateMu
+// guards it; stats is read without it.
+type sourcesState struct {
+	imports vaultImports                        // the keys the sources gave at the last import
+	next    time.Time                           // when Watch lists the sources again
+	at      time.Time                           // when they were last listed
+	stats   atomic.Pointer[[]VaultSourceStatus] // what each source found at its last list
+}
+
 // importVaults lists every vault source and returns the keys they give now, keeping the
 // keys of secrets that disappeared within their grace (and those of a vault that could
-// not be listed). The caller holds updateMu.
-func (p *Provider) importVaults(ctx context.Context, prev vaultImports, now time.Time) (vaultImports, error) {
-	p.importedAt, p.importNext = now, now.Add(jitter(p.opts.refreshInterval, 0.1))
+// not be listed), and the lists it made, for the cycle's version checks. The caller holds
+// updateMu.
+func (p *Provider) importVaults(ctx context.Context, prev vaultImports, now time.Time) (vaultImports, map[string]driver.Listing, error) {
+	p.sources.at, p.sources.next = now, now.Add(jitter(p.opts.refreshInterval, 0.1))
 	out := vaultImports{}
+	made := map[string]driver.Listing{}
 	listed := map[string]bool{} // keys a secret listed now gives, across the sources
 	var errs []error
 	// The vaults are listed at once (a vault's pages follow each other, vaults need not).
@@ -182,6 +194,7 @@ func (p *Provider) importVaults(ctx context.Context, prev vaultImports, now time
 	var wg sync.WaitGroup
 	for i, s := range p.opts.vaultSources {
 		wg.Go(func() {
+			// Under updateMu: each list is bounded by the fetch timeout.
 			lctx, cancel := context.WithTimeout(ctx, p.opts.fetchTimeout)
 			defer cancel()
 			lists[i].Listing, lists[i].err = p.reader.List(lctx, s.host, 0)
@@ -197,7 +210,7 @@ func (p *Provider) importVaults(ctx context.Context, prev vaultImports, now time
 				}
 			}
 		}
-		p.sourceStats.Store(&stats)
+		p.sources.stats.Store(&stats)
 	}()
 	for i, s := range p.opts.vaultSources {
 		l, err := lists[i].Listing, lists[i].err
@@ -217,7 +230,7 @@ func (p *Provider) importVaults(ctx context.Context, prev vaultImports, now time
 			}
 			continue
 		}
-		p.cycleLists[s.host] = l
+		made[s.host] = l
 		if l.Malformed > 0 {
 			st.Skipped["malformed"] = l.Malformed
 			p.opts.logger.Warn("viperkv: a vault source's list has items that name no secret of the vault; skipped",
@@ -294,7 +307,7 @@ func (p *Provider) importVaults(ctx context.Context, prev vaultImports, now time
 			}
 		}
 	}
-	return out, errors.Join(errs...)
+	return out, made, errors.Join(errs...)
 }
 
 // next returns the index of the '.' after the one at i in k, or -1.
@@ -414,32 +427,34 @@ func canSet(tree map[string]any, path []string) bool {
 
 // reimport lists the vault sources when their time has come and, when the keys they give
 // changed (a secret added, or gone past its grace), publishes the new settings: new keys
-// are fetched and an EventChanged names them. The caller holds updateMu.
-func (p *Provider) reimport(ctx context.Context, now time.Time) {
-	if len(p.opts.vaultSources) == 0 || now.Before(p.importNext) {
-		return
+// are fetched and an EventChanged names them. It returns the lists it made, which the
+// cycle's version checks use rather than list a vault twice. The caller holds updateMu.
+func (p *Provider) reimport(ctx context.Context, now time.Time) map[string]driver.Listing {
+	if len(p.opts.vaultSources) == 0 || now.Before(p.sources.next) {
+		return nil
 	}
-	ims, err := p.importVaults(ctx, p.imports, now)
+	ims, made, err := p.importVaults(ctx, p.sources.imports, now)
 	if err != nil {
 		p.opts.logger.Warn("viperkv: listing a vault source failed; its keys keep their values", "err", err.Error())
 	}
-	same := len(ims) == len(p.imports)
+	same := len(ims) == len(p.sources.imports)
 	for k, im := range ims {
-		if old, ok := p.imports[k]; !ok || old.ref != im.ref {
+		if old, ok := p.sources.imports[k]; !ok || old.ref != im.ref {
 			same = false
 		}
 	}
-	p.imports = ims
+	p.sources.imports = ims
 	if same {
-		return
+		return made
 	}
 	tree, sc, err := p.settings()
 	if err != nil {
 		p.opts.logger.Warn("viperkv: reading the settings for new vault-sourced keys failed", "err", err.Error())
-		return
+		return made
 	}
 	fresh := p.unheld(sc)
 	_, _ = p.update(ctx, SourcePoll, tree, sc, fresh)
+	return made
 }
 
 // sourceTakes reports whether a vault source of vault imports the secret name, with tags
