@@ -60,10 +60,11 @@ func watchEnd(ctx context.Context) error {
 }
 
 // Refresh re-fetches now every versionless reference and every reference without a good
-// value, publishes the result and notifies watchers. Call it when you know a secret changed
-// (for example on an Event Grid notification); Watch does the same on its schedule. It
-// returns a *LoadError when references are failing (those keep their last good values).
-// Before any Load, Refresh is Load.
+// value, publishes the result and notifies watchers: what Watch does on its schedule, now
+// (an operator's "refresh" button, a signal). For a change Key Vault reported for one secret
+// use Notify (or Enqueue), which fetches only that secret. It returns a *LoadError when
+// references are failing (those keep their last good values). Before any Load, Refresh is
+// Load.
 func (p *Provider) Refresh(ctx context.Context) error {
 	ctx, done, err := p.enter(ctx)
 	if err != nil {

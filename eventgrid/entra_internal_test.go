@@ -145,3 +145,36 @@ func TestForgedTokenAndHangUpCannotKeepKeysStale(t *testing.T) {
 		t.Errorf("%d key fetches after the forgery, want the one it started (and at most one more)", n)
 	}
 }
+
+// Suspected in review, confirmed: the key fetch ran under the lock, so every delivery
+// waited for a slow fetch (up to 10 s) whatever its own deadline. A caller that arrives
+// during a fetch waits for it only as long as its own context allows.
+func TestSlowKeyFetchHoldsNoOneBeyondTheirContext(t *testing.T) {
+	tk := newTenantKeys(t)
+	key := tk.roll(t, "k")
+	tk.mu.Lock()
+	tk.hold = make(chan struct{})
+	tk.mu.Unlock()
+	a := &entraAuth{tenant: "tenant", audiences: []string{"api://hook"}, role: DefaultRole,
+		discovery: tk.srv.URL + "/tenant/v2.0/.well-known/openid-configuration", v1Issuer: "https://sts.windows.net/tenant/",
+		client: tk.srv.Client(), now: time.Now}
+	first := make(chan error, 1)
+	go func() { first <- a.check(context.Background(), bearer(context.Background(), token(t, key, "k", time.Now()))) }()
+	for tk.fetches.Load() == 0 {
+		time.Sleep(time.Millisecond)
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 100*time.Millisecond)
+	defer cancel()
+	start := time.Now()
+	err := a.check(ctx, bearer(ctx, token(t, key, "k", time.Now())))
+	if took := time.Since(start); err == nil || took > 3*time.Second {
+		t.Errorf("a delivery with a 100 ms deadline during a slow key fetch: %v after %v", err, took)
+	}
+	tk.mu.Lock()
+	close(tk.hold)
+	tk.hold = nil
+	tk.mu.Unlock()
+	if err := <-first; err != nil {
+		t.Errorf("the delivery that started the fetch: %v", err)
+	}
+}

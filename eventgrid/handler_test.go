@@ -710,10 +710,10 @@ func (b *bodyRecorder) first() []byte {
 	return b.bodies[0]
 }
 
-// TestParseSecretChangesFromTheEmulator: the bodies the emulator's Event Grid writes in
-// either schema, read by ParseSecretChanges and handed to Notify, as an app reading a Service
+// TestParseNoticesFromTheEmulator: the bodies the emulator's Event Grid writes in
+// either schema, read by ParseNotices and handed to Notify, as an app reading a Service
 // Bus subscription would: the rotation arrives with one GET, a redelivery costs none.
-func TestParseSecretChangesFromTheEmulator(t *testing.T) {
+func TestParseNoticesFromTheEmulator(t *testing.T) {
 	for _, schema := range []kvtest.EventSchema{kvtest.EventGridSchema, kvtest.CloudEventSchema} {
 		t.Run(string(schema), func(t *testing.T) {
 			f := newEGFixture(t)
@@ -735,7 +735,7 @@ func TestParseSecretChangesFromTheEmulator(t *testing.T) {
 			}
 			changes, err := eventgrid.ParseNotices(body)
 			if err != nil || len(changes) != 1 {
-				t.Fatalf("ParseSecretChanges(%s) = %v, %v", body, changes, err)
+				t.Fatalf("ParseNotices(%s) = %v, %v", body, changes, err)
 			}
 			c := changes[0]
 			if c.Type != viperkv.NoticeNewVersion || c.ID == "" || c.Vault != "myvault.vault.azure.net" || c.Name != "db" || c.Version != v2 {
@@ -757,8 +757,8 @@ func TestParseSecretChangesFromTheEmulator(t *testing.T) {
 	}
 }
 
-// ParseSecretChanges keeps only Key Vault secret events and refuses what is neither schema.
-func TestParseSecretChangesSkipsAndRejects(t *testing.T) {
+// ParseNotices keeps only Key Vault secret events and refuses what is neither schema.
+func TestParseNoticesSkipsAndRejects(t *testing.T) {
 	mixed := mustJSON([]any{
 		egEvent("e1", "Microsoft.KeyVault.KeyNewVersionCreated", "signing-key", "k1"),
 		egEvent("e2", "Microsoft.EventGrid.SubscriptionValidationEvent", "", ""),
@@ -772,9 +772,15 @@ func TestParseSecretChangesSkipsAndRejects(t *testing.T) {
 	if changes, err := eventgrid.ParseNotices([]byte(batch)); err != nil || len(changes) != 2 || changes[1].Type != viperkv.NoticeExpired {
 		t.Errorf("CloudEvents batch: %+v, %v", changes, err)
 	}
-	for _, bad := range []string{"", "not json", `{"id":"x"}`, `[{"id":"x","data":"str","eventType":"Microsoft.KeyVault.SecretNewVersionCreated"}]`} {
+	for _, bad := range []string{"", "not json", `{"id":"x"}`, `[{"id":"x","data":"str","eventType":"Microsoft.KeyVault.SecretNewVersionCreated"}]`,
+		// Defects: null was a body of no events, and a field named twice in different case
+		// was read from whichever came first out of a map.
+		`null`, ` null `,
+		`[{"id":"x","eventType":"Microsoft.KeyVault.SecretNewVersionCreated","data":{"ObjectName":"db","objectname":"other","VaultName":"myvault","Version":"v"}}]`,
+		`{"specversion":"1.0","id":"x","type":"Microsoft.KeyVault.SecretNewVersionCreated","data":{"Version":"a","VERSION ":"b","ObjectName":"db","VaultName":"myvault"}}`,
+	} {
 		if changes, err := eventgrid.ParseNotices([]byte(bad)); err == nil {
-			t.Errorf("ParseSecretChanges(%q) = %+v, want an error", bad, changes)
+			t.Errorf("ParseNotices(%q) = %+v, want an error", bad, changes)
 		}
 	}
 }
@@ -782,7 +788,7 @@ func TestParseSecretChangesSkipsAndRejects(t *testing.T) {
 // An attacker who can put a message where the app reads changes can cost a GET of a
 // referenced secret, nothing more: a change naming another host sends it no request, and a
 // forged version of a referenced secret fetches the vault's own latest, which is held.
-func TestParseSecretChangesForged(t *testing.T) {
+func TestParseNoticesForged(t *testing.T) {
 	f := newEGFixture(t)
 	var hits atomic.Int64
 	evil := httptest.NewTLSServer(http.HandlerFunc(func(http.ResponseWriter, *http.Request) { hits.Add(1) }))
@@ -796,7 +802,7 @@ func TestParseSecretChangesForged(t *testing.T) {
 	})
 	changes, err := eventgrid.ParseNotices([]byte(forged))
 	if err != nil || len(changes) != 2 || changes[0].Vault != host {
-		t.Fatalf("ParseSecretChanges = %+v, %v", changes, err)
+		t.Fatalf("ParseNotices = %+v, %v", changes, err)
 	}
 	f.kv.ResetCounters()
 	for _, c := range changes {
@@ -820,9 +826,9 @@ func TestParseSecretChangesForged(t *testing.T) {
 	}
 }
 
-// ParseSecretChanges takes any body without panicking, and what it returns is a secret
+// ParseNotices takes any body without panicking, and what it returns is a secret
 // change of a known type whose fields carry no surrounding spaces.
-func FuzzParseSecretChanges(f *testing.F) {
+func FuzzParseNotices(f *testing.F) {
 	f.Add([]byte(mustJSON([]any{egEvent("e1", string(viperkv.NoticeNewVersion), "db", "v2")})))
 	f.Add([]byte(mustJSON(ceEvent("c1", string(viperkv.NoticeExpired), "db", "v2"))))
 	f.Add([]byte(`[{"id":" x ","eventType":"Microsoft.KeyVault.SecretNearExpiry","data":{"ObjectName ":" db ","Id":"https://h/secrets/db/v"}}]`))
