@@ -159,7 +159,9 @@ func TestSlowKeyFetchHoldsNoOneBeyondTheirContext(t *testing.T) {
 		discovery: tk.srv.URL + "/tenant/v2.0/.well-known/openid-configuration", v1Issuer: "https://sts.windows.net/tenant/",
 		client: tk.srv.Client(), now: time.Now}
 	first := make(chan error, 1)
-	go func() { first <- a.check(context.Background(), bearer(context.Background(), token(t, key, "k", time.Now()))) }()
+	go func() {
+		first <- a.check(context.Background(), bearer(context.Background(), token(t, key, "k", time.Now())))
+	}()
 	for tk.fetches.Load() == 0 {
 		time.Sleep(time.Millisecond)
 	}
