@@ -11,8 +11,11 @@
 // [New] and [Provider.Load] find every reference, authenticate with the managed identity
 // (no credential in code or config), fetch each distinct secret once, concurrently, and
 // publish a resolved configuration that readers use through [Provider.Viper] or
-// [Provider.GetString]. The Viper passed to [New] is only ever read, never written (a
-// config file edit is read into a private copy of it), so the app may keep reading it.
+// [Provider.GetString]: a copy of the app's Viper, with everything it knows (key delimiter,
+// environment settings, decode hook, merged files, the layer each value came from), in
+// which each secret sits where its reference was, so every key answers as the app's Viper
+// would. The Viper passed to [New] is read only inside Load, on the app's goroutine, and
+// never written, so the app may keep using it.
 // [Provider.Status] reports each reference with App Service's status names.
 //
 // [Provider.Watch] keeps the configuration current: it polls versionless references,

@@ -44,6 +44,7 @@ type secret struct {
 	value       string
 	version     string
 	contentType string
+	tags        map[string]string // the version's tags, for the vault sources' filters
 	expires     *time.Time
 	notBefore   *time.Time
 	updated     *time.Time // the version's attributes' last change, as the fetch saw it
@@ -65,7 +66,7 @@ func fetchOnce(ctx context.Context, rd *driver.Reader, r Reference) (*secret, bo
 		e := driver.AsError(err)
 		return &secret{status: statusOf(e.Kind), reason: e.Reason, took: took}, e.Transient
 	}
-	s := &secret{value: sv.Value, version: sv.Version, contentType: sv.ContentType,
+	s := &secret{value: sv.Value, version: sv.Version, contentType: sv.ContentType, tags: sv.Tags,
 		expires: sv.Expires, notBefore: sv.NotBefore, updated: sv.Updated, served: sv.Served, has: true, status: StatusResolved, took: took}
 	now := time.Now()
 	switch {

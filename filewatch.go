@@ -1,7 +1,6 @@
 package viperkv
 
 import (
-	"bytes"
 	"context"
 	"crypto/sha256"
 	"fmt"
@@ -10,7 +9,6 @@ import (
 	"time"
 
 	"github.com/fsnotify/fsnotify"
-	"github.com/spf13/viper"
 )
 
 // fileSettle is how long the file must be quiet before it is re-read: editors and
@@ -95,9 +93,9 @@ func (p *Provider) fileLoop(ctx context.Context, fw *fileWatcher) {
 
 // reloadFile re-reads the config file when its content changed and publishes the
 // configuration it makes, fetching only references that are new (or have no good value).
-// The file is read into a private copy of the source Viper, never into the source: the app
-// may be reading it. A file that is missing or no longer parses keeps the last good
-// configuration and is reported.
+// The file is read into a clone of what the last Load captured, keeping what merged files
+// and readers added; the app's Viper is not read. A file that is missing or no longer
+// parses keeps the last good configuration and is reported.
 func (p *Provider) reloadFile(ctx context.Context, fw *fileWatcher) {
 	b, err := os.ReadFile(fw.path)
 	if err != nil {
@@ -123,35 +121,19 @@ func (p *Provider) reloadFile(ctx context.Context, fw *fileWatcher) {
 // only references that are new (or have no good value). It returns the parser's error, and
 // publishes nothing, when b does not parse.
 func (p *Provider) loadFile(ctx context.Context, b []byte) error {
-	shadow, err := p.withFile(b)
-	if err != nil {
-		return err
-	}
 	p.updateMu.Lock()
 	defer p.updateMu.Unlock()
-	p.file = b
-	tree, sc, err := p.scanOf(shadow)
+	v, settings, err := p.captured.withFile(b)
 	if err != nil {
 		return err
 	}
+	p.file, p.applied = b, settings
+	base, sc := p.scanOf(v)
 	fresh := p.unheld(sc)
 	ctx, span := p.tel.span(ctx, "viperkv.file.reload", SourceFile)
-	snap, err := p.update(ctx, SourceFile, tree, sc, fresh)
+	snap, err := p.update(ctx, SourceFile, base, sc, fresh)
 	endSpan(span, snap, err)
 	return nil
-}
-
-// withFile returns a copy of the source Viper whose config layer is the file content b,
-// parsed as the source's config type. The copy shares the source's other layers (defaults,
-// env bindings, flags, overrides), which it only reads, so the settings combine exactly as
-// the source's own would; reading b into the copy replaces the copy's config map, never
-// the source's.
-func (p *Provider) withFile(b []byte) (*viper.Viper, error) {
-	shadow := *p.src
-	if err := shadow.ReadConfig(bytes.NewReader(b)); err != nil {
-		return nil, err
-	}
-	return &shadow, nil
 }
 
 // fileError reports a file problem once, as an error event, and keeps watching. It holds

@@ -102,8 +102,8 @@ func merge(r Reference, old, s *secret, src Source, now time.Time) (*secret, []E
 
 // settingsEvents returns the events that new settings make, beyond the secrets' own
 // events evs: one Changed event for the keys whose values changed that evs do not name,
-// and an Error event for each key whose reference became malformed or disallowed (the key
-// keeps its last good value).
+// an Error event for each key whose reference became malformed or disallowed (the key
+// keeps its last good value), and a Recovered event for each key such an error left.
 func settingsEvents(prev, cur *snapshot, src Source, now time.Time, evs []Event) []Event {
 	if cur.scan == prev.scan {
 		return nil
@@ -134,12 +134,27 @@ func settingsEvents(prev, cur *snapshot, src Source, now time.Time, evs []Event)
 		}
 		out = append(out, Event{Kind: EventError, Source: src, Time: now, Keys: []string{k}, Status: re.Status, Err: re})
 	}
+	// A key whose reference was malformed or disallowed and no longer is (fixed, or gone
+	// from the settings) recovers: a watcher that raised an alarm hears it cleared. A fixed
+	// reference whose secret fails is the secret's own events' to tell.
+	for _, k := range slices.Sorted(maps.Keys(prev.scan.invalid)) {
+		if _, still := cur.scan.invalid[k]; still {
+			continue
+		}
+		if t, ok := cur.scan.templates[k]; ok && !slices.ContainsFunc(t.refs(), func(r Reference) bool {
+			s := cur.secrets[r.key()]
+			return s == nil || s.status != StatusResolved
+		}) || !ok {
+			out = append(out, Event{Kind: EventRecovered, Source: src, Time: now, Keys: []string{k}, Status: StatusResolved})
+		}
+	}
 	return out
 }
 
 // changedKeys lists the keys whose resolved values differ between two snapshots.
 func changedKeys(a, b *snapshot) []string {
-	fa, fb := flatten(a.v.AllSettings()), flatten(b.v.AllSettings())
+	delim := b.scan.delim
+	fa, fb := flatten(a.v.AllSettings(), delim), flatten(b.v.AllSettings(), delim)
 	var keys []string
 	for k, va := range fa {
 		if vb, ok := fb[k]; !ok || !reflect.DeepEqual(va, vb) {
@@ -155,13 +170,13 @@ func changedKeys(a, b *snapshot) []string {
 	return keys
 }
 
-func flatten(m map[string]any) map[string]any {
+func flatten(m map[string]any, delim string) map[string]any {
 	out := map[string]any{}
 	var walk func(prefix string, m map[string]any)
 	walk = func(prefix string, m map[string]any) {
 		for k, v := range m {
 			if sub, ok := v.(map[string]any); ok && len(sub) > 0 {
-				walk(prefix+k+".", sub)
+				walk(prefix+k+delim, sub)
 				continue
 			}
 			out[prefix+k] = v

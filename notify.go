@@ -129,7 +129,7 @@ func (p *Provider) Notify(ctx context.Context, c Notice) (err error) {
 		p.push.rememberID(c.ID)
 		return ignore("version fetched meanwhile")
 	}
-	snap, err := p.update(ctx, SourcePush, cur.tree, cur.scan, refs)
+	snap, err := p.update(ctx, SourcePush, cur.base, cur.scan, refs)
 	if err != nil {
 		return fmt.Errorf("viperkv: Notify: %w", err)
 	}
@@ -219,7 +219,7 @@ func (p *Provider) noteExpiry(ctx context.Context, c Notice, key pushKey) error 
 	for _, r := range versionless(cur, key) {
 		p.sched.tell(r, expiryNote{version: c.Version, expired: c.Type == NoticeExpired, expires: c.Expires})
 	}
-	_, err := p.update(ctx, SourcePush, cur.tree, cur.scan, nil)
+	_, err := p.update(ctx, SourcePush, cur.base, cur.scan, nil)
 	p.push.rememberID(c.ID)
 	return err
 }

@@ -3,6 +3,9 @@ package viperkv
 import (
 	"log/slog"
 	"net/http"
+	"reflect"
+	"slices"
+	"strings"
 	"time"
 
 	"github.com/Azure/azure-sdk-for-go/sdk/azcore"
@@ -44,6 +47,7 @@ type options struct {
 	maxInflight  int
 	fetchTimeout time.Duration
 	envKeys      []string
+	envKeyPaths  [][]string // WithEnvKeysFrom's keys, by level: joined with the Viper's delimiter
 	logger       *slog.Logger
 
 	refreshInterval    time.Duration
@@ -156,11 +160,57 @@ func WithFetchTimeout(d time.Duration) Option {
 	return func(o *options) { o.fetchTimeout = d }
 }
 
-// WithEnvKeys names configuration keys that exist only in the environment through
-// Viper's AutomaticEnv. Viper's AllKeys cannot list such keys, so without naming them
-// their references would not be found.
+// WithEnvKeys names configuration keys that may exist only in the environment through
+// Viper's AutomaticEnv, so that references in them are found: Viper's AllKeys cannot list
+// such keys. Plain values of AutomaticEnv keys need no naming: the resolved configuration
+// reads the environment as the app's Viper does. A key named here is listed by the
+// resolved Viper's AllKeys and AllSettings once its reference resolves.
 func WithEnvKeys(keys ...string) Option {
 	return func(o *options) { o.envKeys = append(o.envKeys, keys...) }
+}
+
+// WithEnvKeysFrom names, as WithEnvKeys does, every key of a configuration struct the app
+// unmarshals into: each field of cfg (a struct or a pointer to one) by its mapstructure
+// tag, or else its name in lower case, a nested struct giving keys below its own (",squash"
+// keeps them at its level, "-" skips a field). It spares listing keys by hand, as Viper's
+// ExperimentalBindStruct does for Unmarshal.
+func WithEnvKeysFrom(cfg any) Option {
+	var paths [][]string
+	var walk func(t reflect.Type, prefix []string)
+	walk = func(t reflect.Type, prefix []string) {
+		for t.Kind() == reflect.Pointer {
+			t = t.Elem()
+		}
+		for i := range t.NumField() {
+			f := t.Field(i)
+			if !f.IsExported() {
+				continue
+			}
+			name, opt, _ := strings.Cut(f.Tag.Get("mapstructure"), ",")
+			if name == "-" {
+				continue
+			}
+			if name == "" {
+				name = strings.ToLower(f.Name)
+			}
+			ft := f.Type
+			for ft.Kind() == reflect.Pointer {
+				ft = ft.Elem()
+			}
+			switch {
+			case ft.Kind() == reflect.Struct && ft != reflect.TypeFor[time.Time]() && (opt == "squash" || f.Anonymous && name == strings.ToLower(f.Name)):
+				walk(ft, prefix)
+			case ft.Kind() == reflect.Struct && ft != reflect.TypeFor[time.Time]():
+				walk(ft, append(slices.Clone(prefix), strings.ToLower(name)))
+			default:
+				paths = append(paths, append(slices.Clone(prefix), strings.ToLower(name)))
+			}
+		}
+	}
+	if t := reflect.TypeOf(cfg); t != nil && (t.Kind() == reflect.Struct || t.Kind() == reflect.Pointer && t.Elem().Kind() == reflect.Struct) {
+		walk(t, nil)
+	}
+	return func(o *options) { o.envKeyPaths = append(o.envKeyPaths, paths...) }
 }
 
 // WithLogger sends the provider's logs to l. Logs name config keys, vaults, secrets,

@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"slices"
 	"strconv"
 	"strings"
 	"sync"
@@ -19,6 +20,7 @@ import (
 
 	"github.com/viperkv/viperkv/internal/driver"
 	"github.com/viperkv/viperkv/internal/driver/azvault"
+	"github.com/viperkv/viperkv/internal/viperlayers"
 )
 
 // Mask replaces secret values in MaskedSettings.
@@ -27,10 +29,12 @@ const Mask = "******"
 // Provider resolves the Key Vault references in a Viper's configuration and holds the
 // resolved configuration. Its methods are safe for concurrent use.
 //
-// The Viper passed to New is only ever read: a config file edit seen by Watch is read into
-// a private copy, so the app may go on reading its own Viper (it keeps the values it had)
-// and several Providers may share one Viper. The app reads the resolved configuration
-// through Viper, Get and GetString.
+// The Viper passed to New is read only inside Load, on the caller's goroutine, and never
+// written: Load copies it with everything it knows, and a config file edit seen by Watch is
+// read into that copy. So the app may go on using its own Viper (v.Set included; it keeps
+// the values it had), and several Providers may share one Viper. The app reads the resolved
+// configuration through Viper, Get and GetString, which answer every key as the app's Viper
+// would with its references resolved.
 type Provider struct {
 	src       *viper.Viper
 	opts      options
@@ -45,7 +49,9 @@ type Provider struct {
 	// It is held across fetches, which WithFetchTimeout bounds (New refuses no bound).
 	updateMu sync.Mutex
 	sched    schedule
-	file     []byte                // the config file's content as Watch last read it; nil: the source's
+	captured capture               // what the last Load read of the app's Viper
+	file     []byte                // the config file's content as Watch last read it; nil: as captured
+	applied  map[string]any        // that content's settings
 	lists    map[string]*vaultList // what listing each vault has taught (version checks)
 	sources  sourcesState          // what the vault sources gave
 
@@ -209,8 +215,10 @@ func New(v *viper.Viper, opts ...Option) (*Provider, error) {
 	return p, nil
 }
 
-// Load reads the Viper's settings (and the config file as Watch last read it), finds every
-// reference, fetches each distinct secret once, and publishes the resolved configuration.
+// Load copies the Viper (every layer and option; the config file as it is on disk now, with
+// what merged files and readers added over it), finds every reference, fetches each
+// distinct secret once, and publishes the resolved configuration. It is the only call that
+// reads the Viper.
 // It may be called again at any time (for example after the app changed its Viper): each
 // call publishes what it read, fetching every reference again, and notifies watchers of
 // what changed.
@@ -246,18 +254,24 @@ func (p *Provider) Load(ctx context.Context) error {
 	return err
 }
 
-// load is Load's work under updateMu.
+// load is Load's work under updateMu, on the caller's goroutine: the only place the app's
+// Viper is read.
 func (p *Provider) load(ctx context.Context) (*snapshot, error) {
 	start := time.Now()
+	c, err := captureOf(p.src, p.captured.fileBase, p.applied)
+	if err != nil {
+		return nil, err
+	}
+	p.captured, p.file, p.applied = c, nil, nil // the capture read the config file as it is now
 	var ierr error
 	if len(p.opts.vaultSources) > 0 {
 		p.sources.imports, _, ierr = p.importVaults(ctx, p.sources.imports, start)
 	}
-	tree, sc, err := p.settings()
+	base, sc, err := p.settings()
 	if err != nil {
 		return nil, err
 	}
-	snap, err := p.update(ctx, SourceRefresh, tree, sc, sc.distinct())
+	snap, err := p.update(ctx, SourceRefresh, base, sc, sc.distinct())
 	p.logLoad(snap, time.Since(start))
 	var lerr error
 	if failed := failures(snap.status); len(failed) > 0 {
@@ -272,32 +286,40 @@ func (p *Provider) load(ctx context.Context) (*snapshot, error) {
 	return snap, lerr
 }
 
-// settings returns the settings to resolve, scanned: the source Viper's, with the config
-// file as Watch last read it. The caller holds updateMu.
-func (p *Provider) settings() (map[string]any, *scan, error) {
-	v := p.src
+// settings returns the settings to resolve, scanned: what the last Load captured of the
+// app's Viper, with the config file as Watch last read it. The caller holds updateMu.
+func (p *Provider) settings() (*viper.Viper, *scan, error) {
+	v := p.captured.v
 	if p.file != nil {
-		shadow, err := p.withFile(p.file)
+		withFile, _, err := p.captured.withFile(p.file)
 		if err != nil {
 			return nil, nil, err
 		}
-		v = shadow
+		v = withFile
 	}
-	return p.scanOf(v)
+	base, sc := p.scanOf(v)
+	return base, sc, nil
 }
 
-// scanOf reads v's settings (with the env-only keys named and the vault sources' keys)
-// and scans them for references. The caller holds updateMu.
-func (p *Provider) scanOf(v *viper.Viper) (map[string]any, *scan, error) {
-	tree := settingsOf(v, p.opts.envKeys)
-	warnings := unnamedEnvRefs(v, tree, p.parse)
-	tree, imported, err := p.withImports(v, tree, p.sources.imports)
-	if err != nil {
-		return nil, nil, err
+// scanOf returns a clone of v with the vault sources' keys placed in it, and what a scan of
+// its keys (with the env-only keys named) found. The caller holds updateMu.
+func (p *Provider) scanOf(v *viper.Viper) (*viper.Viper, *scan) {
+	base := viperlayers.Clone(v)
+	imported := p.placeImports(base, p.sources.imports)
+	keys := base.AllKeys()
+	named := slices.Clone(p.opts.envKeys)
+	for _, path := range p.opts.envKeyPaths {
+		named = append(named, strings.Join(path, *viperlayers.Of(base).KeyDelim))
 	}
-	sc := scanSettings(tree, p.parse, imported)
-	sc.warnings = warnings
-	return tree, sc, nil
+	for _, k := range named {
+		if k = strings.ToLower(k); !slices.Contains(keys, k) {
+			keys = append(keys, k)
+		}
+	}
+	slices.Sort(keys)
+	sc := scanView(base, keys, p.parse, imported)
+	sc.warnings = unnamedEnvRefs(base, sc.read, p.parse)
+	return base, sc
 }
 
 // update fetches refs, merges them into the current configuration with the settings tree
@@ -305,12 +327,13 @@ func (p *Provider) scanOf(v *viper.Viper) (map[string]any, *scan, error) {
 // configuration is made: Load and file reloads pass new settings, refreshes the current
 // ones. A fetch cut short by the end of ctx does not replace what the provider held; update
 // then returns ctx's error along with the published snapshot. The caller holds updateMu.
-func (p *Provider) update(ctx context.Context, src Source, tree map[string]any, sc *scan, refs []Reference) (*snapshot, error) {
+func (p *Provider) update(ctx context.Context, src Source, base *viper.Viper, sc *scan, refs []Reference) (*snapshot, error) {
 	prev := p.cur.Load()
 	// Under updateMu: the fetches are bounded by the fetch timeout (New refuses none).
 	fctx, cancel := context.WithTimeout(ctx, p.opts.fetchTimeout)
 	fetched := fetchSecrets(fctx, p.reader, refs, p.retryFor(src, sc))
 	cancel()
+	p.untagged(sc, fetched)
 	err := ctx.Err()
 	if err != nil && prev != nil {
 		// An aborted fetch says nothing about the vault: keep what the provider holds.
@@ -329,7 +352,7 @@ func (p *Provider) update(ctx context.Context, src Source, tree map[string]any, 
 
 	snap := prev
 	if prev == nil || sc != prev.scan || !equalSecrets(secrets, prev.secrets) {
-		snap = build(tree, sc, secrets, prev)
+		snap = build(base, sc, secrets, prev)
 		p.cur.Store(snap)
 	}
 	// The schedule, the metrics and the health state are current before watchers hear of
@@ -408,8 +431,7 @@ func (p *Provider) MaskedSettings() map[string]any {
 	if s == nil {
 		return nil
 	}
-	out, _ := transform("", s.masked, func(_, v string) (string, bool) { return v, true })
-	return out.(map[string]any)
+	return s.masked()
 }
 
 // LoadError reports the references a Load could not resolve. It names keys, vaults,

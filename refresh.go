@@ -36,7 +36,10 @@ func (p *Provider) Watch(ctx context.Context) error {
 	}
 
 	var fw *fileWatcher
-	if path := p.src.ConfigFileUsed(); path != "" && p.opts.watchFile {
+	p.updateMu.Lock()
+	path := p.captured.path
+	p.updateMu.Unlock()
+	if path != "" && p.opts.watchFile {
 		var err error
 		if fw, err = newFileWatcher(path); err != nil {
 			return fmt.Errorf("viperkv: watching config file: %w", err)
@@ -79,7 +82,7 @@ func (p *Provider) Refresh(ctx context.Context) error {
 	}
 	defer p.updateMu.Unlock()
 	ctx, span := p.tel.span(ctx, "viperkv.Refresh", SourceRefresh)
-	snap, err := p.update(ctx, SourceRefresh, cur.tree, cur.scan, refreshable(cur))
+	snap, err := p.update(ctx, SourceRefresh, cur.base, cur.scan, refreshable(cur))
 	endSpan(span, snap, err)
 	if err != nil {
 		return fmt.Errorf("viperkv: Refresh: %w", err)
@@ -134,7 +137,7 @@ func (p *Provider) pollLoop(ctx context.Context) {
 			p.sched.confirm(confirmed, time.Now())
 			p.sched.postpone(postponed, time.Now())
 			span.SetAttributes(attribute.Int("viperkv.fetched", len(fetch)), attribute.Int("viperkv.confirmed_by_list", len(confirmed)))
-			snap, err := p.update(sctx, SourcePoll, cur.tree, cur.scan, fetch)
+			snap, err := p.update(sctx, SourcePoll, cur.base, cur.scan, fetch)
 			endSpan(span, snap, err)
 			p.updateMu.Unlock()
 			continue

@@ -191,6 +191,17 @@ func TestFileEditMakingAReferenceMalformed(t *testing.T) {
 		if n := len(rec.all(EventError)); n != len(want) {
 			t.Errorf("%d error events after the same breakage and a fix, want %d: %v", n, len(want), rec.all())
 		}
+		// Defect: restoring the file sent no event; a watcher that raised an alarm never
+		// heard it cleared. Each key the fix cleared (db.conn fixed, extra gone) recovers.
+		recovered := map[string]bool{}
+		for _, e := range rec.all(EventRecovered) {
+			if e.Source == SourceFile && len(e.Keys) == 1 && e.Status == StatusResolved {
+				recovered[e.Keys[0]] = true
+			}
+		}
+		if !recovered["db.conn"] || !recovered["extra"] || len(recovered) != 2 {
+			t.Errorf("recovered events %v, want one for db.conn and one for extra", rec.all(EventRecovered))
+		}
 		if st := StatusOf(t, p, "db.conn"); st.Status != StatusResolved || p.GetString("db.conn") != "conn-v1" {
 			t.Errorf("after the fix: db.conn = %q, status %+v", p.GetString("db.conn"), st)
 		}

@@ -3,17 +3,18 @@ package viperkv
 import (
 	"errors"
 	"fmt"
+	"maps"
 	"os"
 	"slices"
-	"strconv"
 	"strings"
 
 	"github.com/spf13/viper"
+	"github.com/viperkv/viperkv/internal/viperlayers"
 )
 
-// The resolver turns settings into a configuration: it scans the settings for
-// references (scanSettings), fetches the secrets through the source (fetchSecrets, in
-// source.go), and substitutes them (build).
+// The resolver turns settings into a configuration: it scans the values of a Viper's keys
+// for references (scanView), fetches the secrets through the driver (fetchSecrets, in
+// fetch.go), and puts the values in the layers the references came from (build, view.go).
 
 // scan is what one pass over the settings found: the strings that hold references, by
 // config key, the keys whose references are malformed, and environment variables holding
@@ -22,31 +23,22 @@ type scan struct {
 	templates map[string]template
 	invalid   map[string]*ReferenceError
 	warnings  []ReferenceStatus
+	roots     map[string]string    // each key of templates and invalid: the Viper key whose value holds it
+	delim     string               // the Viper's key delimiter
+	read      map[string]bool      // every string holding a reference that some key reads
+	imported  map[string]Reference // the keys a vault source gives, and their secrets
 }
 
 // snapshot is one resolved configuration. It is never modified after it is published, so
 // readers need no lock; an update publishes a new snapshot in one atomic step.
 type snapshot struct {
-	tree     map[string]any // the settings as read, references unresolved
+	base     *viper.Viper // the settings as read, references unresolved; never written
 	scan     *scan
-	v        *viper.Viper
-	masked   map[string]any
+	v        *viper.Viper      // the resolved view
 	rendered map[string]string // resolved value of each key holding references
+	kept     map[string]bool   // keys whose value is a last good one kept through a failure
 	status   []ReferenceStatus
 	secrets  map[Reference]*secret
-}
-
-// settingsOf returns a deep copy of the Viper's merged settings (files, env, defaults,
-// overrides) with the env-only keys the caller named added. The copy is private to the
-// provider: the snapshot built from it never shares a map or slice with v.
-func settingsOf(v *viper.Viper, envKeys []string) map[string]any {
-	tree := v.AllSettings()
-	for _, k := range envKeys {
-		if val := v.Get(k); val != nil {
-			setPath(tree, strings.Split(strings.ToLower(k), "."), val)
-		}
-	}
-	return tree
 }
 
 func setPath(tree map[string]any, path []string, val any) {
@@ -61,35 +53,41 @@ func setPath(tree map[string]any, path []string, val any) {
 	tree[path[len(path)-1]] = val
 }
 
-// scanSettings finds every reference in the tree. Strings without '@' cost one IndexByte.
-// The keys of imported hold placeholders: each stands for its secret as a whole value,
-// without being parsed.
-func scanSettings(tree map[string]any, pc parseConfig, imported map[string]Reference) *scan {
-	sc := &scan{templates: map[string]template{}, invalid: map[string]*ReferenceError{}}
-	transform("", tree, func(key, s string) (string, bool) {
-		if r, ok := imported[key]; ok {
-			sc.templates[key] = template{parts: []part{{ref: &r, text: r.String()}}}
-			return s, true
-		}
-		t, err := parseTemplate(key, s, pc)
-		var re *ReferenceError
-		switch {
-		case errors.As(err, &re):
-			sc.invalid[key] = re
-		case err != nil:
-			sc.invalid[key] = &ReferenceError{Key: key, Status: StatusInvalidSyntax, Reason: err.Error()}
-		case t.needsRender():
-			sc.templates[key] = t
-		}
-		return s, true
-	})
+// scanView finds every reference in the values of keys in base. Strings without '@' cost
+// one IndexByte. The keys of imported hold placeholders: each stands for its secret as a
+// whole value, without being parsed.
+func scanView(base *viper.Viper, keys []string, pc parseConfig, imported map[string]Reference) *scan {
+	delim := *viperlayers.Of(base).KeyDelim
+	sc := &scan{templates: map[string]template{}, invalid: map[string]*ReferenceError{}, roots: map[string]string{},
+		delim: delim, read: map[string]bool{}, imported: imported}
+	for _, root := range keys {
+		walkValues(root, base.Get(root), delim, func(key, s string) {
+			if r, ok := imported[key]; ok {
+				sc.templates[key], sc.roots[key] = template{parts: []part{{ref: &r, text: r.String()}}}, root
+				return
+			}
+			t, err := parseTemplate(key, s, pc)
+			var re *ReferenceError
+			switch {
+			case errors.As(err, &re):
+				sc.invalid[key], sc.roots[key] = re, root
+			case err != nil:
+				sc.invalid[key], sc.roots[key] = &ReferenceError{Key: key, Status: StatusInvalidSyntax, Reason: err.Error()}, root
+			case t.needsRender():
+				sc.templates[key], sc.roots[key] = t, root
+			}
+			if HasReference(s) {
+				sc.read[s] = true
+			}
+		})
+	}
 	return sc
 }
 
-// build substitutes the secrets into the settings and makes a snapshot. A key whose
-// references cannot all be rendered keeps its value from prev, if prev had one: a good
-// value is never replaced by nothing.
-func build(tree map[string]any, sc *scan, secrets map[Reference]*secret, prev *snapshot) *snapshot {
+// build puts the secrets in a clone of base, each in the layer its reference came from,
+// and makes a snapshot. A key whose references cannot all be rendered keeps its value from
+// prev, if prev had one: a good value is never replaced by nothing; else it is left out.
+func build(base *viper.Viper, sc *scan, secrets map[Reference]*secret, prev *snapshot) *snapshot {
 	lookup := func(r Reference) (string, bool) {
 		s, ok := secrets[r.key()]
 		if !ok || !s.has {
@@ -99,7 +97,7 @@ func build(tree map[string]any, sc *scan, secrets map[Reference]*secret, prev *s
 	}
 	rendered := map[string]string{}
 	kept := map[string]bool{}
-	values, _ := transform("", tree, func(key, s string) (string, bool) {
+	value := func(key, s string) (string, bool) {
 		t, isRef := sc.templates[key]
 		_, bad := sc.invalid[key]
 		if !isRef && !bad {
@@ -118,23 +116,8 @@ func build(tree map[string]any, sc *scan, secrets map[Reference]*secret, prev *s
 			}
 		}
 		return "", false
-	})
-	masked, _ := transform("", tree, func(key, s string) (string, bool) {
-		t, isRef := sc.templates[key]
-		_, bad := sc.invalid[key]
-		switch _, ok := rendered[key]; {
-		case !isRef && !bad:
-			return s, true
-		case !ok:
-			return "", false
-		case kept[key]:
-			return Mask, true
-		}
-		return t.render(func(Reference) (string, bool) { return Mask, true })
-	})
-	v := viper.New()
-	// MergeConfigMap fails only for values it cannot copy; transform's output is plain maps.
-	_ = v.MergeConfigMap(values.(map[string]any))
+	}
+	v := sc.view(base, value)
 
 	var status []ReferenceStatus
 	for _, key := range sc.keys() {
@@ -156,26 +139,55 @@ func build(tree map[string]any, sc *scan, secrets map[Reference]*secret, prev *s
 		}
 	}
 	status = append(status, sc.warnings...)
-	return &snapshot{tree: tree, scan: sc, v: v, masked: masked.(map[string]any), rendered: rendered, status: status, secrets: secrets}
+	return &snapshot{base: base, scan: sc, v: v, rendered: rendered, kept: kept, status: status, secrets: secrets}
+}
+
+// view returns a clone of base with the strings of every key holding references rendered by
+// value, in the layers they came from, and the environment's references hidden.
+func (sc *scan) view(base *viper.Viper, value func(key, s string) (string, bool)) *viper.Viper {
+	v := viperlayers.Clone(base)
+	roots := map[string]bool{}
+	for _, root := range sc.roots {
+		roots[root] = true
+	}
+	for _, root := range slices.Sorted(maps.Keys(roots)) {
+		place(v, root, sourceOf(base, root), value)
+	}
+	l := viperlayers.Of(v)
+	*l.Replacer = hideReferences{next: *l.Replacer}
+	return v
+}
+
+// masked returns the resolved settings with Mask in place of every secret value; keys that
+// failed are absent.
+func (s *snapshot) masked() map[string]any {
+	v := s.scan.view(s.base, func(key, str string) (string, bool) {
+		t, isRef := s.scan.templates[key]
+		_, bad := s.scan.invalid[key]
+		switch _, ok := s.rendered[key]; {
+		case !isRef && !bad:
+			return str, true
+		case !ok:
+			return "", false
+		case s.kept[key]:
+			return Mask, true
+		}
+		return t.render(func(Reference) (string, bool) { return Mask, true })
+	})
+	return v.AllSettings()
 }
 
 // unnamedEnvRefs finds environment variables under v's prefix that hold a reference no
 // configuration key reads: with AutomaticEnv, Viper does not list env-only keys, so the
 // reference would silently go unresolved (and the key read as ""). Each becomes a
 // StatusEnvKeyNotNamed row saying how to fix it.
-func unnamedEnvRefs(v *viper.Viper, tree map[string]any, pc parseConfig) []ReferenceStatus {
+func unnamedEnvRefs(v *viper.Viper, read map[string]bool, pc parseConfig) []ReferenceStatus {
 	prefix := v.GetEnvPrefix()
 	if prefix == "" {
 		return nil // without a prefix, no variable can be told to be this app's
 	}
 	prefix = strings.ToUpper(prefix) + "_"
-	read := map[string]bool{} // every string some key holds: a variable bound to a key is read
-	transform("", tree, func(_, s string) (string, bool) {
-		if HasReference(s) {
-			read[s] = true
-		}
-		return s, true
-	})
+	delim := *viperlayers.Of(v).KeyDelim
 	var out []ReferenceStatus
 	for _, kv := range os.Environ() {
 		name, value, ok := strings.Cut(kv, "=")
@@ -189,14 +201,14 @@ func unnamedEnvRefs(v *viper.Viper, tree map[string]any, pc parseConfig) []Refer
 		// Viper maps a key to a variable through the prefix and its key replacer, which
 		// cannot be inverted: try the usual spellings, and keep one Viper would read.
 		key := ""
-		for _, cand := range []string{strings.ReplaceAll(rest, "_", "."), rest} {
+		for _, cand := range []string{strings.ReplaceAll(rest, "_", delim), rest} {
 			if got, ok := v.Get(cand).(string); ok && got == value {
 				key = cand
 				break
 			}
 		}
 		if key == "" {
-			key = strings.ReplaceAll(rest, "_", ".")
+			key = strings.ReplaceAll(rest, "_", delim)
 		}
 		st := ReferenceStatus{Key: key, Status: StatusEnvKeyNotNamed,
 			Reason: fmt.Sprintf("environment variable %s holds a reference, but Viper lists no key that reads it "+
@@ -236,63 +248,4 @@ func (sc *scan) keys() []string {
 	}
 	slices.Sort(keys)
 	return keys
-}
-
-// transform deep-copies v, passing every string through fn with its config key. Map entries
-// for which fn reports false are dropped; a list with such an element is dropped whole.
-func transform(key string, v any, fn func(key, s string) (string, bool)) (any, bool) {
-	join := func(k string) string {
-		if key == "" {
-			return k
-		}
-		return key + "." + k
-	}
-	switch x := v.(type) {
-	case string:
-		return fn(key, x)
-	case map[string]any:
-		m := make(map[string]any, len(x))
-		for k, e := range x {
-			if nv, ok := transform(join(k), e, fn); ok {
-				m[k] = nv
-			}
-		}
-		return m, true
-	case map[string]string:
-		m := make(map[string]any, len(x))
-		for k, e := range x {
-			if nv, ok := fn(join(k), e); ok {
-				m[k] = nv
-			}
-		}
-		return m, true
-	case []any:
-		l := make([]any, len(x))
-		for i, e := range x {
-			nv, ok := transform(key+"["+strconv.Itoa(i)+"]", e, fn)
-			if !ok {
-				return nil, false
-			}
-			l[i] = nv
-		}
-		return l, true
-	case []string:
-		l := make([]string, len(x))
-		for i, e := range x {
-			nv, ok := fn(key+"["+strconv.Itoa(i)+"]", e)
-			if !ok {
-				return nil, false
-			}
-			l[i] = nv
-		}
-		return l, true
-	case []map[string]any:
-		l := make([]map[string]any, len(x))
-		for i, e := range x {
-			nv, _ := transform(key+"["+strconv.Itoa(i)+"]", e, fn)
-			l[i] = nv.(map[string]any)
-		}
-		return l, true
-	}
-	return v, true
 }

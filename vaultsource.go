@@ -14,6 +14,7 @@ import (
 	"github.com/spf13/viper"
 
 	"github.com/viperkv/viperkv/internal/driver"
+	"github.com/viperkv/viperkv/internal/viperlayers"
 )
 
 // VaultSourceOption configures WithVaultSource.
@@ -26,8 +27,10 @@ func SecretPrefix(prefix string) VaultSourceOption {
 	return func(s *vaultSource) { s.prefix = strings.ToLower(prefix) }
 }
 
-// SecretTags imports only the secrets that carry every one of these tags, with these
-// values.
+// SecretTags imports only the secrets whose current version carries every one of these
+// tags, with these values. A secret whose new version lacks them stops being imported at
+// once: its key is removed (with a warning and an EventChanged), whatever SecretGrace says,
+// and a version fetched without them is never served.
 func SecretTags(tags map[string]string) VaultSourceOption {
 	return func(s *vaultSource) {
 		if s.tags == nil {
@@ -39,7 +42,7 @@ func SecretTags(tags map[string]string) VaultSourceOption {
 
 // SecretKeys replaces the mapping from secret name to config key (after SecretPrefix):
 // f returns the key, or false to skip the secret. Keys are case-insensitive, as Viper's
-// are; "." separates their levels.
+// are; "." separates their levels (it stands for the Viper's own key delimiter).
 func SecretKeys(f func(name string) (key string, ok bool)) VaultSourceOption {
 	return func(s *vaultSource) { s.mapKey = f }
 }
@@ -236,8 +239,12 @@ func (p *Provider) importVaults(ctx context.Context, prev vaultImports, now time
 			p.opts.logger.Warn("viperkv: a vault source's list has items that name no secret of the vault; skipped",
 				"vault", s.host, "items", l.Malformed)
 		}
+		untagged := map[string]bool{} // secrets the source takes by name whose current version lacks its tags
 		for _, sp := range l.Props {
 			k, ok := s.key(sp.Name)
+			if ok && !s.matches(sp.Tags) {
+				untagged[strings.ToLower(sp.Name)] = true
+			}
 			if !ok || !s.matches(sp.Tags) {
 				st.Skipped["filtered"]++
 				continue
@@ -271,6 +278,13 @@ func (p *Provider) importVaults(ctx context.Context, prev vaultImports, now time
 		}
 		for k, old := range prev {
 			if old.ref.Vault != s.host || listed[k] || !s.gives(old.ref.Name, k) {
+				continue
+			}
+			if untagged[strings.ToLower(old.ref.Name)] {
+				// The tags are a boundary some users rely on: a version without them is not
+				// served, and its key goes at once, as a fresh provider would not have it.
+				p.opts.logger.Warn("viperkv: a vault-sourced secret's current version lacks the source's tags; its key is removed",
+					"key", k, "vault", s.host, "secret", old.ref.Name)
 				continue
 			}
 			if old.missing.IsZero() {
@@ -335,79 +349,50 @@ func (s *vaultSource) matches(tags map[string]string) bool {
 	return true
 }
 
-// marker is a value no configuration holds: a key of the shadow Viper that still reads
-// it after the environment and flags are applied is not set by either.
-const marker = "\x00viperkv-vault-source-marker"
-
-// withImports adds the vault-sourced keys to the settings tree of v, under the keys no
-// environment variable, flag or override sets and no reference holds, and returns the
-// secret each key it added stands for. An import is a structured value: its key holds a
-// placeholder in the tree and the scan takes the secret from the returned map, so a
-// listed name is never rendered into a reference and parsed again.
-func (p *Provider) withImports(v *viper.Viper, tree map[string]any, ims vaultImports) (map[string]any, map[string]Reference, error) {
+// placeImports puts the vault-sourced keys in base's config layer (the vault's values win
+// over the file and the defaults), under the keys the environment, a flag or Set does not
+// set and no reference holds, and returns the secret each key it placed stands for. An
+// import is a structured value: its key holds a placeholder and the scan takes the secret
+// from the returned map, so a listed name is never rendered into a reference and parsed
+// again. Keys use the Viper's delimiter where a source's use ".".
+func (p *Provider) placeImports(base *viper.Viper, ims vaultImports) map[string]Reference {
 	if len(ims) == 0 {
-		return tree, nil, nil
+		return nil
 	}
-	shadow := *v
-	shadow.SetConfigType("json")
-	if err := shadow.ReadConfig(strings.NewReader("{}")); err != nil { // a config map of its own
-		return nil, nil, err
+	l := viperlayers.Of(base)
+	if *l.Config == nil {
+		*l.Config = map[string]any{}
 	}
-	markers := map[string]any{}
-	for k := range ims {
-		setPath(markers, strings.Split(k, "."), marker)
-	}
-	if err := shadow.MergeConfigMap(markers); err != nil {
-		return nil, nil, err
-	}
+	delim := *l.KeyDelim
 	placed := map[string]Reference{}
 	for _, k := range slices.Sorted(maps.Keys(ims)) {
 		im := ims[k]
-		if got := shadow.Get(k); got != marker {
-			// The environment (or a flag, or Set) gives the key: its value is the key's,
-			// listed in the settings even when only AutomaticEnv knows it. A section it
-			// gives is left as the settings have it: nothing of the tree is replaced.
-			p.opts.logger.Debug("viperkv: the environment (or a flag) sets a vault-sourced key; it wins", "key", k)
-			if _, section := got.(map[string]any); got != nil && !section && canSet(tree, strings.Split(k, ".")) {
-				setPath(tree, strings.Split(k, "."), got)
-			}
+		key := strings.ReplaceAll(k, ".", delim)
+		switch sourceOf(base, key) {
+		case layerOverride, layerFlag, layerEnv:
+			p.opts.logger.Debug("viperkv: the environment, a flag or Set gives a vault-sourced key; it wins", "key", key)
 			continue
 		}
-		path := strings.Split(k, ".")
-		if cur, ok := lookupPath(tree, path); ok {
-			if s, isStr := cur.(string); isStr && HasReference(s) {
+		switch cur := base.Get(key).(type) {
+		case string:
+			if HasReference(cur) {
 				p.opts.logger.Warn("viperkv: a key holds a reference and a vault source gives it too; the reference wins",
-					"key", k, "vault", im.ref.Vault, "secret", im.ref.Name)
+					"key", key, "vault", im.ref.Vault, "secret", im.ref.Name)
 				continue
 			}
-			if _, isMap := cur.(map[string]any); isMap {
-				p.opts.logger.Warn("viperkv: a vault-sourced key would replace a section of the configuration; skipped", "key", k, "secret", im.ref.Name)
-				continue
-			}
-		}
-		if !canSet(tree, path) {
-			p.opts.logger.Warn("viperkv: a vault-sourced key lies under a key that holds a value; skipped", "key", k, "secret", im.ref.Name)
+		case map[string]any:
+			p.opts.logger.Warn("viperkv: a vault-sourced key would replace a section of the configuration; skipped", "key", key, "secret", im.ref.Name)
 			continue
 		}
-		setPath(tree, path, "") // a placeholder: the scan renders the import from placed
-		placed[k] = im.ref
-	}
-	return tree, placed, nil
-}
-
-// lookupPath returns the value at path in tree.
-func lookupPath(tree map[string]any, path []string) (any, bool) {
-	var cur any = tree
-	for _, p := range path {
-		m, ok := cur.(map[string]any)
-		if !ok {
-			return nil, false
+		path := strings.Split(key, delim)
+		if !canSet(*l.Config, path) {
+			p.opts.logger.Warn("viperkv: a vault-sourced key lies under a key that holds a value; skipped", "key", key, "secret", im.ref.Name)
+			continue
 		}
-		if cur, ok = m[p]; !ok {
-			return nil, false
-		}
+		setPath(*l.Config, path, "") // a placeholder: the scan renders the import from placed
+		placed[key] = im.ref
 	}
-	return cur, true
+	return placed
 }
 
 // canSet reports whether setting path would replace no value on the way.
@@ -466,6 +451,43 @@ func (p *Provider) sourceTakes(vault, name string, tags map[string]string) bool 
 		}
 	}
 	return false
+}
+
+// untagged drops from fetched the versions of vault-sourced secrets that lack their
+// source's tags (a rotation without them): such a version is never served, and the sources
+// are listed again at once, which removes the key. The caller holds updateMu.
+func (p *Provider) untagged(sc *scan, fetched map[Reference]*secret) {
+	if len(sc.imported) == 0 {
+		return
+	}
+	onlyImported := map[Reference]bool{}
+	for _, r := range sc.imported {
+		onlyImported[r.key()] = true
+	}
+	for key, t := range sc.templates {
+		if _, imp := sc.imported[key]; !imp {
+			for _, r := range t.refs() {
+				delete(onlyImported, r.key()) // a reference of the app's own reads it too
+			}
+		}
+	}
+	for r, s := range fetched {
+		if onlyImported[r] && s.status == StatusResolved && !p.sourceTakes(r.Vault, r.Name, orEmpty(s.tags)) {
+			p.opts.logger.Warn("viperkv: a vault-sourced secret's new version lacks the source's tags; not served",
+				"vault", r.Vault, "secret", r.Name, "version", s.version)
+			delete(fetched, r)
+			p.sources.next = time.Time{}
+			p.poke()
+		}
+	}
+}
+
+// orEmpty is tags, or an empty map: nil tags mean "not known" to sourceTakes.
+func orEmpty(tags map[string]string) map[string]string {
+	if tags == nil {
+		return map[string]string{}
+	}
+	return tags
 }
 
 // importsFrom reports whether a vault source reads the vault host.

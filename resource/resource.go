@@ -17,6 +17,7 @@ import (
 	"github.com/spf13/viper"
 
 	"github.com/viperkv/viperkv"
+	"github.com/viperkv/viperkv/internal/viperlayers"
 )
 
 // Resource holds a value built from configuration keys (a database pool, a client that
@@ -38,6 +39,7 @@ import (
 type Resource[T any] struct {
 	p       *viperkv.Provider
 	keys    []string
+	delim   string // the configuration's key delimiter
 	build   func(context.Context, *viper.Viper) (T, error)
 	release func(T)
 
@@ -89,10 +91,10 @@ func New[T any](ctx context.Context, p *viperkv.Provider, keys []string,
 		return nil, errors.New("resource: New: call Load first: the resource is built from the loaded configuration")
 	}
 	c := p.Viper()
-	r := &Resource[T]{p: p, build: build, release: release}
+	r := &Resource[T]{p: p, build: build, release: release, delim: *viperlayers.Of(c).KeyDelim}
 	for _, k := range keys {
 		k = strings.ToLower(k) // Viper's keys are lower case
-		if !hasKey(c, status, k) {
+		if !hasKey(c, status, k, r.delim) {
 			// A misspelt key would never match an event: the resource would never rebuild.
 			return nil, fmt.Errorf("resource: New: key %q is not in the configuration", k)
 		}
@@ -253,7 +255,7 @@ func (r *Resource[T]) setErr(err error) {
 func (r *Resource[T]) names(eventKeys []string) bool {
 	for _, ek := range eventKeys {
 		for _, k := range r.keys {
-			if ek == k || under(ek, k) || under(k, ek) {
+			if ek == k || under(ek, k, r.delim) || under(k, ek, r.delim) {
 				return true
 			}
 		}
@@ -261,19 +263,20 @@ func (r *Resource[T]) names(eventKeys []string) bool {
 	return false
 }
 
-// under reports whether key lies below parent: "parent.x" or "parent[1]".
-func under(key, parent string) bool {
-	return strings.HasPrefix(key, parent+".") || strings.HasPrefix(key, parent+"[")
+// under reports whether key lies below parent: "parent.x" (with the configuration's
+// delimiter) or "parent[1]".
+func under(key, parent, delim string) bool {
+	return strings.HasPrefix(key, parent+delim) || strings.HasPrefix(key, parent+"[")
 }
 
 // hasKey reports whether the configuration has key k, or keys below it: set in c, or
 // holding a reference that has not resolved (yet).
-func hasKey(c *viper.Viper, status []viperkv.ReferenceStatus, k string) bool {
+func hasKey(c *viper.Viper, status []viperkv.ReferenceStatus, k, delim string) bool {
 	if c.IsSet(k) {
 		return true
 	}
 	for _, st := range status {
-		if st.Status != viperkv.StatusEnvKeyNotNamed && (st.Key == k || under(st.Key, k)) {
+		if st.Status != viperkv.StatusEnvKeyNotNamed && (st.Key == k || under(st.Key, k, delim)) {
 			return true
 		}
 	}
