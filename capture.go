@@ -3,7 +3,6 @@ package viperkv
 import (
 	"bytes"
 	"os"
-	"reflect"
 
 	"github.com/spf13/viper"
 
@@ -42,12 +41,12 @@ func captureOf(v *viper.Viper, prevBase, applied map[string]any) (capture, error
 	}
 	c.fileBase = disk
 	for _, cand := range []map[string]any{prevBase, applied} {
-		if cand != nil && matches(config, cand) > matches(config, c.fileBase) {
+		if cand != nil && viperlayers.Matches(config, cand) > viperlayers.Matches(config, c.fileBase) {
 			c.fileBase = cand
 		}
 	}
-	c.extra = extra(config, c.fileBase)
-	*viperlayers.Of(c.v).Config = mergeMaps(disk, c.extra)
+	c.extra = viperlayers.Extra(config, c.fileBase)
+	*viperlayers.Of(c.v).Config = viperlayers.Merge(disk, c.extra)
 	return c, nil
 }
 
@@ -60,7 +59,7 @@ func (c capture) withFile(b []byte) (*viper.Viper, map[string]any, error) {
 		return nil, nil, err
 	}
 	out := viperlayers.Clone(c.v)
-	*viperlayers.Of(out).Config = mergeMaps(f, viperlayers.CopyMap(c.extra))
+	*viperlayers.Of(out).Config = viperlayers.Merge(f, viperlayers.CopyMap(c.extra))
 	return out, f, nil
 }
 
@@ -72,66 +71,4 @@ func parseFile(v *viper.Viper, b []byte) (map[string]any, error) {
 		return nil, err
 	}
 	return *viperlayers.Of(p).Config, nil
-}
-
-// matches counts the leaves of file that config holds with the same value.
-func matches(config, file map[string]any) int {
-	n := 0
-	for k, fv := range file {
-		cv, ok := config[k]
-		if !ok {
-			continue
-		}
-		fm, fIsMap := fv.(map[string]any)
-		cm, cIsMap := cv.(map[string]any)
-		switch {
-		case fIsMap && cIsMap:
-			n += matches(cm, fm)
-		case reflect.DeepEqual(fv, cv):
-			n++
-		}
-	}
-	return n
-}
-
-// extra returns the settings of config that file does not give (absent from it, or with
-// another value there).
-func extra(config, file map[string]any) map[string]any {
-	out := map[string]any{}
-	for k, cv := range config {
-		fv, ok := file[k]
-		if !ok {
-			out[k] = viperlayers.Copy(cv)
-			continue
-		}
-		cm, cIsMap := cv.(map[string]any)
-		fm, fIsMap := fv.(map[string]any)
-		switch {
-		case cIsMap && fIsMap:
-			if sub := extra(cm, fm); len(sub) > 0 {
-				out[k] = sub
-			}
-		case !reflect.DeepEqual(cv, fv):
-			out[k] = viperlayers.Copy(cv)
-		}
-	}
-	return out
-}
-
-// mergeMaps merges src into dst (which it returns), src winning, maps merged level by
-// level, as Viper's MergeConfigMap does.
-func mergeMaps(dst, src map[string]any) map[string]any {
-	if dst == nil {
-		dst = map[string]any{}
-	}
-	for k, sv := range src {
-		sm, sIsMap := sv.(map[string]any)
-		dm, dIsMap := dst[k].(map[string]any)
-		if sIsMap && dIsMap {
-			dst[k] = mergeMaps(dm, sm)
-			continue
-		}
-		dst[k] = sv
-	}
-	return dst
 }

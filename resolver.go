@@ -14,7 +14,11 @@ import (
 
 // The resolver turns settings into a configuration: it scans the values of a Viper's keys
 // for references (scanView), fetches the secrets through the driver (fetchSecrets, in
-// fetch.go), and puts the values in the layers the references came from (build, view.go).
+// fetch.go), and builds the resolved view: a clone of the app's Viper (every layer and
+// option kept) in which each value is put in the layer its reference came from, by
+// internal/viperlayers (the file, the defaults, Set, a flag, or, for the environment, a flag
+// of the view's own, which Viper ranks just above it). So every key answers as the app's
+// Viper would, the references aside.
 
 // scan is what one pass over the settings found: the strings that hold references, by
 // config key, the keys whose references are malformed, and environment variables holding
@@ -61,7 +65,7 @@ func scanView(base *viper.Viper, keys []string, pc parseConfig, imported map[str
 	sc := &scan{templates: map[string]template{}, invalid: map[string]*ReferenceError{}, roots: map[string]string{},
 		delim: delim, read: map[string]bool{}, imported: imported}
 	for _, root := range keys {
-		walkValues(root, base.Get(root), delim, func(key, s string) {
+		viperlayers.Walk(root, base.Get(root), delim, func(key, s string) {
 			if r, ok := imported[key]; ok {
 				sc.templates[key], sc.roots[key] = template{parts: []part{{ref: &r, text: r.String()}}}, root
 				return
@@ -151,10 +155,9 @@ func (sc *scan) view(base *viper.Viper, value func(key, s string) (string, bool)
 		roots[root] = true
 	}
 	for _, root := range slices.Sorted(maps.Keys(roots)) {
-		place(v, root, sourceOf(base, root), value)
+		viperlayers.Place(v, root, viperlayers.Source(base, root), value)
 	}
-	l := viperlayers.Of(v)
-	*l.Replacer = hideReferences{next: *l.Replacer}
+	viperlayers.HideEnv(v, HasReference) // no raw reference is read from the environment
 	return v
 }
 

@@ -368,8 +368,8 @@ func (p *Provider) placeImports(base *viper.Viper, ims vaultImports) map[string]
 	for _, k := range slices.Sorted(maps.Keys(ims)) {
 		im := ims[k]
 		key := strings.ReplaceAll(k, ".", delim)
-		switch sourceOf(base, key) {
-		case layerOverride, layerFlag, layerEnv:
+		switch viperlayers.Source(base, key) {
+		case viperlayers.LayerOverride, viperlayers.LayerFlag, viperlayers.LayerEnv:
 			p.opts.logger.Debug("viperkv: the environment, a flag or Set gives a vault-sourced key; it wins", "key", key)
 			continue
 		}

@@ -1,4 +1,4 @@
-package viperkv
+package viperlayers
 
 import (
 	"os"
@@ -6,44 +6,40 @@ import (
 	"strings"
 
 	"github.com/spf13/viper"
-
-	"github.com/viperkv/viperkv/internal/viperlayers"
 )
 
-// The resolved view is a clone of the app's Viper (every layer and option kept) in which
-// each resolved value is put in the layer its reference came from: the config file, the
-// defaults, Set, a flag, or (for the environment, which a Viper reads when asked) a flag
-// of its own, which Viper ranks just above the environment. So every key answers as the
-// app's Viper would, the references aside.
+// Placing values in a clone's layers: each value goes in the layer it came from, so every
+// key answers as the original's does. For the environment, which a Viper reads only when
+// asked, a flag of the clone's own stands in: Viper ranks flags just above the environment.
 
-// layer names where a key's value comes from, in Viper's order.
-type layer int
+// Layer names where a key's value comes from, in Viper's order.
+type Layer int
 
 const (
-	layerNone layer = iota
-	layerOverride
-	layerFlag
-	layerEnv
-	layerConfig
-	layerKVStore
-	layerDefault
-	layerFlagDefault
+	LayerNone Layer = iota
+	LayerOverride
+	LayerFlag
+	LayerEnv
+	LayerConfig
+	LayerKVStore
+	LayerDefault
+	LayerFlagDefault
 )
 
-// sourceOf returns the layer key's value comes from in v: the first layer that answers it
+// Source returns the layer key's value comes from in v: the first layer that answers it
 // alone, in Viper's order, asked through Viper's own lookup (aliases, nested paths, map
 // keys holding the delimiter and list indexes included).
-func sourceOf(v *viper.Viper, key string) layer {
-	answers := func(keep func(p viperlayers.Layers)) bool {
+func Source(v *viper.Viper, key string) Layer {
+	answers := func(keep func(p Layers)) bool {
 		p := new(viper.Viper)
 		*p = *v // a probe: only its own fields are set below; no map of v is written
-		l := viperlayers.Of(p)
+		l := Of(p)
 		*l.Override, *l.Config, *l.KVStore, *l.Defaults = nil, nil, nil, nil
 		*l.PFlags, *l.Env, *l.AutomaticEnv = nil, nil, false
 		keep(l)
 		return p.Get(key) != nil
 	}
-	from := viperlayers.Of(v)
+	from := Of(v)
 	changed := func() map[string]viper.FlagValue {
 		out := map[string]viper.FlagValue{}
 		for k, f := range *from.PFlags {
@@ -54,62 +50,62 @@ func sourceOf(v *viper.Viper, key string) layer {
 		return out
 	}
 	switch {
-	case answers(func(l viperlayers.Layers) { *l.Override = *from.Override }):
-		return layerOverride
-	case answers(func(l viperlayers.Layers) { *l.PFlags = changed() }):
-		return layerFlag
-	case answers(func(l viperlayers.Layers) { *l.Env, *l.AutomaticEnv = *from.Env, *from.AutomaticEnv }):
-		return layerEnv
-	case answers(func(l viperlayers.Layers) { *l.Config = *from.Config }):
-		return layerConfig
-	case answers(func(l viperlayers.Layers) { *l.KVStore = *from.KVStore }):
-		return layerKVStore
-	case answers(func(l viperlayers.Layers) { *l.Defaults = *from.Defaults }):
-		return layerDefault
-	case answers(func(l viperlayers.Layers) { *l.PFlags = *from.PFlags }):
-		return layerFlagDefault
+	case answers(func(l Layers) { *l.Override = *from.Override }):
+		return LayerOverride
+	case answers(func(l Layers) { *l.PFlags = changed() }):
+		return LayerFlag
+	case answers(func(l Layers) { *l.Env, *l.AutomaticEnv = *from.Env, *from.AutomaticEnv }):
+		return LayerEnv
+	case answers(func(l Layers) { *l.Config = *from.Config }):
+		return LayerConfig
+	case answers(func(l Layers) { *l.KVStore = *from.KVStore }):
+		return LayerKVStore
+	case answers(func(l Layers) { *l.Defaults = *from.Defaults }):
+		return LayerDefault
+	case answers(func(l Layers) { *l.PFlags = *from.PFlags }):
+		return LayerFlagDefault
 	}
-	return layerNone
+	return LayerNone
 }
 
-// place puts the value of key root (as Viper names it) in v's layer from: render gives the
+// Place puts the value of key root (as Viper names it) in v's layer from: render gives the
 // new string of each string in it, by its key (the root, root[i] in a list, root.x in a map
 // in a list), or false to leave the root out. A root left out is removed from every layer,
 // so that no lower layer answers in its place.
-func place(v *viper.Viper, root string, from layer, render func(key, s string) (string, bool)) {
-	l := viperlayers.Of(v)
+func Place(v *viper.Viper, root string, from Layer, render func(key, s string) (string, bool)) {
+	l := Of(v)
 	delim := *l.KeyDelim
 	put := func(m map[string]any) {
 		if _, dropped := substitute(m, "", delim, root, render); dropped {
-			remove(v, root)
+			Remove(v, root)
 		}
 	}
 	switch from {
-	case layerOverride:
+	case LayerOverride:
 		put(*l.Override)
-	case layerConfig:
+	case LayerConfig:
 		put(*l.Config)
-	case layerKVStore:
+	case LayerKVStore:
 		put(*l.KVStore)
-	case layerDefault:
+	case LayerDefault:
 		put(*l.Defaults)
-	case layerFlag, layerFlagDefault:
+	case LayerFlag, LayerFlagDefault:
 		f := (*l.PFlags)[root]
 		if f == nil {
 			return
 		}
 		if s, ok := renderFlag(f, root, render); ok {
-			(*l.PFlags)[root] = viperlayers.Flag{FlagName: f.Name(), Value: s, Type: f.ValueType(), Changed: f.HasChanged()}
+			(*l.PFlags)[root] = Flag{FlagName: f.Name(), Value: s, Type: f.ValueType(), Changed: f.HasChanged()}
 		} else {
-			remove(v, root)
+			Remove(v, root)
 		}
-	case layerEnv:
+	case LayerEnv:
 		raw, _ := v.Get(root).(string)
 		if s, ok := render(root, raw); ok {
 			// A flag of its own: Viper ranks flags just above the environment.
-			(*l.PFlags)[root] = viperlayers.Flag{FlagName: root, Value: s, Type: "string", Changed: true}
+			(*l.PFlags)[root] = Flag{FlagName: root, Value: s, Type: "string", Changed: true}
 		} else {
-			remove(v, root)
+			Remove(v, root)
 		}
 	}
 }
@@ -207,9 +203,9 @@ func renderValue(key string, val any, delim string, render func(key, s string) (
 	return val, true
 }
 
-// remove takes key out of every layer of v.
-func remove(v *viper.Viper, key string) {
-	l := viperlayers.Of(v)
+// Remove takes key out of every layer of v.
+func Remove(v *viper.Viper, key string) {
+	l := Of(v)
 	delim := *l.KeyDelim
 	drop := func(string, string) (string, bool) { return "", false }
 	for _, m := range []map[string]any{*l.Override, *l.Config, *l.KVStore, *l.Defaults} {
@@ -219,15 +215,15 @@ func remove(v *viper.Viper, key string) {
 	delete(*l.Env, key)
 }
 
-// walkValues calls fn with every string of val, the value of key, by its key: a string,
+// Walk calls fn with every string of val, the value of key, by its key: a string,
 // a list's elements (key[i]), the values of a map (key + delim + name).
-func walkValues(key string, val any, delim string, fn func(key, s string)) {
+func Walk(key string, val any, delim string, fn func(key, s string)) {
 	switch x := val.(type) {
 	case string:
 		fn(key, x)
 	case []any:
 		for i, e := range x {
-			walkValues(key+"["+strconv.Itoa(i)+"]", e, delim, fn)
+			Walk(key+"["+strconv.Itoa(i)+"]", e, delim, fn)
 		}
 	case []string:
 		for i, e := range x {
@@ -235,7 +231,7 @@ func walkValues(key string, val any, delim string, fn func(key, s string)) {
 		}
 	case map[string]any:
 		for k, e := range x {
-			walkValues(key+delim+k, e, delim, fn)
+			Walk(key+delim+k, e, delim, fn)
 		}
 	case map[string]string:
 		for k, e := range x {
@@ -244,20 +240,27 @@ func walkValues(key string, val any, delim string, fn func(key, s string)) {
 	}
 }
 
-// hideReferences is the resolved view's environment key replacer: a variable whose value
-// holds a reference is not seen (its resolved value is in a flag of the view's own, or the
-// key is left out), so no raw reference is ever read from the environment.
-type hideReferences struct{ next viper.StringReplacer }
+// HideEnv makes v see no environment variable whose value hide reports: it wraps v's
+// environment key replacer, sending such a variable's name to one no environment holds.
+func HideEnv(v *viper.Viper, hide func(value string) bool) {
+	r := Of(v).Replacer
+	*r = hidingReplacer{next: *r, hide: hide}
+}
+
+type hidingReplacer struct {
+	next viper.StringReplacer
+	hide func(string) bool
+}
 
 // hidden is a variable name no environment holds.
 const hidden = "\x00viperkv-hidden"
 
 // Replace implements viper.StringReplacer.
-func (h hideReferences) Replace(name string) string {
+func (h hidingReplacer) Replace(name string) string {
 	if h.next != nil {
 		name = h.next.Replace(name)
 	}
-	if val, ok := os.LookupEnv(name); ok && HasReference(val) {
+	if val, ok := os.LookupEnv(name); ok && h.hide(val) {
 		return hidden
 	}
 	return name
