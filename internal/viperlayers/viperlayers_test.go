@@ -73,3 +73,54 @@ func TestCloneWhileTheAppWrites(t *testing.T) {
 	}
 	wg.Wait()
 }
+
+// Source names the layer each key's value comes from, in Viper's order, through Viper's own
+// lookup; Place puts a value there, and Remove takes a key out of every layer.
+func TestSourcePlaceRemove(t *testing.T) {
+	t.Setenv("T_FROM_ENV", "env-raw")
+	v := viper.New()
+	v.SetEnvPrefix("T")
+	v.SetEnvKeyReplacer(strings.NewReplacer(".", "_"))
+	v.AutomaticEnv()
+	v.SetConfigType("yaml")
+	if err := v.ReadConfig(strings.NewReader("file:\n  key: file-raw\nboth: file\nlist: [a, file-raw]\n")); err != nil {
+		t.Fatal(err)
+	}
+	v.SetDefault("def", "def-raw")
+	v.SetDefault("both", "default")
+	v.Set("set", "set-raw")
+	fs := pflag.NewFlagSet("t", pflag.ContinueOnError)
+	fs.String("flag", "flag-default", "")
+	_ = v.BindPFlag("flag", fs.Lookup("flag"))
+	_ = fs.Parse([]string{"--flag=flag-raw"})
+	c := Clone(v)
+	for key, want := range map[string]Layer{"file.key": LayerConfig, "both": LayerConfig, "def": LayerDefault,
+		"set": LayerOverride, "flag": LayerFlag, "from.env": LayerEnv, "list": LayerConfig, "absent": LayerNone} {
+		if got := Source(c, key); got != want {
+			t.Errorf("Source(%q) = %v, want %v", key, got, want)
+		}
+	}
+	upper := func(_, s string) (string, bool) { return strings.ToUpper(s), true }
+	for _, key := range []string{"file.key", "def", "set", "flag", "from.env", "list"} {
+		Place(c, key, Source(v, key), upper)
+	}
+	HideEnv(c, func(val string) bool { return strings.HasSuffix(val, "-raw") })
+	for key, want := range map[string]any{"file.key": "FILE-RAW", "def": "DEF-RAW", "set": "SET-RAW", "flag": "FLAG-RAW",
+		"from.env": "ENV-RAW", "list": []any{"A", "FILE-RAW"}} {
+		if got := c.Get(key); !reflect.DeepEqual(got, want) {
+			t.Errorf("after Place, %s = %v, want %v", key, got, want)
+		}
+	}
+	if !c.InConfig("file.key") || c.InConfig("from.env") || v.GetString("file.key") != "file-raw" {
+		t.Error("InConfig moved, or the original changed")
+	}
+	Remove(c, "both")
+	if c.IsSet("both") {
+		t.Errorf("both = %v after Remove: a lower layer answers", c.Get("both"))
+	}
+	// A variable whose value is hidden is not read, and nothing below answers for it.
+	t.Setenv("T_OTHER", "other-raw")
+	if c.IsSet("other") {
+		t.Errorf("a hidden variable is read: %v", c.Get("other"))
+	}
+}
