@@ -55,8 +55,10 @@ in a configuration file whose keys are exported as variables (database.conn with
   output then goes through a pipe, not the terminal.
 - With --watch, versionless references are re-checked every --refresh-interval (and the
   configuration file is watched); when a value changes, viperkv says so (never the
-  value), sends the command SIGTERM, waits up to --grace, sends SIGKILL if it is still
-  running, and starts it again with the new environment.
+  value), sends SIGTERM to the command's process group (the command and every process
+  it started), waits up to --stop-timeout for all of them to exit, sends SIGKILL to
+  those left, and only then starts the command again with the new environment. A
+  signal that stops viperkv ends the group the same way.
 - With --watch --listen ADDR, viperkv also takes Key Vault's events from Event Grid on
   ADDR (Event Grid or CloudEvents schema), so a rotation restarts the command within a
   second instead of a refresh interval. Authentication is required: --eventgrid-audience
@@ -71,7 +73,7 @@ If a reference does not resolve, the command is not started and the exit status 
   viperkv run -- ./server
 
   # A config file's keys as variables (APP_DATABASE_CONN, ...), restarting on rotation
-  viperkv run --config config.yaml --env-prefix APP --watch --grace 30s -- ./server --port 8080
+  viperkv run --config config.yaml --env-prefix APP --watch --stop-timeout 30s -- ./server --port 8080
 
   # Rotations pushed by Event Grid (Entra-protected webhook), polling hourly as the safety net
   viperkv run --watch --refresh-interval 1h --listen :8443 --listen-cert tls.crt --listen-key tls.key \
@@ -84,7 +86,7 @@ If a reference does not resolve, the command is not started and the exit status 
 		},
 		RunE: func(cmd *cobra.Command, args []string) error {
 			if f.grace <= 0 {
-				return usageError("--grace must be positive")
+				return usageError("--stop-timeout must be positive")
 			}
 			if f.refreshInterval <= 0 {
 				return usageError("--refresh-interval must be positive")
@@ -105,7 +107,9 @@ If a reference does not resolve, the command is not started and the exit status 
 	f.lf.register(cmd)
 	cmd.Flags().BoolVar(&f.noMasking, "no-masking", false, "do not conceal secret values in the command's output")
 	cmd.Flags().BoolVar(&f.watch, "watch", false, "restart the command when a secret rotates or the config file changes")
-	cmd.Flags().DurationVar(&f.grace, "grace", 10*time.Second, "with --watch: how long the command has to exit after SIGTERM before SIGKILL")
+	cmd.Flags().DurationVar(&f.grace, "stop-timeout", 10*time.Second, "how long the command's process group has to exit after SIGTERM (a rotation under --watch, or viperkv stopped) before SIGKILL")
+	cmd.Flags().DurationVar(&f.grace, "grace", 10*time.Second, "the same as --stop-timeout")
+	_ = cmd.Flags().MarkDeprecated("grace", "use --stop-timeout")
 	cmd.Flags().DurationVar(&f.refreshInterval, "refresh-interval", viperkv.DefaultRefreshInterval,
 		"with --watch: how often versionless references are re-checked for a new version (try 2s against the emulator)")
 	cmd.Flags().StringVar(&f.versionCheck, "version-check", string(viperkv.VersionCheckAuto),
@@ -180,6 +184,9 @@ resolving:
 	c, err := sup.start(env)
 	if err != nil {
 		return startFailure(args[0], err)
+	}
+	if f.watch {
+		say("started the command (pid %d, its own process group)", c.cmd.Process.Pid)
 	}
 
 	var next func() ([]string, string)
@@ -384,6 +391,7 @@ func (s *supervisor) start(env []string) (*child, error) {
 	} else {
 		cmd.Stdout, cmd.Stderr = s.stdout, s.stderr
 	}
+	cmd.SysProcAttr = childAttr(s.stdin)
 	if err := cmd.Start(); err != nil {
 		return nil, err
 	}
@@ -399,16 +407,29 @@ func (s *supervisor) start(env []string) (*child, error) {
 	return c, nil
 }
 
+// signal sends sig to the command's process group (the command and every process it
+// started), or to the command alone where there is no group.
+func (c *child) signal(sig os.Signal) {
+	if signalGroup(c.cmd.Process.Pid, sig) != nil {
+		_ = c.cmd.Process.Signal(sig)
+	}
+}
+
 // loop forwards signals until the command exits and returns its status. When restart
 // fires, next returns the new environment and why (nil if nothing the command sees
-// changed), and the command is restarted gracefully.
+// changed), and the command is restarted gracefully. A signal to stop viperkv ends the
+// command's whole group before viperkv returns.
 func (s *supervisor) loop(c *child, sigs <-chan os.Signal, restart <-chan struct{}, next func() ([]string, string)) (int, error) {
 	quitting := false
 	for {
 		select {
 		case sig := <-sigs:
-			quitting = quitting || stopping(sig)
-			_ = c.cmd.Process.Signal(sig)
+			if stopping(sig) && !quitting {
+				quitting = true
+				s.stop(c, sigs, sig)
+				return c.status, nil
+			}
+			c.signal(sig)
 		case <-c.done:
 			return c.status, nil
 		case <-restart:
@@ -419,8 +440,8 @@ func (s *supervisor) loop(c *child, sigs <-chan os.Signal, restart <-chan struct
 			if env == nil {
 				continue
 			}
-			s.say("rotation: %s; restarting the command: SIGTERM, then SIGKILL after %s", why, s.grace)
-			quitting = s.stop(c, sigs)
+			s.say("rotation: %s; restarting the command: SIGTERM to its process group, then SIGKILL after %s", why, s.grace)
+			quitting = s.stop(c, sigs, stopSignal)
 			if quitting {
 				return c.status, nil
 			}
@@ -434,22 +455,38 @@ func (s *supervisor) loop(c *child, sigs <-chan os.Signal, restart <-chan struct
 	}
 }
 
-// stop ends the command gracefully and reports whether a signal to stop viperkv came
-// meanwhile (forwarded to the command, like any other).
-func (s *supervisor) stop(c *child, sigs <-chan os.Signal) (quitting bool) {
-	_ = terminate(c.cmd.Process)
+// stop ends the command's whole process group gracefully: sig to the group, then, after
+// --stop-timeout, SIGKILL; it returns when the command has exited and no process of its
+// group remains, so the next command starts only once the old one (with the old secrets in
+// its environment, and its ports) is gone. It reports whether a signal to stop viperkv came
+// meanwhile (passed on to the group, like any other).
+func (s *supervisor) stop(c *child, sigs <-chan os.Signal, sig os.Signal) (quitting bool) {
+	c.signal(sig)
 	timer := time.NewTimer(s.grace)
 	defer timer.Stop()
+	tick := time.NewTicker(20 * time.Millisecond)
+	defer tick.Stop()
+	killed := false
 	for {
 		select {
-		case <-c.done:
-			return quitting
 		case sig := <-sigs:
 			quitting = quitting || stopping(sig)
-			_ = c.cmd.Process.Signal(sig)
+			c.signal(sig)
 		case <-timer.C:
-			s.say("the command did not exit within %s of SIGTERM; sending SIGKILL", s.grace)
-			_ = c.cmd.Process.Kill()
+			s.say("the command's process group did not exit within %s; sending SIGKILL", s.grace)
+			c.signal(killSignal)
+			killed = true
+		case <-tick.C:
+		}
+		select {
+		case <-c.done:
+			if !groupAlive(c.cmd.Process.Pid) {
+				return quitting
+			}
+		default:
+		}
+		if killed {
+			timer.Reset(time.Hour) // once killed, only the group's end is waited for
 		}
 	}
 }

@@ -10,6 +10,7 @@ import (
 	"path/filepath"
 	"regexp"
 	"slices"
+	"strconv"
 	"strings"
 	"syscall"
 	"testing"
@@ -196,7 +197,7 @@ func TestRunWatchRestartsOnRotation(t *testing.T) {
 	// The restart is announced, with the secret and versions, never the values.
 	errOut := p.waitStderr("restarted the command")
 	for _, s := range []string{"rotation: DB_CONN changed (secret myvault.vault.azure.net/" + name + " version ", "-> " + version + ")",
-		"restarting the command: SIGTERM, then SIGKILL after 5s", "restarted the command (pid "} {
+		"restarting the command: SIGTERM to its process group, then SIGKILL after 5s", "restarted the command (pid "} {
 		if !strings.Contains(errOut, s) {
 			t.Errorf("stderr lacks %q:\n%s", s, errOut)
 		}
@@ -222,7 +223,7 @@ func TestRunWatchKillsAfterGrace(t *testing.T) {
 		t.Fatalf("starts saw %q", got)
 	}
 	p.waitOutput("ignoring SIGTERM\nstarted\n")
-	if !strings.Contains(p.stderr.String(), "did not exit within 300ms of SIGTERM; sending SIGKILL") {
+	if !strings.Contains(p.stderr.String(), "did not exit within 300ms; sending SIGKILL") {
 		t.Errorf("no SIGKILL notice:\n%s", p.stderr.String())
 	}
 	p.signal(syscall.SIGINT)
@@ -469,4 +470,88 @@ func TestRunExportsVaultSource(t *testing.T) {
 		t.Errorf("exit %d\n%s%s", code, out, errOut)
 	}
 	assertNoSentinel(t, "run --vault-source", out+errOut, secret)
+}
+
+// holding counts the processes (zombies aside) whose environment holds s: what a restart
+// must leave none of for an old secret. -1 when /proc cannot be read.
+func holding(s string) int {
+	entries, err := os.ReadDir("/proc")
+	if err != nil {
+		return -1
+	}
+	n := 0
+	for _, e := range entries {
+		env, err := os.ReadFile("/proc/" + e.Name() + "/environ")
+		if err != nil || !strings.Contains(string(env), s) {
+			continue
+		}
+		if stat, err := os.ReadFile("/proc/" + e.Name() + "/stat"); err == nil {
+			if f := strings.Fields(string(stat[strings.LastIndexByte(string(stat), ')')+1:])); len(f) > 0 && f[0] == "Z" {
+				continue
+			}
+		}
+		n++
+	}
+	return n
+}
+
+// groupGone reports whether process group pgid has no process left (zombies aside), and
+// what is left when it has.
+func groupGone(pgid int) (bool, string) {
+	if alive, known := groupAliveProc(pgid); known {
+		return !alive, fmt.Sprintf("a process of group %d (see /proc)", pgid)
+	}
+	return syscall.Kill(-pgid, 0) == syscall.ESRCH, fmt.Sprintf("group %d", pgid)
+}
+
+// Defect: each rotation sent SIGTERM to the command alone: what it had started was
+// orphaned, still running with the old secret in its environment (and, for a server, its
+// port), and one survived SIGTERM to viperkv too. The command runs in a process group of
+// its own: a rotation ends the whole group before the new command starts, with or without
+// a process that ignores SIGTERM, and stopping viperkv ends the new group as well.
+func TestRunWatchEndsTheWholeProcessGroup(t *testing.T) {
+	t.Parallel()
+	for _, tc := range []struct{ name, script string }{
+		{"children", `sleep 3600 & sleep 3600 & echo started; wait`},
+		{"children that ignore SIGTERM", `trap '' TERM; sleep 3600 & sleep 3600 & echo started; wait`},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			t.Parallel()
+			first := sentinel(t)
+			name, ref := newSecret(t, first)
+			p := start(t, []string{"DB_CONN=" + ref},
+				"run", "--watch", "--refresh-interval", "200ms", "--stop-timeout", "500ms", "--", "sh", "-c", tc.script)
+			p.waitOutput("started\n")
+			pidOf := func(what string) int {
+				t.Helper()
+				m := regexp.MustCompile(what + ` the command \(pid (\d+)`).FindStringSubmatch(p.waitStderr(what + " the command (pid "))
+				if m == nil {
+					t.Fatalf("no pid in:\n%s", p.stderr.String())
+				}
+				pid, _ := strconv.Atoi(m[1])
+				return pid
+			}
+			old := pidOf("started")
+			if gone, _ := groupGone(old); gone {
+				t.Fatalf("the command's group %d has no process while it runs: the check would prove nothing", old)
+			}
+			if n := holding("DB_CONN=" + first); n >= 0 && n < 3 {
+				t.Fatalf("%d processes hold the first secret while the command runs, want its shell and two children", n)
+			}
+			emu.Vault("myvault").SetSecret(name, sentinel(t))
+			renewed := pidOf("restarted")
+			if gone, left := groupGone(old); !gone {
+				t.Errorf("after the restart, %s of the old command is still running", left)
+			}
+			if n := holding("DB_CONN=" + first); n > 0 {
+				t.Errorf("after the restart, %d processes still hold the old secret in their environment", n)
+			}
+			p.waitOutput("started\nstarted\n")
+			p.signal(syscall.SIGTERM)
+			p.wait()
+			if gone, left := groupGone(renewed); !gone {
+				t.Errorf("after SIGTERM to viperkv, %s is still running", left)
+			}
+		})
+	}
 }

@@ -5,11 +5,11 @@ package main
 import (
 	"os"
 	"syscall"
+	"unsafe"
 )
 
-// forwardedSignals are passed on to the child. SIGINT from a terminal reaches the child
-// directly too (it is in viperkv's process group); a second SIGINT is harmless to
-// programs that handle the first.
+// forwardedSignals are passed on to the command's process group. In a terminal, the
+// command's group is the foreground one, so a Ctrl-C reaches it directly.
 var forwardedSignals = []os.Signal{syscall.SIGINT, syscall.SIGTERM, syscall.SIGHUP, syscall.SIGQUIT,
 	syscall.SIGUSR1, syscall.SIGUSR2, syscall.SIGWINCH}
 
@@ -19,8 +19,54 @@ func stopping(sig os.Signal) bool {
 	return sig == syscall.SIGINT || sig == syscall.SIGTERM || sig == syscall.SIGQUIT
 }
 
-// terminate asks a process to end gracefully.
-func terminate(p *os.Process) error { return p.Signal(syscall.SIGTERM) }
+// stopSignal asks a process to end gracefully; killSignal ends it.
+var stopSignal, killSignal os.Signal = syscall.SIGTERM, syscall.SIGKILL
+
+// childAttr starts the command in a process group of its own, so that the whole tree it
+// starts can be signalled and waited for; when viperkv runs in the foreground of a
+// terminal, the group takes the terminal's foreground, as a shell's job does.
+func childAttr(stdin any) *syscall.SysProcAttr {
+	attr := &syscall.SysProcAttr{Setpgid: true}
+	if f, ok := stdin.(*os.File); ok && inForeground(f) {
+		attr.Foreground, attr.Ctty = true, int(f.Fd())
+	}
+	return attr
+}
+
+// inForeground reports whether f is a terminal whose foreground process group is this
+// process's.
+func inForeground(f *os.File) bool {
+	var pgrp int32
+	_, _, errno := syscall.Syscall(syscall.SYS_IOCTL, f.Fd(), uintptr(syscall.TIOCGPGRP), uintptr(unsafe.Pointer(&pgrp)))
+	return errno == 0 && int(pgrp) == syscall.Getpgrp()
+}
+
+// signalGroup sends sig to every process of the command's group (the command's pid).
+func signalGroup(pid int, sig os.Signal) error {
+	s, ok := sig.(syscall.Signal)
+	if !ok {
+		return syscall.EINVAL
+	}
+	return syscall.Kill(-pid, s)
+}
+
+// groupAlive reports whether a process of the command's group remains, after reaping
+// those that are viperkv's own children (orphans come to viperkv when it runs as a
+// container's first process). Zombies do not count: they hold nothing but an exit status.
+// Call it only once the command itself has been waited for.
+func groupAlive(pid int) bool {
+	for {
+		var ws syscall.WaitStatus
+		if wpid, err := syscall.Wait4(-pid, &ws, syscall.WNOHANG, nil); wpid <= 0 || err != nil {
+			break
+		}
+	}
+	if alive, known := groupAliveProc(pid); known {
+		return alive
+	}
+	err := syscall.Kill(-pid, 0)
+	return err == nil || err == syscall.EPERM
+}
 
 // statusOf is the exit status a shell would report: the code, or 128+N after signal N.
 func statusOf(ps *os.ProcessState) int {
