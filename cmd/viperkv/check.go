@@ -2,6 +2,7 @@ package main
 
 import (
 	"encoding/json"
+	"errors"
 	"fmt"
 	"io"
 	"maps"
@@ -38,8 +39,9 @@ MSINotEnabled, ...) plus HostNotAllowed, SecretDisabled, Throttled, SecretExpire
 SecretNotYetValid.
 
 Nothing to check is an error, so that a deployment gate does not pass because its flags
-were forgotten or name the wrong file: without --config, --environ or --env-key, or when
-the configuration (and, with --environ, the environment) holds no reference at all, check
+were forgotten or name the wrong file: without --config, --environ, --env-key or
+--vault-source, or when the configuration (and, with --environ, the environment) holds no
+reference at all and no --vault-source matched a secret (a misspelled prefix), check
 exits 2. Pass --allow-empty when no reference is expected: check then exits 0.
 
 Exit status: 0 when every reference resolves, 1 when any fails, 2 for usage errors
@@ -92,10 +94,23 @@ func runCheck(cmd *cobra.Command, lf *loadFlags, output string, environ, allowEm
 	if err != nil {
 		return err
 	}
-	_ = p.Load(cmd.Context()) // a *LoadError: the statuses say everything it says; VaultSources the rest
+	if err := loadInterruptibly(cmd, p, "nothing checked"); err != nil {
+		var ee *exitError
+		if errors.As(err, &ee) {
+			return err
+		}
+		// Otherwise a *LoadError: the statuses say everything it says; VaultSources the rest.
+	}
 	status := p.Status()
 	sources := p.VaultSources()
-	if len(status) == 0 && len(sources) == 0 && !allowEmpty {
+	imported := 0
+	for _, vs := range sources {
+		imported += vs.Imported
+		if vs.Err != nil {
+			imported++ // a source that failed to list is something to report
+		}
+	}
+	if len(status) == 0 && imported == 0 && !allowEmpty {
 		return usageError("nothing to check: no Key Vault reference in %s; pass --allow-empty if none is expected", checkedSources(lf, environ))
 	}
 	failed := 0
@@ -138,6 +153,10 @@ func checkedSources(lf *loadFlags, environ bool) string {
 	}
 	if environ {
 		where = append(where, "the environment")
+	}
+	for _, vs := range lf.vaultSources {
+		// A vault source that imports nothing is most often a misspelled prefix or tag.
+		where = append(where, "--vault-source "+vs+" (no secret matched)")
 	}
 	if len(where) > 1 {
 		return strings.Join(where[:len(where)-1], ", ") + " or " + where[len(where)-1]

@@ -263,6 +263,9 @@ func TestCheckNothingToCheck(t *testing.T) {
 		{[]string{"check", "--environ"}, "nothing to check: no Key Vault reference in the environment"},
 		{[]string{"check", "--config", noRefs}, "nothing to check: no Key Vault reference in " + noRefs},
 		{[]string{"check", "--config", noRefs, "--environ", "-o", "json"}, "nothing to check: no Key Vault reference in " + noRefs + " or the environment"},
+		// A misspelled prefix imports nothing: that is nothing to check too.
+		{[]string{"check", "--vault-source", "myvault,prefix=ordrs--"}, "nothing to check: no Key Vault reference in --vault-source myvault,prefix=ordrs-- (no secret matched)"},
+		{[]string{"check", "--config", noRefs, "--vault-source", "myvault,tag=team=nobody"}, "--vault-source myvault,tag=team=nobody (no secret matched)"},
 	} {
 		what := "viperkv " + strings.Join(tc.args, " ")
 		code, out, errOut := cli(t, nil, tc.args...)

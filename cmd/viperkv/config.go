@@ -40,6 +40,7 @@ const envKey = "$env"
 
 // loadFlags are the flags that load configuration the way an app using viperkv does.
 type loadFlags struct {
+	configType string
 	config     string
 	envPrefix  string
 	envKeys    []string
@@ -76,7 +77,8 @@ func credentialNames() string {
 
 func (f *loadFlags) register(cmd *cobra.Command) {
 	fs := cmd.Flags()
-	fs.StringVarP(&f.config, "config", "c", "", "configuration file (YAML, JSON, TOML, dotenv...; the type is taken from the extension)")
+	fs.StringVarP(&f.config, "config", "c", "", "configuration file (YAML, JSON, TOML, dotenv...; the type is taken from the extension, or --config-type)")
+	fs.StringVar(&f.configType, "config-type", "", "the configuration file's type when its name has no extension (a Kubernetes ConfigMap mount): yaml, json, toml, env, ...")
 	fs.StringVar(&f.envPrefix, "env-prefix", "", "environment variable prefix, as viper.SetEnvPrefix (APP: APP_DATABASE_CONN overrides database.conn)")
 	fs.StringSliceVar(&f.envKeys, "env-key", nil, "a key that exists only in the environment (as viperkv.WithEnvKeys); repeatable")
 	fs.StringVar(&f.credential, "credential", "managed-identity", "how to authenticate to Key Vault: "+credentialNames()+
@@ -106,9 +108,16 @@ func (f *loadFlags) viper() (*viper.Viper, error) {
 	}
 	v.SetEnvKeyReplacer(strings.NewReplacer(".", "_"))
 	v.AutomaticEnv()
+	if f.configType != "" {
+		v.SetConfigType(f.configType)
+	}
 	if f.config != "" {
 		v.SetConfigFile(f.config)
 		if err := v.ReadInConfig(); err != nil {
+			var unsupported viper.UnsupportedConfigError
+			if errors.As(err, &unsupported) && f.configType == "" {
+				return nil, usageError("reading %s: its name has no extension that says its type: pass --config-type yaml (or json, toml, env, ...)", f.config)
+			}
 			return nil, usageError("reading %s: %v", f.config, err)
 		}
 	}

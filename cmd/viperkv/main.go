@@ -73,6 +73,7 @@ managed identity endpoint, with no change to the configuration.`,
 		emulator.AddCommand(newEmulatorSecretCmd())
 	}
 	root.AddCommand(newCheckCmd(), newResolveCmd(), newRunCmd(), emulator, newVersionCmd())
+	root.SetFlagErrorFunc(suggestFlag) // inherited by every subcommand
 	return root
 }
 

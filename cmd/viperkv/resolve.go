@@ -68,7 +68,7 @@ func runResolve(cmd *cobra.Command, lf *loadFlags, format string, reveal bool) e
 	if err != nil {
 		return err
 	}
-	if err := p.Load(cmd.Context()); err != nil {
+	if err := loadInterruptibly(cmd, p, "nothing printed"); err != nil {
 		var le *viperkv.LoadError
 		if errors.As(err, &le) {
 			return fmt.Errorf("%w\nnothing printed: the configuration is incomplete", err)

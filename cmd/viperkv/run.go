@@ -91,6 +91,11 @@ If a reference does not resolve, the command is not started and the exit status 
 			if f.refreshInterval <= 0 {
 				return usageError("--refresh-interval must be positive")
 			}
+			for _, name := range []string{"refresh-interval", "version-check"} {
+				if cmd.Flags().Changed(name) && !f.watch {
+					return usageError("--%s needs --watch: without it the command's environment is resolved once", name)
+				}
+			}
 			if err := f.push.check(f.watch); err != nil {
 				return err
 			}
