@@ -9,6 +9,8 @@ import (
 	"strings"
 
 	"github.com/spf13/viper"
+
+	"github.com/viperkv/viperkv/internal/suggest"
 	"github.com/viperkv/viperkv/internal/viperlayers"
 )
 
@@ -192,6 +194,7 @@ func unnamedEnvRefs(v *viper.Viper, read map[string]bool, pc parseConfig) []Refe
 	prefix = strings.ToUpper(prefix) + "_"
 	delim := *viperlayers.Of(v).KeyDelim
 	var out []ReferenceStatus
+	var keys []string // the configuration's keys, listed once for the first variable that needs them
 	for _, kv := range os.Environ() {
 		name, value, ok := strings.Cut(kv, "=")
 		if !ok || !HasReference(value) || read[value] || !strings.HasPrefix(strings.ToUpper(name), prefix) {
@@ -213,9 +216,17 @@ func unnamedEnvRefs(v *viper.Viper, read map[string]bool, pc parseConfig) []Refe
 		if key == "" {
 			key = strings.ReplaceAll(rest, "_", delim)
 		}
-		st := ReferenceStatus{Key: key, Status: StatusEnvKeyNotNamed,
-			Reason: fmt.Sprintf("environment variable %s holds a reference, but Viper lists no key that reads it "+
-				"(AutomaticEnv keys are not listed): name the key with viperkv.WithEnvKeys(%q)", name, key)}
+		reason := fmt.Sprintf("environment variable %s holds a reference, but Viper lists no key that reads it "+
+			"(AutomaticEnv keys are not listed): name the key %s (WithEnvKeys(%q) in Go, --env-key %s with the viperkv command)",
+			name, key, key, key)
+		if keys == nil {
+			keys = v.AllKeys()
+		}
+		// A misspelled variable (APP_DATABSE_CONN) names a key the configuration lacks.
+		if near := suggest.Nearest(key, keys, 2); near != "" {
+			reason += fmt.Sprintf("; or, if the variable is misspelled, it may be meant for the key %s", near)
+		}
+		st := ReferenceStatus{Key: key, Status: StatusEnvKeyNotNamed, Reason: reason}
 		if t, err := parseTemplate(key, value, pc); err == nil && t.hasRefs() {
 			st.Reference, st.Written = t.refs()[0], t.written()[0]
 		}

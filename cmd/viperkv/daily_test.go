@@ -112,3 +112,26 @@ func TestInterruptedCheckSaysSo(t *testing.T) {
 		}
 	}
 }
+
+// TestEnvKeyNotNamedHintSpeaksCLI: the warning names the CLI's fix (--env-key api.key), and
+// for a misspelled variable the key the configuration has.
+func TestEnvKeyNotNamedHintSpeaksCLI(t *testing.T) {
+	t.Parallel()
+	_, ref := newSecret(t, "hint-value")
+	_, apiRef := newSecret(t, "api-value")
+	_, typoRef := newSecret(t, "typo-value")
+	cfg := writeFile(t, "hint.yaml", "database:\n  conn: \""+ref+"\"\n")
+	code, out, errOut := cli(t, []string{"APP_API_KEY=" + apiRef, "APP_DATABSE_CONN=" + typoRef}, "check", "--config", cfg, "--env-prefix", "APP")
+	// The gate fails: the app would read "" for both keys.
+	if code != 1 {
+		t.Fatalf("exit %d, want 1\n%s%s", code, out, errOut)
+	}
+	for _, want := range []string{"--env-key api.key", "--env-key databse.conn", "it may be meant for the key database.conn"} {
+		if !strings.Contains(out, want) {
+			t.Errorf("no %q in the warnings:\n%s", want, out)
+		}
+	}
+	if n := strings.Count(out, "it may be meant for"); n != 1 {
+		t.Errorf("%d likely matches, want one (api.key resembles no key):\n%s", n, out)
+	}
+}
