@@ -127,14 +127,28 @@ func (p *Provider) announce(evs []Event, prev, cur *snapshot) {
 
 // logEvent logs an event without values.
 func (p *Provider) logEvent(e Event) {
-	attrs := []any{"source", e.Source, "keys", e.Keys}
+	// Only what the event says: no empty keys or status (a file that fails to parse has
+	// neither), and one version when it did not change (a failed refresh of it).
+	attrs := []any{"source", e.Source}
+	if len(e.Keys) > 0 {
+		attrs = append(attrs, "keys", e.Keys)
+	}
 	if e.Secret.Name != "" {
-		attrs = append(attrs, "vault", e.Secret.Vault, "secret", e.Secret.Name, "old_version", e.OldVersion, "new_version", e.NewVersion)
+		attrs = append(attrs, "vault", e.Secret.Vault, "secret", e.Secret.Name)
+		switch {
+		case e.OldVersion == e.NewVersion && e.NewVersion != "":
+			attrs = append(attrs, "version", e.NewVersion)
+		case e.OldVersion != e.NewVersion:
+			attrs = append(attrs, "old_version", e.OldVersion, "new_version", e.NewVersion)
+		}
 	}
 	log := p.opts.logger
 	switch e.Kind {
 	case EventError:
-		log.Warn("viperkv: update failed; keeping the last good value", append(attrs, "status", e.Status, "error", e.Err)...)
+		if e.Status != "" {
+			attrs = append(attrs, "status", e.Status)
+		}
+		log.Warn("viperkv: update failed; keeping the last good value", append(attrs, "error", e.Err)...)
 	case EventNearExpiry:
 		log.Warn("viperkv: secret version expires soon", append(attrs, "expires", e.Expires)...)
 	default:

@@ -101,8 +101,10 @@ func HealthOptional(keys ...string) HealthOption {
 
 // HealthHandler returns an http.Handler for readiness probes: 200 when every required
 // reference has a value (and, with HealthMaxFailing, none has failed for longer than the
-// bound), 503 otherwise and before the first Load. The JSON body names the references
-// that fail, with their status, reason and how long they have failed; never a value.
+// bound), 503 otherwise and before the first Load. The JSON body's status is "ok",
+// "degraded" (200, but a reference fails and keeps its last good value, or an optional one
+// has none), "unavailable" or "not loaded"; it names the references that fail, with their
+// status, reason and how long they have failed; never a value.
 func (p *Provider) HealthHandler(opts ...HealthOption) http.Handler {
 	cfg := healthConfig{optional: map[string]bool{}}
 	for _, o := range opts {
@@ -151,6 +153,9 @@ func (p *Provider) HealthHandler(opts ...HealthOption) http.Handler {
 				body.Status, code = "unavailable", http.StatusServiceUnavailable
 			}
 			body.Failing = append(body.Failing, f)
+		}
+		if code == http.StatusOK && len(body.Failing) > 0 {
+			body.Status = "degraded" // serving, on last good values or without optional ones
 		}
 		w.Header().Set("Content-Type", "application/json")
 		w.Header().Set("Cache-Control", "no-store")

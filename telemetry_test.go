@@ -144,7 +144,7 @@ func TestTelemetry(t *testing.T) {
 	if len(got["viperkv.secret.staleness"]) != 2 || len(got["viperkv.limiter.window"]) != 1 {
 		t.Errorf("staleness %v, limiter window %v", got["viperkv.secret.staleness"], got["viperkv.limiter.window"])
 	}
-	if code, body := probe(); code != 200 {
+	if code, body := probe(); code != 200 || !strings.Contains(body, `"status":"ok"`) {
 		t.Errorf("health after Load: %d %s", code, body)
 	}
 
@@ -172,7 +172,7 @@ func TestTelemetry(t *testing.T) {
 	stale1 := sum(got["viperkv.secret.staleness"], "viperkv.secret=api")
 	code, body := probe()
 	bodies = append(bodies, body)
-	if code != 200 || !strings.Contains(body, `"key":"api"`) || !strings.Contains(body, "SecretDisabled") {
+	if code != 200 || !strings.Contains(body, `"status":"degraded"`) || !strings.Contains(body, `"key":"api"`) || !strings.Contains(body, "SecretDisabled") {
 		t.Errorf("health while failing within the bound: %d %s", code, body)
 	}
 	deadline := time.Now().Add(20 * time.Second)
@@ -193,7 +193,7 @@ func TestTelemetry(t *testing.T) {
 		t.Fatal(err)
 	}
 	waitEvent(t, changed, func(e viperkv.Event) bool { return e.Kind == viperkv.EventRecovered })
-	if code, body := probe(); code != 200 {
+	if code, body := probe(); code != 200 || !strings.Contains(body, `"status":"ok"`) {
 		t.Errorf("health after recovery: %d %s", code, body)
 	}
 
