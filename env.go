@@ -1,6 +1,7 @@
 package viperkv
 
 import (
+	"cmp"
 	"slices"
 	"strings"
 
@@ -26,23 +27,25 @@ func HasReference(s string) bool {
 }
 
 func init() {
-	reveal.SetSecretValues(func(p any) []string { return p.(*Provider).secretValues() })
+	reveal.SetSecrets(func(p any) []reveal.Secret { return p.(*Provider).secrets() })
 }
 
-// secretValues returns the distinct values of the secrets the current configuration holds
-// (including last good values kept through a failed refresh), sorted, for viperkv run to
-// mask them in its child's output (through internal/reveal: no other program gets them).
-func (p *Provider) secretValues() []string {
+// secrets returns the secrets the current configuration holds with a value (including
+// last good values kept through a failed refresh), sorted, for viperkv run to mask them in
+// its child's output (through internal/reveal: no other program gets them).
+func (p *Provider) secrets() []reveal.Secret {
 	s := p.cur.Load()
 	if s == nil {
 		return nil
 	}
-	var out []string
-	for _, sec := range s.secrets {
+	var out []reveal.Secret
+	for r, sec := range s.secrets {
 		if sec.has && sec.value != "" {
-			out = append(out, sec.value)
+			out = append(out, reveal.Secret{Vault: r.Vault, Name: r.Name, Value: sec.value})
 		}
 	}
-	slices.Sort(out)
-	return slices.Compact(out)
+	slices.SortFunc(out, func(a, b reveal.Secret) int {
+		return cmp.Or(strings.Compare(a.Vault, b.Vault), strings.Compare(a.Name, b.Name), strings.Compare(a.Value, b.Value))
+	})
+	return out
 }

@@ -47,12 +47,13 @@ z: "@KeyVault(VaultName=myvault;SecretName=missing)"
 	if err != nil {
 		t.Fatal(err)
 	}
-	if reveal.SecretValues(p) != nil {
-		t.Error("SecretValues before Load is not nil")
+	if reveal.Secrets(p) != nil {
+		t.Error("Secrets before Load is not nil")
 	}
 	_ = p.Load(t.Context())
-	if got := reveal.SecretValues(p); !slices.Equal(got, []string{"value-a", "value-b"}) {
-		t.Errorf("SecretValues = %d values, want the 2 resolved ones", len(got))
+	want := []reveal.Secret{{Vault: "myvault.vault.azure.net", Name: "a", Value: "value-a"}, {Vault: "myvault.vault.azure.net", Name: "b", Value: "value-b"}}
+	if got := reveal.Secrets(p); !slices.Equal(got, want) {
+		t.Errorf("Secrets = %d secrets, want the 2 resolved ones, named", len(got))
 	}
 }
 

@@ -135,3 +135,26 @@ func TestEnvKeyNotNamedHintSpeaksCLI(t *testing.T) {
 		t.Errorf("%d likely matches, want one (api.key resembles no key):\n%s", n, out)
 	}
 }
+
+// TestRunDoesNotMaskShortValues: a secret of "10" is not concealed (port=8100 stays
+// readable, and the marks would give the value away); run warns about it by name, once,
+// and still conceals a longer secret.
+func TestRunDoesNotMaskShortValues(t *testing.T) {
+	t.Parallel()
+	shortName, shortRef := newSecret(t, "10")
+	long := sentinel(t)
+	_, longRef := newSecret(t, long)
+	code, out, errOut := cli(t, []string{childEnvVar, "PORT_SUFFIX=" + shortRef, "TOKEN=" + longRef},
+		append([]string{"run"}, childCmd("print", "PORT_SUFFIX", "TOKEN")...)...)
+	if code != 0 {
+		t.Fatalf("exit %d\n%s%s", code, out, errOut)
+	}
+	if want := "PORT_SUFFIX=10\nTOKEN=<concealed by viperkv>\n"; out != want {
+		t.Errorf("stdout:\n%s\nwant:\n%s", out, want)
+	}
+	warning := "warning: secret myvault.vault.azure.net/" + shortName + " is shorter than 6 characters: it is not concealed"
+	if strings.Count(errOut, warning) != 1 {
+		t.Errorf("want one warning %q:\n%s", warning, errOut)
+	}
+	assertNoValues(t, out+errOut, long)
+}

@@ -8,6 +8,8 @@ import (
 	"strings"
 	"sync"
 	"sync/atomic"
+
+	"github.com/viperkv/viperkv/internal/reveal"
 )
 
 // concealed replaces each secret value in a child's output.
@@ -16,8 +18,9 @@ const concealed = "<concealed by viperkv>"
 // secretSet is the set of values to conceal. It only grows: after a rotation the old
 // values stay concealed too.
 type secretSet struct {
-	mu sync.Mutex
-	m  atomic.Pointer[matcher]
+	mu    sync.Mutex
+	m     atomic.Pointer[matcher]
+	short map[string]bool // secrets already warned about as too short to mask, by vault/name
 }
 
 // matcher finds secrets; it is immutable once built.
@@ -26,8 +29,28 @@ type matcher struct {
 	byFirst [256][][]byte // candidates by first byte, longest first
 }
 
-// add adds values and every form of them that output may show (see secretForms). Blank
-// values are ignored.
+// addSecrets adds the values of secrets (see add) and returns the names (vault/name) of
+// those too short to conceal that it has not returned before, for run to warn about.
+func (s *secretSet) addSecrets(secrets []reveal.Secret) (short []string) {
+	values := make([]string, 0, len(secrets))
+	s.mu.Lock()
+	for _, sec := range secrets {
+		values = append(values, sec.Value)
+		if name := sec.Vault + "/" + sec.Name; tooShortToMask(sec.Value) && !s.short[name] {
+			if s.short == nil {
+				s.short = map[string]bool{}
+			}
+			s.short[name] = true
+			short = append(short, name)
+		}
+	}
+	s.mu.Unlock()
+	s.add(values...)
+	return short
+}
+
+// add adds values and every form of them that output may show (see secretForms). Values
+// shorter than minMaskLen are ignored.
 func (s *secretSet) add(values ...string) {
 	s.mu.Lock()
 	defer s.mu.Unlock()
@@ -62,9 +85,15 @@ func (s *secretSet) add(values ...string) {
 	s.m.Store(m)
 }
 
-// minLineLen is the length (without blanks) a line of a multi-line value needs to be
-// concealed on its own: shorter lines ("-----", "}") would conceal common text.
-const minLineLen = 4
+// minMaskLen is the length (without surrounding blanks) a value, a form of it or a line of
+// a multi-line value needs to be concealed. Concealing shorter ones ("10", "}") would
+// conceal common text (port=8100 becoming port=8<concealed by viperkv>0) and give the
+// value away by where the marks fall; run warns about such values instead, as CI systems
+// do.
+const minMaskLen = 6
+
+// tooShortToMask reports whether v is below minMaskLen.
+func tooShortToMask(v string) bool { return len(strings.TrimSpace(v)) < minMaskLen }
 
 // secretForms returns v and each form of it that a child's output may show, so that
 // masking the child's output conceals all of them:
@@ -74,13 +103,13 @@ const minLineLen = 4
 //     exports a list as JSON), quoted by each format resolve writes (YAML, TOML), in each
 //     quoting style those formats choose for a longer string that holds v, and each of
 //     these in the shell quoting of resolve --format env;
-//   - for a multi-line v, and for each multi-line form, each line of at least minLineLen
+//   - for a multi-line v, and for each multi-line form, each line of at least minMaskLen
 //     characters (without blanks), as it is and trimmed, so output that splits or
 //     re-indents a certificate is still concealed.
 //
-// A blank v has no forms.
+// A v shorter than minMaskLen has no forms, and no form is shorter than that.
 func secretForms(v string) []string {
-	if strings.TrimSpace(v) == "" {
+	if tooShortToMask(v) {
 		return nil
 	}
 	forms := []string{v, strings.TrimSpace(v), strings.Join(strings.Fields(v), " ")}
@@ -97,12 +126,10 @@ func secretForms(v string) []string {
 			continue
 		}
 		for _, line := range strings.FieldsFunc(f, func(r rune) bool { return r == '\r' || r == '\n' }) {
-			if t := strings.TrimSpace(line); len(t) >= minLineLen {
-				out = append(out, line, t)
-			}
+			out = append(out, line, strings.TrimSpace(line))
 		}
 	}
-	return slices.DeleteFunc(out, func(f string) bool { return f == "" })
+	return slices.DeleteFunc(out, tooShortToMask)
 }
 
 // encodedForms returns v as the CLI's own encoders write it inside a quoted string. Each

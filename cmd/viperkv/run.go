@@ -52,7 +52,9 @@ in a configuration file whose keys are exported as variables (database.conn with
   to the command, and its exit status is viperkv's.
 - Secret values in the command's stdout and stderr are replaced with
   "<concealed by viperkv>", even when split across writes, unless --no-masking. The
-  output then goes through a pipe, not the terminal.
+  output then goes through a pipe, not the terminal. Masking guards against accidents,
+  not transformations (a part of a value, base64); values shorter than 6 characters are
+  not concealed, and viperkv warns about each.
 - With --watch, versionless references are re-checked every --refresh-interval (and the
   configuration file is watched); when a value changes, viperkv says so (never the
   value), sends SIGTERM to the command's process group (the command and every process
@@ -183,7 +185,7 @@ resolving:
 	sup := &supervisor{args: args, stdin: os.Stdin, stdout: cmd.OutOrStdout(), stderr: stderr, grace: f.grace, say: say}
 	if !f.noMasking {
 		sup.mask = &secretSet{}
-		sup.mask.add(reveal.SecretValues(p)...)
+		warnShort(say, sup.mask.addSecrets(reveal.Secrets(p)))
 	}
 	env := childEnv(environ, refs, p.Viper(), &f.lf)
 	c, err := sup.start(env)
@@ -240,7 +242,7 @@ resolving:
 				return nil, ""
 			}
 			if sup.mask != nil {
-				sup.mask.add(reveal.SecretValues(p)...)
+				warnShort(say, sup.mask.addSecrets(reveal.Secrets(p)))
 			}
 			env = newEnv
 			return newEnv, strings.Join(changed, ", ") + " changed (" + reasons + ")"
@@ -493,5 +495,15 @@ func (s *supervisor) stop(c *child, sigs <-chan os.Signal, sig os.Signal) (quitt
 		if killed {
 			timer.Reset(time.Hour) // once killed, only the group's end is waited for
 		}
+	}
+}
+
+// warnShort says which secrets are too short to be concealed in the command's output, so
+// that the user knows what masking does not cover (as CI systems warn about short masked
+// variables).
+func warnShort(say func(string, ...any), short []string) {
+	for _, name := range short {
+		say("warning: secret %s is shorter than %d characters: it is not concealed in the command's output "+
+			"(concealing it would hide common text and give the value away by where the marks fall)", name, minMaskLen)
 	}
 }

@@ -3,19 +3,25 @@
 // program outside this module can ask a Provider for its values.
 package reveal
 
-// secretValues is set once, by package viperkv's init, and never written again. A hook
+// Secret is one secret a Provider holds: where it is, and its value.
+type Secret struct {
+	Vault, Name string // the vault's host and the secret's name, to talk about it
+	Value       string // the plaintext: never log it
+}
+
+// secrets is set once, by package viperkv's init, and never written again. A hook
 // (rather than a method on Provider) keeps plaintext off the exported API.
-var secretValues func(provider any) []string
+var secrets func(provider any) []Secret
 
-// SetSecretValues installs the accessor. Only package viperkv calls it, from init.
-func SetSecretValues(f func(provider any) []string) { secretValues = f }
+// SetSecrets installs the accessor. Only package viperkv calls it, from init.
+func SetSecrets(f func(provider any) []Secret) { secrets = f }
 
-// SecretValues returns the distinct secret values p (a *viperkv.Provider) currently holds,
-// including last good values kept through a failed refresh, sorted. Treat the result as
-// the secrets themselves: never log it.
-func SecretValues(p any) []string {
-	if secretValues == nil {
+// Secrets returns the secrets p (a *viperkv.Provider) currently holds with a value,
+// including last good values kept through a failed refresh, sorted by vault and name.
+// Treat the values as the secrets themselves: never log them.
+func Secrets(p any) []Secret {
+	if secrets == nil {
 		return nil
 	}
-	return secretValues(p)
+	return secrets(p)
 }
