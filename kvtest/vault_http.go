@@ -87,7 +87,7 @@ func (v *Vault) serveHTTP(w http.ResponseWriter, r *http.Request) {
 	authz := r.Header.Get("Authorization")
 	if authz == "" {
 		v.counters.add(OpChallenge)
-		s.cfg.logger.Info("challenge: 401 with authorization and resource", "vault", v.host)
+		s.cfg.logger.Info("challenge sent: a request without a token is answered 401 naming the authority and resource to get one from (expected, once per client)", "vault", v.host)
 		if f, ok := v.faults.take(OpChallenge); ok {
 			s.serveFault(w, r, f, v.writeError)
 			return

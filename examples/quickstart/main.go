@@ -7,8 +7,10 @@
 // vaults seeded from testdata/emulator-seed.yaml), sets the environment App Service sets,
 // loads testdata/quickstart.yaml plus one reference from an environment variable, and
 // resolves it with the real azidentity.ManagedIdentityCredential and azsecrets clients.
-// The emulator narrates each step of the flow. The last line is "quickstart: ok" when every
-// check passed; otherwise the program exits with status 1.
+// Each step ends with a line summing up what the emulator served for it; -v shows each
+// request instead (tokens issued and validated, RBAC decisions, secrets read, Event Grid
+// deliveries), never a value. The last line is "quickstart: ok" when every check passed;
+// otherwise the program exits with status 1.
 package main
 
 import (
@@ -21,6 +23,7 @@ import (
 	"log/slog"
 	"net/http/httptest"
 	"os"
+	"slices"
 	"strings"
 	"sync"
 	"text/tabwriter"
@@ -41,34 +44,40 @@ const apiKeyRef = "@KeyVault(VaultName=myvault;SecretName=api-key)"
 func main() {
 	config := flag.String("config", "testdata/quickstart.yaml", "configuration file to resolve")
 	seed := flag.String("seed", "testdata/emulator-seed.yaml", "emulator seed: vaults, secrets, identities, grants")
-	quiet := flag.Bool("quiet", false, "do not narrate the emulator's side of the flow")
+	verbose := flag.Bool("v", false, "show each request the emulator serves, not one summary line a step")
+	quiet := flag.Bool("quiet", false, "do not show the emulator's side of the flow at all")
 	flag.Parse()
 
-	if err := run(context.Background(), os.Stdout, *config, *seed, *quiet); err != nil {
+	trace := traceSummary
+	switch {
+	case *quiet:
+		trace = traceNone
+	case *verbose:
+		trace = traceEach
+	}
+	if err := run(context.Background(), os.Stdout, *config, *seed, trace); err != nil {
 		fmt.Fprintln(os.Stdout, "quickstart: FAILED:", err)
 		os.Exit(1)
 	}
 }
 
-func run(ctx context.Context, out io.Writer, configFile, seedFile string, quiet bool) error {
+func run(ctx context.Context, out io.Writer, configFile, seedFile string, trace traceMode) error {
 	out = &syncWriter{w: out} // the emulator narrates from its handler goroutines
-	say := func(format string, args ...any) { fmt.Fprintf(out, "quickstart: "+format+"\n", args...) }
+	flow := &flowLog{w: out, mode: trace}
+	say := func(format string, args ...any) { flow.step(); fmt.Fprintf(out, "quickstart: "+format+"\n", args...) }
 
 	// 1. The emulator, narrating its side of the flow.
-	var flow slog.Handler = slog.DiscardHandler
-	if !quiet {
-		flow = &narrator{w: out}
-	}
 	seed, err := os.ReadFile(seedFile)
 	if err != nil {
 		return fmt.Errorf("emulator seed (run from the repository root): %w", err)
 	}
-	srv, err := kvtest.Start(kvtest.WithLogger(slog.New(flow)), kvtest.WithSeed(seed))
+	srv, err := kvtest.Start(kvtest.WithLogger(slog.New(&narrator{log: flow})), kvtest.WithSeed(seed))
 	if err != nil {
 		return err
 	}
 	defer srv.Close()
-	say("emulator up: tenant %s, vaults %s", srv.TenantID(), vaultNames(srv))
+	say("emulator up: tenant %s, vaults %s%s", srv.TenantID(), vaultNames(srv), trace.hint())
+	flow.started() // the seed's events show after that line, not before it
 
 	// 2. The environment App Service gives an app with a managed identity, plus one
 	// reference in an environment variable.
@@ -139,6 +148,7 @@ func run(ctx context.Context, out io.Writer, configFile, seedFile string, quiet 
 	if !errors.As(err, &le) {
 		return fmt.Errorf("identity without access: Load returned %v, want a *LoadError", err)
 	}
+	flow.step()
 	printStatus(out, denied.Status())
 	for _, st := range denied.Status() {
 		if st.Status != viperkv.StatusAccessToKeyVaultDenied {
@@ -299,6 +309,7 @@ func vaultNames(srv *kvtest.Server) string {
 	for _, v := range srv.Vaults() {
 		names = append(names, v.Host())
 	}
+	slices.Sort(names)
 	return strings.Join(names, ", ")
 }
 
@@ -318,13 +329,90 @@ func (s *syncWriter) Write(b []byte) (int, error) {
 	return s.w.Write(b)
 }
 
-// narrator prints the emulator's log records as one indented line each.
+// traceMode is how much of the emulator's side of the flow the quickstart shows.
+type traceMode int
+
+const (
+	traceSummary traceMode = iota // one line a step: what the emulator served, counted
+	traceEach                     // each request (-v)
+	traceNone                     // nothing (-quiet)
+)
+
+func (m traceMode) hint() string {
+	if m == traceSummary {
+		return " (-v shows each request it serves)"
+	}
+	return ""
+}
+
+// flowLog collects the emulator's log records and shows them as the mode says: each one
+// as it comes (held until the emulator is announced), or one summary line a step.
+type flowLog struct {
+	w    io.Writer
+	mode traceMode
+
+	mu     sync.Mutex
+	live   bool           // the emulator has been announced
+	held   []string       // records before that (the seed's events), for -v
+	counts map[string]int // records of the current step, by message
+	order  []string       // their messages, first seen first
+}
+
+func (f *flowLog) record(msg, line string) {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	switch {
+	case f.mode == traceEach && !f.live:
+		f.held = append(f.held, line)
+	case f.mode == traceEach:
+		io.WriteString(f.w, line)
+	case f.mode == traceSummary && f.live:
+		if f.counts == nil {
+			f.counts = map[string]int{}
+		}
+		if f.counts[msg] == 0 {
+			f.order = append(f.order, msg)
+		}
+		f.counts[msg]++
+	}
+}
+
+// started marks the emulator announced: -v shows what it held, the summary starts counting.
+func (f *flowLog) started() {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	f.live = true
+	if f.mode == traceEach {
+		for _, line := range f.held {
+			io.WriteString(f.w, line)
+		}
+		f.held = nil
+	}
+}
+
+// step ends a step: in summary mode, one line counting what the emulator served for it.
+func (f *flowLog) step() {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	if len(f.order) == 0 {
+		return
+	}
+	parts := make([]string, len(f.order))
+	for i, msg := range f.order {
+		short, _, _ := strings.Cut(msg, ":") // "challenge sent: ..." -> "challenge sent"
+		parts[i] = fmt.Sprintf("%s (%d)", short, f.counts[msg])
+	}
+	fmt.Fprintf(f.w, "  emulator: %s\n", strings.Join(parts, ", "))
+	f.counts, f.order = nil, nil
+}
+
+// narrator turns the emulator's log records into lines of a flowLog.
 type narrator struct {
-	w     io.Writer
+	log   *flowLog
 	attrs []slog.Attr
 }
 
-func (n *narrator) Enabled(context.Context, slog.Level) bool { return true }
+func (n *narrator) Enabled(context.Context, slog.Level) bool { return n.log.mode != traceNone }
 
 func (n *narrator) Handle(_ context.Context, r slog.Record) error {
 	var b strings.Builder
@@ -339,12 +427,12 @@ func (n *narrator) Handle(_ context.Context, r slog.Record) error {
 	}
 	r.Attrs(write)
 	b.WriteByte('\n')
-	_, err := io.WriteString(n.w, b.String())
-	return err
+	n.log.record(r.Message, b.String())
+	return nil
 }
 
 func (n *narrator) WithAttrs(attrs []slog.Attr) slog.Handler {
-	return &narrator{w: n.w, attrs: append(n.attrs[:len(n.attrs):len(n.attrs)], attrs...)}
+	return &narrator{log: n.log, attrs: append(n.attrs[:len(n.attrs):len(n.attrs)], attrs...)}
 }
 
 func (n *narrator) WithGroup(string) slog.Handler { return n }
