@@ -3,6 +3,7 @@
 //
 //	viperkv check   --config app.yaml         one row per reference: key, vault, secret, status; never a value
 //	viperkv resolve --config app.yaml         the resolved configuration, secret values masked
+//	viperkv render  --template t --out f      a Go template over the resolved configuration, into a 0600 file
 //	viperkv run     --config app.yaml -- CMD  run CMD with references in its environment resolved
 //	viperkv emulator --seed seed.yaml         a local Entra ID + managed identity + Key Vault
 //	viperkv version
@@ -72,7 +73,7 @@ managed identity endpoint, with no change to the configuration.`,
 	if !slices.ContainsFunc(emulator.Commands(), func(c *cobra.Command) bool { return c.Name() == "secret" }) {
 		emulator.AddCommand(newEmulatorSecretCmd())
 	}
-	root.AddCommand(newCheckCmd(), newResolveCmd(), newRunCmd(), emulator, newVersionCmd())
+	root.AddCommand(newCheckCmd(), newResolveCmd(), newRenderCmd(), newRunCmd(), emulator, newVersionCmd())
 	root.SetFlagErrorFunc(suggestFlag) // inherited by every subcommand
 	return root
 }

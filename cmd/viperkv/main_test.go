@@ -9,7 +9,6 @@ import (
 	"encoding/hex"
 	"errors"
 	"fmt"
-	"go.yaml.in/yaml/v3"
 	"os"
 	"os/exec"
 	"os/signal"
@@ -21,6 +20,8 @@ import (
 	"syscall"
 	"testing"
 	"time"
+
+	"go.yaml.in/yaml/v3"
 
 	"github.com/viperkv/viperkv/kvtest"
 )
@@ -312,6 +313,7 @@ var childEnvVar = childModeEnv + "=1"
 //	trap N               prints "ready", then "got SIGHUP" per SIGHUP; exits N on SIGTERM
 //	serve FILE NAME...   appends the NAMEs' values (joined by "|") to FILE, prints "started", exits 0 on SIGTERM
 //	stubborn FILE NAME   as serve, but ignores SIGTERM and exits 0 on SIGINT
+//	reload LOG SRC       appends "pid|" + SRC's content to LOG at start and per SIGHUP, prints "started"; exits 0 on SIGTERM
 func testChild(args []string) int {
 	if len(args) == 0 {
 		return 99
@@ -347,6 +349,31 @@ func testChild(args []string) int {
 			}
 			os.Stdout.WriteString("got SIGTERM\n")
 			return n
+		}
+	case "reload":
+		logRead := func() bool {
+			b, err := os.ReadFile(args[2])
+			f, ferr := os.OpenFile(args[1], os.O_APPEND|os.O_CREATE|os.O_WRONLY, 0o600)
+			if err != nil || ferr != nil {
+				return false
+			}
+			defer f.Close()
+			fmt.Fprintf(f, "%d|%s\n", os.Getpid(), strings.TrimSpace(string(b)))
+			return true
+		}
+		sigs := make(chan os.Signal, 4)
+		signal.Notify(sigs, syscall.SIGTERM, syscall.SIGHUP)
+		if !logRead() {
+			return 98
+		}
+		os.Stdout.WriteString("started\n")
+		for sig := range sigs {
+			if sig == syscall.SIGTERM {
+				return 0
+			}
+			if !logRead() {
+				return 98
+			}
 		}
 	case "serve", "stubborn":
 		f, err := os.OpenFile(args[1], os.O_APPEND|os.O_CREATE|os.O_WRONLY, 0o600)

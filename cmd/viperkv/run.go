@@ -36,6 +36,8 @@ type runFlags struct {
 	refreshInterval time.Duration
 	versionCheck    string
 	push            pushFlags
+	render          renderFlags
+	reloadSignal    string
 }
 
 func newRunCmd() *cobra.Command {
@@ -68,14 +70,28 @@ in a configuration file whose keys are exported as variables (database.conn with
   and/or --eventgrid-header NAME with the value in $VIPERKV_EVENTGRID_HEADER_VALUE
   (never on the command line, and not passed to the command).
 
-If a reference does not resolve, the command is not started and the exit status is 125;
-126 means the command could not be started, 127 that it was not found.`,
+- With --render TEMPLATE:OUT (repeatable), Go templates over the resolved configuration
+  are rendered into files (mode --render-mode, 0600 by default, written atomically; see
+  viperkv render --help) before the command starts and, under --watch, again on each
+  rotation before the command is signalled or restarted. A render that fails leaves the
+  files as they were and the command running as it is.
+- With --watch --reload-signal HUP (or USR1, USR2), a rotation re-renders the files and
+  sends that signal to the command's process group instead of restarting it, for
+  programs that re-read their files on a signal (nginx, HAProxy, many servers). Its
+  environment keeps the values it started with: read secrets from the rendered files.
+
+If a reference does not resolve (or a template fails), the command is not started and the
+exit status is 125; 126 means the command could not be started, 127 that it was not found.`,
 		Example: `  # Twelve-factor: the reference is in the environment
   export DB_CONN='@KeyVault(SecretUri=https://myvault.vault.azure.net/secrets/db-conn/)'
   viperkv run -- ./server
 
   # A config file's keys as variables (APP_DATABASE_CONN, ...), restarting on rotation
   viperkv run --config config.yaml --env-prefix APP --watch --stop-timeout 30s -- ./server --port 8080
+
+  # nginx re-reads its configuration on SIGHUP: render it, and reload instead of restarting
+  viperkv run --config config.yaml --watch --render nginx.conf.tmpl:/etc/nginx/nginx.conf \
+    --reload-signal HUP -- nginx -g 'daemon off;'
 
   # Rotations pushed by Event Grid (Entra-protected webhook), polling hourly as the safety net
   viperkv run --watch --refresh-interval 1h --listen :8443 --listen-cert tls.crt --listen-key tls.key \
@@ -101,6 +117,14 @@ If a reference does not resolve, the command is not started and the exit status 
 			if err := f.push.check(f.watch); err != nil {
 				return err
 			}
+			if f.reloadSignal != "" {
+				if !f.watch {
+					return usageError("--reload-signal needs --watch: without it nothing rotates")
+				}
+				if len(f.render.specs) == 0 {
+					return usageError("--reload-signal needs --render: a running command cannot see a new environment, only files it re-reads")
+				}
+			}
 			switch viperkv.VersionCheck(f.versionCheck) {
 			case viperkv.VersionCheckAuto, viperkv.VersionCheckList, viperkv.VersionCheckGet:
 			default:
@@ -122,10 +146,23 @@ If a reference does not resolve, the command is not started and the exit status 
 	cmd.Flags().StringVar(&f.versionCheck, "version-check", string(viperkv.VersionCheckAuto),
 		"with --watch: how a refresh finds new versions: list (a list of each vault, then GETs of what changed), get (a GET per secret) or auto (whichever costs fewer requests)")
 	f.push.register(cmd)
+	cmd.Flags().StringArrayVar(&f.render.specs, "render", nil, "render a Go template over the resolved configuration into a file before the command starts (and on rotation), TEMPLATE:OUT; repeatable")
+	f.render.registerMode(cmd, "render-mode")
+	cmd.Flags().StringVar(&f.reloadSignal, "reload-signal", "", "with --watch and --render: on rotation, re-render and send this signal (HUP, USR1 or USR2) to the command's process group instead of restarting it")
 	return cmd
 }
 
 func runRun(cmd *cobra.Command, f *runFlags, args []string) error {
+	rend, err := f.render.renderer()
+	if err != nil {
+		return err
+	}
+	var reload os.Signal
+	if f.reloadSignal != "" {
+		if reload, err = reloadSignal(f.reloadSignal); err != nil {
+			return usageError("--reload-signal %q: %v", f.reloadSignal, err)
+		}
+	}
 	stderr := cmd.ErrOrStderr()
 	say := func(format string, a ...any) { fmt.Fprintf(stderr, "viperkv: "+format+"\n", a...) }
 	// The child's environment is this one, not the one options() adds the emulator's
@@ -181,8 +218,12 @@ resolving:
 	if lerr != nil {
 		return &exitError{code: exitNotResolved, err: notResolved(p.Status(), refs, args[0])}
 	}
+	if err := rend.render(p.Viper()); err != nil {
+		return &exitError{code: exitNotResolved, err: fmt.Errorf("%w; %s was not started", err, args[0])}
+	}
 
-	sup := &supervisor{args: args, stdin: os.Stdin, stdout: cmd.OutOrStdout(), stderr: stderr, grace: f.grace, say: say}
+	sup := &supervisor{args: args, stdin: os.Stdin, stdout: cmd.OutOrStdout(), stderr: stderr, grace: f.grace, say: say, reload: reload,
+		reloadName: "SIG" + strings.TrimPrefix(strings.ToUpper(f.reloadSignal), "SIG")}
 	if !f.noMasking {
 		sup.mask = &secretSet{}
 		warnShort(say, sup.mask.addSecrets(reveal.Secrets(p)))
@@ -239,6 +280,12 @@ resolving:
 			why = nil
 			mu.Unlock()
 			if len(changed) == 0 {
+				return nil, ""
+			}
+			// Files first: the command, restarted or signalled, must find them current. A
+			// failure changes nothing; the next change tries again.
+			if err := rend.render(p.Viper()); err != nil {
+				say("warning: %s; the command keeps its current values and files", bare(err))
 				return nil, ""
 			}
 			if sup.mask != nil {
@@ -374,6 +421,8 @@ type supervisor struct {
 	stdout, stderr io.Writer
 	mask           *secretSet // nil: no masking
 	grace          time.Duration
+	reload         os.Signal // on rotation, send this instead of restarting (nil: restart)
+	reloadName     string    // its name, as SIGHUP
 	say            func(format string, a ...any)
 }
 
@@ -445,6 +494,11 @@ func (s *supervisor) loop(c *child, sigs <-chan os.Signal, restart <-chan struct
 			}
 			env, why := next()
 			if env == nil {
+				continue
+			}
+			if s.reload != nil {
+				s.say("rotation: %s; files rendered, %s sent to the command's process group (its environment keeps the values it started with)", why, s.reloadName)
+				c.signal(s.reload)
 				continue
 			}
 			s.say("rotation: %s; restarting the command: SIGTERM to its process group, then SIGKILL after %s", why, s.grace)

@@ -3,7 +3,9 @@
 package main
 
 import (
+	"errors"
 	"os"
+	"strings"
 	"syscall"
 	"unsafe"
 )
@@ -17,6 +19,19 @@ var forwardedSignals = []os.Signal{syscall.SIGINT, syscall.SIGTERM, syscall.SIGH
 // restart the child after it. SIGHUP is left out: daemons take it as "reload".
 func stopping(sig os.Signal) bool {
 	return sig == syscall.SIGINT || sig == syscall.SIGTERM || sig == syscall.SIGQUIT
+}
+
+// reloadSignal parses --reload-signal: a signal servers take as "re-read your files".
+func reloadSignal(name string) (os.Signal, error) {
+	switch strings.TrimPrefix(strings.ToUpper(name), "SIG") {
+	case "HUP":
+		return syscall.SIGHUP, nil
+	case "USR1":
+		return syscall.SIGUSR1, nil
+	case "USR2":
+		return syscall.SIGUSR2, nil
+	}
+	return nil, errors.New("want HUP, USR1 or USR2")
 }
 
 // stopSignal asks a process to end gracefully; killSignal ends it.

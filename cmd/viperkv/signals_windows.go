@@ -3,6 +3,7 @@
 package main
 
 import (
+	"errors"
 	"os"
 	"syscall"
 )
@@ -33,3 +34,8 @@ func groupAlive(int) bool { return false }
 func statusOf(ps *os.ProcessState) int { return ps.ExitCode() }
 
 func signalStatus(os.Signal) int { return 1 }
+
+// reloadSignal: Windows has no signal a server takes as "re-read your files".
+func reloadSignal(string) (os.Signal, error) {
+	return nil, errors.New("not supported on Windows, which has no such signals")
+}
