@@ -1,6 +1,7 @@
 package viperkv
 
 import (
+	"context"
 	"errors"
 	"fmt"
 	"log/slog"
@@ -38,7 +39,8 @@ import (
 // own transport.
 //
 // Every Load logs at Warn that the provider is not talking to Azure, to the provider's
-// logger or, when its logs are discarded (no WithLogger), to slog.Default().
+// logger or, when its logs are discarded (no WithLogger), to slog.Default(). Load first
+// dials the emulator, and fails at once, saying so, when it is not running.
 func WithEmulatorInfo(infoPath string) Option {
 	return func(o *options) { o.localEmulator = &localEmulator{path: infoPath} }
 }
@@ -47,6 +49,7 @@ func WithEmulatorInfo(infoPath string) Option {
 type localEmulator struct {
 	path string
 	log  *slog.Logger
+	imds string // the emulator's identity listener, dialed before each Load
 }
 
 // apply reads the info file and sets o up to reach the emulator.
@@ -68,11 +71,25 @@ func (e *localEmulator) apply(o *options) error {
 	if err != nil {
 		return wrap(err)
 	}
+	e.imds = rt.IMDS
 	o.transport = &http.Client{Transport: emuinfo.Transport(pool, rt),
 		CheckRedirect: func(*http.Request, []*http.Request) error { return http.ErrUseLastResponse }}
 	e.log = o.logger
 	if e.log.Handler() == slog.DiscardHandler {
 		e.log = slog.Default()
+	}
+	return nil
+}
+
+// running fails at once when the emulator is not running (an info file left behind), so
+// that Load says so instead of failing each reference after the SDK's retries. e may be
+// nil.
+func (e *localEmulator) running(ctx context.Context) error {
+	if e == nil || e.imds == "" {
+		return nil
+	}
+	if err := emuinfo.Running(ctx, e.imds); err != nil {
+		return fmt.Errorf("viperkv: Load: the emulator of %s is not running (%v): start it with viperkv emulator --info %s", e.path, err, e.path)
 	}
 	return nil
 }

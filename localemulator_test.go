@@ -266,3 +266,43 @@ func TestRootDoesNotImportKvtest(t *testing.T) {
 		t.Fatalf("go list -deps listed %d packages; the check proves nothing", n)
 	}
 }
+
+// TestWithLocalEmulatorNotRunning: an emulator that is gone (its info file left behind)
+// is said at once by Load, naming the info file, instead of failing each reference after
+// the SDK's retries and the fetch deadline.
+func TestWithLocalEmulatorNotRunning(t *testing.T) {
+	srv, kv := newLocalVault(t)
+	kv.SetSecret("db-conn", "not-running-value")
+	path := writeEmulatorInfo(t, srv, nil)
+	info, err := emuinfo.Read(path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	ca, err := os.ReadFile(info.CAFile)
+	if err != nil {
+		t.Fatal(err)
+	}
+	srv.Close() // its ports now refuse connections; put back the files a crash would leave behind
+	if err := os.WriteFile(info.CAFile, ca, 0o600); err != nil {
+		t.Fatal(err)
+	}
+	if err := info.WriteFile(path); err != nil {
+		t.Fatal(err)
+	}
+	p, err := viperkv.New(yamlViper(t, `db: "@KeyVault(VaultName=myvault;SecretName=db-conn)"`), viperkv.WithEmulatorInfo(path))
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	err = p.Load(ctx)
+	if err == nil || !strings.Contains(err.Error(), "the emulator of "+path+" is not running (connection refused at 127.0.0.1:") {
+		t.Fatalf("Load = %v, want it to say the emulator is not running", err)
+	}
+	if ctx.Err() != nil {
+		t.Error("Load waited for its deadline instead of saying so at once")
+	}
+	if p.Status() != nil {
+		t.Errorf("Status after a Load that did not start: %v", p.Status())
+	}
+}

@@ -244,6 +244,9 @@ func (p *Provider) Load(ctx context.Context) error {
 	}
 	defer done()
 	p.opts.localEmulator.warn()
+	if err := p.opts.localEmulator.running(ctx); err != nil {
+		return err
+	}
 	p.updateMu.Lock()
 	defer p.updateMu.Unlock()
 	start := time.Now()

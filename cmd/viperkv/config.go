@@ -1,12 +1,12 @@
 package main
 
 import (
+	"context"
 	"encoding/json"
 	"errors"
 	"fmt"
 	"io"
 	"log/slog"
-	"net"
 	"net/http"
 	"net/url"
 	"os"
@@ -15,7 +15,6 @@ import (
 	"sort"
 	"strconv"
 	"strings"
-	"syscall"
 	"time"
 
 	"github.com/Azure/azure-sdk-for-go/sdk/azcore"
@@ -213,19 +212,9 @@ func emulatorRunning(what string, info *emuinfo.Info) error {
 	if err != nil || u.Host == "" {
 		return usageError("%s: the info file has no identity_endpoint", what)
 	}
-	c, err := net.DialTimeout("tcp", u.Host, time.Second)
-	if err != nil {
-		why := err.Error()
-		var ne net.Error
-		switch {
-		case errors.Is(err, syscall.ECONNREFUSED):
-			why = "connection refused"
-		case errors.As(err, &ne) && ne.Timeout():
-			why = "no answer within 1s"
-		}
-		return fmt.Errorf("the emulator of %s is not running (%s at %s)", what, why, u.Host)
+	if err := emuinfo.Running(context.Background(), u.Host); err != nil {
+		return fmt.Errorf("the emulator of %s is not running (%v)", what, err)
 	}
-	_ = c.Close() // only the dial mattered
 	return nil
 }
 

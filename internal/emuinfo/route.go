@@ -4,6 +4,7 @@ import (
 	"context"
 	"crypto/tls"
 	"crypto/x509"
+	"errors"
 	"fmt"
 	"net"
 	"net/http"
@@ -11,6 +12,7 @@ import (
 	"regexp"
 	"strings"
 	"syscall"
+	"time"
 
 	"github.com/viperkv/viperkv/internal/cloud"
 )
@@ -27,11 +29,17 @@ func VaultSuffix(host string) string {
 // and the emulator's certificate is valid for it.
 const EventGridHost = "rp-kvtest.eventgrid.azure.net"
 
+// LegacyAuthorityHost is the public cloud's older Entra ID host, the authority Key Vault's
+// 401 challenges name (authorization="https://login.windows.net/<tenant>"). The emulator's
+// Entra listener serves it too, so a client that signs in where the challenge says
+// reaches it.
+const LegacyAuthorityHost = "login.windows.net"
+
 // Router dials production hosts to the emulator's listeners: vault hosts (by Vault; an
 // unknown vault host is a name that does not resolve), 169.254.169.254:80 to IMDS, and the
-// Entra ID hosts and [EventGridHost] to Entra. It fails closed: any other address is
-// refused unless Direct allows it, so nothing routed through it reaches Azure or any host
-// the emulator does not stand for.
+// Entra ID hosts, [LegacyAuthorityHost] and [EventGridHost] to Entra. It fails closed:
+// any other address is refused unless Direct allows it, so nothing routed through it
+// reaches Azure or any host the emulator does not stand for.
 type Router struct {
 	Vault func(host string) (addr string, ok bool)
 	IMDS  string // 127.0.0.1:PORT
@@ -54,7 +62,7 @@ func (rt *Router) Dial(ctx context.Context, network, addr string) (net.Conn, err
 	switch {
 	case h == "169.254.169.254" && port == "80" && rt.IMDS != "":
 		return rt.dialer.DialContext(ctx, network, rt.IMDS)
-	case (cloud.IsAuthorityHost(h) || h == EventGridHost) && rt.Entra != "":
+	case (cloud.IsAuthorityHost(h) || h == LegacyAuthorityHost || h == EventGridHost) && rt.Entra != "":
 		if port != "443" {
 			return nil, refused(network, addr)
 		}
@@ -146,3 +154,26 @@ func VaultHost(name string) (string, error) {
 }
 
 var vaultLabelRE = regexp.MustCompile(`^[a-z0-9](?:[a-z0-9-]{0,61}[a-z0-9])?$`)
+
+// Running dials addr (an emulator's listener) once, bounded by a second, so that an
+// emulator that is gone (its info file left behind) is said at once instead of after an
+// SDK's retries. The error says why in a few words: "connection refused at ADDR".
+func Running(ctx context.Context, addr string) error {
+	ctx, cancel := context.WithTimeout(ctx, time.Second)
+	defer cancel()
+	var d net.Dialer
+	c, err := d.DialContext(ctx, "tcp", addr)
+	if err != nil {
+		why := err.Error()
+		var ne net.Error
+		switch {
+		case errors.Is(err, syscall.ECONNREFUSED):
+			why = "connection refused"
+		case errors.As(err, &ne) && ne.Timeout():
+			why = "no answer within 1s"
+		}
+		return fmt.Errorf("%s at %s", why, addr)
+	}
+	_ = c.Close() // only the dial mattered
+	return nil
+}
