@@ -45,7 +45,7 @@ type config struct {
 // transport) for one of audiences (the webhook app's application ID or ID URI, the
 // subscription's "Microsoft Entra application ID or URI"), issued to Event Grid's own
 // application and holding the app role the webhook app assigns it (Role; default
-// DefaultRole). Validation handshakes must carry it too.
+// DefaultRole). Validation handshakes are answered without it (see NewHandler).
 func Entra(tenantID string, audiences ...string) Option {
 	return func(c *config) {
 		c.tenant = strings.ToLower(strings.TrimSpace(tenantID))
@@ -66,7 +66,8 @@ func Role(role string) Option {
 
 // Header accepts deliveries carrying header name with exactly value: an Event Grid custom
 // delivery property (mark it secret in the subscription). With Entra too, a delivery must
-// pass both.
+// pass both. Validation handshakes are answered without it (see NewHandler): Azure does not
+// document that they carry custom delivery properties.
 func Header(name, value string) Option {
 	return func(c *config) {
 		if strings.TrimSpace(name) == "" || value == "" {
@@ -80,6 +81,14 @@ func Header(name, value string) Option {
 // maxBody is Event Grid's limit on an event (and so on a delivery of one).
 const maxBody = 1 << 20
 
+// maxHandshake bounds what the handler reads of a request that failed authentication to
+// see whether it is a subscription validation handshake (Event Grid's is under 1 KB).
+const maxHandshake = 64 << 10
+
+// aegSubscriptionValidation is the aeg-event-type header of Event Grid's validation
+// handshake (deliveries carry Notification).
+const aegSubscriptionValidation = "SubscriptionValidation"
+
 // Handler is the webhook: an http.Handler for Event Grid deliveries to one Provider.
 type Handler struct {
 	p        *viperkv.Provider
@@ -87,7 +96,9 @@ type Handler struct {
 	header   *headerAuth
 	log      *slog.Logger
 	outcomes metric.Int64Counter
-	refusals refusalLog
+	// refusals and handshakes throttle the logs of requests anyone can send: refused
+	// requests and handshakes answered without authentication.
+	refusals, handshakes throttle
 }
 
 // NewHandler returns the webhook for p. Mount it on a path of the service's own server and
@@ -95,18 +106,29 @@ type Handler struct {
 // CloudEvents 1.0, webhook endpoint).
 //
 // Authentication is required: Entra, Header or both; without either NewHandler returns an
-// error. A request that fails it gets 401 before its body is read. The handler answers both
-// schemas' validation handshakes (the Event Grid schema's SubscriptionValidationEvent,
-// CloudEvents' OPTIONS abuse protection), 413 to a body over 1 MB, 400 to malformed JSON,
-// 503 before the first Load and when the provider's queue is full (Event Grid retries),
-// and 200 to events it accepts or ignores (other event types, vaults or secrets no
-// versionless reference names, duplicates). It answers before fetching: accepted events go
-// to the provider's own workers (viperkv.Provider.Enqueue), which Close stops, and what they
-// change reaches OnChange watchers with Source SourcePush. Polling (Watch) stays the safety
-// net: Event Grid may lose events, and disabling or deleting a secret publishes none.
+// error. A delivery that fails it gets 401 (503 when the tenant's signing keys cannot be
+// fetched now) before its body is read, and changes nothing.
+//
+// The handler answers both schemas' validation handshakes, with or without the token and
+// the header: a handshake proves the endpoint to Event Grid and changes nothing, and Azure
+// documents no custom delivery header on it. CloudEvents' OPTIONS abuse protection request
+// gets WebHook-Allowed-Origin, WebHook-Allowed-Rate and Allow: POST. The Event Grid schema's
+// SubscriptionValidationEvent gets {"validationResponse": code}; unauthenticated, it is
+// answered only when the request says it is one (aeg-event-type: SubscriptionValidation)
+// and its body, at most 64 KB, is that one event alone. Anything else unauthenticated, a
+// batch holding a validation event among other events included, is refused as a delivery.
+//
+// It answers 413 to a body over 1 MB, 400 to malformed JSON, 503 before the first Load and
+// when the provider's queue is full (Event Grid retries), and 200 to events it accepts or
+// ignores (other event types, vaults or secrets no versionless reference names,
+// duplicates). It answers before fetching: accepted events go to the provider's own
+// workers (viperkv.Provider.Enqueue), which Close stops, and what they change reaches
+// OnChange watchers with Source SourcePush. Polling (Watch) stays the safety net: Event
+// Grid may lose events, and disabling or deleting a secret publishes none.
 //
 // It logs event ids, types, vault and secret names, never anything else of a delivery;
-// refused requests are logged at Debug, with a Warn at most once a minute counting them.
+// refused requests are logged at Debug, with a Warn at most once a minute counting them,
+// and so are handshakes answered without authentication, with an Info.
 func NewHandler(p *viperkv.Provider, opts ...Option) (*Handler, error) {
 	if p == nil {
 		return nil, errors.New("eventgrid: NewHandler: nil *viperkv.Provider")
@@ -146,25 +168,22 @@ func NewHandler(p *viperkv.Provider, opts ...Option) (*Handler, error) {
 	return h, nil
 }
 
-// ServeHTTP authenticates, then answers handshakes or accepts the delivery's events.
+// ServeHTTP answers handshakes, authenticates deliveries and accepts their events.
 func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request) {
-	if status, err := h.authenticate(r); err != nil {
-		h.refusals.note(h.log, status, err)
-		if h.entra != nil && status == http.StatusUnauthorized {
-			w.Header().Set("WWW-Authenticate", "Bearer")
-		}
-		if status == http.StatusServiceUnavailable {
-			w.Header().Set("Retry-After", "10")
-		}
-		h.count(r, "refused")
-		http.Error(w, http.StatusText(status), status)
-		return
-	}
-	switch r.Method {
-	case http.MethodOptions:
+	if r.Method == http.MethodOptions {
+		// CloudEvents' abuse protection: it changes nothing, so it needs no credentials.
 		h.count(r, "handshake")
 		h.allowOrigin(w, r)
 		return
+	}
+	if status, err := h.authenticate(r); err != nil {
+		if h.validateUnauthenticated(w, r) {
+			return
+		}
+		h.refuse(w, r, status, err)
+		return
+	}
+	switch r.Method {
 	case http.MethodPost:
 	default:
 		w.Header().Set("Allow", "POST, OPTIONS")
@@ -223,6 +242,51 @@ func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	w.WriteHeader(http.StatusOK)
 }
 
+// refuse answers a request that failed authentication with status (401, or 503 when a
+// token cannot be checked now).
+func (h *Handler) refuse(w http.ResponseWriter, r *http.Request, status int, err error) {
+	h.log.Debug("viperkv: Event Grid request refused", "status", status, "reason", err.Error())
+	if n, due := h.refusals.tick(); due {
+		h.log.Warn("viperkv: Event Grid requests refused (reasons at Debug)", "refused", n, "last_status", status)
+	}
+	if h.entra != nil && status == http.StatusUnauthorized {
+		w.Header().Set("WWW-Authenticate", "Bearer")
+	}
+	if status == http.StatusServiceUnavailable {
+		w.Header().Set("Retry-After", "10")
+	}
+	h.count(r, "refused")
+	http.Error(w, http.StatusText(status), status)
+}
+
+// validateUnauthenticated answers the Event Grid schema's validation handshake of a
+// request that failed authentication, and reports whether it did. It answers only a POST
+// marked aeg-event-type: SubscriptionValidation whose body, at most maxHandshake, is one
+// SubscriptionValidationEvent with a code and nothing else: no event of a delivery gets
+// past authentication riding along with a handshake. It reads no body of any other request.
+func (h *Handler) validateUnauthenticated(w http.ResponseWriter, r *http.Request) bool {
+	if r.Method != http.MethodPost || !strings.EqualFold(strings.TrimSpace(r.Header.Get("aeg-event-type")), aegSubscriptionValidation) ||
+		r.ContentLength > maxHandshake {
+		return false
+	}
+	body, err := io.ReadAll(io.LimitReader(r.Body, maxHandshake+1))
+	if err != nil || len(body) > maxHandshake {
+		return false
+	}
+	events, err := parseDelivery(r.Header.Get("Content-Type"), body)
+	if err != nil || len(events) != 1 || !strings.EqualFold(events[0].typ, subscriptionValidationEvent) ||
+		events[0].field("validationcode") == "" {
+		return false
+	}
+	h.count(r, "handshake")
+	h.log.Debug("viperkv: Event Grid subscription validation answered without authentication", "id", events[0].id)
+	if n, due := h.handshakes.tick(); due {
+		h.log.Info("viperkv: Event Grid handshakes answered without authentication (a handshake changes nothing; details at Debug)", "answered", n)
+	}
+	h.respondValidation(w, events[0].field("validationcode"))
+	return true
+}
+
 // unavailable answers 503 with a Retry-After, so Event Grid tries again.
 func (h *Handler) unavailable(w http.ResponseWriter, r *http.Request, outcome, why string) {
 	h.count(r, outcome)
@@ -249,20 +313,28 @@ func (h *Handler) authenticate(r *http.Request) (int, error) {
 	return 0, nil
 }
 
-// allowOrigin answers CloudEvents' abuse protection handshake.
+// allowOrigin answers CloudEvents' abuse protection handshake without checking
+// credentials: the origin it names is logged at Debug, with an Info at most once a minute.
 func (h *Handler) allowOrigin(w http.ResponseWriter, r *http.Request) {
 	origin := strings.TrimSpace(r.Header.Get("WebHook-Request-Origin"))
 	if origin == "" {
 		http.Error(w, "OPTIONS without WebHook-Request-Origin", http.StatusBadRequest)
 		return
 	}
-	h.log.Info("viperkv: Event Grid (CloudEvents) handshake answered", "origin", origin)
+	h.log.Debug("viperkv: Event Grid (CloudEvents) handshake answered", "origin", origin)
+	if n, due := h.handshakes.tick(); due {
+		h.log.Info("viperkv: Event Grid handshakes answered without authentication (a handshake changes nothing; details at Debug)", "answered", n)
+	}
+	// CloudEvents 1.0 webhook spec, 4.2: the origin allowed to deliver, the rate allowed
+	// (any) and, in Allow, the method it delivers with.
+	w.Header().Set("Allow", http.MethodPost)
 	w.Header().Set("WebHook-Allowed-Origin", origin)
 	w.Header().Set("WebHook-Allowed-Rate", "*")
 	w.WriteHeader(http.StatusOK)
 }
 
-// validate answers the Event Grid schema's subscription validation handshake.
+// validate answers the Event Grid schema's subscription validation handshake of an
+// authenticated request.
 func (h *Handler) validate(w http.ResponseWriter, e deliveredEvent) {
 	code := e.field("validationcode")
 	if code == "" {
@@ -270,6 +342,11 @@ func (h *Handler) validate(w http.ResponseWriter, e deliveredEvent) {
 		return
 	}
 	h.log.Info("viperkv: Event Grid subscription validation answered", "id", e.id)
+	h.respondValidation(w, code)
+}
+
+// respondValidation writes the answer to a SubscriptionValidationEvent.
+func (h *Handler) respondValidation(w http.ResponseWriter, code string) {
 	w.Header().Set("Content-Type", "application/json")
 	_ = json.NewEncoder(w).Encode(map[string]string{"validationResponse": code})
 }
@@ -303,22 +380,26 @@ func (h *Handler) accept(e deliveredEvent) (bool, error) {
 	return true, nil
 }
 
-// refusalLog logs refused requests at Debug, and at Warn at most once a minute with how
-// many were refused: a stream of forged requests must not flood the logs, nor write the
-// claims an attacker chose into them at Warn.
-type refusalLog struct {
-	mu      sync.Mutex
-	last    time.Time
-	refused int
+// throttle paces the summary log lines of requests anyone can send (refusals, handshakes
+// answered without authentication): each is logged at Debug, and a summary counting them
+// at most once a minute, so a stream of forged requests cannot flood the logs, nor write
+// what an attacker chose into them above Debug.
+type throttle struct {
+	mu   sync.Mutex
+	last time.Time
+	n    int
 }
 
-func (l *refusalLog) note(log *slog.Logger, status int, err error) {
-	log.Debug("viperkv: Event Grid request refused", "status", status, "reason", err.Error())
-	l.mu.Lock()
-	defer l.mu.Unlock()
-	l.refused++
-	if now := time.Now(); now.Sub(l.last) >= time.Minute {
-		log.Warn("viperkv: Event Grid requests refused (reasons at Debug)", "refused", l.refused, "last_status", status)
-		l.last, l.refused = now, 0
+// tick counts one request and reports, at most once a minute, that a summary is due and
+// how many requests it covers.
+func (t *throttle) tick() (int, bool) {
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	t.n++
+	if now := time.Now(); now.Sub(t.last) >= time.Minute {
+		n := t.n
+		t.last, t.n = now, 0
+		return n, true
 	}
+	return 0, false
 }

@@ -30,10 +30,21 @@ func (e deliveredEvent) field(key string) string {
 	return strings.TrimSpace(s)
 }
 
-// unix returns data's numeric field key as a time (zero when absent or null).
+// maxUnix is the last second of year 9999: a larger NBF or EXP is not a time.
+const maxUnix = 253402300799
+
+// unix returns data's field key, Unix seconds, as a time. Key Vault's events carry NBF and
+// EXP as numbers or, as Azure's documented samples do, as numeric strings ("1559082102");
+// both are read. Anything else (absent, null, a string that is no number, a bool, an
+// object, a time out of range) is zero: the notice goes on without it.
 func (e deliveredEvent) unix(key string) time.Time {
+	raw := e.data[key]
+	var s string
+	if json.Unmarshal(raw, &s) == nil {
+		raw = []byte(strings.TrimSpace(s)) // read the string's text as a JSON number
+	}
 	var f *float64
-	if json.Unmarshal(e.data[key], &f) != nil || f == nil || *f <= 0 {
+	if json.Unmarshal(raw, &f) != nil || f == nil || *f <= 0 || *f > maxUnix {
 		return time.Time{}
 	}
 	return time.Unix(int64(*f), 0)
@@ -70,7 +81,9 @@ func (e deliveredEvent) notice() (viperkv.Notice, bool) {
 // Grid's schemas: an Event Grid schema event or array, a CloudEvents 1.0 event or batch.
 // Events of other types (keys, certificates, a subscription validation) are skipped; a
 // body that is neither schema, or whose event data names a field twice (in any case), is an
-// error. Hand each notice to [viperkv.Provider.Notify] (or Enqueue), which ignores
+// error. A notice's NotBefore and Expires come from the data's NBF and EXP, Unix seconds
+// as a number or a numeric string (Azure's samples send "1559082102"); any other value
+// leaves them zero. Hand each notice to [viperkv.Provider.Notify] (or Enqueue), which ignores
 // duplicates and secrets the configuration does not reference.
 //
 // It authenticates nothing: the body must come from a channel that did (a Service Bus
