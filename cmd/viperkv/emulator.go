@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"log/slog"
 	"os"
 	"os/signal"
 	"path/filepath"
@@ -24,6 +25,7 @@ type emulatorFlags struct {
 	seed, info, caFile string
 	tokenLifetime      time.Duration
 	deletionWindow     time.Duration
+	verbose            bool
 }
 
 func newEmulatorCmd() *cobra.Command {
@@ -51,13 +53,37 @@ For each identity with "federated: true" it also writes a Kubernetes service acc
 token next to the info file (recorded as identities.<name>.federated_token_file) and
 prints the variables AKS workload identity sets in a pod, so that
 azidentity.NewWorkloadIdentityCredential and "viperkv --credential workload-identity"
-sign in through its Entra ID token endpoint.`,
-		Example: `  viperkv emulator --seed testdata/emulator-seed.yaml --info /tmp/kv/info.json`,
-		Args:    cobra.NoArgs,
+sign in through its Entra ID token endpoint.
+
+With --verbose it logs to stderr, one line each, what it serves: tokens issued (identity,
+resource, endpoint), challenges, tokens validated, RBAC decisions (allowed or denied, with
+the data action), secrets read (name and version), Event Grid handshakes, events
+published and deliveries (status, attempt), and what the proxy tunnels or refuses. It
+never logs a secret value, a token or the identity header. Without --verbose it prints
+only the instructions above.
+
+An emulator owns its --info path while it runs: a second emulator given the same path
+refuses to start (exit status 1) and names the running one's pid and address, instead of
+replacing the files the first one's users read. The lock is PATH.lock beside the info
+file, held with flock(2) and removed on exit; the kernel releases it when the process
+dies, so an info file left by a killed emulator does not block a new start. The existing
+info file is also probed (its Entra listener must answer over TLS with its CA), which
+catches an emulator that holds no lock (and is the only check on Windows).
+
+"viperkv emulator secret" changes and reads the secrets of a running emulator.`,
+		Example: `  viperkv emulator --seed testdata/emulator-seed.yaml --info /tmp/kv.json
+
+  # log every token, RBAC decision, secret read and Event Grid delivery to stderr
+  viperkv emulator --seed testdata/emulator-seed.yaml --info /tmp/kv.json --verbose 2>emulator.log
+
+  # a second emulator on the same --info refuses (exit status 1):
+  viperkv emulator --info /tmp/kv.json
+  # viperkv: --info /tmp/kv.json belongs to a running emulator (pid 4242, proxy http://127.0.0.1:41234): ...`,
+		Args: subcommandArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
 			ctx, stop := signal.NotifyContext(cmd.Context(), os.Interrupt, syscall.SIGTERM)
 			defer stop()
-			return runEmulator(ctx, cmd.OutOrStdout(), f)
+			return runEmulator(ctx, cmd.OutOrStdout(), cmd.ErrOrStderr(), f)
 		},
 	}
 	cmd.Flags().StringVar(&f.seed, "seed", "", "YAML seed with vaults, secrets, identities and grants")
@@ -67,21 +93,39 @@ sign in through its Entra ID token endpoint.`,
 		"lifetime of issued tokens; 5m or less makes MSAL fetch a new token for every call")
 	cmd.Flags().DurationVar(&f.deletionWindow, "deletion-window", kvtest.DefaultDeletionWindow,
 		"how long a DELETE or a purge takes, as on Key Vault: meanwhile purge, recover and re-create answer 409 ObjectIsBeingDeleted (0: instant)")
+	cmd.Flags().BoolVarP(&f.verbose, "verbose", "v", false,
+		"log each token issued, RBAC decision, secret read and Event Grid handshake or delivery to stderr (never a secret value)")
 	return cmd
 }
 
-// runEmulator starts the emulator and serves until ctx ends.
-func runEmulator(ctx context.Context, out io.Writer, f emulatorFlags) error {
+// runEmulator starts the emulator and serves until ctx ends. The instructions go to out;
+// with --verbose, the emulator's log goes to errOut.
+func runEmulator(ctx context.Context, out, errOut io.Writer, f emulatorFlags) error {
 	if f.deletionWindow < 0 {
 		return usageError("--deletion-window must not be negative")
 	}
 	opts := []kvtest.Option{kvtest.WithTokenLifetime(f.tokenLifetime), kvtest.WithDeletionWindow(f.deletionWindow)}
+	if f.verbose {
+		// kvtest logs names, versions, identities, actions and statuses: never a value, a
+		// token or the identity header.
+		h := slog.NewTextHandler(errOut, &slog.HandlerOptions{Level: slog.LevelInfo})
+		opts = append(opts, kvtest.WithLogger(slog.New(h)), kvtest.WithErrorLog(slog.NewLogLogger(h, slog.LevelWarn)))
+	}
 	if f.seed != "" {
 		seed, err := os.ReadFile(f.seed)
 		if err != nil {
 			return seedError(f.seed, err)
 		}
 		opts = append(opts, kvtest.WithSeed(seed))
+	}
+	if f.info != "" {
+		// Before the listeners start: a refused emulator touches nothing. Released after
+		// srv.Close has removed the files (deferred calls run last first).
+		release, err := claimInfo(f.info)
+		if err != nil {
+			return err
+		}
+		defer release()
 	}
 	srv, err := kvtest.Start(opts...)
 	if err != nil {

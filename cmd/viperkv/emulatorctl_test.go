@@ -31,9 +31,10 @@ vaults:
         role: Key Vault Secrets Officer
 `
 
-// standaloneEmulator runs viperkv emulator with seed as a process of its own and returns
-// it and its info file once written; the emulator is killed when the test ends.
-func standaloneEmulator(t *testing.T, seed string) (*proc, string) {
+// standaloneEmulator runs viperkv emulator with seed (and args) as a process of its own
+// and returns it and its info file once it is serving; the emulator is killed when the
+// test ends.
+func standaloneEmulator(t *testing.T, seed string, args ...string) (*proc, string) {
 	t.Helper()
 	dir := t.TempDir()
 	seedPath := filepath.Join(dir, "seed.yaml")
@@ -41,21 +42,17 @@ func standaloneEmulator(t *testing.T, seed string) (*proc, string) {
 		t.Fatal(err)
 	}
 	info := filepath.Join(dir, "kv.json")
-	p := start(t, nil, "emulator", "--seed", seedPath, "--info", info)
-	deadline := time.Now().Add(20 * time.Second)
-	for {
-		if _, err := os.Stat(info); err == nil {
-			return p, info
-		}
-		select {
-		case <-p.exited:
-			t.Fatalf("the emulator exited (status %d)\n%s%s", p.code, p.stdout.String(), p.stderr.String())
-		case <-time.After(20 * time.Millisecond):
-		}
-		if time.Now().After(deadline) {
-			t.Fatalf("no info file after 20 s\n%s%s", p.stdout.String(), p.stderr.String())
-		}
-	}
+	return emulatorAt(t, seedPath, info, args...), info
+}
+
+// emulatorAt runs viperkv emulator --seed seedPath --info info (and args) and returns it
+// once it is serving: the instructions, printed after the info file, are out. An info
+// file there before (a stale one) does not count.
+func emulatorAt(t *testing.T, seedPath, info string, args ...string) *proc {
+	t.Helper()
+	p := start(t, nil, append([]string{"emulator", "--seed", seedPath, "--info", info}, args...)...)
+	p.waitOutput("Press Ctrl+C to stop.")
+	return p
 }
 
 // ctl runs viperkv emulator secret ARGS against the emulator of info, with stdin.
@@ -173,6 +170,22 @@ func TestEmulatorSecretErrors(t *testing.T) {
 			[]string{"missing the value: VALUE, - (stdin) or --from-file PATH"}},
 		{"unreadable file", info, []string{"set", "myvault", "db-conn", "--from-file", filepath.Join(t.TempDir(), "absent")}, 2,
 			[]string{"--from-file: open "}},
+		{"tag without =", info, []string{"set", "myvault", "db-conn", "-", "--tag", "env"}, 2,
+			[]string{`--tag "env": want KEY=VALUE`}},
+		{"tag twice", info, []string{"set", "myvault", "db-conn", "-", "--tag", "env=a", "--tag", "env=b"}, 2,
+			[]string{"--tag env: given twice"}},
+		{"get without role", info, []string{"get", "myvault", "db-conn", "--identity", "noaccess"}, 1,
+			[]string{"viperkv: get as noaccess: the vault answered 403 Forbidden (ForbiddenByRbac)"}},
+		{"get missing", info, []string{"get", "myvault", "nosuch"}, 1,
+			[]string{"get as rotator: the vault answered 404 SecretNotFound"}},
+		{"versions missing", info, []string{"versions", "myvault", "nosuch"}, 1,
+			[]string{"versions as rotator: the vault answered 404 SecretNotFound"}},
+		{"recover not deleted", info, []string{"recover", "myvault", "db-conn"}, 1,
+			[]string{"recover as rotator: the vault answered 404 SecretNotFound"}},
+		{"purge not deleted", info, []string{"purge", "myvault", "db-conn"}, 1,
+			[]string{"purge as rotator: the vault answered 404 SecretNotFound"}},
+		{"list without vault", info, []string{"list"}, 2,
+			[]string{"accepts 1 arg(s), received 0", "Run 'viperkv emulator secret list --help' for usage."}},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			t.Parallel()
@@ -273,4 +286,263 @@ func seedIdentities(t *testing.T) []string {
 		names = append(names, id.Name)
 	}
 	return names
+}
+
+// listSeed is ctlSeed with a secret that has a content type, tags and an expiry.
+const listSeed = `
+identities:
+  - name: rotator
+vaults:
+  - name: myvault
+    secrets:
+      - name: db-conn
+        value: "first-value-of-db-conn"
+      - name: expiring
+        value: "value-of-expiring"
+        content_type: text/plain
+        expires: 2031-02-03T04:05:06Z
+        tags: {env: dev}
+    grants:
+      - identity: rotator
+        role: Key Vault Secrets Officer
+`
+
+// tableRows parses the output of list or versions: the header's columns, then one map per
+// row from column to cell. Cells hold no blanks (the CLI quotes those).
+func tableRows(t *testing.T, out string) []map[string]string {
+	t.Helper()
+	lines := strings.Split(strings.TrimSuffix(out, "\n"), "\n")
+	header := strings.Fields(lines[0])
+	var rows []map[string]string
+	for _, l := range lines[1:] {
+		cells := strings.Fields(l)
+		if len(cells) != len(header) {
+			t.Fatalf("row %q has %d cells, the header %d:\n%s", l, len(cells), len(header), out)
+		}
+		row := map[string]string{}
+		for i, h := range header {
+			row[h] = cells[i]
+		}
+		rows = append(rows, row)
+	}
+	return rows
+}
+
+// TestEmulatorSecretListAndVersions: set --tag and --content-type reach the vault (the SDK
+// reads them back), list shows each secret's latest version (enabled, updated, content
+// type, tags) and versions each version (enabled, created, expires), in a table; neither
+// shows a value, and both follow a disable.
+func TestEmulatorSecretListAndVersions(t *testing.T) {
+	t.Parallel()
+	_, info := standaloneEmulator(t, listSeed)
+	run := func(stdin string, args ...string) string {
+		t.Helper()
+		code, out, errOut := ctl(t, info, stdin, args...)
+		if code != 0 {
+			t.Fatalf("secret %s: exit %d\n%s%s", strings.Join(args, " "), code, out, errOut)
+		}
+		return out
+	}
+	first, second := sentinel(t), sentinel(t)
+	began := time.Now().Add(-time.Second).Truncate(time.Second)
+	out1 := run(first, "set", "myvault", "tagged", "-")
+	out2 := run(second, "set", "myvault", "tagged", "-", "--tag", "env=dev", "--tag", "owner=team,a", "--content-type", "application/json")
+	if want := ` (content type application/json; tags env=dev,owner="team,a")`; !strings.HasSuffix(strings.TrimSpace(out2), want) {
+		t.Errorf("set says %q, want it to end in %q", out2, want)
+	}
+	v1 := strings.TrimSpace(strings.TrimPrefix(out1, "myvault.vault.azure.net/tagged: new version "))
+	v2, _, _ := strings.Cut(strings.TrimPrefix(out2, "myvault.vault.azure.net/tagged: new version "), " ")
+	if len(v1) != 32 || len(v2) != 32 {
+		t.Fatalf("versions %q and %q from %q and %q", v1, v2, out1, out2)
+	}
+
+	list := run("", "list", "myvault")
+	rows := tableRows(t, list)
+	if got := strings.Fields(strings.SplitN(list, "\n", 2)[0]); !slices.Equal(got, []string{"NAME", "ENABLED", "UPDATED", "CONTENT-TYPE", "TAGS"}) {
+		t.Errorf("list header %q", got)
+	}
+	var names []string
+	byName := map[string]map[string]string{}
+	for _, r := range rows {
+		names = append(names, r["NAME"])
+		byName[r["NAME"]] = r
+	}
+	if !slices.Equal(names, []string{"db-conn", "expiring", "tagged"}) {
+		t.Fatalf("list names %q:\n%s", names, list)
+	}
+	// A value with a comma is quoted, so the list reads back.
+	if r := byName["tagged"]; r["ENABLED"] != "true" || r["CONTENT-TYPE"] != "application/json" || r["TAGS"] != `env=dev,owner="team,a"` {
+		t.Errorf("tagged row %q:\n%s", r, list)
+	}
+	if r := byName["expiring"]; r["CONTENT-TYPE"] != "text/plain" || r["TAGS"] != "env=dev" {
+		t.Errorf("expiring row %q", r)
+	}
+	if r := byName["db-conn"]; r["CONTENT-TYPE"] != "-" || r["TAGS"] != "-" {
+		t.Errorf("db-conn row %q", r)
+	}
+	updated, err := time.Parse(time.RFC3339, byName["tagged"]["UPDATED"])
+	if err != nil || updated.Before(began) || updated.After(time.Now().Add(time.Second)) {
+		t.Errorf("tagged updated %q (%v), want between %s and now", byName["tagged"]["UPDATED"], err, began)
+	}
+
+	run("", "disable", "myvault", "tagged", "--version", v1)
+	versions := run("", "versions", "myvault", "tagged")
+	vrows := tableRows(t, versions)
+	// Oldest first; created has seconds, as on Key Vault, so both may share one.
+	byVersion := map[string]map[string]string{}
+	for _, r := range vrows {
+		byVersion[r["VERSION"]] = r
+	}
+	if len(vrows) != 2 || byVersion[v1] == nil || byVersion[v2] == nil || vrows[0]["CREATED"] > vrows[1]["CREATED"] {
+		t.Fatalf("versions, want %s and %s, oldest first:\n%s", v1, v2, versions)
+	}
+	if byVersion[v1]["ENABLED"] != "false" || byVersion[v2]["ENABLED"] != "true" || byVersion[v1]["EXPIRES"] != "-" {
+		t.Errorf("versions after disabling the first:\n%s", versions)
+	}
+	if _, err := time.Parse(time.RFC3339, byVersion[v2]["CREATED"]); err != nil {
+		t.Errorf("created %q: %v", byVersion[v2]["CREATED"], err)
+	}
+	if ex := tableRows(t, run("", "versions", "myvault", "expiring")); len(ex) != 1 || ex[0]["EXPIRES"] != "2031-02-03T04:05:06Z" {
+		t.Errorf("expiring versions %q", ex)
+	}
+	// The latest version disabled: list says so.
+	run("", "disable", "myvault", "tagged")
+	for _, r := range tableRows(t, run("", "list", "myvault")) {
+		if r["NAME"] == "tagged" && r["ENABLED"] != "false" {
+			t.Errorf("tagged after disabling the latest: %q", r)
+		}
+	}
+	all := list + versions + out1 + out2
+	for _, v := range []string{first, second, "first-value-of-db-conn", "value-of-expiring"} {
+		assertNoValues(t, all, v)
+	}
+}
+
+// TestEmulatorSecretGetRecoverPurge: get prints the value exactly (the only command that
+// does); delete then recover at once waits out the deletion (409 ObjectIsBeingDeleted)
+// and the recovery (GET 404 until done), so a get right after it reads the value; a
+// --timeout shorter than the deletion ends recover with exit 1 and the vault's reason;
+// purge waits out the deletion too, after which the secret is gone for good; list
+// --deleted shows a deleted secret.
+func TestEmulatorSecretGetRecoverPurge(t *testing.T) {
+	t.Parallel()
+	_, info := standaloneEmulator(t, ctlSeed) // the default deletion window: 2s
+	// The output of every command but get.
+	var outputs []string
+	ctlAll := func(stdin string, args ...string) (int, string, string) {
+		t.Helper()
+		code, out, errOut := ctl(t, info, stdin, args...)
+		if args[0] != "get" {
+			outputs = append(outputs, out, errOut)
+		}
+		return code, out, errOut
+	}
+	run := func(stdin string, args ...string) string {
+		t.Helper()
+		code, out, errOut := ctlAll(stdin, args...)
+		if code != 0 {
+			t.Fatalf("secret %s: exit %d\n%s%s", strings.Join(args, " "), code, out, errOut)
+		}
+		return out
+	}
+	value := hardSentinel(t)
+	run(value, "set", "myvault", "back", "-")
+	if got := run("", "get", "myvault", "back"); got != value {
+		t.Fatalf("get printed %d bytes, not the value's %d exactly", len(got), len(value))
+	}
+
+	run("", "delete", "myvault", "back")
+	began := time.Now()
+	out := run("", "recover", "myvault", "back")
+	if !strings.HasPrefix(out, "myvault.vault.azure.net/back: recovered (latest version ") || !strings.HasSuffix(out, "; readable again\n") {
+		t.Errorf("recover says %q", out)
+	}
+	if took := time.Since(began); took < time.Second {
+		t.Errorf("recover returned after %s, inside the 2s deletion window: it did not wait for the deletion", took)
+	}
+	if got := run("", "get", "myvault", "back"); got != value {
+		t.Errorf("get right after recover printed %d bytes, not the value", len(got))
+	}
+
+	other := sentinel(t)
+	run(other, "set", "myvault", "gone", "-")
+	run("", "delete", "myvault", "gone")
+	code, out, errOut := ctlAll("", "recover", "myvault", "gone", "--timeout", "500ms")
+	if code != 1 || out != "" || !strings.Contains(errOut, "recover as rotator: the vault answered 409 Conflict (ObjectIsBeingDeleted)") {
+		t.Errorf("recover --timeout 500ms during the deletion: exit %d\n%s%s", code, out, errOut)
+	}
+	if out := run("", "purge", "myvault", "gone"); out != "myvault.vault.azure.net/gone: purged (it cannot be recovered)\n" {
+		t.Errorf("purge says %q", out)
+	}
+	for _, args := range [][]string{{"recover", "myvault", "gone"}, {"get", "myvault", "gone"}} {
+		if code, out, errOut := ctlAll("", args...); code != 1 || !strings.Contains(errOut, "404 SecretNotFound") {
+			t.Errorf("%s after purge: exit %d\n%s%s", args[0], code, out, errOut)
+		}
+	}
+
+	run("", "delete", "myvault", "db-conn")
+	deadline := time.Now().Add(15 * time.Second)
+	for {
+		rows := tableRows(t, run("", "list", "myvault", "--deleted"))
+		if len(rows) == 1 && rows[0]["NAME"] == "db-conn" && rows[0]["DELETED"] != "-" && rows[0]["SCHEDULED-PURGE"] != "-" {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("list --deleted does not show db-conn after 15s: %q", rows)
+		}
+		time.Sleep(200 * time.Millisecond)
+	}
+	if out := run("", "list", "myvault"); strings.Contains(out, "db-conn") {
+		t.Errorf("list shows the deleted db-conn:\n%s", out)
+	}
+	all := strings.Join(outputs, "\n")
+	assertNoSentinel(t, "secret commands but get", all, value)
+	assertNoValues(t, all, other, "first-value-of-db-conn")
+}
+
+// TestEmulatorSecretUnknownCommand: a misspelled command of viperkv emulator or viperkv
+// emulator secret is a usage error (exit 2) with a suggestion, where cobra printed the
+// help and exited 0; with no command, secret prints its help; the help lists the new
+// commands and flags.
+func TestEmulatorSecretUnknownCommand(t *testing.T) {
+	t.Parallel()
+	for _, tc := range []struct {
+		args  []string
+		wants []string
+	}{
+		{[]string{"emulator", "secret", "sett", "myvault", "x", "y"}, []string{
+			`viperkv: unknown command "sett" for "viperkv emulator secret" (did you mean set?)`,
+			"Run 'viperkv emulator secret --help' for usage."}},
+		{[]string{"emulator", "secret", "lst"}, []string{`(did you mean list?)`}},
+		{[]string{"emulator", "secret", "recovr", "myvault", "x"}, []string{`(did you mean recover?)`}},
+		{[]string{"emulator", "secret", "frobnicate"}, []string{
+			`unknown command "frobnicate" for "viperkv emulator secret" (its commands: delete, disable, enable, get, list, purge, recover, set, versions)`}},
+		{[]string{"emulator", "secert", "list"}, []string{
+			`viperkv: unknown command "secert" for "viperkv emulator" (did you mean secret?)`, "Run 'viperkv emulator --help' for usage."}},
+	} {
+		code, out, errOut := cli(t, nil, tc.args...)
+		if code != 2 || out != "" {
+			t.Errorf("%s: exit %d, want 2\nstdout:\n%s\nstderr:\n%s", strings.Join(tc.args, " "), code, out, errOut)
+		}
+		for _, w := range tc.wants {
+			if !strings.Contains(errOut, w) {
+				t.Errorf("%s: stderr lacks %q:\n%s", strings.Join(tc.args, " "), w, errOut)
+			}
+		}
+	}
+	code, out, errOut := cli(t, nil, "emulator", "secret")
+	if code != 0 || !strings.Contains(out, "Available Commands:") {
+		t.Errorf("emulator secret: exit %d\n%s%s", code, out, errOut)
+	}
+	for _, w := range []string{"list ", "versions ", "get ", "recover ", "purge "} {
+		if !strings.Contains(out, "\n  "+w) {
+			t.Errorf("emulator secret help lacks the command %q:\n%s", w, out)
+		}
+	}
+	if code, out, _ := cli(t, nil, "emulator", "secret", "set", "--help"); code != 0 || !strings.Contains(out, "--tag stringArray") || !strings.Contains(out, "--content-type string") {
+		t.Errorf("secret set --help: exit %d, no --tag or --content-type:\n%s", code, out)
+	}
+	if code, out, _ := cli(t, nil, "emulator", "--help"); code != 0 || !strings.Contains(out, "-v, --verbose") {
+		t.Errorf("emulator --help: exit %d, no --verbose:\n%s", code, out)
+	}
 }
