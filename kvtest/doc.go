@@ -19,19 +19,29 @@
 //	resp, _ := client.GetSecret(ctx, "db-conn", "", nil)
 //
 // [Server.Client] routes production host names (myvault.vault.azure.net:443,
-// 169.254.169.254:80, login.microsoftonline.com:443) to the emulator's loopback listeners
+// 169.254.169.254:80, login.microsoftonline.com:443 and login.windows.net:443) to the
+// emulator's loopback listeners
 // and trusts its CA, so URLs keep their production form and the SDK's challenge resource
 // verification stays on.
 //
 // # What is emulated
 //
-//   - Key Vault: the 401 challenge (WWW-Authenticate with the tenant's authority and the
-//     cloud's resource), token validation from the Entra listener's discovery document and
-//     JWKS (signature, algorithm, audience, issuer, expiry, with 5 minutes of clock skew),
-//     RBAC per identity and vault, secrets with versions, attributes and tags, soft delete,
-//     paged lists (short pages on request), backup and restore, a deletion window, limits and
-//     api-version checks, the error bodies of the real service, and a token bucket of 4,000
-//     secret transactions per 10 s per vault answering 429 Throttled with Retry-After.
+//   - Key Vault: the 401 challenge (WWW-Authenticate with the tenant's authority, which in
+//     the public cloud is https://login.windows.net/<tenant> as in Key Vault's recorded
+//     challenges, and the cloud's resource), token validation from the Entra listener's
+//     discovery document and JWKS (signature, algorithm, audience, issuer, expiry, with 5
+//     minutes of clock skew), RBAC per identity and vault (with a propagation delay on
+//     request, [WithRBACPropagationDelay]), secrets with versions, attributes and tags, soft
+//     delete with a deletion window ([WithDeletionWindow]) and a recovery that completes
+//     asynchronously ([WithRecoveryDelay]), purge protection and soft delete retention per
+//     vault ([WithPurgeProtection], [WithRetentionDays]: purge refused with 403,
+//     recoveryLevel, recoverableDays and scheduledPurgeDate to match), paged lists (short
+//     pages on request, [WithShortPages], and a page size per vault, [WithPageSize]),
+//     versions listed by version ID rather than oldest first (Key Vault documents no
+//     order), 404 SecretNotFound for the versions of a missing secret, backup and restore,
+//     limits and api-version checks, the error bodies of the real service, and a token
+//     bucket of 4,000 secret transactions per 10 s per vault answering 429 Throttled with
+//     Retry-After.
 //   - Managed identity: App Service style (IDENTITY_ENDPOINT, X-IDENTITY-HEADER,
 //     api-version 2019-08-01, mi_res_id) and IMDS style (Metadata: true, api-version
 //     2018-02-01, msi_res_id); system-assigned and user-assigned identities by client,

@@ -29,7 +29,8 @@ import (
 //
 // The proxy tunnels CONNECT <vault>.vault.azure.net:443 (and the .vault.azure.cn and
 // .vault.usgovcloudapi.net suffixes) to that vault's listener and the Entra ID hosts
-// (login.microsoftonline.com, login.chinacloudapi.cn, login.microsoftonline.us) and the
+// (login.microsoftonline.com, login.chinacloudapi.cn, login.microsoftonline.us, and
+// login.windows.net, the authority Key Vault's challenges name) and the
 // host of Event Grid's validation URLs (rp-kvtest.eventgrid.azure.net, see
 // [EventSubscription.ManualValidationWindow]) on port 443 to the Entra listener; the
 // emulator's certificate is valid for those names, so TLS is end to end between the
@@ -108,7 +109,7 @@ type proxyRefusal struct {
 
 // proxiedHosts describes what the proxy routes, for refusal messages.
 const proxiedHosts = "it routes only CONNECT <vault>.vault.azure.net:443 (also .vault.azure.cn, .vault.usgovcloudapi.net), " +
-	"CONNECT login.microsoftonline.com:443 (also login.chinacloudapi.cn, login.microsoftonline.us), " +
+	"CONNECT login.microsoftonline.com:443 (also login.windows.net, login.chinacloudapi.cn, login.microsoftonline.us), " +
 	"CONNECT " + emuinfo.EventGridHost + ":443 (Event Grid's validation URLs) and " +
 	"http://169.254.169.254 (IMDS) to the emulator; it is not an open proxy"
 
@@ -134,7 +135,7 @@ func (s *Server) proxyTarget(hostport string, tunnel bool) (string, *proxyRefusa
 			return refuse("%s (IMDS listens on port 80 only)", what)
 		}
 		return s.imds.addr, nil
-	case cloud.IsAuthorityHost(h):
+	case cloud.IsAuthorityHost(h) || h == emuinfo.LegacyAuthorityHost:
 		if !tunnel {
 			return refuse("%s (Entra ID is HTTPS only: use https://%s)", what, h)
 		}

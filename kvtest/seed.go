@@ -37,12 +37,23 @@ type seedIdentity struct {
 	// it can sign in with [Server.FederatedToken] as an AKS workload identity. The
 	// standalone emulator writes such a token to a file for each federated identity.
 	Federated bool `yaml:"federated,omitempty"`
+	// ClientSecret, if set, gives the identity a client secret ([WithClientSecret]), as
+	// an app registration has one, so ClientSecretCredential (tenant, client ID, secret)
+	// signs in with it at the emulator's Entra ID. It must not be empty.
+	ClientSecret *string `yaml:"client_secret,omitempty"`
 }
 
 // seedVault is a vault of a [seedSpec].
 type seedVault struct {
 	// Name is a vault name (public cloud) or a full vault host.
 	Name string `yaml:"name"`
+	// PurgeProtection turns on purge protection ([WithPurgeProtection]).
+	PurgeProtection bool `yaml:"purge_protection,omitempty"`
+	// RetentionDays is the soft delete retention, 7 to 90 days ([WithRetentionDays]);
+	// default 90.
+	RetentionDays *int `yaml:"retention_days,omitempty"`
+	// PageSize is the most items a list page holds, 1 to 25 ([WithPageSize]); default 25.
+	PageSize *int `yaml:"page_size,omitempty"`
 	// Secrets to create, one version each (list a name twice for two versions).
 	Secrets []seedSecret `yaml:"secrets,omitempty"`
 	// Grants are role assignments on the vault.
@@ -245,6 +256,9 @@ func (sd *seedSpec) validate() error {
 		if id.ClientID != "" && !guidRE.MatchString(id.ClientID) {
 			errs = append(errs, fmt.Errorf("identities[%d]: client_id %q is not a GUID", i, id.ClientID))
 		}
+		if id.ClientSecret != nil && *id.ClientSecret == "" {
+			errs = append(errs, fmt.Errorf("identities[%d]: client_secret is empty", i))
+		}
 	}
 	vaults := map[string]bool{}
 	for i, v := range sd.Vaults {
@@ -255,6 +269,12 @@ func (sd *seedSpec) validate() error {
 			errs = append(errs, fmt.Errorf("vaults[%d]: duplicate vault %q", i, v.Name))
 		}
 		vaults[host] = true
+		if d := v.RetentionDays; d != nil && (*d < minRetentionDays || *d > maxRetentionDays) {
+			errs = append(errs, fmt.Errorf("vaults[%d]: retention_days %d is out of range (%d to %d)", i, *d, minRetentionDays, maxRetentionDays))
+		}
+		if n := v.PageSize; n != nil && (*n < 1 || *n > pageSize) {
+			errs = append(errs, fmt.Errorf("vaults[%d]: page_size %d is out of range (1 to %d)", i, *n, pageSize))
+		}
 		for j, s := range v.Secrets {
 			if !secretNameRE.MatchString(s.Name) {
 				errs = append(errs, fmt.Errorf("vaults[%d].secrets[%d]: invalid secret name %q (1-127 letters, digits, dashes)", i, j, s.Name))
@@ -323,8 +343,12 @@ func validateSeedSubscriptions(i int, subs []seedEventSubscription) []error {
 //	  - name: batch
 //	    client_id: 6a1f0c3e-...                       # optional, derived from the name if absent
 //	    federated: true                               # optional: AKS workload identity
+//	    client_secret: "local-only"                   # optional: for ClientSecretCredential
 //	vaults:
 //	  - name: myvault                                 # or a full host: x.vault.azure.cn
+//	    purge_protection: true                        # optional: purge answers 403
+//	    retention_days: 7                             # optional, 7-90, default 90
+//	    page_size: 2                                  # optional, 1-25: items per list page
 //	    secrets:
 //	      - name: db-conn
 //	        value: "Server=db;..."
@@ -380,6 +404,9 @@ func (s *Server) applySeed(sd *seedSpec) error {
 		if si.Federated {
 			opts = append(opts, WithFederated())
 		}
+		if si.ClientSecret != nil {
+			opts = append(opts, WithClientSecret(*si.ClientSecret))
+		}
 		id, err := s.addUserIdentity(si.Name, opts...)
 		if err != nil {
 			return err
@@ -387,7 +414,17 @@ func (s *Server) applySeed(sd *seedSpec) error {
 		ids[strings.ToLower(si.Name)] = id
 	}
 	for _, sv := range sd.Vaults {
-		v := s.AddVault(sv.Name)
+		var vopts []VaultOption
+		if sv.PurgeProtection {
+			vopts = append(vopts, WithPurgeProtection())
+		}
+		if sv.RetentionDays != nil {
+			vopts = append(vopts, WithRetentionDays(*sv.RetentionDays))
+		}
+		if sv.PageSize != nil {
+			vopts = append(vopts, WithPageSize(*sv.PageSize))
+		}
+		v := s.AddVault(sv.Name, vopts...)
 		for _, sec := range sv.Secrets {
 			var opts []SecretOption
 			if sec.ContentType != "" {
@@ -409,7 +446,8 @@ func (s *Server) applySeed(sd *seedSpec) error {
 		}
 		for _, g := range sv.Grants {
 			role, _ := ParseRole(g.Role) // validated above
-			v.Grant(ids[strings.ToLower(g.Identity)], role)
+			// At once, even with WithRBACPropagationDelay: the seed is the starting state.
+			v.changeRBAC(rbacChange{oid: strings.ToLower(ids[strings.ToLower(g.Identity)].ObjectID), role: role, grant: true}, 0)
 		}
 		for _, es := range sv.EventSubscriptions {
 			schema, _ := parseEventSchema(es.Schema) // validated above

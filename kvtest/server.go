@@ -37,6 +37,8 @@ type config struct {
 	errorLog       *log.Logger
 	logger         *slog.Logger
 	deletionWindow time.Duration
+	recoveryDelay  time.Duration
+	rbacDelay      time.Duration
 	shortPages     bool
 	noRetryAfter   bool
 	tenantSet      bool   // WithTenantID was given
@@ -59,6 +61,33 @@ const DefaultDeletionWindow = 2 * time.Second
 // [Vault.SetSecret] purges at once.
 func WithDeletionWindow(d time.Duration) Option {
 	return func(c *config) { c.deletionWindow = max(d, 0) }
+}
+
+// DefaultRecoveryDelay is how long a recovery of a deleted secret takes to complete unless
+// [WithRecoveryDelay] says otherwise. Key Vault recovers asynchronously: right after POST
+// /deletedsecrets/{name}/recover, GET /secrets/{name} still answers 404 for a second or a
+// few; the other SDKs' recover pollers check every 2 s.
+const DefaultRecoveryDelay = 2 * time.Second
+
+// WithRecoveryDelay sets how long POST /deletedsecrets/{name}/recover takes to complete
+// (default [DefaultRecoveryDelay]); 0 makes it instant. The recover request itself answers
+// 200 at once. Until the recovery completes the secret is neither a secret (GET, PATCH,
+// DELETE, backup and the versions list answer 404 SecretNotFound, lists leave it out) nor a
+// deleted secret any more (GET /deletedsecrets/{name} answers 404, the deleted list leaves
+// it out); a second recover or a purge answers 409 Conflict, re-creating it (PUT) 409
+// Conflict with innererror ObjectIsBeingRecovered, and a restore of the name 409 Conflict.
+// [Vault.SetSecret] completes a recovery in progress at once.
+func WithRecoveryDelay(d time.Duration) Option {
+	return func(c *config) { c.recoveryDelay = max(d, 0) }
+}
+
+// WithRBACPropagationDelay makes role assignments take d to apply (default 0: at once), as
+// Azure RBAC changes take minutes to reach Key Vault: after [Vault.Grant] the identity
+// keeps getting 403 ForbiddenByRbac, and after [Vault.Revoke] keeps its access, until d
+// has passed. Changes apply in the order they were made. Seed grants ([WithSeed]) apply at
+// once, as assignments made long before the app started.
+func WithRBACPropagationDelay(d time.Duration) Option {
+	return func(c *config) { c.rbacDelay = max(d, 0) }
 }
 
 // WithShortPages makes every vault's lists (secrets, versions, deleted secrets) page as
@@ -168,7 +197,8 @@ func NewServer(opts ...Option) *Server {
 
 // Start is [NewServer] returning an error instead of panicking.
 func Start(opts ...Option) (*Server, error) {
-	cfg := config{tenant: DefaultTenantID, tokenLifetime: DefaultTokenLifetime, deletionWindow: DefaultDeletionWindow}
+	cfg := config{tenant: DefaultTenantID, tokenLifetime: DefaultTokenLifetime, deletionWindow: DefaultDeletionWindow,
+		recoveryDelay: DefaultRecoveryDelay}
 	for _, o := range opts {
 		o(&cfg)
 	}
@@ -264,7 +294,8 @@ func (s *Server) Close() {
 			}
 		}
 		for _, v := range vaults {
-			v.closeEvents() // Event Grid: subscriptions and expiry timers
+			v.closeEvents()     // Event Grid: subscriptions and expiry timers
+			v.closeRecoveries() // recoveries still completing
 			_ = v.ln.hs.Close()
 		}
 		s.closeProxy()

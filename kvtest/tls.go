@@ -21,10 +21,11 @@ import (
 )
 
 // tlsDNSNames returns the names the emulator's one leaf certificate is valid for: every
-// vault and the Entra ID host of each cloud, and the host of Event Grid's validation URLs,
-// so clients keep production URLs.
+// vault and the Entra ID host of each cloud, login.windows.net (the authority Key Vault's
+// challenges name), and the host of Event Grid's validation URLs, so clients keep
+// production URLs.
 func tlsDNSNames() []string {
-	names := []string{emuinfo.EventGridHost, "localhost"}
+	names := []string{emuinfo.EventGridHost, emuinfo.LegacyAuthorityHost, "localhost"}
 	for _, c := range cloud.All() {
 		names = append(names, "*."+c.VaultSuffix, c.AuthorityHost)
 	}

@@ -117,7 +117,7 @@ func TestTokenValidation(t *testing.T) {
 				t.Errorf("got %d %+v, want 401 Unauthorized with %q", resp.StatusCode, e.Error, tc.msg)
 			}
 			// Every 401 carries the challenge, as Key Vault's do.
-			if !strings.HasPrefix(resp.Header.Get("WWW-Authenticate"), `Bearer authorization="https://login.microsoftonline.com/`+srv.TenantID()+`"`) {
+			if !strings.HasPrefix(resp.Header.Get("WWW-Authenticate"), `Bearer authorization="https://login.windows.net/`+srv.TenantID()+`"`) {
 				t.Errorf("WWW-Authenticate = %q", resp.Header.Get("WWW-Authenticate"))
 			}
 			if kv.Count(kvtest.OpUnauthorized) != before+1 {
@@ -134,7 +134,8 @@ func TestChallenge(t *testing.T) {
 	srv := newServer(t)
 	kv := srv.AddVault("myvault")
 	resp, e := rawGet(t, srv, kv.URL()+"/secrets/anything/?api-version=2026-04-01", "")
-	want := `Bearer authorization="https://login.microsoftonline.com/` + srv.TenantID() + `", resource="https://vault.azure.net"`
+	// As Key Vault's recorded challenges: the public cloud's older Entra ID host.
+	want := `Bearer authorization="https://login.windows.net/` + srv.TenantID() + `", resource="https://vault.azure.net"`
 	if resp.StatusCode != 401 || resp.Header.Get("WWW-Authenticate") != want {
 		t.Errorf("%d %q", resp.StatusCode, resp.Header.Get("WWW-Authenticate"))
 	}

@@ -6,6 +6,7 @@ import (
 	"maps"
 	"net/http"
 	"regexp"
+	"slices"
 	"sort"
 	"strings"
 	"sync"
@@ -24,7 +25,7 @@ type Vault struct {
 	name      string // first DNS label: myvault
 	host      string // myvault.vault.azure.net
 	resource  string // challenge resource and token audience: https://vault.azure.net
-	authority string // https://login.microsoftonline.com
+	authority string // challenge authority host: https://login.windows.net in the public cloud
 	ln        *listener
 
 	latency  atomic.Int64 // nanoseconds
@@ -32,12 +33,19 @@ type Vault struct {
 	throttle *bucket
 	counters counters
 
-	mu      sync.RWMutex
-	secrets map[string]*secret // lowercase name -> secret
-	deleted map[string]*deletedSecret
-	purging map[string]purge         // lowercase name -> a purge still completing
-	grants  map[string]map[Role]bool // object ID -> roles
-	events  vaultEvents              // Event Grid: subscriptions and expiry timers (eventgrid.go)
+	pageSize atomic.Int32 // the longest page a list answers (WithPageSize); 0 = pageSize
+
+	mu              sync.RWMutex
+	secrets         map[string]*secret // lowercase name -> secret
+	deleted         map[string]*deletedSecret
+	purging         map[string]purge         // lowercase name -> a purge still completing
+	recovering      map[string]*recovery     // lowercase name -> a recovery still completing
+	recoveriesDone  bool                     // Close stopped the recoveries: new ones complete at once
+	grants          map[string]map[Role]bool // object ID -> roles in effect
+	pendingRBAC     []rbacChange             // role changes still propagating, by when they apply
+	purgeProtection bool                     // WithPurgeProtection
+	retentionDays   int                      // WithRetentionDays
+	events          vaultEvents              // Event Grid: subscriptions and expiry timers (eventgrid.go)
 }
 
 type secret struct {
@@ -82,6 +90,55 @@ func (v *Vault) purgingLocked(key string, now time.Time) (purge, bool) {
 	return p, ok
 }
 
+// recovery is a recovered secret whose recovery has not completed yet (see
+// [WithRecoveryDelay]): it becomes a secret again when its timer fires.
+type recovery struct {
+	secret *secret
+	timer  *time.Timer
+}
+
+// recoverLocked starts the recovery of the deleted secret d, which the caller has removed
+// from v.deleted: the secret is back after the server's recovery delay. The caller holds
+// v.mu for writing.
+func (v *Vault) recoverLocked(key string, d *deletedSecret) {
+	delay := v.srv.cfg.recoveryDelay
+	if delay <= 0 || v.recoveriesDone {
+		v.secrets[key] = d.secret
+		return
+	}
+	r := &recovery{secret: d.secret}
+	r.timer = time.AfterFunc(delay, func() {
+		v.mu.Lock()
+		defer v.mu.Unlock()
+		if v.recovering[key] == r {
+			v.completeRecoveryLocked(key)
+		}
+	})
+	v.recovering[key] = r
+}
+
+// completeRecoveryLocked ends the recovery of key at once, if one is in progress: the
+// secret is a secret again. The caller holds v.mu for writing.
+func (v *Vault) completeRecoveryLocked(key string) {
+	r := v.recovering[key]
+	if r == nil {
+		return
+	}
+	r.timer.Stop()
+	delete(v.recovering, key)
+	v.secrets[key] = r.secret
+}
+
+// closeRecoveries stops the timers of the recoveries in progress. [Server.Close] calls it.
+func (v *Vault) closeRecoveries() {
+	v.mu.Lock()
+	defer v.mu.Unlock()
+	v.recoveriesDone = true
+	for _, r := range v.recovering {
+		r.timer.Stop()
+	}
+}
+
 // deleteLocked turns the secret into a deleted secret whose deletion completes after the
 // server's deletion window. The caller holds v.mu for writing.
 func (v *Vault) deleteLocked(key string, s *secret) *deletedSecret {
@@ -112,45 +169,146 @@ var (
 // maxSecretSize is Key Vault's limit on a secret value.
 const maxSecretSize = 25 * 1024
 
+// DefaultRetentionDays is the soft delete retention of a vault made without
+// [WithRetentionDays], Key Vault's default.
+const DefaultRetentionDays = 90
+
+// Key Vault's range of soft delete retention (softDeleteRetentionInDays), in days.
+const (
+	minRetentionDays = 7
+	maxRetentionDays = 90
+)
+
+// VaultOption configures a vault made by [Server.AddVault].
+type VaultOption func(*vaultConfig)
+
+type vaultConfig struct {
+	purgeProtection bool
+	retentionDays   *int // nil: unchanged
+	pageSize        *int // nil: unchanged
+}
+
+// WithPurgeProtection turns on the vault's purge protection, as
+// enablePurgeProtection does on Azure: purging a deleted secret answers 403 Forbidden
+// ("Operation "purge" is not allowed because purge protection is enabled for this
+// vault. ..."), and secrets report recoveryLevel "Recoverable" ("CustomizedRecoverable"
+// with a retention under 90 days) instead of "Recoverable+Purgeable". As on Azure, it
+// cannot be turned off again. [Vault.SetSecret], the Go control, still purges at once.
+func WithPurgeProtection() VaultOption {
+	return func(c *vaultConfig) { c.purgeProtection = true }
+}
+
+// WithRetentionDays sets the vault's soft delete retention (softDeleteRetentionInDays),
+// 7 to 90 days (default [DefaultRetentionDays]): secrets report it as recoverableDays, a
+// deleted secret's scheduledPurgeDate is its deletedDate plus that many days, and under 90
+// days recoveryLevel is "CustomizedRecoverable+Purgeable" (or "CustomizedRecoverable" with
+// [WithPurgeProtection]). [Server.AddVault] panics on a value outside 7-90.
+func WithRetentionDays(days int) VaultOption {
+	return func(c *vaultConfig) { c.retentionDays = &days }
+}
+
+// WithPageSize makes the vault's lists (secrets, versions, deleted secrets) answer at most
+// n items a page (1-25; Key Vault's default and largest is 25), whatever maxresults a
+// client asks for, so even a small vault answers several pages with a nextLink each, as a
+// large one does on Azure. [Server.AddVault] panics on a value outside 1-25.
+// [WithShortPages] applies on top of it.
+func WithPageSize(n int) VaultOption {
+	return func(c *vaultConfig) { c.pageSize = &n }
+}
+
+// check validates the options.
+func (c *vaultConfig) check() error {
+	if d := c.retentionDays; d != nil && (*d < minRetentionDays || *d > maxRetentionDays) {
+		return fmt.Errorf("kvtest: retention of %d days: Key Vault keeps deleted secrets %d to %d days", *d, minRetentionDays, maxRetentionDays)
+	}
+	if n := c.pageSize; n != nil && (*n < 1 || *n > pageSize) {
+		return fmt.Errorf("kvtest: page size %d: Key Vault pages hold 1 to %d items", *n, pageSize)
+	}
+	return nil
+}
+
 // AddVault creates a vault and starts its listener. name is a vault name, which gets the
 // public cloud suffix ("myvault" -> myvault.vault.azure.net), or a full host of any of
-// the three clouds ("x.vault.azure.cn"). Adding an existing vault returns it. It panics
-// on an invalid name or if the listener cannot start.
-func (s *Server) AddVault(name string) *Vault {
+// the three clouds ("x.vault.azure.cn"). Adding an existing vault returns it, with opts
+// applied to it. It panics on an invalid name or option, or if the listener cannot start.
+func (s *Server) AddVault(name string, opts ...VaultOption) *Vault {
 	host, err := emuinfo.VaultHost(name)
 	if err != nil {
 		panic(err)
 	}
+	var vc vaultConfig
+	for _, o := range opts {
+		o(&vc)
+	}
+	if err := vc.check(); err != nil {
+		panic(err)
+	}
 	s.mu.Lock()
+	if v := s.vaults[host]; v != nil && !s.isClosed() {
+		s.mu.Unlock()
+		v.configure(vc)
+		return v
+	}
 	defer s.mu.Unlock()
 	if s.isClosed() {
 		panic(errClosed)
 	}
-	if v := s.vaults[host]; v != nil {
-		return v
-	}
 	suffix := emuinfo.VaultSuffix(host)
 	v := &Vault{
-		srv:      s,
-		name:     strings.TrimSuffix(host, "."+suffix),
-		host:     host,
-		throttle: newBucket(DefaultThrottleLimit, DefaultThrottlePeriod),
-		counters: newCounters(),
-		secrets:  map[string]*secret{},
-		deleted:  map[string]*deletedSecret{},
-		purging:  map[string]purge{},
-		grants:   map[string]map[Role]bool{},
+		srv:           s,
+		name:          strings.TrimSuffix(host, "."+suffix),
+		host:          host,
+		throttle:      newBucket(DefaultThrottleLimit, DefaultThrottlePeriod),
+		counters:      newCounters(),
+		secrets:       map[string]*secret{},
+		deleted:       map[string]*deletedSecret{},
+		purging:       map[string]purge{},
+		recovering:    map[string]*recovery{},
+		grants:        map[string]map[Role]bool{},
+		retentionDays: DefaultRetentionDays,
 	}
 	for _, c := range cloud.All() {
 		if c.VaultSuffix == suffix {
 			v.resource, v.authority = c.Resource(), "https://"+c.AuthorityHost
 		}
 	}
+	if suffix == cloud.Public().VaultSuffix {
+		// Key Vault's challenges in the public cloud name the older host of Entra ID.
+		v.authority = "https://" + emuinfo.LegacyAuthorityHost
+	}
+	v.configure(vc)
 	if v.ln, err = s.listen(http.HandlerFunc(v.serveHTTP), true); err != nil {
 		panic(err)
 	}
 	s.vaults[host] = v
 	return v
+}
+
+// configure applies checked options.
+func (v *Vault) configure(vc vaultConfig) {
+	if vc.pageSize != nil {
+		v.pageSize.Store(int32(*vc.pageSize))
+	}
+	v.mu.Lock()
+	defer v.mu.Unlock()
+	v.purgeProtection = v.purgeProtection || vc.purgeProtection
+	if vc.retentionDays != nil {
+		v.retentionDays = *vc.retentionDays
+	}
+}
+
+// recoveryLevelLocked returns the recoveryLevel and recoverableDays the vault's secrets
+// report: Azure's DeletionRecoveryLevel for a vault with soft delete (always on), with or
+// without purge protection, and a retention of 90 days or less. The caller holds v.mu.
+func (v *Vault) recoveryLevelLocked() (string, int) {
+	level := "Recoverable"
+	if v.retentionDays < maxRetentionDays {
+		level = "CustomizedRecoverable"
+	}
+	if !v.purgeProtection {
+		level += "+Purgeable"
+	}
+	return level, v.retentionDays
 }
 
 // Vault returns the vault of that name or host, or nil.
@@ -215,7 +373,8 @@ func WithEnabled(enabled bool) SecretOption {
 
 // SetSecret creates a new version of the secret, which becomes the latest, and returns
 // the version (32 lowercase hex). Unlike the wire PUT, it first purges a deleted secret
-// of the same name, at once, even one whose deletion or purge has not completed. It panics
+// of the same name, at once, even one whose deletion or purge has not completed or whose
+// vault has purge protection, and completes a recovery of the name in progress. It panics
 // on an invalid secret name.
 func (v *Vault) SetSecret(name, value string, opts ...SecretOption) (version string) {
 	if !secretNameRE.MatchString(name) {
@@ -230,6 +389,7 @@ func (v *Vault) SetSecret(name, value string, opts ...SecretOption) (version str
 	defer v.mu.Unlock()
 	delete(v.deleted, strings.ToLower(name))
 	delete(v.purging, strings.ToLower(name))
+	v.completeRecoveryLocked(strings.ToLower(name))
 	v.addVersionLocked(name, sv)
 	return sv.version
 }
@@ -309,7 +469,9 @@ func (v *Vault) SecretNames() []string {
 	return out
 }
 
-// Versions returns the versions of a secret, oldest first.
+// Versions returns the versions of a secret, oldest first. GET /secrets/{name}/versions
+// lists them in another order (by version ID): Key Vault documents no order, so the
+// emulator's differs from creation order.
 func (v *Vault) Versions(name string) []string {
 	v.mu.RLock()
 	defer v.mu.RUnlock()
@@ -382,29 +544,107 @@ func dataAction(op Op) (action string, roles []Role) {
 	return "", nil
 }
 
-// Grant assigns role on this vault to the identity (keyed by its object ID).
-func (v *Vault) Grant(id Identity, role Role) {
-	v.mu.Lock()
-	defer v.mu.Unlock()
-	oid := strings.ToLower(id.ObjectID)
-	if v.grants[oid] == nil {
-		v.grants[oid] = map[Role]bool{}
-	}
-	v.grants[oid][role] = true
+// rbacChange is a role assignment or removal that applies at a given time (see
+// [WithRBACPropagationDelay]).
+type rbacChange struct {
+	at    time.Time
+	oid   string // lowercase object ID
+	role  Role   // the role granted; "" with a revoke
+	grant bool   // false: every role of oid removed
 }
 
-// Revoke removes every role the identity has on this vault.
+// apply makes the change take effect in grants.
+func (c rbacChange) apply(grants map[string]map[Role]bool) {
+	if !c.grant {
+		delete(grants, c.oid)
+		return
+	}
+	if grants[c.oid] == nil {
+		grants[c.oid] = map[Role]bool{}
+	}
+	grants[c.oid][c.role] = true
+}
+
+// Grant assigns role on this vault to the identity (keyed by its object ID). It applies
+// at once, or after the server's [WithRBACPropagationDelay].
+func (v *Vault) Grant(id Identity, role Role) {
+	v.changeRBAC(rbacChange{oid: strings.ToLower(id.ObjectID), role: role, grant: true}, v.srv.cfg.rbacDelay)
+}
+
+// Revoke removes every role the identity has on this vault. It applies at once, or after
+// the server's [WithRBACPropagationDelay].
 func (v *Vault) Revoke(id Identity) {
+	v.changeRBAC(rbacChange{oid: strings.ToLower(id.ObjectID)}, v.srv.cfg.rbacDelay)
+}
+
+// changeRBAC records the change c, which takes effect after delay, after every change
+// made before it.
+func (v *Vault) changeRBAC(c rbacChange, delay time.Duration) {
+	now := time.Now()
 	v.mu.Lock()
 	defer v.mu.Unlock()
-	delete(v.grants, strings.ToLower(id.ObjectID))
+	v.settleRBACLocked(now)
+	c.at = now.Add(delay)
+	if n := len(v.pendingRBAC); n > 0 {
+		c.at = later(c.at, v.pendingRBAC[n-1].at) // never before an earlier change
+	}
+	if !now.Before(c.at) {
+		c.apply(v.grants)
+		return
+	}
+	v.pendingRBAC = append(v.pendingRBAC, c)
+}
+
+// later returns the later of a and b.
+func later(a, b time.Time) time.Time {
+	if b.After(a) {
+		return b
+	}
+	return a
+}
+
+// settleRBACLocked applies the pending changes due at now. The caller holds v.mu for
+// writing.
+func (v *Vault) settleRBACLocked(now time.Time) {
+	n := 0
+	for n < len(v.pendingRBAC) && !now.Before(v.pendingRBAC[n].at) {
+		v.pendingRBAC[n].apply(v.grants)
+		n++
+	}
+	v.pendingRBAC = slices.Delete(v.pendingRBAC, 0, n)
+}
+
+// rolesLocked returns the roles oid (lowercase) has at now: the assignments in effect with
+// the pending changes due by now applied. The caller holds v.mu and must not modify the
+// result.
+func (v *Vault) rolesLocked(oid string, now time.Time) map[Role]bool {
+	have := v.grants[oid]
+	for _, c := range v.pendingRBAC {
+		if now.Before(c.at) {
+			break
+		}
+		if c.oid != oid {
+			continue
+		}
+		if !c.grant {
+			have = nil
+			continue
+		}
+		have = maps.Clone(have)
+		if have == nil {
+			have = map[Role]bool{}
+		}
+		have[c.role] = true
+	}
+	return have
 }
 
 func (v *Vault) allowed(oid string, op Op) bool {
 	_, roles := dataAction(op)
+	now := time.Now()
 	v.mu.RLock()
 	defer v.mu.RUnlock()
-	have := v.grants[strings.ToLower(oid)]
+	have := v.rolesLocked(strings.ToLower(oid), now)
 	for _, r := range roles {
 		if have[r] {
 			return true

@@ -15,6 +15,7 @@ import (
 	"net"
 	"net/http"
 	"net/url"
+	"slices"
 	"sort"
 	"strconv"
 	"strings"
@@ -23,10 +24,8 @@ import (
 )
 
 const (
-	recoveryLevel   = "Recoverable+Purgeable"
-	recoverableDays = 90
-	pageSize        = 25
-	notFoundHelp    = " If you recently deleted this secret you may be able to recover it using the correct recovery command. For help resolving this issue, please see https://go.microsoft.com/fwlink/?linkid=2125182"
+	pageSize     = 25
+	notFoundHelp = " If you recently deleted this secret you may be able to recover it using the correct recovery command. For help resolving this issue, please see https://go.microsoft.com/fwlink/?linkid=2125182"
 
 	// Key Vault's limits on a secret besides its value (maxSecretSize): contentType
 	// characters, tags, and characters of a tag's name or value.
@@ -298,6 +297,21 @@ func (v *Vault) beingDeleted(w http.ResponseWriter) {
 	v.writeErrorInner(w, http.StatusConflict, "Conflict", "Secret is currently being deleted.", "ObjectIsBeingDeleted")
 }
 
+// beingRecovered answers a second recover, or a purge, of a secret whose recovery has not
+// completed, with the conflict Key Vault answers to operations in parallel on a
+// soft-deleted object.
+func (v *Vault) beingRecovered(w http.ResponseWriter, name, op string) {
+	v.writeError(w, http.StatusConflict, "Conflict", "There was a conflict while "+op+" the soft-deleted secret '"+
+		"https://"+v.host+"/deletedsecrets/"+name+"'. This can happen when multiple operations are performed in parallel against the soft-deleted secret. "+
+		"To avoid this error, perform operations against the soft-deleted secret in a sequential manner.")
+}
+
+// purgeProtected answers a purge in a vault with purge protection.
+func (v *Vault) purgeProtected(w http.ResponseWriter) {
+	v.writeError(w, http.StatusForbidden, "Forbidden", `Operation "purge" is not allowed because purge protection is enabled for this vault. `+
+		"Key Vault service will automatically purge it after the retention period has passed. Vault: "+v.name+";location=kvtest")
+}
+
 // restoreConflict answers a restore whose name is in use, deleted or being purged.
 func (v *Vault) restoreConflict(w http.ResponseWriter, id string) {
 	v.writeError(w, http.StatusConflict, "Conflict", "There was a conflict restoring the secret '"+id+"'. "+
@@ -359,8 +373,9 @@ func unixPtr(t *time.Time) *int64 {
 }
 
 // bundle renders a version. The id always carries the production host, whatever host
-// the client used, so the SDK can parse it.
+// the client used, so the SDK can parse it. The caller holds v.mu.
 func (v *Vault) bundle(s *secret, sv *secretVersion, withValue, withVersion bool) secretBundle {
+	level, days := v.recoveryLevelLocked()
 	b := secretBundle{
 		ID:          "https://" + v.host + "/secrets/" + s.name,
 		ContentType: sv.contentType,
@@ -371,8 +386,8 @@ func (v *Vault) bundle(s *secret, sv *secretVersion, withValue, withVersion bool
 			Expires:         unixPtr(sv.exp),
 			Created:         sv.created.Unix(),
 			Updated:         sv.updated.Unix(),
-			RecoveryLevel:   recoveryLevel,
-			RecoverableDays: recoverableDays,
+			RecoveryLevel:   level,
+			RecoverableDays: days,
 		},
 	}
 	if withVersion {
@@ -389,7 +404,7 @@ func (v *Vault) deletedBundle(d *deletedSecret, withVersion bool) secretBundle {
 	b := v.bundle(d.secret, d.latest(), false, withVersion)
 	b.RecoveryID = "https://" + v.host + "/deletedsecrets/" + d.name
 	b.DeletedDate = d.deletedAt.Unix()
-	b.ScheduledPurgeDate = d.deletedAt.Add(recoverableDays * 24 * time.Hour).Unix()
+	b.ScheduledPurgeDate = d.deletedAt.AddDate(0, 0, b.Attributes.RecoverableDays).Unix()
 	return b
 }
 
@@ -502,6 +517,12 @@ func (v *Vault) setSecret(w http.ResponseWriter, r *http.Request, rt route) {
 			"Secret "+p.name+" is currently being deleted and cannot be re-created; retry later.", "ObjectIsBeingDeleted")
 		return
 	}
+	if r := v.recovering[key]; r != nil {
+		v.mu.Unlock()
+		v.writeErrorInner(w, http.StatusConflict, "Conflict",
+			"Secret "+r.secret.name+" is currently being recovered and cannot be re-created; retry later.", "ObjectIsBeingRecovered")
+		return
+	}
 	if d := v.deleted[key]; d != nil {
 		v.mu.Unlock()
 		v.writeErrorInner(w, http.StatusConflict, "Conflict",
@@ -597,14 +618,19 @@ func (v *Vault) getDeleted(w http.ResponseWriter, _ *http.Request, rt route) {
 }
 
 // purgeDeleted answers DELETE /deletedsecrets/{name}. The purge completes after the
-// deletion window; until then the name cannot be reused.
+// deletion window; until then the name cannot be reused. A vault with purge protection
+// refuses it.
 func (v *Vault) purgeDeleted(w http.ResponseWriter, _ *http.Request, rt route) {
 	key := strings.ToLower(rt.name)
 	now := time.Now()
 	v.mu.Lock()
-	d := v.deleted[key]
+	d, r := v.deleted[key], v.recovering[key]
 	_, purging := v.purgingLocked(key, now)
 	switch {
+	case r != nil:
+		v.mu.Unlock()
+		v.beingRecovered(w, r.secret.name, "purging")
+		return
 	case d != nil && d.deleting(now), d == nil && purging:
 		v.mu.Unlock()
 		v.beingDeleted(w)
@@ -612,6 +638,10 @@ func (v *Vault) purgeDeleted(w http.ResponseWriter, _ *http.Request, rt route) {
 	case d == nil:
 		v.mu.Unlock()
 		v.deletedNotFound(w, rt.name)
+		return
+	case v.purgeProtection:
+		v.mu.Unlock()
+		v.purgeProtected(w)
 		return
 	}
 	delete(v.deleted, key)
@@ -622,11 +652,18 @@ func (v *Vault) purgeDeleted(w http.ResponseWriter, _ *http.Request, rt route) {
 	w.WriteHeader(http.StatusNoContent)
 }
 
+// recoverDeleted answers POST /deletedsecrets/{name}/recover at once; the recovery
+// completes after the recovery delay ([WithRecoveryDelay]).
 func (v *Vault) recoverDeleted(w http.ResponseWriter, _ *http.Request, rt route) {
 	key := strings.ToLower(rt.name)
 	now := time.Now()
 	v.mu.Lock()
 	d := v.deleted[key]
+	if r := v.recovering[key]; r != nil {
+		v.mu.Unlock()
+		v.beingRecovered(w, r.secret.name, "recovering")
+		return
+	}
 	_, purging := v.purgingLocked(key, now)
 	if (d != nil && d.deleting(now)) || (d == nil && purging) {
 		v.mu.Unlock()
@@ -644,7 +681,7 @@ func (v *Vault) recoverDeleted(w http.ResponseWriter, _ *http.Request, rt route)
 		return
 	}
 	delete(v.deleted, key)
-	v.secrets[key] = d.secret
+	v.recoverLocked(key, d)
 	b := v.bundle(d.secret, d.latest(), false, true)
 	v.mu.Unlock()
 	writeJSON(w, http.StatusOK, b)
@@ -664,8 +701,9 @@ type skipToken struct {
 	Page           int    `json:"kvtestPage,omitempty"`
 }
 
-// page reads maxresults and $skiptoken.
-func page(r *http.Request) (pageReq, *kvError) {
+// page reads maxresults and $skiptoken. A page holds at most the vault's page size
+// ([WithPageSize]), whatever maxresults asks for.
+func (v *Vault) page(r *http.Request) (pageReq, *kvError) {
 	q := r.URL.Query()
 	p := pageReq{size: pageSize}
 	if m := q.Get("maxresults"); m != "" {
@@ -674,6 +712,9 @@ func page(r *http.Request) (pageReq, *kvError) {
 			return pageReq{}, &kvError{http.StatusBadRequest, "BadParameter", "maxresults must be between 1 and 25."}
 		}
 		p.size = n
+	}
+	if limit := int(v.pageSize.Load()); limit > 0 {
+		p.size = min(p.size, limit)
 	}
 	if tok := q.Get("$skiptoken"); tok != "" {
 		var st skipToken
@@ -726,7 +767,7 @@ func writePage[T any](v *Vault, w http.ResponseWriter, r *http.Request, items []
 }
 
 func (v *Vault) listSecrets(w http.ResponseWriter, r *http.Request, _ route) {
-	p, e := page(r)
+	p, e := v.page(r)
 	if e != nil {
 		v.writeError(w, e.status, e.code, e.msg)
 		return
@@ -746,8 +787,11 @@ func (v *Vault) listSecrets(w http.ResponseWriter, r *http.Request, _ route) {
 	writePage(v, w, r, items, p)
 }
 
+// listVersions answers GET /secrets/{name}/versions, in the order of the versions' IDs,
+// and 404 SecretNotFound, as GET does, for a secret that does not exist (or is deleted or
+// being deleted or recovered).
 func (v *Vault) listVersions(w http.ResponseWriter, r *http.Request, rt route) {
-	p, e := page(r)
+	p, e := v.page(r)
 	if e != nil {
 		v.writeError(w, e.status, e.code, e.msg)
 		return
@@ -756,7 +800,10 @@ func (v *Vault) listVersions(w http.ResponseWriter, r *http.Request, rt route) {
 	s := v.secrets[strings.ToLower(rt.name)]
 	var items []secretBundle
 	if s != nil {
-		for _, sv := range s.versions {
+		// Key Vault documents no order: list by version ID, which is random, so that a
+		// client taking the first or last listed as the newest fails here too.
+		vs := slices.SortedFunc(slices.Values(s.versions), func(a, b *secretVersion) int { return strings.Compare(a.version, b.version) })
+		for _, sv := range vs {
 			items = append(items, v.bundle(s, sv, false, true))
 		}
 	}
@@ -771,7 +818,7 @@ func (v *Vault) listVersions(w http.ResponseWriter, r *http.Request, rt route) {
 
 // listDeleted lists the deleted secrets whose deletion has completed.
 func (v *Vault) listDeleted(w http.ResponseWriter, r *http.Request, _ route) {
-	p, e := page(r)
+	p, e := v.page(r)
 	if e != nil {
 		v.writeError(w, e.status, e.code, e.msg)
 		return
@@ -887,7 +934,8 @@ func (v *Vault) backupSecret(w http.ResponseWriter, _ *http.Request, rt route) {
 }
 
 // restoreSecret answers POST /secrets/restore {"value": "<base64url blob>"}: the secret
-// comes back with every version, unless its name is in use, deleted or being purged (409).
+// comes back with every version, unless its name is in use, deleted, being recovered or
+// being purged (409).
 func (v *Vault) restoreSecret(w http.ResponseWriter, r *http.Request, _ route) {
 	b, err := io.ReadAll(io.LimitReader(r.Body, 4<<20))
 	if err != nil {
@@ -922,7 +970,7 @@ func (v *Vault) restoreSecret(w http.ResponseWriter, r *http.Request, _ route) {
 	key := strings.ToLower(p.Name)
 	v.mu.Lock()
 	_, purging := v.purgingLocked(key, time.Now())
-	if v.secrets[key] != nil || v.deleted[key] != nil || purging {
+	if v.secrets[key] != nil || v.deleted[key] != nil || v.recovering[key] != nil || purging {
 		v.mu.Unlock()
 		v.restoreConflict(w, "https://"+v.host+"/secrets/"+p.Name+"/"+s.latest().version)
 		return
