@@ -91,7 +91,7 @@ func (v *Vault) serveHTTP(w http.ResponseWriter, r *http.Request) {
 			s.serveFault(w, r, f, v.writeError)
 			return
 		}
-		v.unauthorized(w, "AKV10000: Request is missing a Bearer or PoP token.")
+		v.challenge(w, "AKV10000: Request is missing a Bearer or PoP token.") // logged above
 		return
 	}
 	scheme, token, _ := strings.Cut(authz, " ")
@@ -251,6 +251,14 @@ func (v *Vault) writeError(w http.ResponseWriter, status int, code, msg string) 
 }
 
 func (v *Vault) writeErrorInner(w http.ResponseWriter, status int, code, msg, inner string) {
+	// Every error answer is logged, so that a verbose emulator shows a request refused
+	// before its token was validated (a bad token, route or api-version) or one that found
+	// nothing. Messages name secrets and reasons, never a value.
+	v.srv.cfg.logger.Info("error answered", "vault", v.host, "status", status, "code", code, "message", msg)
+	v.writeJSONError(w, status, code, msg, inner)
+}
+
+func (v *Vault) writeJSONError(w http.ResponseWriter, status int, code, msg, inner string) {
 	e := map[string]any{"code": code, "message": msg}
 	if inner != "" {
 		e["innererror"] = map[string]string{"code": inner}
@@ -260,9 +268,20 @@ func (v *Vault) writeErrorInner(w http.ResponseWriter, status int, code, msg, in
 
 // unauthorized answers 401 with the authentication challenge, as Key Vault does on every 401.
 func (v *Vault) unauthorized(w http.ResponseWriter, msg string) {
+	v.setChallenge(w)
+	v.writeError(w, http.StatusUnauthorized, "Unauthorized", msg)
+}
+
+// challenge answers a request without a token: the expected first request of a client,
+// logged as such by the caller rather than as an error.
+func (v *Vault) challenge(w http.ResponseWriter, msg string) {
+	v.setChallenge(w)
+	v.writeJSONError(w, http.StatusUnauthorized, "Unauthorized", msg, "")
+}
+
+func (v *Vault) setChallenge(w http.ResponseWriter) {
 	w.Header().Set("WWW-Authenticate",
 		fmt.Sprintf(`Bearer authorization="%s/%s", resource="%s"`, v.authority, v.srv.tenant, v.resource))
-	v.writeError(w, http.StatusUnauthorized, "Unauthorized", msg)
 }
 
 func (v *Vault) forbidden(w http.ResponseWriter, caller *verifiedToken, rt route) {

@@ -25,6 +25,7 @@ type emulatorFlags struct {
 	seed, info, caFile string
 	tokenLifetime      time.Duration
 	deletionWindow     time.Duration
+	recoveryDelay      time.Duration
 	verbose            bool
 }
 
@@ -93,6 +94,8 @@ catches an emulator that holds no lock (and is the only check on Windows).
 		"lifetime of issued tokens; 5m or less makes MSAL fetch a new token for every call")
 	cmd.Flags().DurationVar(&f.deletionWindow, "deletion-window", kvtest.DefaultDeletionWindow,
 		"how long a DELETE or a purge takes, as on Key Vault: meanwhile purge, recover and re-create answer 409 ObjectIsBeingDeleted (0: instant)")
+	cmd.Flags().DurationVar(&f.recoveryDelay, "recovery-delay", kvtest.DefaultRecoveryDelay,
+		"how long a recover takes, as on Key Vault: meanwhile GET answers 404 (0: instant)")
 	cmd.Flags().BoolVarP(&f.verbose, "verbose", "v", false,
 		"log each token issued, RBAC decision, secret read and Event Grid handshake or delivery to stderr (never a secret value)")
 	return cmd
@@ -101,10 +104,13 @@ catches an emulator that holds no lock (and is the only check on Windows).
 // runEmulator starts the emulator and serves until ctx ends. The instructions go to out;
 // with --verbose, the emulator's log goes to errOut.
 func runEmulator(ctx context.Context, out, errOut io.Writer, f emulatorFlags) error {
-	if f.deletionWindow < 0 {
-		return usageError("--deletion-window must not be negative")
+	for name, d := range map[string]time.Duration{"deletion-window": f.deletionWindow, "recovery-delay": f.recoveryDelay} {
+		if d < 0 {
+			return usageError("--%s must not be negative", name)
+		}
 	}
-	opts := []kvtest.Option{kvtest.WithTokenLifetime(f.tokenLifetime), kvtest.WithDeletionWindow(f.deletionWindow)}
+	opts := []kvtest.Option{kvtest.WithTokenLifetime(f.tokenLifetime), kvtest.WithDeletionWindow(f.deletionWindow),
+		kvtest.WithRecoveryDelay(f.recoveryDelay)}
 	if f.verbose {
 		// kvtest logs names, versions, identities, actions and statuses: never a value, a
 		// token or the identity header.

@@ -421,6 +421,32 @@ func TestEmulatorDeletionWindowFlag(t *testing.T) {
 	}
 }
 
+// TestEmulatorRecoveryDelayFlag: --recovery-delay 0 makes a recover instant (a GET right
+// after it finds the secret); a negative one is a usage error.
+func TestEmulatorRecoveryDelayFlag(t *testing.T) {
+	if code, _, stderr := cli(t, nil, "emulator", "--recovery-delay", "-1s"); code != 2 || !strings.Contains(stderr, "--recovery-delay") {
+		t.Errorf("--recovery-delay -1s: exit %d, %s", code, stderr)
+	}
+	info, _, _ := startEmulator(t, "--deletion-window", "0", "--recovery-delay", "0", "--token-lifetime", "5m")
+	hc, err := info.Client("the emulator")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer hc.CloseIdleConnections()
+	c := myvaultClient(t, info, hc, info.Identities["rotator"].ClientID)
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	if _, err := c.DeleteSecret(ctx, "db-conn", nil); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := c.RecoverDeletedSecret(ctx, "db-conn", nil); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := c.GetSecret(ctx, "db-conn", "", nil); err != nil {
+		t.Errorf("GET right after recover with --recovery-delay 0: %v", err)
+	}
+}
+
 // myvaultClient is the real SDK reaching myvault at its production URL through hc, with
 // managed identity from the emulator's App Service variables (set for the test): the
 // system identity, or the user-assigned one clientID names.

@@ -428,6 +428,7 @@ type supervisor struct {
 
 type child struct {
 	cmd    *exec.Cmd
+	group  *processGroup // the command and every process it starts
 	done   chan struct{} // closed once the process has exited and its output is written
 	status int
 }
@@ -451,7 +452,7 @@ func (s *supervisor) start(env []string) (*child, error) {
 	if err := cmd.Start(); err != nil {
 		return nil, err
 	}
-	c := &child{cmd: cmd, done: make(chan struct{})}
+	c := &child{cmd: cmd, group: newProcessGroup(cmd.Process), done: make(chan struct{})}
 	go func() {
 		_ = cmd.Wait() // the status is in ProcessState; output errors change nothing
 		for _, m := range masks {
@@ -466,7 +467,7 @@ func (s *supervisor) start(env []string) (*child, error) {
 // signal sends sig to the command's process group (the command and every process it
 // started), or to the command alone where there is no group.
 func (c *child) signal(sig os.Signal) {
-	if signalGroup(c.cmd.Process.Pid, sig) != nil {
+	if c.group.signal(sig) != nil {
 		_ = c.cmd.Process.Signal(sig)
 	}
 }
@@ -541,7 +542,8 @@ func (s *supervisor) stop(c *child, sigs <-chan os.Signal, sig os.Signal) (quitt
 		}
 		select {
 		case <-c.done:
-			if !groupAlive(c.cmd.Process.Pid) {
+			if !c.group.alive() {
+				c.group.release()
 				return quitting
 			}
 		default:

@@ -56,20 +56,30 @@ func inForeground(f *os.File) bool {
 	return errno == 0 && int(pgrp) == syscall.Getpgrp()
 }
 
-// signalGroup sends sig to every process of the command's group (the command's pid).
-func signalGroup(pid int, sig os.Signal) error {
+// processGroup is the command's process group (its id is the command's pid, see
+// childAttr).
+type processGroup struct{ pid int }
+
+func newProcessGroup(p *os.Process) *processGroup { return &processGroup{pid: p.Pid} }
+
+// signal sends sig to every process of the group.
+func (g *processGroup) signal(sig os.Signal) error {
 	s, ok := sig.(syscall.Signal)
 	if !ok {
 		return syscall.EINVAL
 	}
-	return syscall.Kill(-pid, s)
+	return syscall.Kill(-g.pid, s)
 }
 
-// groupAlive reports whether a process of the command's group remains, after reaping
-// those that are viperkv's own children (orphans come to viperkv when it runs as a
-// container's first process). Zombies do not count: they hold nothing but an exit status.
-// Call it only once the command itself has been waited for.
-func groupAlive(pid int) bool {
+// release does nothing: a process group needs no handle.
+func (g *processGroup) release() {}
+
+// alive reports whether a process of the group remains, after reaping those that are
+// viperkv's own children (orphans come to viperkv when it runs as a container's first
+// process). Zombies do not count: they hold nothing but an exit status. Call it only once
+// the command itself has been waited for.
+func (g *processGroup) alive() bool {
+	pid := g.pid
 	for {
 		var ws syscall.WaitStatus
 		if wpid, err := syscall.Wait4(-pid, &ws, syscall.WNOHANG, nil); wpid <= 0 || err != nil {
