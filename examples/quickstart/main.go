@@ -188,17 +188,16 @@ func rotate(ctx context.Context, say func(string, ...any), srv *kvtest.Server, p
 	say("watching; the operator rotates db-conn in the vault to version %s", version)
 	select {
 	case e := <-changed:
-		say("watcher got: %s", e)
 		if e.NewVersion != version || e.Previous.GetString("database.conn") == e.Current.GetString("database.conn") {
 			return fmt.Errorf("the event does not carry the rotation to %s", version)
 		}
+		if p.GetString("database.conn") != rotated {
+			return errors.New("database.conn does not hold the rotated value")
+		}
+		say("watcher got: %s; database.conn now holds the new version, no restart", e)
 	case <-time.After(10 * time.Second):
 		return errors.New("rotation not picked up within 10 s")
 	}
-	if p.GetString("database.conn") != rotated {
-		return errors.New("database.conn does not hold the rotated value")
-	}
-	say("database.conn now holds version %s; no restart", version)
 	return nil
 }
 
