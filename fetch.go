@@ -10,6 +10,7 @@ import (
 	"sync"
 	"time"
 
+	"github.com/viperkv/viperkv/internal/certparse"
 	"github.com/viperkv/viperkv/internal/driver"
 )
 
@@ -76,8 +77,32 @@ func fetchOnce(ctx context.Context, rd *driver.Reader, r Reference) (*secret, bo
 	case s.notBefore != nil && now.Before(*s.notBefore):
 		s.status, s.value, s.has = StatusSecretNotYetValid, "", false
 		s.reason = "version " + s.version + " is not valid before " + s.notBefore.UTC().Format(time.RFC3339)
+	case certparse.IsCertificate(s.contentType):
+		judgeCertificate(s, now)
 	}
 	return s, false
+}
+
+// judgeCertificate withholds a certificate's secret (its content type says it is one) that
+// would be worse than the one held: one that does not parse, whose key is not its leaf's,
+// that is not valid now, or whose chain is broken. Certificates without a key are a CA
+// bundle: they need only parse. A good certificate expires, for the schedule's
+// near-expiry warning, no later than its leaf does.
+func judgeCertificate(s *secret, now time.Time) {
+	c, err := certparse.Parse(s.value, s.contentType, now)
+	if errors.Is(err, certparse.ErrNoKey) {
+		if _, _, perr := certparse.ParsePool(s.value); perr == nil {
+			return // certificates without a key: a CA bundle, whose members may expire on their own
+		}
+	}
+	if err != nil {
+		s.status, s.value, s.has = StatusCertificateInvalid, "", false
+		s.reason = "version " + s.version + ": " + err.Error()
+		return
+	}
+	if na := c.Leaf.NotAfter; s.expires == nil || na.Before(*s.expires) {
+		s.expires = &na
+	}
 }
 
 // fetchSecrets fetches each reference concurrently (the source paces each vault), retrying

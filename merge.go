@@ -1,11 +1,14 @@
 package viperkv
 
 import (
+	"fmt"
 	"maps"
 	"reflect"
 	"slices"
 	"strings"
 	"time"
+
+	"github.com/viperkv/viperkv/internal/certparse"
 )
 
 // mergeSecrets combines the secrets prev held with fresh fetches, for the references sc
@@ -43,6 +46,12 @@ func equalSecrets(a, b map[Reference]*secret) bool { return maps.Equal(a, b) }
 // good value; a new version replaces it. It returns old itself when nothing changed, so
 // an unchanged refresh publishes nothing.
 func merge(r Reference, old, s *secret, src Source, now time.Time) (*secret, []Event) {
+	if old != nil && old.has && s.has && certparse.IsCertificate(old.contentType) && !certparse.IsCertificate(s.contentType) {
+		// A certificate is replaced only by a certificate: a version stored as something
+		// else (text/plain, a bare key) would break every handshake.
+		s = &secret{status: StatusCertificateInvalid, took: s.took,
+			reason: fmt.Sprintf("version %s has content type %q, not a certificate's (the version held is %s)", s.version, s.contentType, old.contentType)}
+	}
 	ev := func(kind EventKind, st *secret) Event {
 		e := Event{Kind: kind, Source: src, Time: now, Secret: r, Status: st.status}
 		if old != nil && old.has {

@@ -3,7 +3,7 @@ package viperkv
 // Status is the state of one Key Vault reference. The names follow App Service's Key Vault
 // reference statuses where one fits, so operators see the words they already know; the
 // names App Service lacks (HostNotAllowed, SecretDisabled, Throttled, SecretExpired,
-// SecretNotYetValid, EnvKeyNotNamed) are documented in the README.
+// SecretNotYetValid, CertificateInvalid, EnvKeyNotNamed) are documented in docs/references.md.
 type Status string
 
 // Statuses a reference can have.
@@ -41,6 +41,12 @@ const (
 	StatusSecretExpired Status = "SecretExpired"
 	// StatusSecretNotYetValid: the secret's not-before time is in the future.
 	StatusSecretNotYetValid Status = "SecretNotYetValid"
+	// StatusCertificateInvalid: the secret is a certificate (its content type is
+	// application/x-pkcs12 or application/x-pem-file, as Key Vault gives a certificate's
+	// secret) that must not be served: it does not parse, its private key is not its leaf's,
+	// it is not valid now, its chain is broken, or a certificate's new version is stored as
+	// something else. The certificate held, if any, keeps serving.
+	StatusCertificateInvalid Status = "CertificateInvalid"
 	// StatusEnvKeyNotNamed: a warning, not a failure. An environment variable under the
 	// Viper's prefix holds a reference, but no configuration key reads it (Viper does not
 	// list AutomaticEnv keys): name the key with WithEnvKeys. Load logs it and does not
