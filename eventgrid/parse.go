@@ -50,20 +50,30 @@ func (e deliveredEvent) unix(key string) time.Time {
 	return time.Unix(int64(*f), 0)
 }
 
-// notice returns the Notice a Key Vault secret event carries.
+// noticeTypes maps the Key Vault event types a notice comes from (lower case) to the notice
+// and the object type the event must be about. A certificate's event is about the secret of
+// the same name and version, which holds the certificate with its key: a renewal is a new
+// version of that secret.
+var noticeTypes = map[string]struct {
+	typ    viperkv.NoticeType
+	object string
+}{
+	"microsoft.keyvault.secretnewversioncreated":      {viperkv.NoticeNewVersion, "secret"},
+	"microsoft.keyvault.secretnearexpiry":             {viperkv.NoticeNearExpiry, "secret"},
+	"microsoft.keyvault.secretexpired":                {viperkv.NoticeExpired, "secret"},
+	"microsoft.keyvault.certificatenewversioncreated": {viperkv.NoticeNewVersion, "certificate"},
+	"microsoft.keyvault.certificatenearexpiry":        {viperkv.NoticeNearExpiry, "certificate"},
+	"microsoft.keyvault.certificateexpired":           {viperkv.NoticeExpired, "certificate"},
+}
+
+// notice returns the Notice a Key Vault secret or certificate event carries.
 func (e deliveredEvent) notice() (viperkv.Notice, bool) {
-	var typ viperkv.NoticeType
-	switch {
-	case strings.EqualFold(e.typ, string(viperkv.NoticeNewVersion)):
-		typ = viperkv.NoticeNewVersion
-	case strings.EqualFold(e.typ, string(viperkv.NoticeNearExpiry)):
-		typ = viperkv.NoticeNearExpiry
-	case strings.EqualFold(e.typ, string(viperkv.NoticeExpired)):
-		typ = viperkv.NoticeExpired
-	default:
+	t, ok := noticeTypes[strings.ToLower(e.typ)]
+	if !ok {
 		return viperkv.Notice{}, false
 	}
-	if ot := e.field("objecttype"); ot != "" && !strings.EqualFold(ot, "secret") {
+	typ := t.typ
+	if ot := e.field("objecttype"); ot != "" && !strings.EqualFold(ot, t.object) {
 		return viperkv.Notice{}, false
 	}
 	vault := e.field("vaultname")
@@ -79,7 +89,9 @@ func (e deliveredEvent) notice() (viperkv.Notice, bool) {
 // topic with a subscription per instance is how every replica of a fleet hears of a
 // rotation), an Event Hubs event, or a webhook of the app's own. It reads both of Event
 // Grid's schemas: an Event Grid schema event or array, a CloudEvents 1.0 event or batch.
-// Events of other types (keys, certificates, a subscription validation) are skipped; a
+// A certificate's events (CertificateNewVersionCreated, CertificateNearExpiry,
+// CertificateExpired) become notices of the secret that holds the certificate, of the same
+// name and version. Events of other types (keys, a subscription validation) are skipped; a
 // body that is neither schema, or whose event data names a field twice (in any case), is an
 // error. A notice's NotBefore and Expires come from the data's NBF and EXP, Unix seconds
 // as a number or a numeric string (Azure's samples send "1559082102"); any other value
