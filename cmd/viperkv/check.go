@@ -24,6 +24,8 @@ func newCheckCmd() *cobra.Command {
 		output     string
 		environ    bool
 		allowEmpty bool
+		// minValidityFlag is --min-validity as given: days (14d) or a duration.
+		minValidityFlag string
 	)
 	cmd := &cobra.Command{
 		Use:   "check",
@@ -44,10 +46,17 @@ were forgotten or name the wrong file: without --config, --environ, --env-key or
 reference at all and no --vault-source matched a secret (a misspelled prefix), check
 exits 2. Pass --allow-empty when no reference is expected: check then exits 0.
 
+A reference whose secret is a certificate (Key Vault's PKCS#12 or PEM) gets a row with
+its subject, serial, expiry and days left; --min-validity 14d fails the check (exit 1)
+for a certificate that expires sooner.
+
 Exit status: 0 when every reference resolves, 1 when any fails, 2 for usage errors
 (unknown flag, unreadable configuration file, unknown --credential, nothing to check).`,
 		Example: `  # Before deploying: does this identity reach every secret?
   viperkv check --config config.yaml --env-prefix APP --env-key api.key
+
+  # Before deploying: every certificate valid for two more weeks?
+  viperkv check --config config.yaml --min-validity 14d
 
   # Machine-readable, for a pipeline
   viperkv check --config config.yaml --output json
@@ -65,18 +74,23 @@ Exit status: 0 when every reference resolves, 1 when any fails, 2 for usage erro
 			if lf.config == "" && !environ && len(lf.envKeys) == 0 && len(lf.vaultSources) == 0 && !allowEmpty {
 				return usageError("nothing to check: pass --config FILE, --environ, --vault-source VAULT (or --env-key KEY), or --allow-empty to accept an empty check")
 			}
-			return runCheck(cmd, &lf, output, environ, allowEmpty)
+			minValidity, err := parseMinValidity(minValidityFlag)
+			if err != nil {
+				return err
+			}
+			return runCheck(cmd, &lf, output, environ, allowEmpty, minValidity)
 		},
 	}
 	lf.register(cmd)
 	cmd.Flags().StringVarP(&output, "output", "o", "table", "output format: table or json")
 	cmd.Flags().BoolVar(&environ, "environ", false, "also check references in every environment variable (what viperkv run resolves)")
+	cmd.Flags().StringVar(&minValidityFlag, "min-validity", "", "fail when a certificate expires sooner than this: days (14d) or a duration (336h)")
 	cmd.Flags().BoolVar(&allowEmpty, "allow-empty", false, "exit 0 when there is nothing to check (no flag naming a source, or no reference found) instead of 2")
 	_ = cmd.RegisterFlagCompletionFunc("output", cobra.FixedCompletions([]cobra.Completion{"table", "json"}, cobra.ShellCompDirectiveNoFileComp))
 	return cmd
 }
 
-func runCheck(cmd *cobra.Command, lf *loadFlags, output string, environ, allowEmpty bool) error {
+func runCheck(cmd *cobra.Command, lf *loadFlags, output string, environ, allowEmpty bool, minValidity time.Duration) error {
 	out := cmd.OutOrStdout()
 	v, err := lf.viper()
 	if err != nil {
@@ -125,10 +139,23 @@ func runCheck(cmd *cobra.Command, lf *loadFlags, output string, environ, allowEm
 			sourcesFailed++
 		}
 	}
+	certs := certificates(status, p.Viper(), minValidity, time.Now())
+	tooSoon := 0
+	for _, c := range certs {
+		if c.TooSoon {
+			tooSoon++
+		}
+	}
 	if output == "json" {
-		err = writeCheckJSON(out, status, refs, failed)
+		err = writeCheckJSON(out, status, refs, failed, certs)
 	} else {
 		err = writeCheckTable(out, status, refs, failed)
+		if err == nil {
+			err = writeCertificates(out, certs, status, refs)
+		}
+		if err == nil && tooSoon > 0 {
+			_, err = fmt.Fprintf(out, "\n%d certificate(s) expire within --min-validity %s.\n", tooSoon, minValidity)
+		}
 		if err == nil && len(sources) > 0 {
 			err = writeVaultSources(out, sources)
 		}
@@ -136,7 +163,7 @@ func runCheck(cmd *cobra.Command, lf *loadFlags, output string, environ, allowEm
 	if err != nil {
 		return err
 	}
-	if failed > 0 || sourcesFailed > 0 {
+	if failed > 0 || sourcesFailed > 0 || tooSoon > 0 {
 		return exitStatus(1)
 	}
 	return nil
@@ -224,9 +251,11 @@ type checkRow struct {
 	Status        string  `json:"status"`
 	Reason        string  `json:"reason"`
 	TookMS        float64 `json:"took_ms"`
+	// Certificate describes the certificate the reference resolved to, if it is one.
+	Certificate *certInfo `json:"certificate,omitempty"`
 }
 
-func writeCheckJSON(out io.Writer, status []viperkv.ReferenceStatus, refs *envRefs, failed int) error {
+func writeCheckJSON(out io.Writer, status []viperkv.ReferenceStatus, refs *envRefs, failed int, certs map[string]*certInfo) error {
 	doc := struct {
 		References []checkRow `json:"references"`
 		Resolved   int        `json:"resolved"`
@@ -244,6 +273,7 @@ func writeCheckJSON(out io.Writer, status []viperkv.ReferenceStatus, refs *envRe
 			Status:        string(st.Status),
 			Reason:        st.Reason,
 			TookMS:        math.Round(float64(st.Took)/float64(time.Millisecond)*10) / 10,
+			Certificate:   certs[st.Key],
 		})
 	}
 	enc := json.NewEncoder(out)

@@ -2,8 +2,10 @@ package main
 
 import (
 	"bytes"
+	"crypto/x509"
 	"encoding/base64"
 	"encoding/json"
+	"encoding/pem"
 	"errors"
 	"fmt"
 	"io/fs"
@@ -12,11 +14,13 @@ import (
 	"strconv"
 	"strings"
 	"text/template"
+	"time"
 
 	"github.com/spf13/cobra"
 	"github.com/spf13/viper"
 
 	"github.com/viperkv/viperkv"
+	"github.com/viperkv/viperkv/internal/certparse"
 )
 
 // rendering is one template and the file it is rendered into.
@@ -80,6 +84,30 @@ func templateFuncs(v *viper.Viper) template.FuncMap {
 			}
 			return v.Get(key), nil
 		},
+		// certPEM and keyPEM write a certificate kept in Key Vault (PKCS#12 or PEM) the way
+		// nginx and Envoy read it: the leaf and its chain, and the private key (PKCS#8).
+		"certPEM": func(key string) (string, error) {
+			c, err := templateCertificate(v, key)
+			if err != nil {
+				return "", err
+			}
+			var out []byte
+			for _, der := range c.TLS.Certificate {
+				out = append(out, pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE", Bytes: der})...)
+			}
+			return string(out), nil
+		},
+		"keyPEM": func(key string) (string, error) {
+			c, err := templateCertificate(v, key)
+			if err != nil {
+				return "", err
+			}
+			der, err := x509.MarshalPKCS8PrivateKey(c.TLS.PrivateKey)
+			if err != nil {
+				return "", fmt.Errorf("the private key of %q cannot be written as PKCS#8", key)
+			}
+			return string(pem.EncodeToMemory(&pem.Block{Type: "PRIVATE KEY", Bytes: der})), nil
+		},
 		"json": func(x any) (string, error) {
 			b, err := json.Marshal(x)
 			return string(b), err
@@ -90,6 +118,18 @@ func templateFuncs(v *viper.Viper) template.FuncMap {
 			return "'" + strings.ReplaceAll(fmt.Sprint(x), "'", `'\''`) + "'"
 		},
 	}
+}
+
+// templateCertificate reads key's certificate (a Key Vault certificate's secret).
+func templateCertificate(v *viper.Viper, key string) (*certparse.Certificate, error) {
+	if v == nil || !v.IsSet(key) {
+		return nil, fmt.Errorf("key %q is not set", key)
+	}
+	c, err := certparse.Parse(v.GetString(key), "", time.Now())
+	if err != nil {
+		return nil, fmt.Errorf("key %q: %w", key, err)
+	}
+	return c, nil
 }
 
 // render renders every template over resolved and, only if all rendered, replaces each
@@ -199,6 +239,8 @@ read their secrets from a file (nginx, a .pgpass, a client certificate).
 
 In the template, . is the configuration ({{ .database.conn }}, keys in lower case), and
   get "database.conn"   reads a key as Viper does (any case, the key delimiter);
+  certPEM "server.tls", keyPEM "server.tls"   write a Key Vault certificate (PKCS#12 or
+                        PEM) as nginx and Envoy read it: the chain, and the private key;
   json, base64, quote, shellquote  encode a value.
 A key that is not set is an error, never an empty value.
 
