@@ -15,7 +15,9 @@ import (
 //	params  = param *( ";" param ) [ ";" ]                              ; blanks allowed around ";" "="
 //	param   = ( "SecretUri" | "VaultName" | "SecretName" | "SecretVersion" ) "=" value
 //
-// with either SecretUri=https://<vault>.<suffix>/secrets/<name>[/<version>][/] alone, or
+// with either SecretUri=https://<vault>.<suffix>/secrets/<name>[/<version>][/] alone (or
+// /certificates/<name>[/<version>]: a Key Vault certificate, read through the secret of the
+// same name and version that holds it with its private key), or
 // VaultName and SecretName (and optionally SecretVersion). "@@" right before a prefix
 // stands for a literal "@", so that prefix is plain text; other "@@" stay as they are.
 //
@@ -524,7 +526,8 @@ func parseSecretURI(u string, pc parseConfig) (Reference, Status, string) {
 	return Reference{Vault: vault, Name: name, Version: lowerASCII(version)}, "", ""
 }
 
-// parseSecretPath accepts exactly /secrets/<name>[/<version>][/].
+// parseSecretPath accepts exactly /secrets/<name>[/<version>][/], and the same under
+// /certificates/: a certificate's secret has its name and version.
 func parseSecretPath(p string) (name, version, reason string) {
 	switch {
 	case strings.IndexByte(p, '?') >= 0:
@@ -558,8 +561,8 @@ func parseSecretPath(p string) (name, version, reason string) {
 		}
 		body = after
 	}
-	if !equalFold(seg[0], "secrets") {
-		return "", "", fmt.Sprintf("SecretUri path starts with /%s/, want /secrets/<name>[/<version>] (only secrets can be referenced)", quoteBare(seg[0]))
+	if !equalFold(seg[0], "secrets") && !equalFold(seg[0], "certificates") {
+		return "", "", fmt.Sprintf("SecretUri path starts with /%s/, want /secrets/<name>[/<version>] (only secrets and certificates can be referenced)", quoteBare(seg[0]))
 	}
 	if n < 2 {
 		return "", "", "SecretUri has no secret name (want /secrets/<name>)"
