@@ -67,10 +67,10 @@ const EventGridAppID = "4962773b-9cdb-44cf-a8bf-237846a00ab7"
 const defaultRole = "AzureEventGridSecureWebhookSubscriber"
 
 // Other Key Vault event types. Subscriptions may filter on them, as a real subscription
-// copied from Azure may, but the emulator publishes none of them.
+// copied from Azure may, but the emulator publishes none of them. (The certificate events
+// are published: see certificateEventTypes.)
 var otherKeyVaultEvents = []string{
-	"Microsoft.KeyVault.CertificateNewVersionCreated", "Microsoft.KeyVault.CertificateNearExpiry",
-	"Microsoft.KeyVault.CertificateExpired", "Microsoft.KeyVault.KeyNewVersionCreated",
+	"Microsoft.KeyVault.KeyNewVersionCreated",
 	"Microsoft.KeyVault.KeyNearExpiry", "Microsoft.KeyVault.KeyExpired",
 	"Microsoft.KeyVault.VaultAccessPolicyChanged",
 }
@@ -115,9 +115,10 @@ type EventSubscription struct {
 	Endpoint string
 	// Schema is the delivery schema (default [EventGridSchema]).
 	Schema EventSchema
-	// EventTypes filters what is delivered (default: the three secret events). Key Vault's
-	// key, certificate and access policy event types are accepted too; the emulator never
-	// publishes them.
+	// EventTypes filters what is delivered (default: the three secret events). The three
+	// certificate events (EventCertificateNewVersionCreated...) are published to
+	// subscriptions that list them; Key Vault's key and access policy event types are
+	// accepted too, and the emulator never publishes them.
 	EventTypes []string
 	// Audience turns on Microsoft Entra protected delivery: every request, handshakes
 	// included, carries "Authorization: Bearer <token>", an RS256 token the emulator's Entra
@@ -194,7 +195,8 @@ func defaultEventTypes() []string {
 
 // knownEventType reports whether t is one of Key Vault's event types.
 func knownEventType(t string) bool {
-	return slices.Contains(defaultEventTypes(), t) || slices.Contains(otherKeyVaultEvents, t)
+	return slices.Contains(defaultEventTypes(), t) || slices.Contains(certificateEventTypes(), t) ||
+		slices.Contains(otherKeyVaultEvents, t)
 }
 
 // parseEventSchema accepts a schema's API name or the seed's short one, in any case.

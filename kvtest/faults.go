@@ -3,6 +3,7 @@ package kvtest
 import (
 	"math"
 	"net/http"
+	"slices"
 	"strconv"
 	"strings"
 	"sync"
@@ -66,13 +67,17 @@ var allOps = []Op{
 	OpForbidden, OpDiscovery, OpJWKS,
 }
 
+// allCounted are the operations and outcomes counted: allOps and the certificates'.
+func allCounted() []Op { return append(slices.Clone(allOps), certificateOps()...) }
+
 // counters holds one atomic counter per Op. The map is filled at creation and never
 // written again, so concurrent lookups need no lock.
 type counters map[Op]*atomic.Int64
 
 func newCounters() counters {
-	c := make(counters, len(allOps))
-	for _, op := range allOps {
+	ops := allCounted()
+	c := make(counters, len(ops))
+	for _, op := range ops {
 		c[op] = new(atomic.Int64)
 	}
 	return c

@@ -56,6 +56,8 @@ type seedVault struct {
 	PageSize *int `yaml:"page_size,omitempty"`
 	// Secrets to create, one version each (list a name twice for two versions).
 	Secrets []seedSecret `yaml:"secrets,omitempty"`
+	// Certificates to issue or import, after the secrets (certificates_seed.go).
+	Certificates []seedCertificate `yaml:"certificates,omitempty"`
 	// Grants are role assignments on the vault.
 	Grants []seedGrant `yaml:"grants,omitempty"`
 	// EventSubscriptions are Event Grid webhook subscriptions on the vault's system topic,
@@ -212,7 +214,7 @@ func itemName(item *yaml.Node, noun string, i int, parent string) string {
 
 // seedNouns name one item of each list of a seed.
 var seedNouns = map[string]string{"identities": "identity", "vaults": "vault", "secrets": "secret", "grants": "grant",
-	"event_subscriptions": "event subscription"}
+	"event_subscriptions": "event subscription", "certificates": "certificate"}
 
 func isNull(n *yaml.Node) bool { return n.Kind == yaml.ScalarNode && n.Tag == "!!null" }
 
@@ -275,7 +277,9 @@ func (sd *seedSpec) validate() error {
 		if n := v.PageSize; n != nil && (*n < 1 || *n > pageSize) {
 			errs = append(errs, fmt.Errorf("vaults[%d]: page_size %d is out of range (1 to %d)", i, *n, pageSize))
 		}
+		secretNames := map[string]bool{}
 		for j, s := range v.Secrets {
+			secretNames[strings.ToLower(s.Name)] = true
 			if !secretNameRE.MatchString(s.Name) {
 				errs = append(errs, fmt.Errorf("vaults[%d].secrets[%d]: invalid secret name %q (1-127 letters, digits, dashes)", i, j, s.Name))
 			}
@@ -291,6 +295,7 @@ func (sd *seedSpec) validate() error {
 				errs = append(errs, fmt.Errorf("vaults[%d].grants[%d]: unknown role %q", i, j, g.Role))
 			}
 		}
+		errs = append(errs, validateSeedCertificates(i, v.Certificates, secretNames)...)
 		errs = append(errs, validateSeedSubscriptions(i, v.EventSubscriptions)...)
 	}
 	if len(errs) > 0 {
@@ -357,9 +362,17 @@ func validateSeedSubscriptions(i int, subs []seedEventSubscription) []error {
 //	        expires: 2030-01-01T00:00:00Z             # optional
 //	        not_before: 2024-01-01T00:00:00Z          # optional
 //	        tags: {env: dev}                          # optional
+//	    certificates:                                 # self-signed, or imported (import_pem_file)
+//	      - name: api-tls
+//	        subject: CN=api.example.com               # optional, default CN=<name>
+//	        dns_names: [api.example.com]              # optional; emails, upns too
+//	        key_type: EC                              # optional: RSA (default, key_size) or EC (curve)
+//	        content_type: pem                         # optional: pkcs12 (default) or pem
+//	        validity: 2m                              # optional: a duration, or validity_months
+//	        renew_at_percentage: 50                   # optional AutoRenew trigger (default 80%)
 //	    grants:
 //	      - identity: system                          # the system-assigned identity
-//	        role: Key Vault Secrets User              # or secrets-user, secrets-officer, reader
+//	        role: Key Vault Secrets User              # or secrets-user, secrets-officer, reader, certificate-user
 //	    event_subscriptions:                          # Event Grid webhooks, see Vault.Subscribe
 //	      - name: app-push                            # optional, default sub-<n>
 //	        endpoint: https://localhost:8443/events   # http or https
@@ -443,6 +456,9 @@ func (s *Server) applySeed(sd *seedSpec) error {
 				opts = append(opts, WithTags(sec.Tags))
 			}
 			v.SetSecret(sec.Name, sec.Value, opts...)
+		}
+		if err := v.applySeedCertificates(sv.Certificates); err != nil {
+			return err
 		}
 		for _, g := range sv.Grants {
 			role, _ := ParseRole(g.Role) // validated above

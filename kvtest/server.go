@@ -43,6 +43,11 @@ type config struct {
 	noRetryAfter   bool
 	tenantSet      bool   // WithTenantID was given
 	seed           []byte // WithSeed's YAML
+
+	// certIssueDelay is WithCertificateIssueDelay's (certificates.go); unset means
+	// DefaultCertificateIssueDelay.
+	certIssueDelay    time.Duration
+	certIssueDelaySet bool
 }
 
 // DefaultDeletionWindow is how long a DELETE or a purge takes to complete unless
@@ -294,8 +299,9 @@ func (s *Server) Close() {
 			}
 		}
 		for _, v := range vaults {
-			v.closeEvents()     // Event Grid: subscriptions and expiry timers
-			v.closeRecoveries() // recoveries still completing
+			v.closeEvents()       // Event Grid: subscriptions and expiry timers
+			v.closeRecoveries()   // recoveries still completing
+			v.closeCertificates() // renewals, issuances and recoveries of certificates
 			_ = v.ln.hs.Close()
 		}
 		s.closeProxy()

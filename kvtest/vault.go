@@ -46,6 +46,7 @@ type Vault struct {
 	purgeProtection bool                     // WithPurgeProtection
 	retentionDays   int                      // WithRetentionDays
 	events          vaultEvents              // Event Grid: subscriptions and expiry timers (eventgrid.go)
+	certs           certStore                // certificates (certificates.go)
 }
 
 type secret struct {
@@ -62,6 +63,7 @@ type secretVersion struct {
 	nbf, exp    *time.Time
 	created     time.Time
 	updated     time.Time
+	cert        *certVersion // a certificate's linked secret: the version it backs; nil for a plain secret
 }
 
 type deletedSecret struct {
@@ -387,6 +389,9 @@ func (v *Vault) SetSecret(name, value string, opts ...SecretOption) (version str
 	}
 	v.mu.Lock()
 	defer v.mu.Unlock()
+	if v.certNameLocked(strings.ToLower(name)) {
+		panic(fmt.Sprintf("kvtest: secret %q is a certificate's linked secret: use the certificate's API", name))
+	}
 	delete(v.deleted, strings.ToLower(name))
 	delete(v.purging, strings.ToLower(name))
 	v.completeRecoveryLocked(strings.ToLower(name))
@@ -413,6 +418,9 @@ func (v *Vault) SetEnabled(name, version string, enabled bool) error {
 	if s == nil {
 		return fmt.Errorf("%w: %s", errNoSecret, name)
 	}
+	if s.managed() {
+		return fmt.Errorf("kvtest: secret %s is a certificate's linked secret: update the certificate", name)
+	}
 	sv := s.latest()
 	if version != "" {
 		if sv = s.find(strings.ToLower(version)); sv == nil {
@@ -434,6 +442,9 @@ func (v *Vault) DeleteSecret(name string) error {
 	s := v.secrets[key]
 	if s == nil {
 		return fmt.Errorf("%w: %s", errNoSecret, name)
+	}
+	if s.managed() {
+		return fmt.Errorf("kvtest: secret %s is a certificate's linked secret: delete the certificate", name)
 	}
 	v.deleteLocked(key, s)
 	return nil
@@ -486,23 +497,35 @@ func (v *Vault) Versions(name string) []string {
 	return out
 }
 
-// Role is an Azure RBAC role on a vault's secrets.
+// Role is an Azure RBAC role on a vault's secrets and certificates.
 type Role string
 
-// Roles with the data actions of Azure's built-in roles, as far as secrets go.
+// Roles with the data actions of Azure's built-in roles, as far as secrets and
+// certificates go.
 const (
 	// RoleSecretsUser ("Key Vault Secrets User") reads secret values and metadata.
 	RoleSecretsUser Role = "Key Vault Secrets User"
 	// RoleSecretsOfficer ("Key Vault Secrets Officer") may do anything with secrets.
 	RoleSecretsOfficer Role = "Key Vault Secrets Officer"
-	// RoleReader ("Key Vault Reader") reads metadata (lists) but not secret values.
+	// RoleReader ("Key Vault Reader") reads metadata (lists) but not secret values; its
+	// Microsoft.KeyVault/vaults/*/read reads certificates (their public part) too.
 	RoleReader Role = "Key Vault Reader"
 	// RoleAdministrator ("Key Vault Administrator") may do anything.
 	RoleAdministrator Role = "Key Vault Administrator"
+	// RoleCertificatesOfficer ("Key Vault Certificates Officer") may do anything with
+	// certificates (certificates/*) but reads no secret, not even a certificate's linked
+	// secret.
+	RoleCertificatesOfficer Role = "Key Vault Certificates Officer"
+	// RoleCertificateUser ("Key Vault Certificate User") reads certificates and, as
+	// Azure's role grants secrets/getSecret/action and secrets/readMetadata/action, every
+	// secret's value and metadata: a certificate's private key is read through its linked
+	// secret.
+	RoleCertificateUser Role = "Key Vault Certificate User"
 )
 
 // ParseRole accepts a role's full name or a short alias (secrets-user, user,
-// secrets-officer, officer, reader, administrator, admin), in any letter case.
+// secrets-officer, officer, reader, administrator, admin, certificates-officer,
+// certificate-user), in any letter case.
 func ParseRole(s string) (Role, error) {
 	switch strings.ToLower(strings.TrimSpace(s)) {
 	case "key vault secrets user", "secrets-user", "secretsuser", "user":
@@ -513,17 +536,24 @@ func ParseRole(s string) (Role, error) {
 		return RoleReader, nil
 	case "key vault administrator", "administrator", "admin":
 		return RoleAdministrator, nil
+	case "key vault certificates officer", "certificates-officer", "certificate-officer", "certificatesofficer":
+		return RoleCertificatesOfficer, nil
+	case "key vault certificate user", "certificate-user", "certificates-user", "certificateuser":
+		return RoleCertificateUser, nil
 	}
 	return "", fmt.Errorf("kvtest: unknown role %q", s)
 }
 
 // dataAction is the RBAC data action an operation needs, with the roles granting it.
 func dataAction(op Op) (action string, roles []Role) {
+	if action, roles, ok := certDataAction(op); ok {
+		return action, roles
+	}
 	switch op {
 	case OpGetSecret:
-		return "Microsoft.KeyVault/vaults/secrets/getSecret/action", []Role{RoleSecretsUser, RoleSecretsOfficer, RoleAdministrator}
+		return "Microsoft.KeyVault/vaults/secrets/getSecret/action", []Role{RoleSecretsUser, RoleSecretsOfficer, RoleAdministrator, RoleCertificateUser}
 	case OpListSecrets, OpListVersions:
-		return "Microsoft.KeyVault/vaults/secrets/readMetadata/action", []Role{RoleReader, RoleSecretsUser, RoleSecretsOfficer, RoleAdministrator}
+		return "Microsoft.KeyVault/vaults/secrets/readMetadata/action", []Role{RoleReader, RoleSecretsUser, RoleSecretsOfficer, RoleAdministrator, RoleCertificateUser}
 	case OpSetSecret:
 		return "Microsoft.KeyVault/vaults/secrets/setSecret/action", []Role{RoleSecretsOfficer, RoleAdministrator}
 	case OpUpdateSecret:

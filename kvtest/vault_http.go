@@ -163,6 +163,7 @@ type route struct {
 	name    string // secret name as requested
 	version string // lowercase; "" = latest
 	serve   func(http.ResponseWriter, *http.Request, route)
+	res     string // the resource under the vault RBAC names, when not /secrets/{name}
 }
 
 type kvError struct {
@@ -175,6 +176,9 @@ func (v *Vault) route(r *http.Request) (route, *kvError) {
 	notFound := &kvError{http.StatusNotFound, "NotFound", "The requested path was not found: " + r.URL.Path}
 	badMethod := &kvError{http.StatusMethodNotAllowed, "MethodNotAllowed", "The method " + r.Method + " is not allowed on " + r.URL.Path}
 	m := r.Method
+	if len(segs) > 0 && (segs[0] == "certificates" || segs[0] == "deletedcertificates") {
+		return v.certRoute(r, segs) // certificates_http.go
+	}
 	if len(segs) == 0 || (segs[0] != "secrets" && segs[0] != "deletedsecrets") {
 		return route{}, notFound
 	}
@@ -287,7 +291,9 @@ func (v *Vault) setChallenge(w http.ResponseWriter) {
 func (v *Vault) forbidden(w http.ResponseWriter, caller *verifiedToken, rt route) {
 	action, _ := dataAction(rt.op)
 	res := "/subscriptions/" + nameUUID(v.srv.tenant, "subscription") + "/resourcegroups/kvtest-rg/providers/microsoft.keyvault/vaults/" + v.name
-	if rt.name != "" {
+	if rt.res != "" {
+		res += rt.res
+	} else if rt.name != "" {
 		res += "/secrets/" + rt.name
 	}
 	msg := "Caller is not authorized to perform action on resource.\r\n" +
@@ -381,6 +387,11 @@ type secretBundle struct {
 	ContentType        string            `json:"contentType,omitempty"`
 	Tags               map[string]string `json:"tags,omitempty"`
 	Attributes         secretAttributes  `json:"attributes"`
+	// A certificate's linked secret (certificates.go): managed, the key's ID on GET, and
+	// the previous version on GET with api-version 2025-07-01 and later.
+	KID             string `json:"kid,omitempty"`
+	Managed         *bool  `json:"managed,omitempty"`
+	PreviousVersion string `json:"previousVersion,omitempty"`
 }
 
 func unixPtr(t *time.Time) *int64 {
@@ -416,6 +427,10 @@ func (v *Vault) bundle(s *secret, sv *secretVersion, withValue, withVersion bool
 		val := sv.value
 		b.Value = &val
 	}
+	if sv.cert != nil {
+		managed := true
+		b.Managed = &managed
+	}
 	return b
 }
 
@@ -427,11 +442,12 @@ func (v *Vault) deletedBundle(d *deletedSecret, withVersion bool) secretBundle {
 	return b
 }
 
-func (v *Vault) getSecret(w http.ResponseWriter, _ *http.Request, rt route) {
+func (v *Vault) getSecret(w http.ResponseWriter, r *http.Request, rt route) {
 	v.mu.RLock()
 	s := v.secrets[strings.ToLower(rt.name)]
 	var sv *secretVersion
 	var b secretBundle
+	var e *kvError
 	if s != nil {
 		if rt.version == "" {
 			sv = s.latest()
@@ -440,10 +456,13 @@ func (v *Vault) getSecret(w http.ResponseWriter, _ *http.Request, rt route) {
 		}
 		if sv != nil && sv.enabled {
 			b = v.bundle(s, sv, true, true)
+			e = v.linkedSecretLocked(r, s, sv, &b) // certificates_http.go
 		}
 	}
 	v.mu.RUnlock()
 	switch {
+	case e != nil:
+		v.writeError(w, e.status, e.code, e.msg)
 	case s == nil:
 		st, code, msg := secretNotFound(rt.name)
 		v.writeError(w, st, code, msg)
@@ -524,6 +543,11 @@ func (v *Vault) setSecret(w http.ResponseWriter, r *http.Request, rt route) {
 	body.Attributes.apply(sv)
 	key := strings.ToLower(rt.name)
 	v.mu.Lock()
+	if v.certNameLocked(key) {
+		v.mu.Unlock()
+		v.managedSecretConflict(w, rt.name)
+		return
+	}
 	if d := v.deleted[key]; d != nil && d.deleting(time.Now()) {
 		v.mu.Unlock()
 		v.writeErrorInner(w, http.StatusConflict, "Conflict",
@@ -586,6 +610,11 @@ func (v *Vault) updateSecret(w http.ResponseWriter, r *http.Request, rt route) {
 		v.writeError(w, st, code, msg)
 		return
 	}
+	if s.managed() {
+		v.mu.Unlock()
+		v.managedSecretConflict(w, s.name)
+		return
+	}
 	if body.ContentType != nil {
 		sv.contentType = *body.ContentType
 	}
@@ -608,6 +637,11 @@ func (v *Vault) deleteSecret(w http.ResponseWriter, _ *http.Request, rt route) {
 		v.mu.Unlock()
 		st, code, msg := secretNotFound(rt.name)
 		v.writeError(w, st, code, msg)
+		return
+	}
+	if s.managed() {
+		v.mu.Unlock()
+		v.managedSecretConflict(w, s.name)
 		return
 	}
 	d := v.deleteLocked(key, s)
@@ -932,6 +966,11 @@ func unixTime(u *int64) *time.Time {
 func (v *Vault) backupSecret(w http.ResponseWriter, _ *http.Request, rt route) {
 	v.mu.RLock()
 	s := v.secrets[strings.ToLower(rt.name)]
+	if s != nil && s.managed() {
+		v.mu.RUnlock()
+		v.managedSecretConflict(w, s.name)
+		return
+	}
 	var p backupPayload
 	if s != nil {
 		p.Name = s.name
@@ -989,7 +1028,7 @@ func (v *Vault) restoreSecret(w http.ResponseWriter, r *http.Request, _ route) {
 	key := strings.ToLower(p.Name)
 	v.mu.Lock()
 	_, purging := v.purgingLocked(key, time.Now())
-	if v.secrets[key] != nil || v.deleted[key] != nil || v.recovering[key] != nil || purging {
+	if v.secrets[key] != nil || v.deleted[key] != nil || v.recovering[key] != nil || purging || v.certNameLocked(key) {
 		v.mu.Unlock()
 		v.restoreConflict(w, "https://"+v.host+"/secrets/"+p.Name+"/"+s.latest().version)
 		return
