@@ -80,6 +80,11 @@ func certificateNeverReplacedByAWorseOne(t *testing.T) {
 		errs := rec.all(EventError)
 		if len(errs) != before+1 || !slices.Contains(errs[len(errs)-1].Keys, "server.tls") || !strings.Contains(fmt.Sprint(errs[len(errs)-1].Err), tc.want) {
 			t.Errorf("%s: %d new error events, want one naming server.tls and the reason", tc.name, len(errs)-before)
+		} else if c := errs[len(errs)-1].Certificate; c == nil || c.Serial != good.Leaf().SerialNumber.Text(16) || c.Subject != "CN=good.example" {
+			t.Errorf("%s: the error event describes certificate %v, want the good one it keeps", tc.name, c)
+		}
+		if c := st.Certificate; c == nil || c.Serial != good.Leaf().SerialNumber.Text(16) {
+			t.Errorf("%s: the status describes certificate %v, want the good one it keeps", tc.name, c)
 		}
 		for _, e := range rec.all() {
 			fmt.Fprintf(&seen, "%v %v\n", e, e.Err)
@@ -98,6 +103,12 @@ func certificateNeverReplacedByAWorseOne(t *testing.T) {
 	}
 	if got := p.GetString("server.tls"); got != renewed.PEM() || p.Status()[0].Status != StatusResolved {
 		t.Error("a good renewal was not served")
+	}
+	synctest.Wait()
+	changed := rec.all(EventChanged)
+	if c := changed[len(changed)-1]; c.Certificate == nil || c.Certificate.Serial != renewed.Leaf().SerialNumber.Text(16) ||
+		c.Certificate.DaysLeft(c.Time) < 0 || !strings.Contains(c.String(), "serial "+c.Certificate.Serial) {
+		t.Errorf("the renewal's event %v describes certificate %v, want the renewed one", c, c.Certificate)
 	}
 	all := seen.String() + logs.String()
 	for _, c := range []*certtest.Issued{good, other, future, expired, renewed} {
@@ -128,5 +139,29 @@ func TestCertificateNearExpiryFromItsNotAfter(t *testing.T) {
 		if !e.Expires.Equal(notAfter) || !slices.Contains(e.Keys, "tls") {
 			t.Errorf("near expiry event %v, want the certificate's NotAfter %v", e, notAfter)
 		}
+		if ci := e.Certificate; ci == nil || ci.Subject != "CN=soon.example" || ci.Serial != c.Leaf().SerialNumber.Text(16) ||
+			!ci.NotAfter.Equal(notAfter) || ci.DaysLeft(e.Time) != 3 || !strings.Contains(e.String(), "(3 days left)") {
+			t.Errorf("near expiry event %q describes certificate %v, want CN=soon.example, 3 days left", e, ci)
+		}
 	})
+}
+
+func TestCertificateInfoDaysLeft(t *testing.T) {
+	now := time.Date(2026, 12, 7, 12, 0, 0, 0, time.UTC)
+	for _, tc := range []struct {
+		notAfter time.Time
+		want     int
+	}{
+		{now.Add(14 * 24 * time.Hour), 14},
+		{now.Add(14*24*time.Hour - time.Second), 13},
+		{now.Add(time.Hour), 0},
+		{now, 0},
+		{now.Add(-time.Hour), -1},
+		{now.Add(-24 * time.Hour), -1},
+		{now.Add(-25 * time.Hour), -2},
+	} {
+		if got := (CertificateInfo{NotAfter: tc.notAfter}).DaysLeft(now); got != tc.want {
+			t.Errorf("DaysLeft with NotAfter now%+v = %d, want %d", tc.notAfter.Sub(now), got, tc.want)
+		}
+	}
 }

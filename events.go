@@ -54,6 +54,10 @@ type Event struct {
 	Err error
 	// Expires is the expiry of the version in use, for EventNearExpiry and SecretExpired.
 	Expires time.Time
+	// Certificate describes the certificate the key holds after the event, when the secret
+	// holds one: the renewal for EventChanged, the one kept for EventError, the one
+	// lapsing for EventNearExpiry.
+	Certificate *CertificateInfo
 	// Previous and Current are the resolved configurations before and after the event.
 	Previous, Current *viper.Viper
 }
@@ -76,6 +80,10 @@ func (e Event) String() string {
 	}
 	if !e.Expires.IsZero() {
 		fmt.Fprintf(&b, " expires %s", e.Expires.UTC().Format(time.RFC3339))
+	}
+	if c := e.Certificate; c != nil {
+		fmt.Fprintf(&b, " certificate %q serial %s not after %s (%d days left)", c.Subject, c.Serial,
+			c.NotAfter.UTC().Format(time.RFC3339), c.DaysLeft(e.Time))
 	}
 	switch {
 	case e.Err != nil:
@@ -141,6 +149,10 @@ func (p *Provider) logEvent(e Event) {
 		case e.OldVersion != e.NewVersion:
 			attrs = append(attrs, "old_version", e.OldVersion, "new_version", e.NewVersion)
 		}
+	}
+	if c := e.Certificate; c != nil {
+		attrs = append(attrs, slog.Group("certificate", "subject", c.Subject, "serial", c.Serial,
+			"not_after", c.NotAfter, "days_left", c.DaysLeft(e.Time)))
 	}
 	log := p.opts.logger
 	switch e.Kind {

@@ -54,6 +54,7 @@ type secret struct {
 	status      Status     // the latest outcome
 	reason      string     // why, when status is not Resolved; never contains the value
 	took        time.Duration
+	cert        *CertificateInfo // the certificate the value holds, if it is one
 }
 
 // fetchOnce gets one secret and judges it: a version outside its exp/nbf window is
@@ -91,7 +92,8 @@ func fetchOnce(ctx context.Context, rd *driver.Reader, r Reference) (*secret, bo
 func judgeCertificate(s *secret, now time.Time) {
 	c, err := certparse.Parse(s.value, s.contentType, now)
 	if errors.Is(err, certparse.ErrNoKey) {
-		if _, _, perr := certparse.ParsePool(s.value); perr == nil {
+		if _, certs, perr := certparse.ParsePool(s.value); perr == nil {
+			s.cert = certificateInfo(certs[0])
 			return // certificates without a key: a CA bundle, whose members may expire on their own
 		}
 	}
@@ -100,6 +102,7 @@ func judgeCertificate(s *secret, now time.Time) {
 		s.reason = "version " + s.version + ": " + err.Error()
 		return
 	}
+	s.cert = certificateInfo(c.Leaf)
 	if na := c.Leaf.NotAfter; s.expires == nil || na.Before(*s.expires) {
 		s.expires = &na
 	}

@@ -58,7 +58,7 @@ func merge(r Reference, old, s *secret, src Source, now time.Time) (*secret, []E
 			e.OldVersion = old.version
 		}
 		if st.has {
-			e.NewVersion = st.version
+			e.NewVersion, e.Certificate = st.version, st.cert
 		}
 		if kind == EventError {
 			e.Err = &ReferenceError{Key: r.String(), Status: st.status, Reason: st.reason}

@@ -123,6 +123,9 @@ type ReferenceStatus struct {
 	// ContentType is the content type of that version (for example application/json or
 	// application/x-pkcs12), as Key Vault stores it.
 	ContentType string
+	// Certificate describes the certificate that version holds, when it holds one (its
+	// content type is a certificate's): subject, serial and NotAfter, never key material.
+	Certificate *CertificateInfo
 	Status      Status        // StatusResolved or why not
 	Reason      string        // why, when Status is not StatusResolved
 	Took        time.Duration // time the fetch took

@@ -138,7 +138,7 @@ func build(base *viper.Viper, sc *scan, secrets map[Reference]*secret, prev *sna
 			if s, ok := secrets[r.key()]; ok {
 				st.Status, st.Reason, st.Took = s.status, s.reason, s.took
 				if s.has {
-					st.Version, st.ContentType = s.version, s.contentType
+					st.Version, st.ContentType, st.Certificate = s.version, s.contentType, s.cert
 				}
 			}
 			status = append(status, st)

@@ -205,12 +205,12 @@ func (s *schedule) checkExpiry(secrets map[Reference]*secret, src Source, now ti
 			x.reason += "; still serving it"
 			secrets[r] = &x
 			evs = append(evs, Event{Kind: EventError, Source: src, Time: now, Secret: r, OldVersion: sec.version,
-				NewVersion: sec.version, Status: x.status, Expires: exp,
+				NewVersion: sec.version, Status: x.status, Expires: exp, Certificate: sec.cert,
 				Err: &ReferenceError{Key: r.String(), Status: x.status, Reason: x.reason}})
 		case warn && !expired && near && s.warned[r] != sec.version:
 			s.warned[r] = sec.version
 			evs = append(evs, Event{Kind: EventNearExpiry, Source: src, Time: now, Secret: r,
-				OldVersion: sec.version, NewVersion: sec.version, Status: sec.status, Expires: exp})
+				OldVersion: sec.version, NewVersion: sec.version, Status: sec.status, Expires: exp, Certificate: sec.cert})
 		}
 	}
 	s.expiryAt = time.Time{}

@@ -105,3 +105,57 @@ func TestRenderCertificateFiles(t *testing.T) {
 		t.Errorf("rendered chain of %d, leaf %q", len(pair.Certificate), pair.Leaf.Subject.CommonName)
 	}
 }
+
+// TestCertificateKeyShownOnlyWhenRevealed: a certificate's private key (PEM and PKCS#12)
+// shows in no output of check, resolve or run (whose child prints it) unless revealed.
+func TestCertificateKeyShownOnlyWhenRevealed(t *testing.T) {
+	t.Parallel()
+	leaf := certtest.New(nil, certtest.Options{CommonName: "sentinel.example"})
+	pemName, p12Name := secretName(t), secretName(t)
+	kv := emu.Vault("myvault")
+	kv.SetSecret(pemName, leaf.PEM(), kvtest.WithContentType(certparse.ContentTypePEM))
+	kv.SetSecret(p12Name, leaf.PKCS12(), kvtest.WithContentType(certparse.ContentTypePKCS12))
+	cfg := writeFile(t, "certs.yaml", "tls:\n  pem: \"@KeyVault(VaultName=myvault;SecretName="+pemName+")\"\n  p12: \"@KeyVault(VaultName=myvault;SecretName="+p12Name+")\"\n")
+	var probes []string
+	for _, l := range strings.Split(leaf.KeyPEM(), "\n") {
+		if l != "" && !strings.HasPrefix(l, "-----") {
+			probes = append(probes, l)
+		}
+	}
+	p12 := leaf.PKCS12()
+	probes = append(probes, p12[len(p12)/2:len(p12)/2+48])
+	shows := func(out string) bool {
+		for _, p := range probes {
+			if strings.Contains(out, p) || strings.Contains(out, strings.ReplaceAll(p, "/", `\/`)) {
+				return true
+			}
+		}
+		return false
+	}
+	for _, tc := range []struct {
+		args   []string
+		reveal bool
+	}{
+		{[]string{"check", "--config", cfg}, false},
+		{[]string{"check", "--config", cfg, "-o", "json", "--verbose"}, false},
+		{[]string{"resolve", "--config", cfg}, false},
+		{[]string{"resolve", "--config", cfg, "--format", "json", "--verbose"}, false},
+		{[]string{"resolve", "--config", cfg, "--format", "env"}, false},
+		{append([]string{"run", "--config", cfg, "--verbose"}, childCmd("print", "TLS_PEM", "TLS_P12")...), false},
+		{[]string{"resolve", "--config", cfg, "--format", "json", "--reveal"}, true},
+	} {
+		what := "viperkv " + strings.Join(tc.args, " ")
+		var env []string
+		if tc.args[0] == "run" {
+			env = []string{childEnvVar}
+		}
+		code, out, errOut := cli(t, env, tc.args...)
+		if code != 0 {
+			t.Errorf("%s: exit %d\n%s%s", what, code, out, errOut)
+			continue
+		}
+		if got := shows(out + errOut); got != tc.reveal {
+			t.Errorf("%s: key material shown %v, want %v", what, got, tc.reveal)
+		}
+	}
+}
