@@ -9,12 +9,14 @@ import (
 )
 
 // HasReference reports whether s holds a Key Vault reference prefix (@KeyVault( or
-// @Microsoft.KeyVault(, in any case, escaped with "@@" or not), well-formed or not. Strings
+// @Microsoft.KeyVault(, in any case, escaped with "@@" or not), well-formed or not, or an
+// App Configuration reference (@Microsoft.AppConfiguration(), which a Provider reports as
+// not supported rather than pass its text off as a value. Strings
 // for which it is false resolve to themselves; it costs one scan for '@'. viperkv run uses it
 // to pick the environment variables that go through a Provider.
 func HasReference(s string) bool {
 	for i := strings.IndexByte(s, '@'); i >= 0; {
-		if prefixLen(s, i) > 0 {
+		if prefixLen(s, i) > 0 || hasPrefixFold(s[i+1:], appConfigPrefix) {
 			return true
 		}
 		j := strings.IndexByte(s[i+1:], '@')
@@ -44,8 +46,44 @@ func (p *Provider) secrets() []reveal.Secret {
 			out = append(out, reveal.Secret{Vault: r.Vault, Name: r.Name, Value: sec.value})
 		}
 	}
-	slices.SortFunc(out, func(a, b reveal.Secret) int {
-		return cmp.Or(strings.Compare(a.Vault, b.Vault), strings.Compare(a.Name, b.Name), strings.Compare(a.Value, b.Value))
-	})
+	// What a reference's shape made of a secret (a property, each leaf of a subtree, the
+	// decoded bytes) shows on its own in output, so it is masked on its own too.
+	for key, val := range s.rendered {
+		t := s.scan.templates[key]
+		if len(t.parts) != 1 || t.parts[0].ref == nil || t.parts[0].shape.plain() {
+			continue
+		}
+		r := *t.parts[0].ref
+		eachLeaf(val, func(leaf string) {
+			out = append(out, reveal.Secret{Vault: r.Vault, Name: r.Name, Value: leaf})
+		})
+	}
+	out = slices.CompactFunc(slices.SortedFunc(slices.Values(out), compareSecrets), func(a, b reveal.Secret) bool { return a == b })
 	return out
+}
+
+func compareSecrets(a, b reveal.Secret) int {
+	return cmp.Or(strings.Compare(a.Vault, b.Vault), strings.Compare(a.Name, b.Name), strings.Compare(a.Value, b.Value))
+}
+
+// eachLeaf calls fn with every string leaf of v, and bytes as the string they hold.
+// Numbers and booleans (a port, a flag) are left unmasked: masking "true" or "5432" in a
+// child's output would hide more than it protects.
+func eachLeaf(v any, fn func(string)) {
+	switch x := v.(type) {
+	case map[string]any:
+		for _, e := range x {
+			eachLeaf(e, fn)
+		}
+	case []any:
+		for _, e := range x {
+			eachLeaf(e, fn)
+		}
+	case []byte:
+		fn(string(x))
+	case string:
+		if x != "" {
+			fn(x)
+		}
+	}
 }

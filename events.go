@@ -54,6 +54,9 @@ type Event struct {
 	Err error
 	// Expires is the expiry of the version in use, for EventNearExpiry and SecretExpired.
 	Expires time.Time
+	// ServedBy is the vault that served the value after the event: the secret's own, or a
+	// secondary of WithVaultFailover. "" when no value is held.
+	ServedBy string
 	// Certificate describes the certificate the key holds after the event, when the secret
 	// holds one: the renewal for EventChanged, the one kept for EventError, the one
 	// lapsing for EventNearExpiry.
@@ -127,7 +130,10 @@ func (p *Provider) announce(evs []Event, prev, cur *snapshot) {
 			named.Key = strings.Join(e.Keys, ", ")
 			e.Err = &named
 		}
-		e.Previous, e.Current = prev.v, cur.v
+		if prev != nil { // nil for the first configuration's own events (served from a snapshot)
+			e.Previous = prev.v
+		}
+		e.Current = cur.v
 		p.logEvent(*e)
 	}
 	p.notify.publish(evs)

@@ -23,6 +23,10 @@ func statusOf(k driver.Kind) Status {
 		return StatusSecretVersionNotFound
 	case driver.KindForbidden:
 		return StatusAccessToKeyVaultDenied
+	case driver.KindForbiddenByFirewall:
+		return StatusForbiddenByFirewall
+	case driver.KindForbiddenByConnection:
+		return StatusForbiddenByConnection
 	case driver.KindDisabled:
 		return StatusSecretDisabled
 	case driver.KindUnauthorized:
@@ -55,22 +59,41 @@ type secret struct {
 	reason      string     // why, when status is not Resolved; never contains the value
 	took        time.Duration
 	cert        *CertificateInfo // the certificate the value holds, if it is one
+	servedBy    string           // a failover vault that served the value; "" for the reference's own
+	transient   bool             // the failure was the vault or the network not answering, not an answer
+	snapshotAt  time.Time        // for StatusServedFromSnapshot: when the value was last confirmed current
 }
 
 // fetchOnce gets one secret and judges it: a version outside its exp/nbf window is
 // withheld (Key Vault still returns its value, for recovery and testing). It also reports
 // whether a failure is transient (worth another try).
-func fetchOnce(ctx context.Context, rd *driver.Reader, r Reference) (*secret, bool) {
+func fetchOnce(ctx context.Context, rd *driver.Reader, r Reference, fo failover) (*secret, bool) {
+	if fo != nil {
+		return fetchFailingOver(ctx, rd, r, fo)
+	}
+	s, transient, _ := fetchFrom(ctx, rd, r, r.Vault)
+	return s, transient
+}
+
+// fetchFrom gets r's secret from the vault host (r's own, or a failover vault) and judges
+// it; a failure comes with the driver's error.
+func fetchFrom(ctx context.Context, rd *driver.Reader, r Reference, host string) (*secret, bool, *driver.Error) {
 	start := time.Now()
-	sv, err := rd.Get(ctx, r.Vault, r.Name, r.Version)
+	sv, err := rd.Get(ctx, host, r.Name, r.Version)
 	took := time.Since(start)
 	if err != nil {
 		e := driver.AsError(err)
-		return &secret{status: statusOf(e.Kind), reason: e.Reason, took: took}, e.Transient
+		return &secret{status: statusOf(e.Kind), reason: e.Reason, took: took, transient: e.Transient}, e.Transient, e
 	}
 	s := &secret{value: sv.Value, version: sv.Version, contentType: sv.ContentType, tags: sv.Tags,
 		expires: sv.Expires, notBefore: sv.NotBefore, updated: sv.Updated, served: sv.Served, has: true, status: StatusResolved, took: took}
-	now := time.Now()
+	judge(s, time.Now())
+	return s, false, nil
+}
+
+// judge withholds a version that must not be served: outside its exp/nbf window (Key Vault
+// still returns its value, for recovery and testing), or a certificate worse than none.
+func judge(s *secret, now time.Time) {
 	switch {
 	case s.expires != nil && !now.Before(*s.expires):
 		s.status, s.value, s.has = StatusSecretExpired, "", false
@@ -81,7 +104,6 @@ func fetchOnce(ctx context.Context, rd *driver.Reader, r Reference) (*secret, bo
 	case certparse.IsCertificate(s.contentType):
 		judgeCertificate(s, now)
 	}
-	return s, false
 }
 
 // judgeCertificate withholds a certificate's secret (its content type says it is one) that
@@ -141,16 +163,17 @@ const (
 // schedule already backs failing secrets off across cycles, and a cycle must not hold
 // updateMu for long.
 type fetchRetry struct {
-	log  *slog.Logger
-	keys func() map[Reference][]string // the config keys naming each secret, for the logs
+	log      *slog.Logger
+	keys     func() map[Reference][]string // the config keys naming each secret, for the logs
+	failover failover                      // WithVaultFailover's vaults, for every fetch
 }
 
 // retryFor returns how update retries the fetches it makes for src over the settings sc.
 func (p *Provider) retryFor(src Source, sc *scan) fetchRetry {
 	if src != SourceRefresh || sc == nil {
-		return fetchRetry{}
+		return fetchRetry{failover: p.failover}
 	}
-	return fetchRetry{log: p.opts.logger, keys: sync.OnceValue(sc.keysByRef)}
+	return fetchRetry{log: p.opts.logger, keys: sync.OnceValue(sc.keysByRef), failover: p.failover}
 }
 
 // retryBackoff is the wait after failed attempt n (n >= 1).
@@ -169,7 +192,7 @@ func retryBackoff(n int) time.Duration {
 // connection" says more than "timed out".
 func fetchRetrying(ctx context.Context, rd *driver.Reader, r Reference, rt fetchRetry) *secret {
 	start := time.Now()
-	s, transient := fetchOnce(ctx, rd, r)
+	s, transient := fetchOnce(ctx, rd, r, rt.failover)
 	if rt.log == nil {
 		return s
 	}
@@ -202,7 +225,7 @@ func fetchRetrying(ctx context.Context, rd *driver.Reader, r Reference, rt fetch
 			return gaveUp(ctx, s, attempt, start)
 		case <-t.C:
 		}
-		s, transient = fetchOnce(ctx, rd, r)
+		s, transient = fetchOnce(ctx, rd, r, rt.failover)
 	}
 }
 

@@ -1,6 +1,7 @@
 package viperkv
 
 import (
+	"cmp"
 	"fmt"
 	"maps"
 	"reflect"
@@ -58,7 +59,7 @@ func merge(r Reference, old, s *secret, src Source, now time.Time) (*secret, []E
 			e.OldVersion = old.version
 		}
 		if st.has {
-			e.NewVersion, e.Certificate = st.version, st.cert
+			e.NewVersion, e.Certificate, e.ServedBy = st.version, st.cert, cmp.Or(st.servedBy, r.Vault)
 		}
 		if kind == EventError {
 			e.Err = &ReferenceError{Key: r.String(), Status: st.status, Reason: st.reason}
@@ -81,6 +82,11 @@ func merge(r Reference, old, s *secret, src Source, now time.Time) (*secret, []E
 			if old.status == StatusResolved {
 				return old, nil
 			}
+			return s, evs
+		}
+		if old.has && old.servedBy != s.servedBy && old.value == s.value && old.contentType == s.contentType {
+			// The same value from another vault (a failover vault, or the primary back):
+			// its version id differs, the configuration does not.
 			return s, evs
 		}
 		return s, append(evs, ev(EventChanged, s))

@@ -41,6 +41,9 @@ type Option func(*options)
 type options struct {
 	cred         azcore.TokenCredential
 	identity     azidentity.ManagedIDKind
+	vaultCreds   []vaultCredential // WithVaultCredential and WithVaultManagedIdentity, in order
+	failovers    []failoverSpec    // WithVaultFailover, in order
+	snapshot     *snapshotSpec     // WithSnapshot
 	transport    policy.Transporter
 	cloud        Cloud
 	allowedHosts []string
@@ -120,6 +123,33 @@ func WithEmulator(e Emulator) Option {
 // azidentity.ResourceID("/subscriptions/.../userAssignedIdentities/name").
 func WithManagedIdentity(id azidentity.ManagedIDKind) Option {
 	return func(o *options) { o.identity = id }
+}
+
+// WithVaultCredential makes requests to one vault use cred; every other vault keeps the
+// default credential (WithCredential, or the managed identity). It is how one
+// configuration reads vaults of several tenants or identities. vaultHost is the vault's host
+// as Reference.Vault names it ("other.vault.azure.net"): a vault host of the configured
+// cloud or one of WithAllowedHosts, else New fails naming this option, as it does for a
+// host given a credential twice. cred is shared as the default credential is: concurrent
+// requests for a token share one call, and vaults given the same cred share its tokens.
+// Key Vault's challenge names the vault's tenant, and cred is asked for a token of that
+// tenant, so cred must be able to get one there (for azidentity's credentials with a
+// tenant of their own, list it in AdditionallyAllowedTenants). The token is sent to that
+// vault only.
+func WithVaultCredential(vaultHost string, cred azcore.TokenCredential) Option {
+	return func(o *options) {
+		o.vaultCreds = append(o.vaultCreds, vaultCredential{option: "WithVaultCredential", host: vaultHost, cred: cred})
+	}
+}
+
+// WithVaultManagedIdentity makes requests to one vault use the managed identity id names
+// (azidentity.ClientID("..."), ObjectID or ResourceID; nil for the system-assigned one),
+// made as the default managed identity is, through the provider's transport. vaultHost is
+// as WithVaultCredential's. A managed identity gets tokens of its own tenant only.
+func WithVaultManagedIdentity(vaultHost string, id azidentity.ManagedIDKind) Option {
+	return func(o *options) {
+		o.vaultCreds = append(o.vaultCreds, vaultCredential{option: "WithVaultManagedIdentity", host: vaultHost, identity: id, managed: true})
+	}
 }
 
 // WithTransport sends every request (identity endpoint and vault) through t. An

@@ -42,6 +42,8 @@ type Provider struct {
 	reader    *driver.Reader         // every request to a vault goes through it
 	cred      azcore.TokenCredential // the shared credential behind reader, for the remote provider
 	transport policy.Transporter     // what reader sends through, refusing redirects
+	failover  failover               // WithVaultFailover's secondaries by primary
+	snap      *snapshotState         // WithSnapshot's file; nil without it
 	notify    notifier
 
 	// updateMu serialises everything that publishes a configuration: Load, Refresh, poll
@@ -126,9 +128,18 @@ type ReferenceStatus struct {
 	// Certificate describes the certificate that version holds, when it holds one (its
 	// content type is a certificate's): subject, serial and NotAfter, never key material.
 	Certificate *CertificateInfo
-	Status      Status        // StatusResolved or why not
-	Reason      string        // why, when Status is not StatusResolved
-	Took        time.Duration // time the fetch took
+	// ServedBy is the vault that served the value held: Reference.Vault, or a secondary
+	// of WithVaultFailover while the primary cannot answer (Reason then says why). "" when
+	// the key holds no value.
+	ServedBy string
+	Status   Status        // StatusResolved or why not
+	Reason   string        // why, when Status is not StatusResolved; or why a failover vault served
+	Took     time.Duration // time the fetch took
+
+	// Optional says the reference was written with Optional=true: a secret that is missing,
+	// disabled or forbidden leaves the key out (or with its last good value) and is not a
+	// failure of Load, only a warning.
+	Optional bool
 
 	// HasValue says the key holds a value: its latest, or its last good one while failing.
 	HasValue bool
@@ -201,9 +212,22 @@ func New(v *viper.Viper, opts ...Option) (*Provider, error) {
 		lists:     map[string]*vaultList{},
 		wake:      make(chan struct{}, 1),
 	}
+	vaultCreds, err := o.vaultCredentials() // checked even for the logic tests' source
+	if err != nil {
+		return nil, err
+	}
+	if p.failover, err = o.failoverMap(); err != nil {
+		return nil, err
+	}
+	if err := o.snapshot.check(); err != nil {
+		return nil, err
+	}
+	if o.snapshot != nil {
+		p.snap = &snapshotState{spec: *o.snapshot}
+	}
 	src := o.source // the logic tests' in-memory vaults
 	if src == nil {
-		az, err := azvault.New(azvault.Config{Credential: o.cred, Identity: o.identity, Transport: o.transport,
+		az, err := azvault.New(azvault.Config{Credential: o.cred, Identity: o.identity, Vaults: vaultCreds, Transport: o.transport,
 			Tracing: tel.sdk, OnRequest: tel.countRequest, Log: o.logger})
 		if err != nil {
 			return nil, fmt.Errorf("viperkv: New: managed identity: %w", err)
@@ -340,6 +364,10 @@ func (p *Provider) update(ctx context.Context, src Source, base *viper.Viper, sc
 	fetched := fetchSecrets(fctx, p.reader, refs, p.retryFor(src, sc))
 	cancel()
 	p.untagged(sc, fetched)
+	var snapEvs []Event
+	if prev == nil && src == SourceRefresh {
+		snapEvs = p.fromSnapshot(ctx, sc, fetched, time.Now())
+	}
 	err := ctx.Err()
 	if err != nil && prev != nil {
 		// An aborted fetch says nothing about the vault: keep what the provider holds.
@@ -351,6 +379,7 @@ func (p *Provider) update(ctx context.Context, src Source, base *viper.Viper, sc
 	}
 	now := time.Now()
 	secrets, evs := mergeSecrets(sc, prev, fetched, src, now)
+	p.noteFailovers(ctx, prev, fetched)
 	p.recordHistory(prev, secrets)
 	// The first configuration announces nothing (no watcher has seen one yet), so it must
 	// not mark near-expiry warnings as given either.
@@ -365,9 +394,12 @@ func (p *Provider) update(ctx context.Context, src Source, base *viper.Viper, sc
 	// the change, so one that looks at them sees what the event says.
 	p.sched.record(fetched, secrets, now)
 	p.observe(snap, fetched, now)
+	p.persist(snap, fetched, now)
 	if prev != nil {
 		evs = append(settingsEvents(prev, snap, src, now, evs), evs...)
 		p.announce(evs, prev, snap)
+	} else if len(snapEvs) > 0 {
+		p.announce(snapEvs, nil, snap)
 	}
 	p.poke()
 	return snap, err
@@ -397,7 +429,11 @@ func (p *Provider) logLoad(snap *snapshot, took time.Duration) {
 		case StatusEnvKeyNotNamed:
 			log.Warn("viperkv: reference in the environment is not read", append(attrs, "status", st.Status, "reason", st.Reason)...)
 		default:
-			log.Warn("viperkv: reference not resolved", append(attrs, "status", st.Status, "reason", st.Reason)...)
+			if st.OptionalMissing() {
+				log.Info("viperkv: optional reference left out", append(attrs, "status", st.Status, "reason", st.Reason)...)
+			} else {
+				log.Warn("viperkv: reference not resolved", append(attrs, "status", st.Status, "reason", st.Reason)...)
+			}
 		}
 	}
 }
@@ -407,11 +443,27 @@ func (p *Provider) logLoad(snap *snapshot, took time.Duration) {
 func failures(status []ReferenceStatus) []ReferenceStatus {
 	var out []ReferenceStatus
 	for _, st := range status {
-		if st.Status != StatusResolved && st.Status != StatusEnvKeyNotNamed {
+		if st.Status != StatusResolved && st.Status != StatusEnvKeyNotNamed && st.Status != StatusServedFromSnapshot && !st.OptionalMissing() {
 			out = append(out, st)
 		}
 	}
 	return out
+}
+
+// OptionalMissing reports whether the row is an optional reference whose secret is
+// missing (404, the secret or its pinned version), disabled or forbidden (RBAC or access
+// policy): a warning, not a failure. Any other failure of an optional reference (a
+// malformed reference, a value without its shape, a vault that cannot be reached, a
+// firewall) still fails.
+func (st ReferenceStatus) OptionalMissing() bool {
+	if !st.Optional {
+		return false
+	}
+	switch st.Status {
+	case StatusSecretNotFound, StatusSecretVersionNotFound, StatusSecretDisabled, StatusAccessToKeyVaultDenied:
+		return true
+	}
+	return false
 }
 
 // Viper returns the resolved configuration as a Viper. Treat it as read-only: it is shared

@@ -169,11 +169,13 @@ type template struct {
 	src string
 }
 
-// part is a literal (ref == nil) or a reference, with text the reference as written.
+// part is a literal (ref == nil) or a reference, with text the reference as written and
+// shape what it asks of the value (Property, Format, Decode, Optional).
 type part struct {
-	lit  string
-	ref  *Reference
-	text string
+	lit   string
+	ref   *Reference
+	text  string
+	shape shape
 }
 
 // maxWritten bounds how much of a reference as written a status or error quotes.
@@ -193,6 +195,13 @@ func parseTemplate(key, s string, pc parseConfig) (template, error) {
 	first := strings.IndexByte(s, '@')
 	if first < 0 {
 		return template{src: s}, nil
+	}
+	if text := appConfigReference(s[first:]); text != "" {
+		// Passed through, its text would be read as the value.
+		return template{}, &ReferenceError{Key: key, Status: StatusAppConfigurationNotSupported, Written: text,
+			Reason: "an App Configuration reference (@Microsoft.AppConfiguration(...)) is recognised but not resolved: " +
+				"viperkv resolves Key Vault references; read the value with the App Configuration provider, " +
+				"or reference its Key Vault secret with @KeyVault(...)"}
 	}
 	// An upper bound on references (escapes are counted too) sizes both slices once, so
 	// the pointers into refs stay valid.
@@ -237,7 +246,7 @@ func parseTemplate(key, s string, pc parseConfig) (template, error) {
 				Reason: "missing closing ')' after " + name, Written: s[j:j+pl] + "..."}
 		}
 		text := s[j : j+pl+end+1]
-		ref, st, reason := parseParams(s[j+pl:j+pl+end], pc)
+		ref, sh, st, reason := parseParams(s[j+pl:j+pl+end], pc, pl > 1+len(prefixShort))
 		if reason != "" {
 			return template{}, &ReferenceError{Key: key, Status: st, Reason: reason, Written: written(text)}
 		}
@@ -246,7 +255,7 @@ func parseTemplate(key, s string, pc parseConfig) (template, error) {
 		}
 		pending = ""
 		refs = append(refs, ref)
-		parts = append(parts, part{ref: &refs[len(refs)-1], text: text})
+		parts = append(parts, part{ref: &refs[len(refs)-1], text: text, shape: sh})
 		i = j + pl + end + 1
 		litStart = i
 	}
@@ -257,7 +266,38 @@ func parseTemplate(key, s string, pc parseConfig) (template, error) {
 	if lit != "" {
 		parts = append(parts, part{lit: lit})
 	}
+	if len(parts) > 1 {
+		for _, p := range parts {
+			if p.ref != nil && p.shape.wholeValue() {
+				return template{}, &ReferenceError{Key: key, Status: StatusInvalidSyntax, Written: written(p.text),
+					Reason: "a reference with Decode, or with Format and no Property, must be the whole value: " +
+						"its bytes or subtree cannot be part of a text"}
+			}
+		}
+	}
 	return template{parts: parts}, nil
+}
+
+// appConfigPrefix is App Service's App Configuration reference, after its '@', lowercase.
+const appConfigPrefix = "microsoft.appconfiguration("
+
+// appConfigReference returns the first App Configuration reference in s (not escaped by
+// "@@"), as written, or "".
+func appConfigReference(s string) string {
+	for i := 0; i < len(s); i++ {
+		switch {
+		case s[i] != '@':
+		case i+1 < len(s) && s[i+1] == '@':
+			i++ // "@@": a literal '@'
+		case hasPrefixFold(s[i+1:], appConfigPrefix):
+			text := s[i:]
+			if end := strings.IndexByte(text, ')'); end >= 0 {
+				return written(text[:end+1])
+			}
+			return s[i:i+1+len(appConfigPrefix)] + "..."
+		}
+	}
+	return ""
 }
 
 // hasRefs reports whether the string holds at least one reference.
@@ -346,8 +386,14 @@ const (
 	paramVaultName
 	paramSecretName
 	paramSecretVersion
+	paramProperty
+	paramFormat
+	paramDecode
+	paramOptional
 )
 
+// paramNames lists the parameters: App Service's four, then viperkv's own (shape.go),
+// which only the @KeyVault(...) form takes.
 var paramNames = [...]struct {
 	bit  int
 	name string
@@ -356,13 +402,22 @@ var paramNames = [...]struct {
 	{paramVaultName, "VaultName"},
 	{paramSecretName, "SecretName"},
 	{paramSecretVersion, "SecretVersion"},
+	{paramProperty, "Property"},
+	{paramFormat, "Format"},
+	{paramDecode, "Decode"},
+	{paramOptional, "Optional"},
 }
 
-// parseParams parses the text between the parentheses. It returns a non-empty reason on
-// error; the caller builds the error so the success path allocates nothing.
-func parseParams(body string, pc parseConfig) (Reference, Status, string) {
+// appServiceParams is how many of paramNames App Service's @Microsoft.KeyVault(...) takes.
+const appServiceParams = 4
+
+// parseParams parses the text between the parentheses; appService says the reference is
+// written @Microsoft.KeyVault(...), which keeps to App Service's grammar. It returns a
+// non-empty reason on error; the caller builds the error so the success path allocates
+// nothing.
+func parseParams(body string, pc parseConfig, appService bool) (Reference, shape, Status, string) {
 	if strings.IndexByte(body, '(') >= 0 {
-		return bad("unexpected '(' inside the reference (a ')' missing before it?)")
+		return badShape("unexpected '(' inside the reference (a ')' missing before it?)")
 	}
 	var seen int
 	var val [len(paramNames)]string
@@ -375,13 +430,13 @@ func parseParams(body string, pc parseConfig) (Reference, Status, string) {
 				break // a trailing ';' is tolerated
 			}
 			if seen == 0 && trimBlank(after) == "" {
-				return bad(emptyReason(pc))
+				return badShape(emptyReason(pc))
 			}
-			return bad("empty parameter (';' with nothing before it)")
+			return badShape("empty parameter (';' with nothing before it)")
 		}
 		name, v, ok := strings.Cut(seg, "=")
 		if !ok {
-			return bad(fmt.Sprintf("parameter %s has no '=' (want Name=value)", kvname.Quote(seg)))
+			return badShape(fmt.Sprintf("parameter %s has no '=' (want Name=value)", kvname.Quote(seg)))
 		}
 		name, v = trimBlank(name), trimBlank(v)
 		idx := -1
@@ -393,13 +448,20 @@ func parseParams(body string, pc parseConfig) (Reference, Status, string) {
 		}
 		switch {
 		case name == "":
-			return bad("parameter name missing before '='")
+			return badShape("parameter name missing before '='")
 		case idx < 0:
-			return bad(fmt.Sprintf("unknown parameter %s (want SecretUri, VaultName, SecretName, SecretVersion)", kvname.Quote(name)))
+			want := "SecretUri, VaultName, SecretName, SecretVersion"
+			if !appService {
+				want += ", Property, Format, Decode, Optional"
+			}
+			return badShape(fmt.Sprintf("unknown parameter %s (want %s)", kvname.Quote(name), want))
+		case appService && idx >= appServiceParams:
+			return badShape(paramNames[idx].name + " is not a parameter of App Service's @Microsoft.KeyVault(...): " +
+				"write @KeyVault(...) to use it (App Service would not understand it)")
 		case seen&paramNames[idx].bit != 0:
-			return bad("duplicate parameter " + paramNames[idx].name)
+			return badShape("duplicate parameter " + paramNames[idx].name)
 		case v == "":
-			return bad("parameter " + paramNames[idx].name + " has an empty value")
+			return badShape("parameter " + paramNames[idx].name + " has an empty value")
 		}
 		seen |= paramNames[idx].bit
 		val[idx] = v
@@ -408,9 +470,18 @@ func parseParams(body string, pc parseConfig) (Reference, Status, string) {
 		}
 		rest = after
 	}
+	sh, reason := parseShape(val[appServiceParams:])
+	if reason != "" {
+		return badShape(reason)
+	}
+	r, st, reason := secretParams(seen, val[:appServiceParams], pc)
+	return r, sh, st, reason
+}
 
+// secretParams builds the Reference from the parameters that name the secret.
+func secretParams(seen int, val []string, pc parseConfig) (Reference, Status, string) {
 	if seen&paramSecretURI != 0 {
-		for _, p := range paramNames[1:] {
+		for _, p := range paramNames[1:appServiceParams] {
 			if seen&p.bit != 0 {
 				return bad("SecretUri cannot be combined with " + p.name + " (use one form or the other)")
 			}
@@ -456,6 +527,10 @@ func emptyReason(pc parseConfig) string {
 
 func bad(reason string) (Reference, Status, string) {
 	return Reference{}, StatusInvalidSyntax, reason
+}
+
+func badShape(reason string) (Reference, shape, Status, string) {
+	return Reference{}, shape{}, StatusInvalidSyntax, reason
 }
 
 func refused(reason string) (Reference, Status, string) {

@@ -142,7 +142,21 @@ func TestParseTemplateMalformed(t *testing.T) {
 		{in: "@Microsoft.KeyVault(VaultName=abc;SecretName=x", status: syntax, reason: "missing closing ')' after @Microsoft.KeyVault("},
 		{in: ref(""), status: syntax, reason: "empty reference (want SecretUri=https://<vault>.vault.azure.net/secrets/<name>"},
 		{in: ref(" ; "), status: syntax, reason: "empty reference"},
-		{in: ref("SecretUrl=" + uri + "x"), status: syntax, reason: `unknown parameter "SecretUrl" (want SecretUri, VaultName, SecretName, SecretVersion)`},
+		{in: ref("SecretUrl=" + uri + "x"), status: syntax, reason: `unknown parameter "SecretUrl" (want SecretUri, VaultName, SecretName, SecretVersion, Property, Format, Decode, Optional)`},
+		// viperkv's own parameters: only in @KeyVault(...), each checked.
+		{in: "@Microsoft.KeyVault(SecretUri=" + uri + ";Property=/a)", status: syntax, reason: "Property is not a parameter of App Service's @Microsoft.KeyVault(...): write @KeyVault(...)"},
+		{in: "@Microsoft.KeyVault(VaultName=myvault;SecretName=s;Optional=true)", status: syntax, reason: "Optional is not a parameter of App Service's"},
+		{in: "@Microsoft.KeyVault(SecretUrl=x)", status: syntax, reason: `unknown parameter "SecretUrl" (want SecretUri, VaultName, SecretName, SecretVersion)`},
+		{in: ref("SecretUri=" + uri + ";Property=a.b"), status: syntax, reason: `Property "a.b" is not a JSON Pointer (want /name/name, such as /db/password)`},
+		{in: ref("SecretUri=" + uri + ";Property=/a~2"), status: syntax, reason: "'~' not followed by 0 or 1"},
+		{in: ref("SecretUri=" + uri + ";Property=/a;Property=/b"), status: syntax, reason: "duplicate parameter Property"},
+		{in: ref("SecretUri=" + uri + ";Format=xml"), status: syntax, reason: `Format "xml" is not json or yaml`},
+		{in: ref("SecretUri=" + uri + ";Decode=base32"), status: syntax, reason: `Decode "base32" is not base64, base64url or hex`},
+		{in: ref("SecretUri=" + uri + ";Optional=yes"), status: syntax, reason: `Optional "yes" is not true or false`},
+		{in: ref("SecretUri=" + uri + ";Format=json;Decode=base64"), status: syntax, reason: "Decode needs a Property"},
+		{in: ref("SecretUri=" + uri + ";Optional="), status: syntax, reason: "parameter Optional has an empty value"},
+		{in: "key=" + ref("SecretUri="+uri+"x;Decode=hex"), status: syntax, reason: "must be the whole value"},
+		{in: ref("SecretUri="+uri+"x;Format=yaml") + "!", status: syntax, reason: "must be the whole value"},
 		{in: ref("VaultName=abc;SecretName=a;secretname=b"), status: syntax, reason: "duplicate parameter SecretName"},
 		{in: ref("VaultName=abc;SecretName= "), status: syntax, reason: "parameter SecretName has an empty value"},
 		{in: ref("VaultName=abc"), status: syntax, reason: "missing SecretName"},
@@ -441,6 +455,11 @@ func FuzzParseReference(f *testing.F) {
 		"Server=db;Password=@Microsoft.KeyVault(VaultName=myvault;SecretName=db-pass;SecretVersion=" + testVersion + ");",
 		"@@KeyVault(x) @KeyVault(SecretUri=https://kv.example.test/secrets/a/)",
 		"@KeyVault(SecretUri=https://myvault.vault.azure.net@evil.test/secrets/x)",
+		"dsn=@KeyVault(VaultName=myvault;SecretName=db;Property=/a~1b/0;Optional=true)",
+		"@KeyVault(SecretUri=https://myvault.vault.azure.net/secrets/db/;Format=YAML)",
+		"@KeyVault(VaultName=myvault;SecretName=k;Property=/key;Decode=base64url)",
+		"@Microsoft.KeyVault(VaultName=myvault;SecretName=k;Decode=hex)",
+		"x @Microsoft.AppConfiguration(Endpoint=https://c.azconfig.io; Key=k) @KeyVault(VaultName=v;SecretName=s)",
 	} {
 		f.Add(s)
 	}
@@ -452,7 +471,8 @@ func FuzzParseReference(f *testing.F) {
 			if !errors.As(err, &re) {
 				t.Fatalf("error %T is not a *ReferenceError: %v", err, err)
 			}
-			if re.Key != "fuzz.key" || re.Reason == "" || (re.Status != StatusInvalidSyntax && re.Status != StatusHostNotAllowed) {
+			if re.Key != "fuzz.key" || re.Reason == "" || (re.Status != StatusInvalidSyntax && re.Status != StatusHostNotAllowed &&
+				re.Status != StatusAppConfigurationNotSupported) {
 				t.Fatalf("bad error %+v", re)
 			}
 			msg := err.Error()
@@ -483,6 +503,17 @@ func FuzzParseReference(f *testing.F) {
 			}
 			if r.Version != "" && !fuzzVersion.MatchString(r.Version) {
 				t.Fatalf("version %q accepted", r.Version)
+			}
+			if sh := p.shape; !sh.plain() || sh.optional {
+				if hasPrefixFold(p.text, "@microsoft.keyvault(") {
+					t.Fatalf("App Service's form took viperkv's parameters: %q", p.text)
+				}
+				if sh.wholeValue() && len(tmpl.parts) != 1 {
+					t.Fatalf("a reference with Decode or Format alone inside text: %q", s)
+				}
+				if (sh.pointer != nil) != strings.HasPrefix(sh.property, "/") || (sh.pointer != nil && sh.format == "") {
+					t.Fatalf("Property %q parsed as %q (format %q)", sh.property, sh.pointer, sh.format)
+				}
 			}
 		}
 		if !tmpl.hasRefs() {

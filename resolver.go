@@ -1,6 +1,7 @@
 package viperkv
 
 import (
+	"cmp"
 	"errors"
 	"fmt"
 	"maps"
@@ -40,9 +41,9 @@ type scan struct {
 type snapshot struct {
 	base     *viper.Viper // the settings as read, references unresolved; never written
 	scan     *scan
-	v        *viper.Viper      // the resolved view
-	rendered map[string]string // resolved value of each key holding references
-	kept     map[string]bool   // keys whose value is a last good one kept through a failure
+	v        *viper.Viper    // the resolved view
+	rendered map[string]any  // resolved value of each key holding references (a string, or what a shape gives)
+	kept     map[string]bool // keys whose value is a last good one kept through a failure
 	status   []ReferenceStatus
 	secrets  map[Reference]*secret
 }
@@ -94,23 +95,17 @@ func scanView(base *viper.Viper, keys []string, pc parseConfig, imported map[str
 // and makes a snapshot. A key whose references cannot all be rendered keeps its value from
 // prev, if prev had one: a good value is never replaced by nothing; else it is left out.
 func build(base *viper.Viper, sc *scan, secrets map[Reference]*secret, prev *snapshot) *snapshot {
-	lookup := func(r Reference) (string, bool) {
-		s, ok := secrets[r.key()]
-		if !ok || !s.has {
-			return "", false
-		}
-		return s.value, true
-	}
-	rendered := map[string]string{}
+	r := newRenderer(secrets)
+	rendered := map[string]any{}
 	kept := map[string]bool{}
-	value := func(key, s string) (string, bool) {
+	value := func(key, s string) (any, bool) {
 		t, isRef := sc.templates[key]
 		_, bad := sc.invalid[key]
 		if !isRef && !bad {
 			return s, true
 		}
 		if isRef {
-			if v, ok := t.render(lookup); ok {
+			if v, ok := r.render(key, t); ok {
 				rendered[key] = v
 				return v, true
 			}
@@ -118,10 +113,10 @@ func build(base *viper.Viper, sc *scan, secrets map[Reference]*secret, prev *sna
 		if prev != nil {
 			if v, ok := prev.rendered[key]; ok {
 				rendered[key], kept[key] = v, true
-				return v, true
+				return viperlayers.Copy(v), true
 			}
 		}
-		return "", false
+		return nil, false
 	}
 	v := sc.view(base, value)
 
@@ -133,13 +128,18 @@ func build(base *viper.Viper, sc *scan, secrets map[Reference]*secret, prev *sna
 		}
 		t := sc.templates[key]
 		texts := t.written()
-		for i, r := range t.refs() {
-			st := ReferenceStatus{Key: key, Written: texts[i], Reference: r, Status: StatusInitialized}
-			if s, ok := secrets[r.key()]; ok {
+		for i, p := range t.refParts() {
+			ref := *p.ref
+			st := ReferenceStatus{Key: key, Written: texts[i], Reference: ref, Status: StatusInitialized, Optional: p.shape.optional}
+			if s, ok := secrets[ref.key()]; ok {
 				st.Status, st.Reason, st.Took = s.status, s.reason, s.took
 				if s.has {
 					st.Version, st.ContentType, st.Certificate = s.version, s.contentType, s.cert
+					st.ServedBy = cmp.Or(s.servedBy, ref.Vault)
 				}
+			}
+			if se := r.failed[refAt{key, i}]; se != nil {
+				st.Status, st.Reason = se.status, se.reason
 			}
 			status = append(status, st)
 		}
@@ -150,7 +150,7 @@ func build(base *viper.Viper, sc *scan, secrets map[Reference]*secret, prev *sna
 
 // view returns a clone of base with the strings of every key holding references rendered by
 // value, in the layers they came from, and the environment's references hidden.
-func (sc *scan) view(base *viper.Viper, value func(key, s string) (string, bool)) *viper.Viper {
+func (sc *scan) view(base *viper.Viper, value func(key, s string) (any, bool)) *viper.Viper {
 	v := viperlayers.Clone(base)
 	roots := map[string]bool{}
 	for _, root := range sc.roots {
@@ -166,20 +166,44 @@ func (sc *scan) view(base *viper.Viper, value func(key, s string) (string, bool)
 // masked returns the resolved settings with Mask in place of every secret value; keys that
 // failed are absent.
 func (s *snapshot) masked() map[string]any {
-	v := s.scan.view(s.base, func(key, str string) (string, bool) {
+	v := s.scan.view(s.base, func(key, str string) (any, bool) {
 		t, isRef := s.scan.templates[key]
 		_, bad := s.scan.invalid[key]
-		switch _, ok := s.rendered[key]; {
+		val, ok := s.rendered[key]
+		switch {
 		case !isRef && !bad:
 			return str, true
 		case !ok:
-			return "", false
+			return nil, false
 		case s.kept[key]:
-			return Mask, true
+			return maskTree(val), true
+		}
+		if _, text := val.(string); !text {
+			return maskTree(val), true // a shaped whole value: each leaf masked
 		}
 		return t.render(func(Reference) (string, bool) { return Mask, true })
 	})
 	return v.AllSettings()
+}
+
+// maskTree returns v with Mask for every leaf: a subtree keeps its shape, so its keys still
+// show.
+func maskTree(v any) any {
+	switch x := v.(type) {
+	case map[string]any:
+		out := make(map[string]any, len(x))
+		for k, e := range x {
+			out[k] = maskTree(e)
+		}
+		return out
+	case []any:
+		out := make([]any, len(x))
+		for i, e := range x {
+			out[i] = maskTree(e)
+		}
+		return out
+	}
+	return Mask
 }
 
 // unnamedEnvRefs finds environment variables under v's prefix that hold a reference no

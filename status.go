@@ -3,7 +3,8 @@ package viperkv
 // Status is the state of one Key Vault reference. The names follow App Service's Key Vault
 // reference statuses where one fits, so operators see the words they already know; the
 // names App Service lacks (HostNotAllowed, SecretDisabled, Throttled, SecretExpired,
-// SecretNotYetValid, CertificateInvalid, EnvKeyNotNamed) are documented in docs/references.md.
+// SecretNotYetValid, CertificateInvalid, EnvKeyNotNamed, ForbiddenByFirewall,
+// ForbiddenByConnection) are documented in docs/references.md.
 type Status string
 
 // Statuses a reference can have.
@@ -22,8 +23,22 @@ const (
 	StatusSecretNotFound Status = "SecretNotFound"
 	// StatusSecretVersionNotFound: the secret exists but not the pinned version.
 	StatusSecretVersionNotFound Status = "SecretVersionNotFound"
-	// StatusAccessToKeyVaultDenied: the identity lacks permission to get the secret.
+	// StatusAccessToKeyVaultDenied: the identity lacks permission to get the secret: no role
+	// assignment allows it (403 ForbiddenByRbac: grant Key Vault Secrets User) or, on an
+	// access policy vault, no access policy does (403 ForbiddenByPolicy: add Get to the
+	// identity's secret permissions). The reason says which, and the identity's object id
+	// when the vault named it.
 	StatusAccessToKeyVaultDenied Status = "AccessToKeyVaultDenied"
+	// StatusForbiddenByFirewall: the vault's firewall refuses the caller's network (403
+	// ForbiddenByFirewall), whatever the identity may do: allow the app's outbound IP or
+	// virtual network in the vault's networking settings, or reach the vault through a
+	// private endpoint.
+	StatusForbiddenByFirewall Status = "ForbiddenByFirewall"
+	// StatusForbiddenByConnection: the vault's public network access is disabled and the
+	// request did not come through its private endpoint (403 ForbiddenByConnection): reach
+	// the vault through the endpoint, with its host resolving to the endpoint's private
+	// address (the privatelink.vaultcore.azure.net zone linked to the app's network).
+	StatusForbiddenByConnection Status = "ForbiddenByConnection"
 	// StatusOtherReasons: any failure no other status describes.
 	StatusOtherReasons Status = "OtherReasons"
 	// StatusFetchTimedOut: the fetch did not finish before its deadline.
@@ -47,6 +62,23 @@ const (
 	// it is not valid now, its chain is broken, or a certificate's new version is stored as
 	// something else. The certificate held, if any, keeps serving.
 	StatusCertificateInvalid Status = "CertificateInvalid"
+	// StatusServedFromSnapshot: no vault answered the first Load, and the value is the one
+	// WithSnapshot's encrypted snapshot held; the first fetch that succeeds replaces it. A
+	// warning, not a failure of Load.
+	StatusServedFromSnapshot Status = "ServedFromSnapshot"
+	// StatusPropertyNotFound: the secret is a document, but has no value (or null) where
+	// the reference's Property points.
+	StatusPropertyNotFound Status = "PropertyNotFound"
+	// StatusSecretFormatInvalid: the reference reads the secret as a JSON or YAML document
+	// (Property or Format), and it is not one.
+	StatusSecretFormatInvalid Status = "SecretFormatInvalid"
+	// StatusDecodeFailed: the value is not the base64, base64url or hex the reference's
+	// Decode says.
+	StatusDecodeFailed Status = "DecodeFailed"
+	// StatusAppConfigurationNotSupported: the value holds an App Service App Configuration
+	// reference, @Microsoft.AppConfiguration(...). viperkv recognises it so the raw text is
+	// never passed off as the value, but does not resolve it.
+	StatusAppConfigurationNotSupported Status = "AppConfigurationNotSupported"
 	// StatusEnvKeyNotNamed: a warning, not a failure. An environment variable under the
 	// Viper's prefix holds a reference, but no configuration key reads it (Viper does not
 	// list AutomaticEnv keys): name the key with WithEnvKeys. Load logs it and does not

@@ -39,13 +39,16 @@ func WithTracerProvider(tp trace.TracerProvider) Option {
 
 // telemetry holds the provider's instruments; with no providers they do nothing.
 type telemetry struct {
-	tracer   trace.Tracer
-	sdk      tracing.Provider // for the SDK clients; zero: no spans
-	requests metric.Int64Counter
-	failures metric.Int64Counter
-	loadTime metric.Float64Histogram
-	pushes   metric.Int64Counter
-	meter    metric.Meter
+	tracer    trace.Tracer
+	sdk       tracing.Provider // for the SDK clients; zero: no spans
+	requests  metric.Int64Counter
+	failures  metric.Int64Counter
+	loadTime  metric.Float64Histogram
+	pushes    metric.Int64Counter
+	failovers metric.Int64Counter
+	// snapshotServed counts values a first Load served from the snapshot.
+	snapshotServed metric.Int64Counter
+	meter          metric.Meter
 }
 
 func newTelemetry(o options) (*telemetry, error) {
@@ -74,6 +77,14 @@ func newTelemetry(o options) (*telemetry, error) {
 		metric.WithExplicitBucketBoundaries(0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120)); err != nil {
 		return nil, err
 	}
+	if t.failovers, err = m.Int64Counter("viperkv.vault.failovers", metric.WithUnit("{fetch}"),
+		metric.WithDescription("Fetches a failover vault served because the primary could not answer, by primary and failover vault.")); err != nil {
+		return nil, err
+	}
+	if t.snapshotServed, err = m.Int64Counter("viperkv.snapshot.served", metric.WithUnit("{secret}"),
+		metric.WithDescription("Secret values a Load served from the snapshot because no vault answered, by vault.")); err != nil {
+		return nil, err
+	}
 	if t.pushes, err = m.Int64Counter("viperkv.push.deliveries", metric.WithUnit("{delivery}"),
 		metric.WithDescription("Event Grid requests the push handler answered, by outcome.")); err != nil {
 		return nil, err
@@ -92,6 +103,7 @@ const (
 	attrThrottled   = attribute.Key("viperkv.throttled")
 	attrSource      = attribute.Key("viperkv.source")
 	attrOutcome     = attribute.Key("viperkv.outcome")
+	attrServedBy    = attribute.Key("viperkv.served_by")
 )
 
 // observeGauges registers the observable gauges, read from what update last published.

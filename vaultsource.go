@@ -222,7 +222,7 @@ func (p *Provider) importVaults(ctx context.Context, prev vaultImports, now time
 		if err != nil {
 			e := driver.AsError(err)
 			ve := &VaultSourceError{Vault: s.host, Status: statusOf(e.Kind), Reason: e.Reason}
-			if e.Kind == driver.KindForbidden {
+			if e.Kind == driver.KindForbidden && e.Inner == "" { // an inner code's reason names the fix already
 				ve.Reason += ": the identity may not list the vault's secrets (grant Key Vault Secrets User, or the List permission of an access policy)"
 			}
 			errs = append(errs, ve)

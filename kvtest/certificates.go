@@ -31,7 +31,9 @@ import (
 // management policy and versions. Every version has a linked secret of the same name and
 // version (the "addressable secret"), marked managed, holding the certificate and its key
 // in the policy's content type; GET /secrets/{name} reads it, which is how applications
-// get a certificate's private key. Only the self-signed issuer ("Self") is emulated.
+// get a certificate's private key. The emulator issues self-signed certificates (the issuer
+// "Self") and certificates signed by a certificate issuer of the vault, a test CA standing
+// in for the certificate authorities Key Vault integrates with (certificates_issuers.go).
 
 // The linked secret's content types, a certificate policy's secret_props.contentType.
 const (
@@ -95,9 +97,13 @@ func (s *Server) certIssueDelay() time.Duration {
 
 // CertificatePolicy is a certificate's management policy for [Vault.CreateCertificate]
 // and [Vault.ImportCertificate], the fields of Key Vault's policy (x509_props, key_props,
-// secret_props, lifetime_actions) with the issuer "Self". Zero fields take Key Vault's
-// defaults.
+// secret_props, lifetime_actions, issuer). Zero fields take Key Vault's defaults.
 type CertificatePolicy struct {
+	// Issuer is the policy's issuer.name: "" or "Self" (default) for a self-signed
+	// certificate, or the name of a certificate issuer of the vault ([Vault.AddIssuer], or
+	// PUT /certificates/issuers/{name}), whose CA signs the certificate and its renewals.
+	// [Vault.ImportCertificate] ignores it: an imported certificate's issuer is "Unknown".
+	Issuer string
 	// Subject is the X.500 distinguished name, for example "CN=api.example.com, O=Contoso"
 	// (default "CN=<certificate name>"). Attributes: CN, O, OU, L, S or ST, C, STREET,
 	// POSTALCODE, SERIALNUMBER, DC, E, UID, G, SN, T.
@@ -166,7 +172,7 @@ func WithCertificateEnabled(enabled bool) CertificateOption {
 
 // certPolicy is a certificate's policy as stored: what the client gave, with defaults.
 type certPolicy struct {
-	issuer           string // "Self" or "Unknown", as given
+	issuer           string // "Self", "Unknown" or a certificate issuer's name, as given
 	certType         string // issuer.cty
 	certTransparency *bool  // issuer.cert_transparency
 
@@ -207,8 +213,12 @@ func (p *certPolicy) clone() *certPolicy {
 	return &c
 }
 
-// selfIssued reports whether Key Vault issues the policy's certificates itself.
+// selfIssued reports whether the policy's certificates are self-signed.
 func (p *certPolicy) selfIssued() bool { return strings.EqualFold(p.issuer, "Self") }
+
+// unknownIssuer reports whether the policy's issuer is "Unknown": its certificates are
+// imported (or merged), never issued by Key Vault.
+func (p *certPolicy) unknownIssuer() bool { return strings.EqualFold(p.issuer, "Unknown") }
 
 // isEC reports whether the policy's keys are elliptic curve keys.
 func (p *certPolicy) isEC() bool { return strings.HasPrefix(strings.ToUpper(p.kty), "EC") }
@@ -216,7 +226,7 @@ func (p *certPolicy) isEC() bool { return strings.HasPrefix(strings.ToUpper(p.kt
 // autoRenewAt returns when the policy renews a version valid from nbf to exp, if it
 // renews at all.
 func (p *certPolicy) autoRenewAt(nbf, exp time.Time) (time.Time, bool) {
-	if !p.selfIssued() {
+	if p.unknownIssuer() {
 		return time.Time{}, false
 	}
 	for _, a := range p.actions {
@@ -541,8 +551,10 @@ type certVersion struct {
 	secret           *secretVersion // the linked secret's version
 }
 
-// issueSelfSigned issues a self-signed version under p with key (a new key when nil).
-func issueSelfSigned(p *certPolicy, key crypto.Signer, now time.Time) (*certVersion, error) {
+// issueCertificate issues a version under p with key (a new key when nil): self-signed
+// when ca is nil, else signed by the CA, with its chain. A CA-signed certificate expires
+// no later than its CA.
+func issueCertificate(p *certPolicy, key crypto.Signer, now time.Time, ca *issuerCA) (*certVersion, error) {
 	if key == nil {
 		var err error
 		if key, err = generateKey(p); err != nil {
@@ -550,11 +562,22 @@ func issueSelfSigned(p *certPolicy, key crypto.Signer, now time.Time) (*certVers
 		}
 	}
 	nbf, exp := validityOf(p, now)
+	if ca != nil && exp.After(ca.cert.NotAfter) {
+		exp = ca.cert.NotAfter
+	}
+	if !exp.After(nbf) {
+		return nil, errors.New("the issuer's CA certificate has expired")
+	}
 	tmpl, err := certTemplate(p, key.Public(), nbf, exp)
 	if err != nil {
 		return nil, err
 	}
-	der, err := x509.CreateCertificate(rand.Reader, tmpl, tmpl, key.Public(), key)
+	parent, signer := tmpl, key
+	var chain []*x509.Certificate
+	if ca != nil {
+		parent, signer, chain = ca.cert, ca.key, ca.chain()
+	}
+	der, err := x509.CreateCertificate(rand.Reader, tmpl, parent, key.Public(), signer)
 	if err != nil {
 		return nil, err
 	}
@@ -562,7 +585,7 @@ func issueSelfSigned(p *certPolicy, key crypto.Signer, now time.Time) (*certVers
 	if err != nil {
 		return nil, err
 	}
-	return &certVersion{version: randomHex(16), leaf: leaf, key: key, exportable: p.exportable,
+	return &certVersion{version: randomHex(16), leaf: leaf, chain: chain, key: key, exportable: p.exportable,
 		contentType: p.contentType, enabled: p.enabled, created: now, updated: now}, nil
 }
 
@@ -693,13 +716,15 @@ type certStore struct {
 	deleted    map[string]*deletedCert
 	purging    map[string]purge
 	recovering map[string]*certRecovery
-	closed     bool // Close stopped the timers: nothing is scheduled any more
+	issuers    map[string]*certIssuer // lowercase name -> issuer (certificates_issuers.go)
+	closed     bool                   // Close stopped the timers: nothing is scheduled any more
 }
 
 func (cs *certStore) init() {
 	if cs.live == nil {
 		cs.live, cs.deleted = map[string]*certificate{}, map[string]*deletedCert{}
 		cs.purging, cs.recovering = map[string]purge{}, map[string]*certRecovery{}
+		cs.issuers = map[string]*certIssuer{}
 	}
 }
 
@@ -735,6 +760,9 @@ func policyFromGo(name string, gp CertificatePolicy) (*certPolicy, error) {
 		X509Props: &x509PropsJSON{Subject: gp.Subject,
 			SANs: &sansJSON{DNSNames: gp.DNSNames, Emails: gp.Emails, UPNs: gp.UPNs}},
 		Issuer: &issuerJSON{Name: "Self"},
+	}
+	if gp.Issuer != "" {
+		pj.Issuer.Name = gp.Issuer
 	}
 	if gp.KeySize != 0 {
 		pj.KeyProps.KeySize = &gp.KeySize
@@ -786,13 +814,13 @@ func policyFromGo(name string, gp CertificatePolicy) (*certPolicy, error) {
 	return p, nil
 }
 
-// CreateCertificate issues a new version of a self-signed certificate under policy,
-// which becomes the certificate's policy, and returns the version (32 lowercase hex). It
-// creates the linked secret's version of the same name and version, publishes
-// CertificateNewVersionCreated, and schedules the policy's AutoRenew. Unlike the wire's
-// create, it issues at once. It panics on an invalid name or policy, or on a name a
-// plain secret, or a deleted certificate, has: like [Vault.SetSecret], it is for setting
-// up a test.
+// CreateCertificate issues a new version of a certificate under policy, which becomes the
+// certificate's policy, and returns the version (32 lowercase hex): self-signed, or signed
+// by the CA of the policy's Issuer. It creates the linked secret's version of the same name
+// and version, publishes CertificateNewVersionCreated, and schedules the policy's
+// AutoRenew. Unlike the wire's create, it issues at once. It panics on an invalid name or
+// policy, an issuer the vault does not have (or a disabled one), or a name a plain secret,
+// or a deleted certificate, has: like [Vault.SetSecret], it is for setting up a test.
 func (v *Vault) CreateCertificate(name string, policy CertificatePolicy, opts ...CertificateOption) (version string) {
 	if !secretNameRE.MatchString(name) {
 		panic(fmt.Sprintf("kvtest: invalid certificate name %q", name))
@@ -813,8 +841,12 @@ func (v *Vault) CreateCertificate(name string, policy CertificatePolicy, opts ..
 	if c := v.certs.live[strings.ToLower(name)]; c != nil && p.reuseKey && c.latest() != nil {
 		reuse, _ = c.latest().key.(crypto.Signer)
 	}
+	ca, err := v.issuerCALocked(p)
 	v.mu.RUnlock()
-	cv, err := issueSelfSigned(p, reuse, now)
+	if err != nil {
+		panic(fmt.Sprintf("kvtest: certificate %s: %v", name, err))
+	}
+	cv, err := issueCertificate(p, reuse, now, ca)
 	if err != nil {
 		panic(fmt.Sprintf("kvtest: certificate %s: %v", name, err))
 	}
@@ -897,9 +929,10 @@ func (v *Vault) ImportCertificate(name string, data []byte, password string, pol
 	return cv.version, nil
 }
 
-// RenewCertificate issues a new version of a self-signed certificate under its current
-// policy now, as its AutoRenew would (a new key unless the policy reuses keys), and returns
-// the version.
+// RenewCertificate issues a new version of a certificate under its current policy now, as
+// its AutoRenew would (a new key unless the policy reuses keys; self-signed, or signed by
+// the policy's issuer), and returns the version. It fails for an imported certificate
+// (issuer "Unknown") and for an issuer the vault no longer has or has disabled.
 func (v *Vault) RenewCertificate(name string) (version string, err error) {
 	key := strings.ToLower(name)
 	v.mu.RLock()
@@ -1080,7 +1113,8 @@ func (v *Vault) scheduleRenewLocked(key string, c *certificate) {
 // errRenewStale is a renewal that no longer applies: the certificate changed meanwhile.
 var errRenewStale = errors.New("kvtest: the certificate changed before its renewal")
 
-// renew issues a new self-signed version of the certificate under its policy. With
+// renew issues a new version of the certificate under its policy: self-signed, or signed
+// by the CA of the policy's issuer, as it is when the renewal starts. With
 // due != "", it is the AutoRenew of version due and does nothing unless that is still
 // the latest version of the live certificate. The key is made without the lock.
 func (v *Vault) renew(key string, c *certificate, due string) (*certVersion, error) {
@@ -1088,21 +1122,24 @@ func (v *Vault) renew(key string, c *certificate, due string) (*certVersion, err
 	stale := v.certs.closed || v.certs.live[key] != c || c.latest() == nil || (due != "" && c.latest().version != due)
 	var p *certPolicy
 	var reuse crypto.Signer
+	var ca *issuerCA
+	var caErr error
 	if !stale {
 		p = c.policy.clone()
 		if p.reuseKey {
 			reuse, _ = c.latest().key.(crypto.Signer)
 		}
+		ca, caErr = v.issuerCALocked(p)
 	}
 	v.mu.RUnlock()
 	if stale {
 		return nil, errRenewStale
 	}
-	if !p.selfIssued() {
-		return nil, fmt.Errorf("kvtest: certificate %s: issuer %s: only self-signed certificates renew", c.name, p.issuer)
+	if caErr != nil {
+		return nil, fmt.Errorf("kvtest: certificate %s: %w", c.name, caErr)
 	}
 	now := time.Now().Truncate(time.Second)
-	cv, err := issueSelfSigned(p, reuse, now)
+	cv, err := issueCertificate(p, reuse, now, ca)
 	if err != nil {
 		return nil, fmt.Errorf("kvtest: certificate %s: %w", c.name, err)
 	}

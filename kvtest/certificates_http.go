@@ -55,6 +55,16 @@ const (
 	OpRecoverDeletedCertificate Op = "recoverDeletedCertificate"
 	// OpPurgeDeletedCertificate counts DELETE /deletedcertificates/{name}.
 	OpPurgeDeletedCertificate Op = "purgeDeletedCertificate"
+	// OpSetCertificateIssuer counts PUT /certificates/issuers/{name}.
+	OpSetCertificateIssuer Op = "setCertificateIssuer"
+	// OpUpdateCertificateIssuer counts PATCH /certificates/issuers/{name}.
+	OpUpdateCertificateIssuer Op = "updateCertificateIssuer"
+	// OpGetCertificateIssuer counts GET /certificates/issuers/{name}.
+	OpGetCertificateIssuer Op = "getCertificateIssuer"
+	// OpListCertificateIssuers counts GET /certificates/issuers pages.
+	OpListCertificateIssuers Op = "listCertificateIssuers"
+	// OpDeleteCertificateIssuer counts DELETE /certificates/issuers/{name}.
+	OpDeleteCertificateIssuer Op = "deleteCertificateIssuer"
 )
 
 // certificateOps are the certificate operations, for the counters.
@@ -62,7 +72,9 @@ func certificateOps() []Op {
 	return []Op{OpCreateCertificate, OpImportCertificate, OpGetCertificate, OpUpdateCertificate, OpDeleteCertificate,
 		OpListCertificates, OpListCertificateVersions, OpGetCertificatePolicy, OpUpdateCertificatePolicy,
 		OpGetCertificateOperation, OpUpdateCertificateOperation, OpDeleteCertificateOperation, OpGetDeletedCertificate,
-		OpListDeletedCertificates, OpRecoverDeletedCertificate, OpPurgeDeletedCertificate}
+		OpListDeletedCertificates, OpRecoverDeletedCertificate, OpPurgeDeletedCertificate,
+		OpSetCertificateIssuer, OpUpdateCertificateIssuer, OpGetCertificateIssuer, OpListCertificateIssuers,
+		OpDeleteCertificateIssuer}
 }
 
 // certDataAction is the RBAC data action of a certificate operation and the roles that
@@ -70,12 +82,22 @@ func certificateOps() []Op {
 // Microsoft.KeyVault/vaults/*/read, Key Vault Certificate User certificates/read,
 // Key Vault Certificates Officer certificates/*, Key Vault Administrator everything. Reads
 // of deleted certificates, the policy and the pending operation are certificates/read, as
-// Key Vault has no separate data action for them.
+// Key Vault has no separate data action for them. Issuers have their own data actions,
+// Microsoft.KeyVault/vaults/certificatecas/read, write and delete: Key Vault Certificates
+// Officer has certificatecas/*, Key Vault Reader reads them (vaults/*/read), and Key Vault
+// Certificate User, which has certificates/read only, has none.
 func certDataAction(op Op) (string, []Role, bool) {
 	read := []Role{RoleReader, RoleCertificateUser, RoleCertificatesOfficer, RoleAdministrator}
 	write := []Role{RoleCertificatesOfficer, RoleAdministrator}
 	const pre = "Microsoft.KeyVault/vaults/certificates/"
+	const cas = "Microsoft.KeyVault/vaults/certificatecas/"
 	switch op {
+	case OpGetCertificateIssuer, OpListCertificateIssuers:
+		return cas + "read", []Role{RoleReader, RoleCertificatesOfficer, RoleAdministrator}, true
+	case OpSetCertificateIssuer, OpUpdateCertificateIssuer:
+		return cas + "write", write, true
+	case OpDeleteCertificateIssuer:
+		return cas + "delete", write, true
 	case OpGetCertificate, OpListCertificates, OpListCertificateVersions, OpGetCertificatePolicy,
 		OpGetCertificateOperation, OpGetDeletedCertificate, OpListDeletedCertificates:
 		return pre + "read", read, true
@@ -101,7 +123,7 @@ func (v *Vault) certRoute(r *http.Request, segs []string) (route, *kvError) {
 	notFound := &kvError{http.StatusNotFound, "NotFound", "The requested path was not found: " + r.URL.Path}
 	badMethod := &kvError{http.StatusMethodNotAllowed, "MethodNotAllowed", "The method " + m + " is not allowed on " + r.URL.Path}
 	notEmulated := &kvError{http.StatusNotImplemented, "NotImplemented",
-		"The emulator does not implement " + m + " " + r.URL.Path + ": certificate backup, restore, merge, contacts and issuers are not emulated."}
+		"The emulator does not implement " + m + " " + r.URL.Path + ": certificate backup, restore, merge and contacts are not emulated."}
 	if len(segs) > 2 && segs[len(segs)-1] == "" {
 		segs = segs[:len(segs)-1] // /certificates/{name}/ and /certificates/{name}/{version}/
 	}
@@ -115,7 +137,10 @@ func (v *Vault) certRoute(r *http.Request, segs []string) (route, *kvError) {
 		return route{op: OpListCertificates, serve: v.listCerts}, nil
 	}
 	name := segs[1]
-	if segs[0] == "certificates" && (name == "contacts" || name == "issuers" || name == "restore") {
+	if segs[0] == "certificates" && name == "issuers" {
+		return v.issuerRoute(r, segs[2:]) // certificates_issuers.go
+	}
+	if segs[0] == "certificates" && (name == "contacts" || name == "restore") {
 		return route{}, notEmulated
 	}
 	if !secretNameRE.MatchString(name) {
@@ -534,12 +559,13 @@ func actionsJSON(actions []lifetimeAction) *[]lifetimeActionJSON {
 }
 
 // resolveActions checks lifetime actions; nil means Key Vault's default for the issuer:
-// AutoRenew at 80% for Self, EmailContacts at 80% otherwise.
+// EmailContacts at 80% for Unknown, AutoRenew at 80% for an issuer that issues (Self or a
+// certificate issuer).
 func resolveActions(las *[]lifetimeActionJSON, p *certPolicy) ([]lifetimeAction, *kvError) {
 	if las == nil {
-		action := ActionEmailContacts
-		if p.selfIssued() {
-			action = ActionAutoRenew
+		action := ActionAutoRenew
+		if p.unknownIssuer() {
+			action = ActionEmailContacts
 		}
 		return []lifetimeAction{{action: action, pct: defaultRenewPercent}}, nil
 	}
@@ -572,8 +598,8 @@ func resolveActions(las *[]lifetimeActionJSON, p *certPolicy) ([]lifetimeAction,
 			}
 			a.days = *t.DaysBeforeExpiry
 		}
-		if a.action == ActionAutoRenew && !p.selfIssued() {
-			return nil, badParameter("AutoRenew needs an issuer that issues certificates: the emulator renews only self-signed (issuer Self) certificates.")
+		if a.action == ActionAutoRenew && p.unknownIssuer() {
+			return nil, badParameter("AutoRenew needs an issuer that issues certificates (Self or a certificate issuer of the vault): a certificate of the issuer Unknown is not renewed by Key Vault.")
 		}
 		out = append(out, a)
 	}
@@ -775,13 +801,16 @@ func (v *Vault) createCert(w http.ResponseWriter, r *http.Request, rt route) {
 	default:
 		e = badParameter("Property 'policy' is required to create the first version of a certificate.")
 	}
+	var ca *issuerCA
+	if e == nil {
+		var err error
+		if ca, err = v.issuerCALocked(p); err != nil {
+			e = badParameter("The certificate cannot be issued: " + err.Error() + ".")
+		}
+	}
 	v.mu.RUnlock()
 	if e != nil {
 		v.writeKVError(w, e)
-		return
-	}
-	if !p.selfIssued() {
-		v.writeKVError(w, badParameter("Issuer "+p.issuer+" is not emulated: the emulator issues self-signed certificates only (issuer Self)."))
 		return
 	}
 	if !p.reuseKey {
@@ -796,7 +825,7 @@ func (v *Vault) createCert(w http.ResponseWriter, r *http.Request, rt route) {
 		}
 		signer = k
 	}
-	cv, err := issueSelfSigned(p, signer, now)
+	cv, err := issueCertificate(p, signer, now, ca)
 	if err != nil {
 		v.writeKVError(w, badParameter("The certificate could not be issued under its policy."))
 		return

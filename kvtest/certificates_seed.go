@@ -1,6 +1,7 @@
 package kvtest
 
 import (
+	"crypto"
 	"errors"
 	"fmt"
 	"os"
@@ -8,11 +9,31 @@ import (
 	"time"
 )
 
-// seedCertificate is a certificate of a [seedVault]: self-signed from a policy, or
-// imported from a PEM or PKCS#12 file. Listing a name twice makes two versions.
+// seedIssuer is a certificate issuer of a [seedVault] ([Vault.AddIssuer]), with a CA the
+// emulator generates or one read from a PEM file.
+type seedIssuer struct {
+	// Name is the issuer name, which certificates name in issuer: 1-127 letters, digits
+	// and dashes, not Self or Unknown.
+	Name string `yaml:"name"`
+	// Provider is the issuer's provider (default DigiCert): echoed, changes nothing.
+	Provider string `yaml:"provider,omitempty"`
+	// Subject is the subject of the CA the emulator generates (default CN=<name>).
+	Subject string `yaml:"subject,omitempty"`
+	// CAPEMFile is a PEM file holding the CA certificate and its private key (and,
+	// optionally, the CA's own chain), used instead of a generated CA.
+	CAPEMFile string `yaml:"ca_pem_file,omitempty"`
+	// Enabled defaults to true.
+	Enabled *bool `yaml:"enabled,omitempty"`
+}
+
+// seedCertificate is a certificate of a [seedVault]: issued from a policy (self-signed, or
+// signed by one of the vault's issuers), or imported from a PEM or PKCS#12 file. Listing a
+// name twice makes two versions.
 type seedCertificate struct {
 	// Name is the certificate name: 1-127 letters, digits and dashes.
 	Name string `yaml:"name"`
+	// Issuer is Self (default) or the name of an issuer in the vault's issuers.
+	Issuer string `yaml:"issuer,omitempty"`
 	// Subject is the X.500 distinguished name (default "CN=<name>").
 	Subject string `yaml:"subject,omitempty"`
 	// DNSNames, Emails and UPNs are the subject alternative names.
@@ -78,7 +99,7 @@ func (sc *seedCertificate) policy() (CertificatePolicy, error) {
 	if !ok {
 		return CertificatePolicy{}, fmt.Errorf("content_type %q is not application/x-pkcs12 or application/x-pem-file", sc.ContentType)
 	}
-	p := CertificatePolicy{Subject: sc.Subject, DNSNames: sc.DNSNames, Emails: sc.Emails, UPNs: sc.UPNs, KeyType: sc.KeyType,
+	p := CertificatePolicy{Issuer: sc.Issuer, Subject: sc.Subject, DNSNames: sc.DNSNames, Emails: sc.Emails, UPNs: sc.UPNs, KeyType: sc.KeyType,
 		KeySize: sc.KeySize, Curve: sc.Curve, ReuseKey: sc.ReuseKey, ContentType: ct, ValidityMonths: sc.ValidityMonths}
 	if sc.Exportable != nil {
 		p.NotExportable = !*sc.Exportable
@@ -107,10 +128,37 @@ func (sc *seedCertificate) policy() (CertificatePolicy, error) {
 	return p, nil
 }
 
-// validateSeedCertificates checks the certificates of vaults[i]. Errors never quote a
-// password.
-func validateSeedCertificates(i int, certs []seedCertificate, secretNames map[string]bool) []error {
+// validateSeedIssuers checks the issuers of vaults[i] and returns their names, lowercase.
+func validateSeedIssuers(i int, issuers []seedIssuer) (map[string]bool, []error) {
 	var errs []error
+	names := map[string]bool{}
+	for j, si := range issuers {
+		at := fmt.Sprintf("vaults[%d].issuers[%d]", i, j)
+		key := strings.ToLower(si.Name)
+		switch err := checkIssuerName(si.Name); {
+		case err != nil:
+			errs = append(errs, fmt.Errorf("%s: invalid issuer name %q: %w", at, si.Name, err))
+		case names[key]:
+			errs = append(errs, fmt.Errorf("%s: duplicate issuer %q", at, si.Name))
+		default:
+			names[key] = true
+		}
+		if si.CAPEMFile != "" && si.Subject != "" {
+			errs = append(errs, fmt.Errorf("%s: subject is the generated CA's: it excludes ca_pem_file", at))
+		}
+		if si.Subject != "" {
+			if _, err := parseSubject(si.Subject); err != nil {
+				errs = append(errs, fmt.Errorf("%s: subject %q is not an X.500 distinguished name", at, si.Subject))
+			}
+		}
+	}
+	return names, errs
+}
+
+// validateSeedCertificates checks the issuers and certificates of vaults[i]. Errors never
+// quote a password.
+func validateSeedCertificates(i int, issuers []seedIssuer, certs []seedCertificate, secretNames map[string]bool) []error {
+	issuerNames, errs := validateSeedIssuers(i, issuers)
 	for j, sc := range certs {
 		at := fmt.Sprintf("vaults[%d].certificates[%d]", i, j)
 		if !secretNameRE.MatchString(sc.Name) {
@@ -123,6 +171,13 @@ func validateSeedCertificates(i int, certs []seedCertificate, secretNames map[st
 		}
 		if sc.Password != "" && sc.ImportPFXFile == "" {
 			errs = append(errs, fmt.Errorf("%s: password applies to import_pfx_file only", at))
+		}
+		switch {
+		case sc.Issuer == "" || strings.EqualFold(sc.Issuer, "Self"):
+		case sc.imported():
+			errs = append(errs, fmt.Errorf("%s: an imported certificate's issuer is Unknown: issuer applies to issued certificates", at))
+		case !issuerNames[strings.ToLower(sc.Issuer)]:
+			errs = append(errs, fmt.Errorf("%s: issuer %q is not Self nor one of the vault's issuers", at, sc.Issuer))
 		}
 		p, err := sc.policy()
 		if err != nil {
@@ -149,8 +204,50 @@ func validateSeedCertificates(i int, certs []seedCertificate, secretNames map[st
 	return errs
 }
 
-// applySeedCertificates issues or imports the vault's seed certificates, in order.
-func (v *Vault) applySeedCertificates(certs []seedCertificate) error {
+// applySeedIssuers adds the vault's seed issuers, generating their CAs or reading them.
+func (v *Vault) applySeedIssuers(issuers []seedIssuer) error {
+	for _, si := range issuers {
+		var opts []IssuerOption
+		if si.Provider != "" {
+			opts = append(opts, WithIssuerProvider(si.Provider))
+		}
+		if si.Enabled != nil {
+			opts = append(opts, WithIssuerEnabled(*si.Enabled))
+		}
+		if si.CAPEMFile == "" {
+			if si.Subject != "" {
+				opts = append(opts, WithIssuerCASubject(si.Subject))
+			}
+			if err := v.addIssuer(si.Name, nil, nil, nil, opts...); err != nil {
+				return err
+			}
+			continue
+		}
+		data, err := os.ReadFile(si.CAPEMFile)
+		if err != nil {
+			return fmt.Errorf("kvtest: seed issuer %s: %w", si.Name, err)
+		}
+		key, ca, above, err := parsePEMBundle(data)
+		if err != nil {
+			return fmt.Errorf("kvtest: seed issuer %s: %s: %w", si.Name, si.CAPEMFile, err)
+		}
+		signer, ok := key.(crypto.Signer)
+		if !ok {
+			return fmt.Errorf("kvtest: seed issuer %s: %s: the key cannot sign", si.Name, si.CAPEMFile)
+		}
+		if err := v.addIssuer(si.Name, ca, signer, above, opts...); err != nil {
+			return fmt.Errorf("%w (%s)", err, si.CAPEMFile)
+		}
+	}
+	return nil
+}
+
+// applySeedCertificates adds the vault's seed issuers, then issues or imports its seed
+// certificates, in order.
+func (v *Vault) applySeedCertificates(issuers []seedIssuer, certs []seedCertificate) error {
+	if err := v.applySeedIssuers(issuers); err != nil {
+		return err
+	}
 	for _, sc := range certs {
 		p, err := sc.policy() // validated
 		if err != nil {

@@ -52,8 +52,12 @@ const (
 	OpThrottled Op = "throttled"
 	// OpUnauthorized counts vault requests whose token was rejected (401).
 	OpUnauthorized Op = "unauthorized"
-	// OpForbidden counts vault requests denied by RBAC (403 ForbiddenByRbac).
+	// OpForbidden counts vault requests denied by RBAC (403 ForbiddenByRbac) or, on a vault
+	// with [PermissionAccessPolicy], by its access policies (403 ForbiddenByPolicy).
 	OpForbidden Op = "forbidden"
+	// OpNetworkDenied counts vault requests its networking settings refused
+	// ([Vault.SetNetworkAccess]: 403 ForbiddenByFirewall or ForbiddenByConnection).
+	OpNetworkDenied Op = "networkDenied"
 	// OpDiscovery counts OpenID Connect discovery documents served by the Entra listener.
 	OpDiscovery Op = "discovery"
 	// OpJWKS counts JSON Web Key Sets served by the Entra listener.
@@ -64,7 +68,7 @@ var allOps = []Op{
 	OpToken, OpChallenge, OpGetSecret, OpSetSecret, OpUpdateSecret, OpDeleteSecret,
 	OpListSecrets, OpListVersions, OpGetDeletedSecret, OpListDeletedSecrets,
 	OpPurgeDeletedSecret, OpRecoverDeletedSecret, OpBackupSecret, OpRestoreSecret, OpThrottled, OpUnauthorized,
-	OpForbidden, OpDiscovery, OpJWKS,
+	OpForbidden, OpNetworkDenied, OpDiscovery, OpJWKS,
 }
 
 // allCounted are the operations and outcomes counted: allOps and the certificates'.

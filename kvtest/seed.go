@@ -54,10 +54,22 @@ type seedVault struct {
 	RetentionDays *int `yaml:"retention_days,omitempty"`
 	// PageSize is the most items a list page holds, 1 to 25 ([WithPageSize]); default 25.
 	PageSize *int `yaml:"page_size,omitempty"`
+	// PublicNetworkAccess is enabled (default) or disabled: disabled answers every request
+	// 403 ForbiddenByConnection ([NetworkAccess].PublicAccessDisabled).
+	PublicNetworkAccess string `yaml:"public_network_access,omitempty"`
+	// Firewall is the firewall's default action, allow (default) or deny: deny answers every
+	// request 403 ForbiddenByFirewall ([NetworkAccess].FirewallDeny).
+	Firewall string `yaml:"firewall,omitempty"`
+	// PermissionModel is rbac (default) or access_policy: how a denied request is answered
+	// (403 ForbiddenByRbac or ForbiddenByPolicy, [Vault.SetPermissionModel]).
+	PermissionModel string `yaml:"permission_model,omitempty"`
 	// Secrets to create, one version each (list a name twice for two versions).
 	Secrets []seedSecret `yaml:"secrets,omitempty"`
 	// Certificates to issue or import, after the secrets (certificates_seed.go).
 	Certificates []seedCertificate `yaml:"certificates,omitempty"`
+	// Issuers are certificate issuers with their CAs, added before the certificates, which
+	// name them in issuer (certificates_seed.go).
+	Issuers []seedIssuer `yaml:"issuers,omitempty"`
 	// Grants are role assignments on the vault.
 	Grants []seedGrant `yaml:"grants,omitempty"`
 	// EventSubscriptions are Event Grid webhook subscriptions on the vault's system topic,
@@ -214,7 +226,7 @@ func itemName(item *yaml.Node, noun string, i int, parent string) string {
 
 // seedNouns name one item of each list of a seed.
 var seedNouns = map[string]string{"identities": "identity", "vaults": "vault", "secrets": "secret", "grants": "grant",
-	"event_subscriptions": "event subscription", "certificates": "certificate"}
+	"event_subscriptions": "event subscription", "certificates": "certificate", "issuers": "issuer"}
 
 func isNull(n *yaml.Node) bool { return n.Kind == yaml.ScalarNode && n.Tag == "!!null" }
 
@@ -277,6 +289,12 @@ func (sd *seedSpec) validate() error {
 		if n := v.PageSize; n != nil && (*n < 1 || *n > pageSize) {
 			errs = append(errs, fmt.Errorf("vaults[%d]: page_size %d is out of range (1 to %d)", i, *n, pageSize))
 		}
+		if _, err := v.networkAccess(); err != nil {
+			errs = append(errs, fmt.Errorf("vaults[%d]: %w", i, err))
+		}
+		if _, err := ParsePermissionModel(v.PermissionModel); err != nil {
+			errs = append(errs, fmt.Errorf("vaults[%d]: permission_model %q: want rbac or access_policy", i, v.PermissionModel))
+		}
 		secretNames := map[string]bool{}
 		for j, s := range v.Secrets {
 			secretNames[strings.ToLower(s.Name)] = true
@@ -295,13 +313,33 @@ func (sd *seedSpec) validate() error {
 				errs = append(errs, fmt.Errorf("vaults[%d].grants[%d]: unknown role %q", i, j, g.Role))
 			}
 		}
-		errs = append(errs, validateSeedCertificates(i, v.Certificates, secretNames)...)
+		errs = append(errs, validateSeedCertificates(i, v.Issuers, v.Certificates, secretNames)...)
 		errs = append(errs, validateSeedSubscriptions(i, v.EventSubscriptions)...)
 	}
 	if len(errs) > 0 {
 		return fmt.Errorf("kvtest: invalid seed: %w", errors.Join(errs...))
 	}
 	return nil
+}
+
+// networkAccess reads the vault's public_network_access and firewall.
+func (sv *seedVault) networkAccess() (NetworkAccess, error) {
+	var na NetworkAccess
+	switch strings.ToLower(strings.TrimSpace(sv.PublicNetworkAccess)) {
+	case "", "enabled":
+	case "disabled":
+		na.PublicAccessDisabled = true
+	default:
+		return na, fmt.Errorf("public_network_access %q: want enabled or disabled", sv.PublicNetworkAccess)
+	}
+	switch strings.ToLower(strings.TrimSpace(sv.Firewall)) {
+	case "", "allow":
+	case "deny":
+		na.FirewallDeny = true
+	default:
+		return na, fmt.Errorf("firewall %q: want allow or deny", sv.Firewall)
+	}
+	return na, nil
 }
 
 // validateSeedSubscriptions checks the event subscriptions of vaults[i]. It never quotes
@@ -354,6 +392,9 @@ func validateSeedSubscriptions(i int, subs []seedEventSubscription) []error {
 //	    purge_protection: true                        # optional: purge answers 403
 //	    retention_days: 7                             # optional, 7-90, default 90
 //	    page_size: 2                                  # optional, 1-25: items per list page
+//	    public_network_access: disabled               # optional: enabled (default) or disabled: 403 ForbiddenByConnection
+//	    firewall: deny                                # optional: allow (default) or deny: 403 ForbiddenByFirewall
+//	    permission_model: access_policy               # optional: rbac (default) or access_policy: denials answer ForbiddenByPolicy
 //	    secrets:
 //	      - name: db-conn
 //	        value: "Server=db;..."
@@ -438,6 +479,10 @@ func (s *Server) applySeed(sd *seedSpec) error {
 			vopts = append(vopts, WithPageSize(*sv.PageSize))
 		}
 		v := s.AddVault(sv.Name, vopts...)
+		na, _ := sv.networkAccess()                          // validated above
+		model, _ := ParsePermissionModel(sv.PermissionModel) // validated above
+		v.SetNetworkAccess(na)
+		v.SetPermissionModel(model)
 		for _, sec := range sv.Secrets {
 			var opts []SecretOption
 			if sec.ContentType != "" {
@@ -457,7 +502,7 @@ func (s *Server) applySeed(sd *seedSpec) error {
 			}
 			v.SetSecret(sec.Name, sec.Value, opts...)
 		}
-		if err := v.applySeedCertificates(sv.Certificates); err != nil {
+		if err := v.applySeedCertificates(sv.Issuers, sv.Certificates); err != nil {
 			return err
 		}
 		for _, g := range sv.Grants {

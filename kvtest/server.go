@@ -395,6 +395,12 @@ func (s *Server) vaultAddr(host string) (string, bool) {
 	s.mu.RLock()
 	defer s.mu.RUnlock()
 	if v := s.vaults[host]; v != nil {
+		switch Outage(v.outage.Load()) {
+		case OutageUnresolvable:
+			return "", false
+		case OutageRefused:
+			return refusingAddr, true
+		}
 		return v.ln.addr, true
 	}
 	return "", false

@@ -29,6 +29,7 @@ type Vault struct {
 	ln        *listener
 
 	latency  atomic.Int64 // nanoseconds
+	outage   atomic.Int32 // an Outage: how clients fail to reach the vault (outage.go)
 	faults   faultSet
 	throttle *bucket
 	counters counters
@@ -45,6 +46,8 @@ type Vault struct {
 	pendingRBAC     []rbacChange             // role changes still propagating, by when they apply
 	purgeProtection bool                     // WithPurgeProtection
 	retentionDays   int                      // WithRetentionDays
+	network         NetworkAccess            // SetNetworkAccess (network.go)
+	model           PermissionModel          // SetPermissionModel; "" is PermissionRBAC
 	events          vaultEvents              // Event Grid: subscriptions and expiry timers (eventgrid.go)
 	certs           certStore                // certificates (certificates.go)
 }
@@ -706,7 +709,7 @@ func (v *Vault) ClearFaults() { v.faults.clear() }
 // Count returns how many times op happened at this vault. Operations (OpGetSecret...)
 // count authenticated requests that passed RBAC and throttling, including ones answered
 // by an injected fault or with 404 or 403 SecretDisabled; outcomes count the requests
-// stopped there: OpChallenge, OpUnauthorized, OpForbidden, OpThrottled.
+// stopped there: OpChallenge, OpUnauthorized, OpNetworkDenied, OpForbidden, OpThrottled.
 func (v *Vault) Count(op Op) int64 { return v.counters.get(op) }
 
 // ResetCounters sets the vault's counters to zero.

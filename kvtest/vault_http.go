@@ -59,6 +59,9 @@ var apiVersions = map[string]bool{
 // RBAC, throttling, faults, then the operation.
 func (v *Vault) serveHTTP(w http.ResponseWriter, r *http.Request) {
 	s := v.srv
+	if Outage(v.outage.Load()) != OutageNone {
+		resetConn(r) // a connection opened before the outage breaks, as its route did
+	}
 	h := w.Header()
 	h.Set("x-ms-request-id", newUUID())
 	h.Set("x-ms-keyvault-service-version", "1.9.2488.1")
@@ -127,6 +130,12 @@ func (v *Vault) serveHTTP(w http.ResponseWriter, r *http.Request) {
 	} else if !apiVersions[strings.ToLower(av)] {
 		v.writeError(w, http.StatusBadRequest, "BadParameter",
 			"The specified version ("+av+") is not recognized. Consider using the latest supported version ("+latestAPIVersion+").")
+		return
+	}
+	// The networking settings apply before authorization, to every caller: Key Vault's
+	// ForbiddenByFirewall and ForbiddenByConnection name the caller whatever its roles.
+	if inner := v.networkDenied(w, r, caller); inner != "" {
+		flow.Info("network rule denied", "inner", inner)
 		return
 	}
 	if !v.allowed(caller.oid, rt.op) {
@@ -289,6 +298,13 @@ func (v *Vault) setChallenge(w http.ResponseWriter) {
 }
 
 func (v *Vault) forbidden(w http.ResponseWriter, caller *verifiedToken, rt route) {
+	v.mu.RLock()
+	model := v.model
+	v.mu.RUnlock()
+	if model == PermissionAccessPolicy {
+		v.policyDenied(w, caller, rt.op)
+		return
+	}
 	action, _ := dataAction(rt.op)
 	res := "/subscriptions/" + nameUUID(v.srv.tenant, "subscription") + "/resourcegroups/kvtest-rg/providers/microsoft.keyvault/vaults/" + v.name
 	if rt.res != "" {

@@ -334,3 +334,32 @@ func (r remoteProvider) Provider() string      { return remote.ProviderName }
 func (r remoteProvider) Endpoint() string      { return r.endpoint }
 func (r remoteProvider) Path() string          { return r.path }
 func (r remoteProvider) SecretKeyring() string { return "" }
+
+// TestRemoteProviderShapedReferences: references inside a remote document take Property,
+// Format, Decode and Optional as in a Provider's configuration: native types and subtrees
+// reach the Viper, an optional reference to a missing secret is left out.
+func TestRemoteProviderShapedReferences(t *testing.T) {
+	srv := newEmulator(t)
+	kv := srv.AddVault("myvault")
+	kv.Grant(srv.SystemIdentity(), kvtest.RoleSecretsUser)
+	kv.SetSecret("db", `{"host":"db.internal","port":5432,"password":"SENTINEL-remote-shaped"}`)
+	kv.SetSecret("settings", `
+db: "@KeyVault(VaultName=myvault;SecretName=db;Format=json)"
+password: "@KeyVault(VaultName=myvault;SecretName=db;Property=/password)"
+port: "@KeyVault(VaultName=myvault;SecretName=db;Property=/port)"
+legacy: "@KeyVault(VaultName=myvault;SecretName=gone;Optional=true)"
+`, kvtest.WithContentType("application/yaml"))
+	registerRemote(t, viperkv.WithTransport(srv.Client()))
+	v := viper.New()
+	v.SetConfigType("yaml")
+	if err := v.AddRemoteProvider("azurekeyvault", "https://myvault.vault.azure.net", "settings"); err != nil {
+		t.Fatal(err)
+	}
+	if err := v.ReadRemoteConfig(); err != nil {
+		t.Fatal(err)
+	}
+	if v.GetString("db.host") != "db.internal" || v.GetInt("db.port") != 5432 || v.GetString("password") != "SENTINEL-remote-shaped" ||
+		v.GetInt("port") != 5432 || v.IsSet("legacy") {
+		t.Errorf("settings: %v", v.AllKeys())
+	}
+}

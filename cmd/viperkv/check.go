@@ -37,8 +37,15 @@ reference: config key, vault, secret, version, status and the time taken. Secret
 are never printed.
 
 Statuses are App Service's (Resolved, SecretNotFound, AccessToKeyVaultDenied,
-MSINotEnabled, ...) plus HostNotAllowed, SecretDisabled, Throttled, SecretExpired and
-SecretNotYetValid.
+MSINotEnabled, ...) plus HostNotAllowed, SecretDisabled, Throttled, SecretExpired,
+SecretNotYetValid, ForbiddenByFirewall (the vault's firewall refuses this network) and
+ForbiddenByConnection (the vault takes only its private endpoint); each reason names the
+fix.
+
+Against Azure, check also looks up the DNS of each vault host (DNS only: nothing is sent
+to the vault). A host whose CNAME chain goes through <vault>.privatelink.vaultcore.azure.net
+(the vault has a private endpoint) but that resolves to a public address gets a warning:
+the private DNS zone is not linked to this network. Warnings do not change the exit status.
 
 Nothing to check is an error, so that a deployment gate does not pass because its flags
 were forgotten or name the wrong file: without --config, --environ, --env-key or
@@ -129,7 +136,7 @@ func runCheck(cmd *cobra.Command, lf *loadFlags, output string, environ, allowEm
 	}
 	failed := 0
 	for _, st := range status {
-		if st.Status != viperkv.StatusResolved {
+		if st.Status != viperkv.StatusResolved && !st.OptionalMissing() {
 			failed++
 		}
 	}
@@ -146,10 +153,17 @@ func runCheck(cmd *cobra.Command, lf *loadFlags, output string, environ, allowEm
 			tooSoon++
 		}
 	}
+	var dns []dnsWarning
+	if lf.emulatorTenant == "" { // the emulator routes vault hosts itself: their DNS would say nothing of it
+		dns = diagnoseVaultDNS(cmd.Context(), dialNameServer, vaultHosts(status, sources))
+	}
 	if output == "json" {
-		err = writeCheckJSON(out, status, refs, failed, certs)
+		err = writeCheckJSON(out, status, refs, failed, certs, dns)
 	} else {
 		err = writeCheckTable(out, status, refs, failed)
+		if err == nil {
+			err = writeDNSWarnings(out, dns)
+		}
 		if err == nil {
 			err = writeCertificates(out, certs, status, refs)
 		}
@@ -198,21 +212,35 @@ func writeCheckTable(out io.Writer, status []viperkv.ReferenceStatus, refs *envR
 	}
 	tw := tabwriter.NewWriter(out, 0, 0, 2, ' ', 0)
 	fmt.Fprintln(tw, "KEY\tVAULT\tSECRET\tVERSION\tSTATUS\tTOOK")
+	left := 0 // optional references left out: warnings
 	for _, st := range status {
+		shown := string(st.Status)
+		if st.OptionalMissing() {
+			shown += " (optional: left out)"
+			left++
+		}
 		fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\t%s\n", refs.display(st.Key), dash(st.Reference.Vault), dash(st.Reference.Name),
-			dash(st.Version), st.Status, st.Took.Round(100*time.Microsecond))
+			dash(st.Version), shown, st.Took.Round(100*time.Microsecond))
 	}
 	if err := tw.Flush(); err != nil {
 		return err
 	}
 	fmt.Fprintln(out)
+	if left > 0 {
+		fmt.Fprintf(out, "%d optional reference(s) left out (a warning, not a failure):\n", left)
+		for _, st := range status {
+			if st.OptionalMissing() {
+				fmt.Fprintf(out, "  %s: %s: %s\n", refs.display(st.Key), st.Status, st.Reason)
+			}
+		}
+	}
 	if failed == 0 {
-		_, err := fmt.Fprintf(out, "%d of %d references resolved.\n", len(status), len(status))
+		_, err := fmt.Fprintf(out, "%d of %d references resolved.\n", len(status)-left, len(status))
 		return err
 	}
 	fmt.Fprintf(out, "%d of %d references failed:\n", failed, len(status))
 	for _, st := range status {
-		if st.Status != viperkv.StatusResolved {
+		if st.Status != viperkv.StatusResolved && !st.OptionalMissing() {
 			fmt.Fprintf(out, "  %s: %s: %s\n", refs.display(st.Key), st.Status, st.Reason)
 		}
 	}
@@ -253,14 +281,20 @@ type checkRow struct {
 	TookMS        float64 `json:"took_ms"`
 	// Certificate describes the certificate the reference resolved to, if it is one.
 	Certificate *certInfo `json:"certificate,omitempty"`
+	// Optional is the reference's Optional=true; LeftOut says its secret is missing,
+	// disabled or forbidden, so its key was left out: a warning, not a failure.
+	Optional bool `json:"optional,omitempty"`
+	LeftOut  bool `json:"left_out,omitempty"`
 }
 
-func writeCheckJSON(out io.Writer, status []viperkv.ReferenceStatus, refs *envRefs, failed int, certs map[string]*certInfo) error {
+func writeCheckJSON(out io.Writer, status []viperkv.ReferenceStatus, refs *envRefs, failed int, certs map[string]*certInfo, dns []dnsWarning) error {
 	doc := struct {
 		References []checkRow `json:"references"`
 		Resolved   int        `json:"resolved"`
 		Failed     int        `json:"failed"`
-	}{References: []checkRow{}, Resolved: len(status) - failed, Failed: failed}
+		// DNSWarnings are vault hosts whose private endpoint this network's DNS misses.
+		DNSWarnings []dnsWarning `json:"dns_warnings,omitempty"`
+	}{References: []checkRow{}, Resolved: resolvedCount(status), Failed: failed, DNSWarnings: dns}
 	for _, st := range status {
 		doc.References = append(doc.References, checkRow{
 			Key:           refs.display(st.Key),
@@ -274,6 +308,8 @@ func writeCheckJSON(out io.Writer, status []viperkv.ReferenceStatus, refs *envRe
 			Reason:        st.Reason,
 			TookMS:        math.Round(float64(st.Took)/float64(time.Millisecond)*10) / 10,
 			Certificate:   certs[st.Key],
+			Optional:      st.Optional,
+			LeftOut:       st.OptionalMissing(),
 		})
 	}
 	enc := json.NewEncoder(out)
@@ -286,4 +322,15 @@ func dash(s string) string {
 		return "-"
 	}
 	return s
+}
+
+// resolvedCount counts the references that resolved.
+func resolvedCount(status []viperkv.ReferenceStatus) int {
+	n := 0
+	for _, st := range status {
+		if st.Status == viperkv.StatusResolved {
+			n++
+		}
+	}
+	return n
 }

@@ -1,12 +1,15 @@
 package main
 
 import (
+	"bytes"
 	"context"
+	"encoding/base64"
 	"encoding/json"
 	"errors"
 	"fmt"
 	"io"
 	"log/slog"
+	"maps"
 	"net/http"
 	"net/url"
 	"os"
@@ -16,6 +19,7 @@ import (
 	"strconv"
 	"strings"
 	"time"
+	"unicode/utf8"
 
 	"github.com/Azure/azure-sdk-for-go/sdk/azcore"
 	azcloud "github.com/Azure/azure-sdk-for-go/sdk/azcore/cloud"
@@ -50,6 +54,8 @@ type loadFlags struct {
 	verbose    bool
 	// vaultSources are --vault-source values: VAULT[,prefix=P][,tag=NAME=VALUE]...
 	vaultSources []string
+	// vaultCredentials are --vault-credential values: VAULT=KIND[:CLIENT-ID].
+	vaultCredentials []string
 
 	emulatorTenant string // set by options when VIPERKV_EMULATOR_INFO names an emulator
 }
@@ -95,6 +101,20 @@ func (f *loadFlags) register(cmd *cobra.Command) {
 		choices[i] = cobra.CompletionWithDesc(c.name, c.help)
 	}
 	_ = cmd.RegisterFlagCompletionFunc("credential", cobra.FixedCompletions(choices, cobra.ShellCompDirectiveNoFileComp))
+	fs.StringArrayVar(&f.vaultCredentials, "vault-credential", nil, "give one vault a credential of its own (another tenant's or identity's), as viperkv.WithVaultCredential: "+
+		"VAULT=KIND[:CLIENT-ID], VAULT a name or host, KIND one of --credential's (othervault=managed-identity:<client-id>); other vaults keep --credential; repeatable")
+	// Once VAULT= is typed, complete the kinds as --credential does; the vault is the user's.
+	_ = cmd.RegisterFlagCompletionFunc("vault-credential", func(_ *cobra.Command, _ []string, toComplete string) ([]cobra.Completion, cobra.ShellCompDirective) {
+		vault, _, ok := strings.Cut(toComplete, "=")
+		if !ok {
+			return nil, cobra.ShellCompDirectiveNoFileComp | cobra.ShellCompDirectiveNoSpace
+		}
+		out := make([]cobra.Completion, len(credentials))
+		for i, c := range credentials {
+			out[i] = cobra.CompletionWithDesc(vault+"="+c.name, c.help)
+		}
+		return out, cobra.ShellCompDirectiveNoFileComp
+	})
 	_ = cmd.MarkFlagFilename("config", "yaml", "yml", "json", "toml", "env", "dotenv", "properties", "ini", "hcl")
 }
 
@@ -146,6 +166,10 @@ func (f *loadFlags) options(stderr io.Writer) ([]viperkv.Option, error) {
 	if f.clientID != "" && (f.credential == "azure-cli" || f.credential == "default") {
 		return nil, usageError("--client-id selects a managed identity or a workload identity's app; it does not apply to --credential %s", f.credential)
 	}
+	vaultCreds, err := parseVaultCredentials(f.vaultCredentials, cloud)
+	if err != nil {
+		return nil, err
+	}
 	opts := []viperkv.Option{viperkv.WithCloud(cloud), viperkv.WithFetchTimeout(f.timeout), viperkv.WithLogger(log)}
 	for _, vs := range f.vaultSources {
 		o, err := parseVaultSource(vs)
@@ -167,18 +191,113 @@ func (f *loadFlags) options(stderr io.Writer) ([]viperkv.Option, error) {
 		fmt.Fprintf(stderr, "viperkv: using the emulator of %s=%s, not Azure\n", emulatorInfoEnv, path)
 		opts = append(opts, viperkv.WithTransport(hc))
 	}
+	// One credential per kind and client ID: vaults (and the default) given the same one
+	// share it, and so share its token requests.
+	made := map[string]azcore.TokenCredential{}
+	credentialOf := func(flag, kind, clientID string) (azcore.TokenCredential, error) {
+		key := kind + ":" + strings.ToLower(clientID)
+		if c, ok := made[key]; ok {
+			return c, nil
+		}
+		c, err := newCredential(flag, kind, clientID, cloud, hc)
+		if err == nil {
+			made[key] = c
+		}
+		return c, err
+	}
 	if f.credential == "managed-identity" {
 		// The provider's own default, which guards the identity endpoint's transport itself.
 		if f.clientID != "" {
 			opts = append(opts, viperkv.WithManagedIdentity(azidentity.ClientID(f.clientID)))
 		}
-		return opts, nil
+	} else {
+		cred, err := credentialOf("--credential "+f.credential, f.credential, f.clientID)
+		if err != nil {
+			return nil, err
+		}
+		opts = append(opts, viperkv.WithCredential(cred))
 	}
-	cred, err := f.newCredential(cloud, hc)
-	if err != nil {
-		return nil, err
+	for _, vc := range vaultCreds {
+		if vc.kind == "managed-identity" {
+			// Made by the provider as its default one is, through its guarded transport.
+			var id azidentity.ManagedIDKind
+			if vc.clientID != "" {
+				id = azidentity.ClientID(vc.clientID)
+			}
+			opts = append(opts, viperkv.WithVaultManagedIdentity(vc.host, id))
+			continue
+		}
+		cred, err := credentialOf(fmt.Sprintf("--vault-credential %q", vc.arg), vc.kind, vc.clientID)
+		if err != nil {
+			return nil, err
+		}
+		opts = append(opts, viperkv.WithVaultCredential(vc.host, cred))
 	}
-	return append(opts, viperkv.WithCredential(cred)), nil
+	return opts, nil
+}
+
+// vaultCredential is one --vault-credential: VAULT=KIND[:CLIENT-ID].
+type vaultCredential struct {
+	arg      string // as given, for errors
+	host     string // the vault's host, lowercase
+	kind     string // one of credentials
+	clientID string
+}
+
+// parseVaultCredentials reads the --vault-credential values. A vault is a name (othervault,
+// in cloud's suffix) or a host a reference could name; each vault may be given once.
+func parseVaultCredentials(args []string, cloud viperkv.Cloud) ([]vaultCredential, error) {
+	var out []vaultCredential
+	for _, arg := range args {
+		bad := func(format string, a ...any) error {
+			return usageError("--vault-credential %q: %s", arg, fmt.Sprintf(format, a...))
+		}
+		vault, spec, ok := strings.Cut(arg, "=")
+		vault = strings.ToLower(strings.TrimSpace(vault))
+		if !ok || vault == "" || spec == "" {
+			return nil, bad("want VAULT=KIND[:CLIENT-ID], for example othervault=managed-identity:<client-id>")
+		}
+		if !strings.Contains(vault, ".") {
+			vault += "." + cloud.VaultSuffix()
+		}
+		if reason := vaultHostProblem(vault, cloud); reason != "" {
+			return nil, bad("%s", reason)
+		}
+		kind, clientID, withID := strings.Cut(spec, ":")
+		if !slices.ContainsFunc(credentials, func(c credentialChoice) bool { return c.name == kind }) {
+			return nil, bad("unknown credential %q: want %s", kind, credentialNames())
+		}
+		switch {
+		case withID && clientID == "":
+			return nil, bad("empty client ID after %q", kind+":")
+		case clientID != "" && (kind == "azure-cli" || kind == "default"):
+			return nil, bad("a client ID selects a managed identity or a workload identity's app; it does not apply to %s", kind)
+		}
+		if i := slices.IndexFunc(out, func(vc vaultCredential) bool { return vc.host == vault }); i >= 0 {
+			return nil, bad("vault %s already has a credential (--vault-credential %q)", vault, out[i].arg)
+		}
+		out = append(out, vaultCredential{arg: arg, host: vault, kind: kind, clientID: clientID})
+	}
+	return out, nil
+}
+
+// vaultHostProblem says why host is not a vault host a reference may name in cloud, or "".
+// It asks the reference parser, so the CLI refuses exactly what the provider would.
+func vaultHostProblem(host string, cloud viperkv.Cloud) string {
+	if strings.ContainsAny(host, "/()@;=?#\\ :") {
+		return "not a vault name or host (want othervault or othervault." + cloud.VaultSuffix() + ")"
+	}
+	r, err := viperkv.ParseReference("@KeyVault(SecretUri=https://"+host+"/secrets/probe)", viperkv.WithCloud(cloud))
+	var re *viperkv.ReferenceError
+	switch {
+	case errors.As(err, &re):
+		return re.Reason
+	case err != nil:
+		return bare(err)
+	case r.Vault != host:
+		return "not a vault name or host (want othervault or othervault." + cloud.VaultSuffix() + ")"
+	}
+	return ""
 }
 
 // openEmulator reads the emulator info file at path (given as name: VIPERKV_EMULATOR_INFO
@@ -218,35 +337,53 @@ func emulatorRunning(what string, info *emuinfo.Info) error {
 	return nil
 }
 
-// newCredential returns the azidentity credential --credential names (other than
+// newCredential returns the azidentity credential of a kind of --credential (other than
 // managed-identity), reaching Entra ID through hc (the emulator's client) when it is set,
-// and never following a redirect.
-func (f *loadFlags) newCredential(cloud viperkv.Cloud, hc *http.Client) (azcore.TokenCredential, error) {
+// and never following a redirect. flag names what asked for it in errors
+// ("--credential workload-identity").
+func newCredential(flag, kind, clientID string, cloud viperkv.Cloud, hc *http.Client) (azcore.TokenCredential, error) {
 	co := azcore.ClientOptions{Cloud: azureClouds[cloud], Transport: noRedirects(hc)}
 	var (
 		cred azcore.TokenCredential
 		err  error
 	)
-	switch f.credential {
+	switch kind {
 	case "azure-cli":
 		cred, err = azidentity.NewAzureCLICredential(nil)
 	case "default":
 		cred, err = azidentity.NewDefaultAzureCredential(&azidentity.DefaultAzureCredentialOptions{ClientOptions: co})
 	case "workload-identity":
-		if err := workloadIdentityEnv(f.clientID); err != nil {
+		if err := workloadIdentityEnv(flag, clientID); err != nil {
 			return nil, err
 		}
-		cred, err = azidentity.NewWorkloadIdentityCredential(&azidentity.WorkloadIdentityCredentialOptions{ClientOptions: co, ClientID: f.clientID})
+		// A vault of another tenant names that tenant in its challenge; the app (a
+		// multi-tenant one) may get its tokens only if the standard variable allows it, as
+		// DefaultAzureCredential reads it too.
+		cred, err = azidentity.NewWorkloadIdentityCredential(&azidentity.WorkloadIdentityCredentialOptions{ClientOptions: co, ClientID: clientID,
+			AdditionallyAllowedTenants: additionallyAllowedTenants()})
 	}
 	if err != nil {
-		return nil, usageError("--credential %s: %v", f.credential, err)
+		return nil, usageError("%s: %v", flag, err)
 	}
 	return cred, nil
 }
 
+// additionallyAllowedTenants reads AZURE_ADDITIONALLY_ALLOWED_TENANTS (tenant IDs separated
+// by ';', or "*"), the azidentity variable DefaultAzureCredential reads.
+func additionallyAllowedTenants() []string {
+	var out []string
+	for _, t := range strings.Split(os.Getenv("AZURE_ADDITIONALLY_ALLOWED_TENANTS"), ";") {
+		if t = strings.TrimSpace(t); t != "" {
+			out = append(out, t)
+		}
+	}
+	return out
+}
+
 // workloadIdentityEnv checks the variables AKS workload identity sets in a pod, so that a
-// missing one is a usage error naming it rather than a failed token request.
-func workloadIdentityEnv(clientID string) error {
+// missing one is a usage error naming it (and flag, what asked for the credential) rather
+// than a failed token request.
+func workloadIdentityEnv(flag, clientID string) error {
 	var missing []string
 	for _, v := range []string{"AZURE_CLIENT_ID", "AZURE_TENANT_ID", "AZURE_FEDERATED_TOKEN_FILE"} {
 		if os.Getenv(v) == "" && (v != "AZURE_CLIENT_ID" || clientID == "") {
@@ -256,13 +393,13 @@ func workloadIdentityEnv(clientID string) error {
 	switch len(missing) {
 	case 0:
 	case 1:
-		return usageError("--credential workload-identity: %s is not set (AKS workload identity sets it in the pod)", missing[0])
+		return usageError("%s: %s is not set (AKS workload identity sets it in the pod)", flag, missing[0])
 	default:
-		return usageError("--credential workload-identity: %s and %s are not set (AKS workload identity sets them in the pod)",
-			strings.Join(missing[:len(missing)-1], ", "), missing[len(missing)-1])
+		return usageError("%s: %s and %s are not set (AKS workload identity sets them in the pod)",
+			flag, strings.Join(missing[:len(missing)-1], ", "), missing[len(missing)-1])
 	}
 	if _, err := os.Stat(os.Getenv("AZURE_FEDERATED_TOKEN_FILE")); err != nil {
-		return usageError("--credential workload-identity: AZURE_FEDERATED_TOKEN_FILE: %v", err)
+		return usageError("%s: AZURE_FEDERATED_TOKEN_FILE: %v", flag, err)
 	}
 	return nil
 }
@@ -330,9 +467,16 @@ func (r *envRefs) values(c *viper.Viper) map[string]string {
 	out := map[string]string{}
 	for i, n := range r.names {
 		key := envKey + "." + strconv.Itoa(i)
-		if c.IsSet(key) {
-			out[n] = c.GetString(key)
+		if !c.IsSet(key) {
+			continue
 		}
+		if sub, ok := c.Get(key).(map[string]any); ok {
+			// A secret expanded into a subtree (Format=json): a variable per leaf, named
+			// after the variable that held the reference (DB becomes DB_HOST, DB_PORT).
+			maps.Copy(out, envVars(sub, n))
+			continue
+		}
+		out[n] = envValue(c.Get(key))
 	}
 	return out
 }
@@ -378,6 +522,11 @@ func envValue(v any) string {
 	switch x := v.(type) {
 	case string:
 		return x
+	case []byte: // Decode=...: the bytes when they make text, else base64
+		if utf8.Valid(x) && !bytes.ContainsRune(x, 0) {
+			return string(x)
+		}
+		return base64.StdEncoding.EncodeToString(x)
 	case bool, int, int8, int16, int32, int64, uint, uint8, uint16, uint32, uint64, float32, float64:
 		return fmt.Sprint(x)
 	case time.Time:

@@ -124,7 +124,7 @@ type renewal struct {
 	n              int    // 1 for the first renewal
 	version        string // the certificate's (and its linked secret's) new version
 	serial         string
-	issued         time.Time      // when the renewer imported it
+	issued         time.Time      // when the example saw the vault's new version
 	pickedUp, seen time.Time      // when the owner's provider took it; the peer's first handshake with it
 	source         viperkv.Source // how the owner's provider learnt of it
 	reported       bool
@@ -138,7 +138,7 @@ type pickup struct {
 
 // tracker follows each renewal from the vault to the peer's handshakes. Pickups and
 // handshakes are recorded by version and serial as they come, since either may come before
-// the renewer has recorded the import.
+// the example has seen the vault's new version.
 type tracker struct {
 	mu       sync.Mutex
 	renewals []*renewal
@@ -175,7 +175,7 @@ func (t *tracker) saw(serial string) {
 }
 
 // newlySeen returns the renewals now known end to end (taken by their owner, seen by their
-// peer) that it has not returned before, in the order they were imported.
+// peer) that it has not returned before, in the order the vault made them.
 func (t *tracker) newlySeen() []*renewal {
 	t.mu.Lock()
 	defer t.mu.Unlock()

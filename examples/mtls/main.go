@@ -9,11 +9,14 @@
 // It runs on the built-in emulator (package kvtest), which stands in for Entra ID, Key Vault
 // and Event Grid. The vault holds:
 //
-//   - mtls-ca, a secret: the PEM certificate of the organisation's internal CA, the bundle
-//     both sides verify their peer against;
-//   - server-tls and client-tls, two Key Vault certificates issued by that CA (their linked
-//     secrets hold the certificate, its chain and its private key; PKCS#12 for the server,
-//     PEM for the client, to show both).
+//   - mtls-issuer, a certificate issuer (provider DigiCert): on Azure, the vault's account
+//     with a CA Key Vault integrates with; on the emulator, a test CA the emulator generated;
+//   - mtls-ca, a secret: the PEM certificate of that CA, the bundle both sides verify their
+//     peer against;
+//   - server-tls and client-tls, two Key Vault certificates whose policies name mtls-issuer,
+//     so the vault issues them signed by its CA and auto-renews them (their linked secrets
+//     hold the certificate, its chain and its private key; PKCS#12 for the server, PEM for
+//     the client, to show both).
 //
 // Two services read them through a viperkv Provider each, as two deployments would:
 //
@@ -30,11 +33,12 @@
 // vault's CertificateNewVersionCreated to each service's webhook, Entra-authenticated, as on
 // Azure), with polling every quarter of the validity as the safety net.
 //
-// Each certificate is valid for -validity (default 2m) and renewed at -renew-at percent of it
-// (default 50: every minute). Meanwhile -conns goroutines make a new connection, so a new
-// handshake, for every request, and -keepalive goroutines send requests over one connection
-// each. After -renewals renewals of each certificate the program checks that no handshake and
-// no request failed, and that every renewed certificate was presented in new handshakes: the
+// Each certificate is valid for -validity (default 2m) and renewed by the vault's AutoRenew
+// at -renew-at percent of it (default 50: every minute). Meanwhile -conns goroutines make a
+// new connection, so a new handshake, for every request, and -keepalive goroutines send
+// requests over one connection each. After -renewals renewals of each certificate the
+// program checks that each renewal was signed by the issuer's CA, that no handshake and no
+// request failed, and that every renewed certificate was presented in new handshakes: the
 // server saw each new client serial, the client each new server serial. The last line is
 //
 //	mtls: renewals=<n> handshakes=<n> requests=<n> failed_handshakes=<n> failed_requests=<n>
@@ -55,11 +59,14 @@
 // the moment it is issued, whichever service sees it first.
 //
 // Key Vault auto-renews a certificate itself when its issuer is "Self" or a CA it integrates
-// with (DigiCert, GlobalSign); a certificate from an internal CA is renewed by a job that
-// issues the new certificate and imports it, which is what renewer (ca.go) does here: at
-// -renew-at percent of each certificate's lifetime it imports a new one into the vault, which
-// makes a new version and publishes CertificateNewVersionCreated, as an auto-renewal does. The
-// emulator's own AutoRenew issues self-signed certificates only, so it cannot renew these.
+// with (DigiCert, GlobalSign): the vault has a certificate issuer for the CA, and each
+// certificate's policy names it, with the lifetime action AutoRenew at -renew-at percent.
+// That is what the vault does here (ca.go): the emulator issues both certificates signed by
+// the issuer's CA and renews them itself, each renewal a new version that publishes
+// CertificateNewVersionCreated. No job of the example issues or imports a certificate; it
+// only watches the vault's versions, to tell each renewal's story and check that the CA
+// signed it. (For a CA Key Vault does not integrate with, a job would issue the next
+// certificate and import it, which makes the same new version and event.)
 package main
 
 import (
@@ -178,14 +185,15 @@ func run(ctx context.Context, cfg config, w io.Writer) error {
 		defer cfg.after(kv)
 	}
 
-	// 2. The internal CA and the first server and client certificates.
+	// 2. The certificate issuer and its CA, the CA bundle, and the server and client
+	// certificates, which the vault issues signed by the CA and auto-renews.
 	track := newTracker()
-	rn, err := newRenewer(kv, cfg, track)
+	pk, err := setUpVault(kv, cfg, track)
 	if err != nil {
 		return err
 	}
-	say("vault %s: CA bundle %s (%s); certificates %s (%s, %s) and %s (%s, %s) issued by it, valid %s, renewed at %d%% (every %s)",
-		kv.Host(), caSecret, rn.ca.Leaf().Subject, serverCert.name, serverCert.subject(), serverCert.contentType,
+	say("vault %s: issuer %s (provider %s, CA %s), the CA's certificate the bundle %s; certificates %s (%s, %s) and %s (%s, %s) issued by it, valid %s, auto-renewed by the vault at %d%% (every %s)",
+		kv.Host(), issuerName, issuerProvider, pk.ca.Subject, caSecret, serverCert.name, serverCert.subject(), serverCert.contentType,
 		clientCert.name, clientCert.subject(), clientCert.contentType, cfg.Validity, cfg.RenewAt, cfg.renewEvery())
 
 	// 3. The server and the client, each with its own provider, as two services would have.
@@ -206,12 +214,12 @@ func run(ctx context.Context, cfg config, w io.Writer) error {
 	say("renewals reach both by Event Grid push (webhooks %s and %s), polling every %s as the safety net",
 		srv.svc.webhook.URL, cli.svc.webhook.URL, cfg.pollInterval())
 
-	// 4. Load, while the renewer renews each certificate cfg.Renewals times.
+	// 4. Load, while the vault renews each certificate cfg.Renewals times.
 	l := startLoad(cli, cfg)
 	say("load: %d goroutines making a new connection for each request, %d sending requests over a kept-alive connection; waiting for %d renewal(s) of each certificate",
 		cfg.Conns, cfg.KeepAlive, cfg.Renewals)
-	renewed := rn.start(ctx)
-	waitErr := waitRenewals(ctx, cfg, rn, renewed, track, say)
+	renewed := pk.watchRenewals(ctx)
+	waitErr := waitRenewals(ctx, cfg, pk, renewed, track, say)
 	res := l.finish()
 
 	// 5. The checks and the summary line.
@@ -253,11 +261,11 @@ func run(ctx context.Context, cfg config, w io.Writer) error {
 	return nil
 }
 
-// waitRenewals waits until the renewer has renewed each certificate cfg.Renewals times
-// and each renewed certificate has been seen in a new handshake, printing each renewal as
-// it completes. A renewal not seen within the rest of the old certificate's validity (at
+// waitRenewals waits until the vault has renewed each certificate cfg.Renewals times and
+// each renewed certificate has been seen in a new handshake, printing each renewal as it
+// completes. A renewal not seen within the rest of the old certificate's validity (at
 // least 15 s) is an error: by then handshakes would have failed on the expired one.
-func waitRenewals(ctx context.Context, cfg config, rn *renewer, renewed <-chan error, track *tracker, say func(string, ...any)) error {
+func waitRenewals(ctx context.Context, cfg config, pk *pki, renewed <-chan error, track *tracker, say func(string, ...any)) error {
 	tick := time.NewTicker(50 * time.Millisecond)
 	defer tick.Stop()
 	slack := max(cfg.Validity-cfg.renewEvery(), 15*time.Second)
@@ -265,8 +273,8 @@ func waitRenewals(ctx context.Context, cfg config, rn *renewer, renewed <-chan e
 	var renewErr error
 	for {
 		for _, r := range track.newlySeen() {
-			say("renewal %d of %s: serial %s (version %s) imported; the %s took it %s later (%s); the %s's first handshake with it %s later",
-				r.n, r.cert.name, short(r.serial), short(r.version), r.cert.owner, ms(r.pickedUp.Sub(r.issued)), r.source,
+			say("renewal %d of %s: serial %s (version %s) issued by the vault's AutoRenew, signed by %s; the %s took it %s later (%s); the %s's first handshake with it %s later",
+				r.n, r.cert.name, short(r.serial), short(r.version), pk.ca.Subject.CommonName, r.cert.owner, ms(r.pickedUp.Sub(r.issued)), r.source,
 				r.cert.peer, ms(r.seen.Sub(r.issued)))
 		}
 		if renewed == nil && track.allSeen() {
@@ -282,7 +290,7 @@ func waitRenewals(ctx context.Context, cfg config, rn *renewer, renewed <-chan e
 			}
 			deadline = time.After(slack)
 		case <-deadline:
-			return fmt.Errorf("not seen in a new handshake within %s of being imported: %s", slack, track.unseen())
+			return fmt.Errorf("not seen in a new handshake within %s of being issued: %s", slack, track.unseen())
 		case <-tick.C:
 		}
 	}

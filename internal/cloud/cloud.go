@@ -16,6 +16,10 @@ type Cloud struct {
 	VaultSuffix string
 	// AuthorityHost is its Entra ID host, such as "login.microsoftonline.com".
 	AuthorityHost string
+	// PrivateLinkZone is the DNS zone its vaults' private endpoints are named in, such as
+	// "privatelink.vaultcore.azure.net": with a private endpoint, a vault's host is a CNAME
+	// of <vault>.<zone> (Azure's private endpoint DNS zone values for Microsoft.KeyVault/vaults).
+	PrivateLinkZone string
 	// v1IssuerHost is the host of its v1 access tokens' issuer.
 	v1IssuerHost string
 	// aliases are other names people use for it (the Azure CLI's among them).
@@ -25,11 +29,11 @@ type Cloud struct {
 // clouds is the table; nothing writes it.
 var clouds = [...]Cloud{
 	{Name: "AzurePublic", VaultSuffix: "vault.azure.net", AuthorityHost: "login.microsoftonline.com",
-		v1IssuerHost: "sts.windows.net", aliases: []string{"azurecloud", "public"}},
+		PrivateLinkZone: "privatelink.vaultcore.azure.net", v1IssuerHost: "sts.windows.net", aliases: []string{"azurecloud", "public"}},
 	{Name: "AzureChina", VaultSuffix: "vault.azure.cn", AuthorityHost: "login.chinacloudapi.cn",
-		v1IssuerHost: "sts.chinacloudapi.cn", aliases: []string{"azurechinacloud", "china"}},
+		PrivateLinkZone: "privatelink.vaultcore.azure.cn", v1IssuerHost: "sts.chinacloudapi.cn", aliases: []string{"azurechinacloud", "china"}},
 	{Name: "AzureUSGovernment", VaultSuffix: "vault.usgovcloudapi.net", AuthorityHost: "login.microsoftonline.us",
-		v1IssuerHost: "login.microsoftonline.us", aliases: []string{"usgovernment", "usgov"}},
+		PrivateLinkZone: "privatelink.vaultcore.usgovcloudapi.net", v1IssuerHost: "login.microsoftonline.us", aliases: []string{"usgovernment", "usgov"}},
 }
 
 // All returns the clouds, the public cloud first.

@@ -69,10 +69,10 @@ func Source(v *viper.Viper, key string) Layer {
 }
 
 // Place puts the value of key root (as Viper names it) in v's layer from: render gives the
-// new string of each string in it, by its key (the root, root[i] in a list, root.x in a map
+// new value of each string in it (a string, or a subtree, bytes or a number), by its key (the root, root[i] in a list, root.x in a map
 // in a list), or false to leave the root out. A root left out is removed from every layer,
 // so that no lower layer answers in its place.
-func Place(v *viper.Viper, root string, from Layer, render func(key, s string) (string, bool)) {
+func Place(v *viper.Viper, root string, from Layer, render func(key, s string) (any, bool)) {
 	l := Of(v)
 	delim := *l.KeyDelim
 	put := func(m map[string]any) {
@@ -94,30 +94,51 @@ func Place(v *viper.Viper, root string, from Layer, render func(key, s string) (
 		if f == nil {
 			return
 		}
-		if s, ok := renderFlag(f, root, render); ok {
-			(*l.PFlags)[root] = Flag{FlagName: f.Name(), Value: s, Type: f.ValueType(), Changed: f.HasChanged()}
-		} else {
+		val, ok := renderFlag(f, root, render)
+		s, isString := val.(string)
+		switch {
+		case !ok:
 			Remove(v, root)
+		case isString:
+			(*l.PFlags)[root] = Flag{FlagName: f.Name(), Value: s, Type: f.ValueType(), Changed: f.HasChanged()}
+		default:
+			placeAbove(v, l, root, val)
 		}
 	case LayerEnv:
 		raw, _ := v.Get(root).(string)
-		if s, ok := render(root, raw); ok {
+		val, ok := render(root, raw)
+		s, isString := val.(string)
+		switch {
+		case !ok:
+			Remove(v, root)
+		case isString:
 			// A flag of its own: Viper ranks flags just above the environment.
 			(*l.PFlags)[root] = Flag{FlagName: root, Value: s, Type: "string", Changed: true}
-		} else {
-			Remove(v, root)
+		default:
+			placeAbove(v, l, root, val)
 		}
 	}
 }
 
-// renderFlag renders a flag's value: a string, or each element of a list flag.
-func renderFlag(f viper.FlagValue, root string, render func(key, s string) (string, bool)) (string, bool) {
+// placeAbove puts a value that is not text (a subtree, bytes, a number), which a flag
+// cannot hold, in the override layer at root. No layer above the one root came from holds
+// root, so root and the keys under it answer as they would from that layer.
+func placeAbove(v *viper.Viper, l Layers, root string, val any) {
+	delete(*l.PFlags, root)
+	delete(*l.Env, root)
+	v.Set(root, val)
+}
+
+// renderFlag renders a flag's value: a string, or each element of a list flag, which must
+// render to text.
+func renderFlag(f viper.FlagValue, root string, render func(key, s string) (any, bool)) (any, bool) {
 	switch f.ValueType() {
 	case "stringSlice", "stringArray":
 		elems := strings.Split(strings.TrimSuffix(strings.TrimPrefix(f.ValueString(), "["), "]"), ",")
 		for i, e := range elems {
-			s, ok := render(root+"["+strconv.Itoa(i)+"]", e)
-			if !ok {
+			val, ok := render(root+"["+strconv.Itoa(i)+"]", e)
+			s, isString := val.(string)
+			if !ok || !isString {
 				return "", false
 			}
 			elems[i] = s
@@ -131,7 +152,7 @@ func renderFlag(f viper.FlagValue, root string, render func(key, s string) (stri
 // may hold the delimiter themselves) and renders its strings in place. It reports whether
 // it found root, and whether render left it out (a list is left out whole when one of its
 // elements is).
-func substitute(m map[string]any, prefix, delim, root string, render func(key, s string) (string, bool)) (found, dropped bool) {
+func substitute(m map[string]any, prefix, delim, root string, render func(key, s string) (any, bool)) (found, dropped bool) {
 	rest := root
 	if prefix != "" {
 		var ok bool
@@ -167,7 +188,7 @@ func substitute(m map[string]any, prefix, delim, root string, render func(key, s
 
 // renderValue renders the strings of val, the value of key: a string, a list's elements
 // (key[i]), a map's values in a list (key[i] + delim + name).
-func renderValue(key string, val any, delim string, render func(key, s string) (string, bool)) (any, bool) {
+func renderValue(key string, val any, delim string, render func(key, s string) (any, bool)) (any, bool) {
 	switch x := val.(type) {
 	case string:
 		return render(key, x)
@@ -181,12 +202,22 @@ func renderValue(key string, val any, delim string, render func(key, s string) (
 		}
 		return x, true
 	case []string:
+		out := make([]any, len(x))
+		allText := true
 		for i, e := range x {
-			s, ok := render(key+"["+strconv.Itoa(i)+"]", e)
+			val, ok := render(key+"["+strconv.Itoa(i)+"]", e)
 			if !ok {
 				return nil, false
 			}
-			x[i] = s
+			out[i] = val
+			_, isString := val.(string)
+			allText = allText && isString
+		}
+		if !allText {
+			return out, true // an element became a subtree or bytes: a list of any
+		}
+		for i, e := range out {
+			x[i] = e.(string)
 		}
 		return x, true
 	case map[string]any:
@@ -207,7 +238,7 @@ func renderValue(key string, val any, delim string, render func(key, s string) (
 func Remove(v *viper.Viper, key string) {
 	l := Of(v)
 	delim := *l.KeyDelim
-	drop := func(string, string) (string, bool) { return "", false }
+	drop := func(string, string) (any, bool) { return nil, false }
 	for _, m := range []map[string]any{*l.Override, *l.Config, *l.KVStore, *l.Defaults} {
 		substitute(m, "", delim, key, drop)
 	}

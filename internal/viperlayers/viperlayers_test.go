@@ -100,7 +100,7 @@ func TestSourcePlaceRemove(t *testing.T) {
 			t.Errorf("Source(%q) = %v, want %v", key, got, want)
 		}
 	}
-	upper := func(_, s string) (string, bool) { return strings.ToUpper(s), true }
+	upper := func(_, s string) (any, bool) { return strings.ToUpper(s), true }
 	for _, key := range []string{"file.key", "def", "set", "flag", "from.env", "list"} {
 		Place(c, key, Source(v, key), upper)
 	}

@@ -62,6 +62,9 @@ func TestClassifyTransience(t *testing.T) {
 		{"a deadline of its own", r, context.DeadlineExceeded, driver.KindTimeout, true},
 
 		{"vault 403", r, vault(403, "ForbiddenByRbac"), driver.KindForbidden, false},
+		{"vault 403 by access policy", r, vault(403, "ForbiddenByPolicy"), driver.KindForbidden, false},
+		{"vault 403 by firewall", r, vault(403, "ForbiddenByFirewall"), driver.KindForbiddenByFirewall, false},
+		{"vault 403 by private link", r, vault(403, "ForbiddenByConnection"), driver.KindForbiddenByConnection, false},
 		{"secret disabled", r, vault(403, "SecretDisabled"), driver.KindDisabled, false},
 		{"vault 401", r, vault(401, ""), driver.KindUnauthorized, false},
 		{"secret not found", r, vault(404, ""), driver.KindNotFound, false},

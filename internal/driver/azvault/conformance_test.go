@@ -45,6 +45,27 @@ func (h harness) Delete(name string) {
 
 func (h harness) Deny() { h.kv.Revoke(h.srv.SystemIdentity()) }
 
+// Refuse sets the emulated vault up as Azure's that answers each refusal: no role, an
+// access policy vault, a firewall, public network access disabled.
+func (h harness) Refuse(inner string) {
+	var na kvtest.NetworkAccess
+	model := kvtest.PermissionRBAC
+	h.kv.Grant(h.srv.SystemIdentity(), kvtest.RoleSecretsUser)
+	switch inner {
+	case driver.InnerForbiddenByRbac:
+		h.kv.Revoke(h.srv.SystemIdentity())
+	case driver.InnerForbiddenByPolicy:
+		model = kvtest.PermissionAccessPolicy
+		h.kv.Revoke(h.srv.SystemIdentity())
+	case driver.InnerForbiddenByFirewall:
+		na.FirewallDeny = true
+	case driver.InnerForbiddenByConnection:
+		na.PublicAccessDisabled = true
+	}
+	h.kv.SetPermissionModel(model)
+	h.kv.SetNetworkAccess(na)
+}
+
 func (h harness) op(op drivertest.Op) kvtest.Op {
 	if op == drivertest.OpList {
 		return kvtest.OpListSecrets

@@ -3,7 +3,11 @@ package azvault
 import (
 	"context"
 	"errors"
+	"fmt"
+	"maps"
 	"net/http"
+	"reflect"
+	"slices"
 	"strconv"
 	"strings"
 	"sync"
@@ -35,6 +39,10 @@ const tokenTimeout = 30 * time.Second
 type sharedCredential struct {
 	cred  azcore.TokenCredential
 	group singleflight.Group
+	// label names the credential in the failures it causes (see blame): its kind and, for a
+	// managed identity, its ID, never a secret. Empty when every vault shares one
+	// credential, as there is then nothing to tell apart.
+	label string
 
 	mu      sync.Mutex
 	flights map[string]*tokenFlight // by key: the context of the shared call and who waits on it
@@ -174,4 +182,126 @@ func firstLine(s string) string {
 		s = s[:i]
 	}
 	return strings.TrimSpace(s)
+}
+
+// VaultCredential is the credential of one vault (Config.Vaults): Credential, or when it is
+// nil the managed identity Identity names (system-assigned when nil), made as the default
+// one is, through the source's transport.
+type VaultCredential struct {
+	Credential azcore.TokenCredential
+	Identity   azidentity.ManagedIDKind
+}
+
+// newManagedIdentity returns the managed identity credential id names (system-assigned
+// when nil), reaching the identity endpoint through tr. Every managed identity of a
+// source, the default and each vault's, is made here so they all ride out a starting
+// endpoint alike.
+func newManagedIdentity(tr policy.Transporter, id azidentity.ManagedIDKind) (*azidentity.ManagedIdentityCredential, error) {
+	return azidentity.NewManagedIdentityCredential(&azidentity.ManagedIdentityCredentialOptions{
+		// Short retries: a starting identity endpoint is ridden out by Load's own
+		// retries up to its deadline, not by one token request waiting ~9 s.
+		ClientOptions: azcore.ClientOptions{Transport: tr,
+			Retry: policy.RetryOptions{MaxRetries: 2, RetryDelay: 200 * time.Millisecond, MaxRetryDelay: time.Second}},
+		ID: id,
+	})
+}
+
+// vaultCredentials wraps each vault's own credential as the default one is wrapped, so each
+// gets its own shared token requests and the "one token request per identity and scope"
+// rule holds per credential. Vaults given the same credential (the same value, or the same
+// managed identity) share one wrapper, and so one token request, as vaults on the default
+// credential do; a vault given the default's own credential or identity shares the default's.
+func (s *Source) vaultCredentials(cfg Config) (map[string]*sharedCredential, error) {
+	type made struct {
+		cred   azcore.TokenCredential // as given; nil for a managed identity made here
+		id     string                 // identityKey, for a managed identity made here
+		shared *sharedCredential
+	}
+	var all []made
+	if cfg.Credential == nil {
+		all = append(all, made{id: identityKey(cfg.Identity), shared: s.cred})
+	} else {
+		all = append(all, made{cred: cfg.Credential, shared: s.cred})
+	}
+	out := make(map[string]*sharedCredential, len(cfg.Vaults))
+	for _, host := range slices.Sorted(maps.Keys(cfg.Vaults)) {
+		vc := cfg.Vaults[host]
+		key := identityKey(vc.Identity)
+		i := slices.IndexFunc(all, func(m made) bool {
+			if vc.Credential == nil {
+				return m.cred == nil && m.id == key
+			}
+			return sameCredential(m.cred, vc.Credential)
+		})
+		if i >= 0 {
+			out[host] = all[i].shared
+			continue
+		}
+		cred := vc.Credential
+		if cred == nil {
+			mi, err := newManagedIdentity(s.transport, vc.Identity)
+			if err != nil {
+				return nil, fmt.Errorf("vault %s: %w", host, err)
+			}
+			cred = mi
+		}
+		sc := &sharedCredential{cred: cred, label: "this vault's own (" + credentialKind(vc.Credential, vc.Identity) + ")"}
+		all = append(all, made{cred: vc.Credential, id: key, shared: sc})
+		out[host] = sc
+	}
+	return out, nil
+}
+
+// sameCredential reports whether a and b are the same credential. A credential whose
+// dynamic type cannot be compared (a struct holding a map, say) is never the same as
+// another: comparing it would panic.
+func sameCredential(a, b azcore.TokenCredential) bool {
+	if a == nil || b == nil {
+		return false
+	}
+	ta, tb := reflect.TypeOf(a), reflect.TypeOf(b)
+	return ta == tb && ta.Comparable() && a == b
+}
+
+// identityKey names a managed identity selector: its kind and ID ("" for system-assigned).
+func identityKey(id azidentity.ManagedIDKind) string {
+	if id == nil {
+		return ""
+	}
+	return fmt.Sprintf("%T=%s", id, strings.ToLower(id.String()))
+}
+
+// credentialKind describes a credential for people: the managed identity and its ID (IDs
+// are not secrets, and say which identity a role is missing for), or the credential's Go
+// type (*azidentity.AzureCLICredential), never anything it holds.
+func credentialKind(cred azcore.TokenCredential, id azidentity.ManagedIDKind) string {
+	if cred != nil {
+		return fmt.Sprintf("%T", cred)
+	}
+	switch id := id.(type) {
+	case nil:
+		return "system-assigned managed identity"
+	case azidentity.ClientID:
+		return "managed identity, client ID " + string(id)
+	case azidentity.ObjectID:
+		return "managed identity, object ID " + string(id)
+	case azidentity.ResourceID:
+		return "managed identity " + string(id)
+	}
+	return "managed identity " + id.String()
+}
+
+// blame adds to e (what err was classified as) which credential served the vault, when
+// the failure is the credential's doing (no token, or the vault refusing the identity
+// with 401 or 403) and vaults have different credentials: "which identity was that?" is
+// then the first question. c may be nil.
+func (c *sharedCredential) blame(err error, e *driver.Error) *driver.Error {
+	if c == nil || c.label == "" || e == nil {
+		return e
+	}
+	var ce *credentialError
+	if errors.As(err, &ce) || e.Kind == driver.KindForbidden || e.Kind == driver.KindUnauthorized {
+		e.Reason += "; credential: " + c.label
+	}
+	return e
 }

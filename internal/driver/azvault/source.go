@@ -8,7 +8,6 @@ import (
 	"context"
 	"crypto/tls"
 	"crypto/x509"
-	"encoding/json"
 	"errors"
 	"io"
 	"log/slog"
@@ -35,6 +34,10 @@ type Config struct {
 	// when nil), through Transport.
 	Credential azcore.TokenCredential
 	Identity   azidentity.ManagedIDKind
+	// Vaults gives vaults credentials of their own, by host as requests name them
+	// (lowercase: "other.vault.azure.net"); every other vault uses Credential. Each is
+	// shared and bounded as Credential is, on its own.
+	Vaults map[string]VaultCredential
 	// Transport carries every request; nil: one like azcore's default. Redirects are never
 	// followed.
 	Transport policy.Transporter
@@ -46,9 +49,11 @@ type Config struct {
 	Log       *slog.Logger
 }
 
-// Source reads Key Vault: one azsecrets client per vault, one shared credential for all.
+// Source reads Key Vault: one azsecrets client per vault, one shared credential for all
+// but the vaults Config.Vaults gives their own.
 type Source struct {
 	cred      *sharedCredential
+	byVault   map[string]*sharedCredential // Config.Vaults' credentials, by vault host
 	transport policy.Transporter
 	owned     *http.Transport // the transport this source made, whose connections Close drops
 	cfg       Config
@@ -59,6 +64,7 @@ type Source struct {
 
 type vaultClient struct {
 	client *azsecrets.Client
+	cred   *sharedCredential // the credential that serves this vault, named in its failures
 	// warm holds the vault's first request, so the challenge round trip (the SDK's first
 	// request goes out without a token to learn the tenant and resource) happens once, not
 	// once per concurrent request. A token in it is the turn to go first; warmed is closed
@@ -82,23 +88,24 @@ func New(cfg Config) (*Source, error) {
 	s.transport = noRedirects(tr) // one connection pool for the identity endpoint and the vaults
 	cred := cfg.Credential
 	if cred == nil {
-		mi, err := azidentity.NewManagedIdentityCredential(&azidentity.ManagedIdentityCredentialOptions{
-			// Short retries: a starting identity endpoint is ridden out by Load's own
-			// retries up to its deadline, not by one token request waiting ~9 s.
-			ClientOptions: azcore.ClientOptions{Transport: s.transport,
-				Retry: policy.RetryOptions{MaxRetries: 2, RetryDelay: 200 * time.Millisecond, MaxRetryDelay: time.Second}},
-			ID: cfg.Identity,
-		})
+		mi, err := newManagedIdentity(s.transport, cfg.Identity)
 		if err != nil {
 			return nil, err
 		}
 		cred = mi
 	}
 	s.cred = &sharedCredential{cred: cred}
+	if len(cfg.Vaults) > 0 {
+		s.cred.label = "the default (" + credentialKind(cfg.Credential, cfg.Identity) + ")"
+		var err error
+		if s.byVault, err = s.vaultCredentials(cfg); err != nil {
+			return nil, err
+		}
+	}
 	return s, nil
 }
 
-// Credential returns the source's credential, shared with its token requests.
+// Credential returns the source's default credential, shared with its token requests.
 func (s *Source) Credential() azcore.TokenCredential { return s.cred }
 
 // Transport returns the transport the source sends through, which refuses redirects.
@@ -131,11 +138,18 @@ func (s *Source) vault(host string) (*vaultClient, error) {
 		// jittered): ride out a brief 5xx without spending azcore's default ~6 s on a broken vault.
 		Retry: policy.RetryOptions{ShouldRetry: shouldRetry, RetryDelay: 250 * time.Millisecond, MaxRetryDelay: 4 * time.Second},
 	}}
-	c, err := azsecrets.NewClient("https://"+host, s.cred, opts)
+	cred := s.cred
+	if own := s.byVault[host]; own != nil {
+		cred = own
+	}
+	// The client's challenge policy learns the vault's tenant from its 401 and asks cred
+	// for a token of that tenant, so a vault of another tenant works with a credential
+	// that may get tokens there.
+	c, err := azsecrets.NewClient("https://"+host, cred, opts)
 	if err != nil {
 		return nil, err
 	}
-	vc := &vaultClient{client: c, warm: make(chan struct{}, 1), warmed: make(chan struct{})}
+	vc := &vaultClient{client: c, cred: cred, warm: make(chan struct{}, 1), warmed: make(chan struct{})}
 	vc.warm <- struct{}{}
 	s.vaults[host] = vc
 	return vc, nil
@@ -196,7 +210,7 @@ func (s *Source) Get(ctx context.Context, vault, name, version string) (driver.B
 	resp, err := vc.client.GetSecret(policy.WithCaptureResponse(ctx, &raw), name, version, nil)
 	done(err == nil || raw != nil) // an answer means the challenge is learned
 	if err != nil {
-		return driver.Bundle{}, classify(what, version != "", vault, err)
+		return driver.Bundle{}, vc.cred.blame(err, classify(what, version != "", vault, err))
 	}
 	b := driver.Bundle{Value: resp.Value, ContentType: deref(resp.ContentType), Tags: tags(resp.Tags), Attributes: attributes(resp.Attributes)}
 	if resp.ID != nil {
@@ -216,18 +230,19 @@ func (s *Source) List(vault string) driver.Pager {
 	if err != nil {
 		return failedPager{&driver.Error{Kind: driver.KindOther, Reason: "GET https://" + vault + "/secrets (list): " + err.Error()}}
 	}
-	return &pager{vault: vault, p: vc.client.NewListSecretPropertiesPager(nil)}
+	return &pager{vault: vault, p: vc.client.NewListSecretPropertiesPager(nil), cred: vc.cred}
 }
 
 type pager struct {
 	vault string
 	p     *runtime.Pager[azsecrets.ListSecretPropertiesResponse]
+	cred  *sharedCredential
 }
 
 func (p *pager) NextPage(ctx context.Context) (driver.Page, error) {
 	resp, err := p.p.NextPage(ctx)
 	if err != nil {
-		return driver.Page{}, classify("GET https://"+p.vault+"/secrets (list)", false, p.vault, err)
+		return driver.Page{}, p.cred.blame(err, classify("GET https://"+p.vault+"/secrets (list)", false, p.vault, err))
 	}
 	out := driver.Page{Items: make([]driver.Item, 0, len(resp.Value))}
 	for _, item := range resp.Value {
@@ -333,12 +348,7 @@ func classify(what string, pinned bool, vault string, err error) *driver.Error {
 		kind, reason, transient := classifyCredentialError(ce)
 		return &driver.Error{Kind: kind, Reason: reason, Transient: transient}
 	case errors.As(err, &re):
-		code, inner := errorCodes(re.RawResponse)
-		var after time.Duration
-		if re.StatusCode == http.StatusTooManyRequests {
-			after = retryAfterOf(re.RawResponse)
-		}
-		return driver.HTTPError(what, re.StatusCode, code, inner, pinned, after)
+		return answerOf(re).Classify(what, vault, pinned)
 	case errors.As(err, &dnsErr) && dnsErr.IsNotFound:
 		return &driver.Error{Kind: driver.KindVaultNotFound, Reason: "vault host " + vault + " does not resolve"}
 	case errors.Is(err, context.DeadlineExceeded):
@@ -351,28 +361,23 @@ func classify(what string, pinned bool, vault string, err error) *driver.Error {
 	return &driver.Error{Kind: driver.KindOther, Reason: what + ": " + firstLine(err.Error()), Transient: transientError(err)}
 }
 
-// errorCodes extracts error.code and error.innererror.code from a Key Vault error body. The
-// inner code tells a disabled secret (SecretDisabled) from missing permission (ForbiddenByRbac).
-func errorCodes(resp *http.Response) (code, inner string) {
-	if resp == nil {
-		return "", ""
+// answerOf reads a vault's error answer: its status, and the codes and message of its body.
+// The inner code tells a disabled secret (SecretDisabled) from each reason for a 403
+// (ForbiddenByRbac, ForbiddenByPolicy, ForbiddenByFirewall, ForbiddenByConnection); the
+// body is untrusted, and driver.Answer.Classify reads it as such.
+func answerOf(re *azcore.ResponseError) driver.Answer {
+	var after time.Duration
+	if re.StatusCode == http.StatusTooManyRequests {
+		after = retryAfterOf(re.RawResponse)
 	}
-	body, err := runtime.Payload(resp)
+	if re.RawResponse == nil {
+		return driver.Answer{Status: re.StatusCode, RetryAfter: after}
+	}
+	body, err := runtime.Payload(re.RawResponse)
 	if err != nil {
-		return "", ""
+		return driver.Answer{Status: re.StatusCode, RetryAfter: after}
 	}
-	var e struct {
-		Error struct {
-			Code       string `json:"code"`
-			InnerError struct {
-				Code string `json:"code"`
-			} `json:"innererror"`
-		} `json:"error"`
-	}
-	if json.Unmarshal(body, &e) != nil {
-		return "", ""
-	}
-	return e.Error.Code, e.Error.InnerError.Code
+	return driver.ParseAnswer(re.StatusCode, body, after)
 }
 
 // transientError reports whether err is a failure of the exchange rather than an answer: a

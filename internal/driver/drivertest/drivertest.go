@@ -9,6 +9,7 @@ import (
 	"errors"
 	"fmt"
 	"maps"
+	"regexp"
 	"strings"
 	"testing"
 	"time"
@@ -52,6 +53,13 @@ type Harness interface {
 	Delete(name string)
 	// Deny takes the identity's permission to read and list secrets (403 ForbiddenByRbac).
 	Deny()
+	// Refuse makes the vault refuse every read and list for the reason inner names, with
+	// Key Vault's 403 for it (its message naming the caller's object id, and the
+	// firewall's the client address): driver.InnerForbiddenByRbac (no role),
+	// InnerForbiddenByPolicy (an access policy vault, no policy), InnerForbiddenByFirewall
+	// (the firewall denies the caller's network) or InnerForbiddenByConnection (public
+	// network access disabled). Each call replaces the refusal before it.
+	Refuse(inner string)
 	// Throttle answers the next times requests of op with 429, asking for retryAfter (0:
 	// no Retry-After header); times 0: until Clear.
 	Throttle(op Op, times int, retryAfter time.Duration)
@@ -79,6 +87,7 @@ func RunConformance(t *testing.T, newHarness func(t *testing.T, o Options) Harne
 		{"Disabled", testDisabled, Options{}},
 		{"ExpiryAndNotBefore", testExpiryAndNotBefore, Options{}},
 		{"Forbidden", testForbidden, Options{}},
+		{"ForbiddenKinds", testForbiddenKinds, Options{}},
 		{"StatusMapping", testStatusMapping, Options{}},
 		{"ThrottledThenServed", testThrottledThenServed, Options{}},
 		{"ThrottledBeyondDeadline", testThrottledBeyondDeadline, Options{}},
@@ -218,6 +227,64 @@ func testForbidden(t *testing.T, h Harness, r *driver.Reader) {
 	}
 	_, err = r.List(ctx, h.Vault(), 0)
 	wantKind(t, "list without permission", err, driver.KindForbidden, false)
+}
+
+// testForbiddenKinds checks that each reason Key Vault gives for a 403 has its kind, its
+// inner code and a reason naming its fix, for a GET and a list alike, and never repeats
+// the vault's message.
+func testForbiddenKinds(t *testing.T, h Harness, r *driver.Reader) {
+	h.Set("s", "v", Attrs{})
+	guid := `[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}`
+	for _, tc := range []struct {
+		inner      string
+		kind       driver.Kind
+		get, list  *regexp.Regexp // what the reason of a GET, of a list says
+		notAllowed []string       // what it must not say: the vault's own words
+	}{
+		{driver.InnerForbiddenByRbac, driver.KindForbidden,
+			regexp.MustCompile(`: 403: no role assignment lets the identity read secrets: grant the identity \(object id ` + guid +
+				`\) Key Vault Secrets User on the vault or secret \(ForbiddenByRbac\)$`),
+			regexp.MustCompile(`\(list\): 403: no role assignment lets the identity list secrets: grant the identity \(object id ` + guid + `\) Key Vault Secrets User`),
+			[]string{"Caller", "appid=", "iss="}},
+		{driver.InnerForbiddenByPolicy, driver.KindForbidden,
+			regexp.MustCompile(`: 403: the vault's access policies do not let the identity get secrets: add Get to the secret permissions of an access policy for this identity \(object id ` +
+				guid + `; ForbiddenByPolicy\)$`),
+			regexp.MustCompile(`\(list\): 403: .*add List to the secret permissions`),
+			[]string{"does not have", "appid=", "fwlink"}},
+		{driver.InnerForbiddenByFirewall, driver.KindForbiddenByFirewall,
+			regexp.MustCompile(`: 403: the vault's firewall refuses this caller \(ForbiddenByFirewall\): allow the app's outbound IP \(the vault saw [0-9.]+\) ` +
+				`or virtual network in the vault's networking settings, or reach it through a private endpoint$`),
+			regexp.MustCompile(`\(list\): 403: the vault's firewall refuses this caller \(ForbiddenByFirewall\)`),
+			[]string{"Client address", "trusted service", "appid="}},
+		{driver.InnerForbiddenByConnection, driver.KindForbiddenByConnection,
+			regexp.MustCompile(`: 403: the vault's public network access is disabled \(ForbiddenByConnection\): reach the vault through its private endpoint; ` +
+				`check that ` + regexp.QuoteMeta(h.Vault()) + ` resolves to a private address \(privatelink\.vaultcore\.azure\.net\)$`),
+			regexp.MustCompile(`\(list\): 403: the vault's public network access is disabled \(ForbiddenByConnection\)`),
+			[]string{"approved private link", "appid="}},
+	} {
+		t.Run(tc.inner, func(t *testing.T) {
+			h.Refuse(tc.inner)
+			ctx := ctxFor(t, 30*time.Second)
+			_, err := r.Get(ctx, h.Vault(), "s", "")
+			e := wantKind(t, "get", err, tc.kind, false)
+			if e.Code != "Forbidden" || e.Inner != tc.inner {
+				t.Errorf("get: code %q, inner %q; want Forbidden, %s", e.Code, e.Inner, tc.inner)
+			}
+			if !tc.get.MatchString(e.Reason) {
+				t.Errorf("get: reason %q\nwant it to match %s", e.Reason, tc.get)
+			}
+			_, err = r.List(ctx, h.Vault(), 0)
+			le := wantKind(t, "list", err, tc.kind, false)
+			if !tc.list.MatchString(le.Reason) {
+				t.Errorf("list: reason %q\nwant it to match %s", le.Reason, tc.list)
+			}
+			for _, s := range tc.notAllowed {
+				if strings.Contains(e.Reason, s) || strings.Contains(le.Reason, s) {
+					t.Errorf("a reason repeats the vault's message (%q): %q, %q", s, e.Reason, le.Reason)
+				}
+			}
+		})
+	}
 }
 
 func testStatusMapping(t *testing.T, h Harness, r *driver.Reader) {

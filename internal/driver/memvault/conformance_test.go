@@ -42,6 +42,15 @@ func (h harness) Deny() {
 	h.m.FailList(host, f)
 }
 
+// oid is the object id the in-memory vault's refusals name the caller by.
+const oid = "0aa95430-9a7f-4c8e-8cf6-579278e68947"
+
+func (h harness) Refuse(inner string) {
+	f := memvault.Denied(inner, oid)
+	h.m.FailGet(host, "", f)
+	h.m.FailList(host, f)
+}
+
 func (h harness) fault(op drivertest.Op, f memvault.Fault) {
 	if op == drivertest.OpList {
 		h.m.FailList(host, f)

@@ -208,6 +208,9 @@ type Fault struct {
 	// 503, 429, ...), mapped to a kind as the Azure source maps it.
 	Status      int
 	Code, Inner string
+	// Message is the answer's error.message, read as the Azure source reads it (for a
+	// 403, the caller's object id and the firewall's client address). [Denied] fills it.
+	Message string
 	// RetryAfter is what a 429 asks for; 0: no Retry-After, which the client reads as 1 s.
 	RetryAfter time.Duration
 	// Err is a failure without an HTTP answer (an identity endpoint refusing, a reset
@@ -224,6 +227,31 @@ type Fault struct {
 	Times int
 	// Until, when set, ends the fault for requests starting at or after it.
 	Until time.Time
+}
+
+// Denied is the fault of a vault refusing the caller for the reason inner names
+// (driver.InnerForbiddenByRbac, InnerForbiddenByPolicy, InnerForbiddenByFirewall or
+// InnerForbiddenByConnection): 403 Forbidden with Key Vault's message for it, which names
+// the caller by its object id oid (and, from the firewall, its address as 203.0.113.7).
+func Denied(inner, oid string) Fault {
+	const iss = "https://sts.windows.net/72f988bf-86f1-41af-91ab-2d7cd011db47/"
+	caller := "appid=" + "00000000-0000-0000-0000-000000000000" + ";oid=" + oid + ";iss=" + iss
+	var msg string
+	switch inner {
+	case driver.InnerForbiddenByFirewall:
+		msg = "Client address is not authorized and caller is not a trusted service.\r\nClient address: 203.0.113.7\r\n" +
+			"Caller: " + caller + "\r\nVault: memvault;location=memory"
+	case driver.InnerForbiddenByConnection:
+		msg = "Public network access is disabled and request is not from a trusted service nor via an approved private link.\r\n" +
+			"Caller: " + caller + "\r\nVault: memvault;location=memory"
+	case driver.InnerForbiddenByPolicy:
+		msg = "The user, group or application '" + caller + "' does not have secrets get permission on key vault " +
+			"'memvault;location=memory'. For help resolving this issue, please see https://go.microsoft.com/fwlink/?linkid=2125287"
+	default:
+		msg = "Caller is not authorized to perform action on resource.\r\nCaller: " + caller +
+			"\r\nAction: 'Microsoft.KeyVault/vaults/secrets/getSecret/action'\r\nAssignment: (not found)\r\nVault: memvault;location=memory"
+	}
+	return Fault{Status: 403, Code: "Forbidden", Inner: inner, Message: msg}
 }
 
 type active struct {
@@ -316,8 +344,9 @@ func (m *Vaults) Close() error {
 	return nil
 }
 
-// fail applies a fault: its latency or hang, then its failure (nil for a forged body).
-func fail(ctx context.Context, what string, pinned bool, f Fault) *driver.Error {
+// fail applies a fault to a request (what) to the vault host: its latency or hang, then
+// its failure (nil for a forged body).
+func fail(ctx context.Context, what, host string, pinned bool, f Fault) *driver.Error {
 	if f.Hang {
 		<-ctx.Done()
 		return timedOut(ctx, what)
@@ -340,7 +369,8 @@ func fail(ctx context.Context, what string, pinned bool, f Fault) *driver.Error 
 		if after <= 0 {
 			after = time.Second // what the Azure source reads a 429 without Retry-After as
 		}
-		return driver.HTTPError(what, f.Status, orDefault(f.Code, f.Status), f.Inner, pinned, after)
+		a := driver.Answer{Status: f.Status, Code: orDefault(f.Code, f.Status), Inner: f.Inner, Message: f.Message, RetryAfter: after}
+		return a.Classify(what, host, pinned)
 	}
 	return nil
 }
@@ -404,7 +434,7 @@ func (m *Vaults) Get(ctx context.Context, host, name, versionID string) (b drive
 		if f.Body != "" {
 			return forgedBundle(f.Body)
 		}
-		if e := fail(ctx, what, versionID != "", f); e != nil {
+		if e := fail(ctx, what, host, versionID != "", f); e != nil {
 			return b, e
 		}
 	}
@@ -427,7 +457,7 @@ func (m *Vaults) Get(ctx context.Context, host, name, versionID string) (b drive
 	case ver == nil:
 		return b, driver.HTTPError(what, 404, "SecretNotFound", "", versionID != "", 0)
 	case !ver.enabled:
-		return b, driver.HTTPError(what, 403, "Forbidden", "SecretDisabled", versionID != "", 0)
+		return b, driver.HTTPError(what, 403, "Forbidden", driver.InnerSecretDisabled, versionID != "", 0)
 	}
 	date := m.now()
 	value := ver.value
@@ -470,7 +500,7 @@ func (p *pager) NextPage(ctx context.Context) (driver.Page, error) {
 		if f.Body != "" {
 			return forged(f.Body)
 		}
-		if e := fail(ctx, what, false, f); e != nil {
+		if e := fail(ctx, what, p.host, false, f); e != nil {
 			return driver.Page{}, e
 		}
 	}
