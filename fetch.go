@@ -60,6 +60,7 @@ type secret struct {
 	took        time.Duration
 	cert        *CertificateInfo // the certificate the value holds, if it is one
 	servedBy    string           // a failover vault that served the value; "" for the reference's own
+	undecodable bool             // a PKCS#12 certificate our decoder cannot read: ask the vault for PEM
 	transient   bool             // the failure was the vault or the network not answering, not an answer
 	snapshotAt  time.Time        // for StatusServedFromSnapshot: when the value was last confirmed current
 }
@@ -88,7 +89,29 @@ func fetchFrom(ctx context.Context, rd *driver.Reader, r Reference, host string)
 	s := &secret{value: sv.Value, version: sv.Version, contentType: sv.ContentType, tags: sv.Tags,
 		expires: sv.Expires, notBefore: sv.NotBefore, updated: sv.Updated, served: sv.Served, has: true, status: StatusResolved, took: took}
 	judge(s, time.Now())
+	if s.undecodable {
+		return convertedToPEM(ctx, rd, r, host, s), false, nil
+	}
 	return s, false, nil
+}
+
+// convertedToPEM asks the vault for a certificate our PKCS#12 decoder cannot read (an
+// algorithm it does not know) as PEM, which Key Vault converts itself (outContentType, API
+// 2025-07-01), and serves that version if it is good. Decoding PKCS#12 here first costs no
+// second request for the certificates it can read, which are all that Key Vault makes;
+// a vault or an API version that does not convert leaves the first verdict standing.
+func convertedToPEM(ctx context.Context, rd *driver.Reader, r Reference, host string, s *secret) *secret {
+	sv, err := rd.Get(driver.WithPEM(ctx), host, r.Name, s.version)
+	if err != nil || sv.Version != s.version || !certparse.IsCertificate(sv.ContentType) || !strings.HasPrefix(strings.TrimSpace(sv.Value), "-----BEGIN") {
+		return s
+	}
+	c := &secret{value: sv.Value, version: sv.Version, contentType: certparse.ContentTypePEM, tags: sv.Tags,
+		expires: sv.Expires, notBefore: sv.NotBefore, updated: sv.Updated, served: sv.Served, has: true, status: StatusResolved, took: s.took}
+	judge(c, time.Now())
+	if c.status != StatusResolved {
+		return s
+	}
+	return c
 }
 
 // judge withholds a version that must not be served: outside its exp/nbf window (Key Vault
@@ -120,6 +143,7 @@ func judgeCertificate(s *secret, now time.Time) {
 		}
 	}
 	if err != nil {
+		s.undecodable = errors.Is(err, certparse.ErrPKCS12)
 		s.status, s.value, s.has = StatusCertificateInvalid, "", false
 		s.reason = "version " + s.version + ": " + err.Error()
 		return

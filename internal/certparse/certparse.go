@@ -40,6 +40,10 @@ func IsCertificate(contentType string) bool {
 // rather than a certificate to serve.
 var ErrNoKey = errors.New("no private key")
 
+// ErrPKCS12 is the error (wrapped) for base64 that is not a PKCS#12 file this decoder reads
+// (an algorithm it does not know, a password): Key Vault can convert it to PEM itself.
+var ErrPKCS12 = errors.New("PKCS#12 does not decode")
+
 // Certificate is a parsed certificate with its private key.
 type Certificate struct {
 	TLS  tls.Certificate   // ready for tls.Config: the chain (leaf first), the key, Leaf set
@@ -176,7 +180,7 @@ func parsePKCS12(value string) ([]*x509.Certificate, crypto.PrivateKey, error) {
 	}
 	key, leaf, cas, err := pkcs12.DecodeChain(der, "")
 	if err != nil {
-		return nil, nil, fmt.Errorf("PKCS#12 does not decode: %v", sanitize(err))
+		return nil, nil, fmt.Errorf("%w: %v", ErrPKCS12, sanitize(err))
 	}
 	if leaf == nil {
 		return nil, nil, errors.New("PKCS#12 holds no certificate")

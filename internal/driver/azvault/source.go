@@ -207,7 +207,12 @@ func (s *Source) Get(ctx context.Context, vault, name, version string) (driver.B
 		return driver.Bundle{}, classify(what, version != "", vault, err)
 	}
 	var raw *http.Response
-	resp, err := vc.client.GetSecret(policy.WithCaptureResponse(ctx, &raw), name, version, nil)
+	var opts *azsecrets.GetSecretOptions
+	if driver.WantsPEM(ctx) {
+		pem := azsecrets.ContentTypePEM
+		opts = &azsecrets.GetSecretOptions{OutContentType: &pem}
+	}
+	resp, err := vc.client.GetSecret(policy.WithCaptureResponse(ctx, &raw), name, version, opts)
 	done(err == nil || raw != nil) // an answer means the challenge is learned
 	if err != nil {
 		return driver.Bundle{}, vc.cred.blame(err, classify(what, version != "", vault, err))
