@@ -236,6 +236,60 @@ type policyJSON struct {
 	Attributes      *policyAttrsJSON      `json:"attributes,omitempty"`
 }
 
+// fillFrom completes an update with base's members where the update leaves them out: an
+// update "sets the specified members and leaves the others" (UpdateCertificatePolicy), and
+// SDKs send a section with no members for one they do not change (the JavaScript SDK sends
+// "key_props":{}), which must change nothing. A key type of the other family takes none of
+// base's key size or curve.
+func (pj *policyJSON) fillFrom(base *certPolicy) {
+	if kp := pj.KeyProps; kp != nil {
+		sameFamily := kp.KTY == "" || strings.HasPrefix(strings.ToUpper(kp.KTY), "EC") == base.isEC()
+		if kp.KTY == "" && (kp.Curve == "" || base.isEC()) {
+			kp.KTY = base.kty
+		}
+		if sameFamily && kp.Curve == "" && kp.KeySize == nil {
+			kp.Curve = base.curve
+			ks := base.keySize
+			kp.KeySize = &ks
+		}
+		if kp.Exportable == nil {
+			e := base.exportable
+			kp.Exportable = &e
+		}
+		if kp.ReuseKey == nil {
+			r := base.reuseKey
+			kp.ReuseKey = &r
+		}
+	}
+	if sp := pj.SecretProps; sp != nil && sp.ContentType == "" {
+		sp.ContentType = base.contentType
+	}
+	if xp := pj.X509Props; xp != nil {
+		if xp.Subject == "" {
+			xp.Subject = base.subject
+		}
+		if xp.SANs == nil || (len(xp.SANs.Emails) == 0 && len(xp.SANs.DNSNames) == 0 && len(xp.SANs.UPNs) == 0 &&
+			len(xp.SANs.IPAddresses) == 0 && len(xp.SANs.URIs) == 0) {
+			if base.sansGiven || xp.SANs == nil {
+				s := base.sans
+				xp.SANs = &s
+			}
+		}
+		if xp.EKUs == nil {
+			xp.EKUs = base.ekus
+		}
+		famChange := pj.KeyProps != nil && strings.HasPrefix(strings.ToUpper(pj.KeyProps.KTY), "EC") != base.isEC()
+		if xp.KeyUsage == nil && !famChange { // the default key usage follows the key type
+			xp.KeyUsage = base.keyUsage
+		}
+		if xp.ValidityMonths == nil {
+			m := base.validityMonths
+			xp.ValidityMonths = &m
+			xp.keepValidity = base.validity
+		}
+	}
+}
+
 type keyPropsJSON struct {
 	Exportable *bool  `json:"exportable,omitempty"`
 	KTY        string `json:"kty,omitempty"`
@@ -255,6 +309,8 @@ type x509PropsJSON struct {
 	KeyUsage         []string              `json:"key_usage,omitempty"`
 	ValidityMonths   *int                  `json:"validity_months,omitempty"`
 	BasicConstraints *basicConstraintsJSON `json:"basic_constraints,omitempty"`
+
+	keepValidity time.Duration // an update's: the Go-only validity base had (fillFrom)
 }
 
 type basicConstraintsJSON struct {
@@ -395,6 +451,9 @@ func checkTags(tags *map[string]string) *kvError {
 // resolve makes the stored policy from a request's: sections given replace base's
 // (a new policy's defaults when base is nil), and the result is checked.
 func (pj *policyJSON) resolve(base *certPolicy, now time.Time) (*certPolicy, *kvError) {
+	if base != nil {
+		pj.fillFrom(base)
+	}
 	var p *certPolicy
 	if base != nil {
 		p = base.clone()
@@ -467,7 +526,7 @@ func (pj *policyJSON) resolve(base *certPolicy, now time.Time) (*certPolicy, *kv
 	}
 	if xp := pj.X509Props; xp != nil {
 		p.subject, p.ekus, p.keyUsage, p.validityMonths = xp.Subject, xp.EKUs, xp.KeyUsage, defaultValidityMonths
-		p.validity = 0
+		p.validity = xp.keepValidity
 		p.sans, p.sansGiven = sansJSON{}, xp.SANs != nil
 		if xp.SANs != nil {
 			p.sans = *xp.SANs
