@@ -4,7 +4,8 @@ package viperkv
 // reference statuses where one fits, so operators see the words they already know; the
 // names App Service lacks (HostNotAllowed, SecretDisabled, Throttled, SecretExpired,
 // SecretNotYetValid, CertificateInvalid, EnvKeyNotNamed, ForbiddenByFirewall,
-// ForbiddenByConnection) are documented in docs/references.md.
+// ForbiddenByConnection, ServedFromSnapshot, PropertyNotFound, SecretFormatInvalid,
+// DecodeFailed, AppConfigurationNotSupported) are documented in docs/references.md.
 type Status string
 
 // Statuses a reference can have.
