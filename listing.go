@@ -39,9 +39,12 @@ const (
 // to GETs and the provider logs that once.
 //
 // Key Vault's timestamps have one-second resolution, so a version created within the same
-// second as the one held could list as unchanged: a secret fetched within two seconds of
-// its last change, by the vault's clock (the Date of its answer), is checked by GET once
-// more on the next cycle.
+// second as the one held could list as unchanged. When a list shows a change less than two
+// seconds old by the vault's clock, the GET waits until it is two seconds old (at most two
+// seconds), so that no version of the same second can follow it: a rotation costs each
+// replica one GET. A secret fetched within two seconds of its last change all the same
+// (by Load, by push, or when the vault's clock moved), by the Date of the vault's answer,
+// is checked by GET once more on the next cycle.
 func WithVersionCheck(mode VersionCheck) Option {
 	return func(o *options) { o.versionCheck = mode }
 }
@@ -50,6 +53,44 @@ func WithVersionCheck(mode VersionCheck) Option {
 // list: one second of timestamp resolution, one of the Date header's (the time the fetch is
 // measured by, so this machine's clock does not matter) or, without one, of clock skew.
 const sameSecond = 2 * time.Second
+
+// vaultClock is how far a vault's clock is ahead of this machine's (behind when negative),
+// at least: learned from the Date of its answers, which is truncated to the second and
+// was written before this machine read it.
+type vaultClock struct {
+	ahead time.Duration
+	at    time.Time // when ahead was learned, by this machine's clock
+}
+
+// noteClock learns from an answer of vault, dated served by the vault and read by now. It
+// keeps the tightest bound, and starts afresh after relist in case either clock moved. The
+// bound decides only when a GET is made (settle): a bound too high costs one more GET,
+// the re-check of record, never a missed version.
+func (s *schedule) noteClock(vault string, served, now time.Time) {
+	if s.clocks == nil {
+		s.clocks = map[string]vaultClock{}
+	}
+	ahead := served.Sub(now)
+	if c, ok := s.clocks[vault]; !ok || ahead > c.ahead || now.Sub(c.at) >= relist {
+		s.clocks[vault] = vaultClock{ahead: ahead, at: now}
+	}
+}
+
+// settle returns when a GET of a secret listed as changed at updated (to the second, by
+// the vault's clock) can no longer be followed by another version with the same
+// timestamp: when the vault's clock has passed updated+sameSecond. A list read at readAt
+// (this machine's clock) showing newest as its latest change was served at newest or
+// later by the vault's clock, so that time is at most sameSecond after readAt; the Date
+// of the vault's answers may say it is sooner (noteClock).
+func (s *schedule) settle(vault string, updated, newest, readAt time.Time) time.Time {
+	at := readAt.Add(updated.Add(sameSecond).Sub(newest))
+	if c, ok := s.clocks[vault]; ok {
+		if t := updated.Add(sameSecond).Add(-c.ahead); t.Before(at) {
+			at = t
+		}
+	}
+	return at
+}
 
 // relist is how long auto trusts what it learned of a vault (too big to list, or list
 // forbidden) before it tries listing again.
@@ -162,17 +203,33 @@ func (p *Provider) detect(ctx context.Context, cur *snapshot, due []Reference, l
 		if !l.Complete {
 			st.size++ // more than were read
 		}
+		readAt := time.Now() // the list was served before
 		byName := make(map[string]driver.Props, len(l.Props))
+		var newest time.Time // the vault's clock had reached it when it served the list
 		for _, sp := range l.Props {
 			byName[strings.ToLower(sp.Name)] = sp
+			if sp.Updated != nil && sp.Updated.After(newest) {
+				newest = *sp.Updated
+			}
 		}
 		for _, r := range cands {
 			sp, ok := byName[strings.ToLower(r.Name)]
-			if ok && p.unchanged(r, sp) {
+			switch {
+			case ok && p.unchanged(r, sp):
 				confirmed = append(confirmed, r)
-			} else {
-				// Changed, disabled, deleted (absent from a complete list), or not reached by
-				// a list cut short: a GET says which, with the status a GET gives.
+			case ok && sp.Enabled && sp.Updated != nil:
+				// A new version (or new attributes). Made less than sameSecond ago, another
+				// version could follow it within its second, listing the same: GET it once
+				// that second is surely over, rather than now and again on the next cycle.
+				if at := p.sched.settle(vault, *sp.Updated, newest, readAt); at.After(readAt) {
+					p.sched.recheck[r] = true // by GET, not by the next list
+					p.sched.deferTo([]Reference{r}, at)
+					continue
+				}
+				fetch = append(fetch, r)
+			default:
+				// Disabled, deleted (absent from a complete list), or not reached by a list
+				// cut short: a GET says which, with the status a GET gives.
 				fetch = append(fetch, r)
 			}
 		}

@@ -99,6 +99,26 @@ func TestListingOnTheEmulator(t *testing.T) {
 		waitFor("the retried version", func() bool { return p.GetString("app.k09") == "value-09-b" })
 	}
 
+	// A list that shows a version within its second waits the second out before its GET:
+	// a version made after that list, in the same second, lists the same, and is the one
+	// held in the end. (Retried if the clock crossed a second meanwhile.)
+	for attempt := 0; ; attempt++ {
+		created := time.Now()
+		kv.SetSecret("s11", "value-11-a")
+		lists := kv.Count(kvtest.OpListSecrets)
+		waitFor("lists after the change", func() bool { return kv.Count(kvtest.OpListSecrets) >= lists+2 })
+		vb := kv.SetSecret("s11", "value-11-b")
+		holds := func() bool { return statusOf(t, p, "app.k11").Version == vb && p.GetString("app.k11") == "value-11-b" }
+		if time.Now().Truncate(time.Second).Equal(created.Truncate(time.Second)) {
+			waitFor("the version made after the list", holds)
+			break
+		}
+		if attempt == 5 {
+			t.Fatal("could not list between two versions within one second")
+		}
+		waitFor("the retried version", holds)
+	}
+
 	// Disabled and deleted secrets: the list shows them (disabled, absent) and a GET gives
 	// the status it gives.
 	if err := kv.SetEnabled("s12", "", false); err != nil {

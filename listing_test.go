@@ -100,6 +100,193 @@ func TestListFindsAVersionOfTheSameSecond(t *testing.T) {
 	}
 }
 
+// nextCheck returns when the provider next checks a secret (its next list).
+func nextCheck(p *Provider) time.Time {
+	p.updateMu.Lock()
+	defer p.updateMu.Unlock()
+	var next time.Time
+	for _, st := range p.sched.polls {
+		if next.IsZero() || st.next.Before(next) {
+			next = st.next
+		}
+	}
+	return next
+}
+
+// rotateBeforeList sleeps to just before the provider's next list, at a time that shares
+// one second of the vault's clock (behind this machine's by behind) with that list, sets
+// a new version of name there and sleeps to the list. It returns the version and that
+// second.
+func rotateBeforeList(t *testing.T, src *fakeSource, p *Provider, behind time.Duration, name, value string) (string, time.Time) {
+	t.Helper()
+	const before = 50 * time.Millisecond
+	for range 50 {
+		synctest.Wait()
+		next := nextCheck(p)
+		at := next.Add(-behind) // by the vault's clock
+		if off := at.Sub(at.Truncate(time.Second)); off >= 2*before && off < time.Second-before {
+			pages := src.pages("myvault")
+			time.Sleep(time.Until(next) - before)
+			v := src.set("myvault", name, value)
+			time.Sleep(before)
+			synctest.Wait()
+			if src.pages("myvault") == pages {
+				t.Fatal("no list at the time the schedule said")
+			}
+			return v, at.Truncate(time.Second)
+		}
+		time.Sleep(time.Until(next) + time.Millisecond) // too near a second's edge: the next one
+	}
+	t.Fatal("no list away from a second's edge in 50 cycles")
+	return "", time.Time{}
+}
+
+// A list that shows a version made less than two seconds ago, by the vault's clock, GETs
+// it only once that time has passed: the one GET finds the version made after the list in
+// the same second (which lists the same as the one before it), and no re-check follows.
+// The vault's clock is learned from the Date of its answers, so this holds with it ahead
+// of this machine's or behind, by whole seconds or not.
+func TestListWaitsOutTheSecondOfAChange(t *testing.T) {
+	for _, behind := range []time.Duration{0, 30 * time.Second, -30 * time.Second, 1500 * time.Millisecond, -1500 * time.Millisecond} {
+		t.Run(fmt.Sprintf("vault behind by %v", behind), func(t *testing.T) {
+			synctest.Test(t, func(t *testing.T) {
+				const interval = 5 * time.Second
+				src := newFakeSource()
+				src.SetClockBehind(behind)
+				doc := twentySecrets(src)
+				time.Sleep(5 * time.Second) // the versions are older than the same-second window
+				p := loadFake(t, src, doc, WithRefreshInterval(interval), WithVersionCheck(VersionCheckList))
+				rec := record(p)
+				startWatch(t, p)
+				gets := totalGets(src)
+
+				_, second := rotateBeforeList(t, src, p, behind, "s03", "v03-2")
+				// The list showed v03-2; a version made after it in the same second lists the same.
+				v3 := src.set("myvault", "s03", "v03-3")
+				if n := totalGets(src) - gets; n != 0 {
+					t.Errorf("%d GETs at the list, within the second of the change; want none yet", n)
+				}
+				pages := src.pages("myvault")
+				time.Sleep(3 * time.Second)
+				synctest.Wait()
+				if n := src.pages("myvault") - pages; n != 0 {
+					t.Errorf("%d list pages while waiting, want the GET alone", n)
+				}
+				calls := src.callsOf("myvault", "s03")[1:] // after Load's
+				if len(calls) != 1 || totalGets(src)-gets != 1 {
+					t.Fatalf("%d GETs of s03 (%d in all) after the change, want 1", len(calls), totalGets(src)-gets)
+				}
+				if at := calls[0].start.Add(-behind); at.Before(second.Add(sameSecond)) {
+					t.Errorf("GET at %v by the vault's clock, within %v of the change at %v", at, sameSecond, second)
+				}
+				if e := rec.only(t, EventChanged); e.NewVersion != v3 || p.GetString("app.k03") != "v03-3" {
+					t.Errorf("event %v, value %q; want the version made after the list, %s", e, p.GetString("app.k03"), v3)
+				}
+				time.Sleep(4 * interval)
+				synctest.Wait()
+				if n := totalGets(src) - gets; n != 1 {
+					t.Errorf("%d GETs in all after 4 more cycles, want the one (no re-check)", n)
+				}
+			})
+		})
+	}
+}
+
+// The wait rests on the vault's clock as its answers dated it. When that clock moves
+// back afterwards, the wait is too short and the GET lands within the second of the
+// change: the GET's own Date says so, and the next cycle checks by GET once more, finding
+// the version made after it in that second.
+func TestListWaitTooShortIsRechecked(t *testing.T) {
+	synctest.Test(t, func(t *testing.T) {
+		const interval = 5 * time.Second
+		src := newFakeSource()
+		doc := twentySecrets(src)
+		time.Sleep(5 * time.Second)
+		p := loadFake(t, src, doc, WithRefreshInterval(interval), WithVersionCheck(VersionCheckList))
+		rec := record(p)
+		startWatch(t, p)
+		const behind = 30 * time.Second
+		src.SetClockBehind(behind) // after the provider learned it
+		gets := totalGets(src)
+
+		_, second := rotateBeforeList(t, src, p, behind, "s03", "v03-2")
+		if n := totalGets(src) - gets; n != 1 {
+			t.Fatalf("%d GETs at the list, want 1 (the vault's clock seems past the change's second)", n)
+		}
+		v3 := src.set("myvault", "s03", "v03-3") // after the GET, in its second
+		if !time.Now().Add(-behind).Truncate(time.Second).Equal(second) {
+			t.Fatal("the test left the change's second")
+		}
+		time.Sleep(interval * 3 / 2)
+		synctest.Wait()
+		if p.GetString("app.k03") != "v03-3" {
+			t.Errorf("app.k03 = %q after the re-check, want v03-3 (%s)", p.GetString("app.k03"), v3)
+		}
+		if evs := rec.all(EventChanged); len(evs) != 2 || evs[1].NewVersion != v3 {
+			t.Errorf("events %v, want v03-2 then %s", evs, v3)
+		}
+		before := totalGets(src)
+		time.Sleep(4 * interval)
+		synctest.Wait()
+		if n := totalGets(src) - before; n != 0 {
+			t.Errorf("%d GETs in 4 quiet cycles after the re-check, want 0", n)
+		}
+	})
+}
+
+// settle bounds the vault's clock by the list itself (served after its newest change)
+// and by its answers' Date, whichever says more; noteClock keeps the tightest bound the
+// Dates give, for an hour.
+func TestSettle(t *testing.T) {
+	var s schedule
+	local := func(sec, ms int) time.Time { return time.Date(2030, 1, 1, 12, 0, sec, ms*1e6, time.UTC) }
+	vault := func(sec int) time.Time { return time.Date(2030, 1, 1, 11, 0, sec, 0, time.UTC) } // an hour behind
+	read, u := local(5, 0), vault(4)
+	if at := s.settle("v", u, u, read); !at.Equal(read.Add(sameSecond)) {
+		t.Errorf("no Date known, the change the newest listed: %v, want the list's time + %v", at, sameSecond)
+	}
+	if at := s.settle("v", u, u.Add(time.Second), read); !at.Equal(read.Add(time.Second)) {
+		t.Errorf("no Date known, a change a second newer listed: %v, want the list's time + 1 s", at)
+	}
+	if at := s.settle("v", vault(-60), u, read); !at.Before(read) {
+		t.Errorf("a change a minute old: %v, want no wait", at)
+	}
+	s.noteClock("v", vault(-10), local(0, 0))   // an answer read 10 s after its Date: a loose bound
+	s.noteClock("v", vault(-1), local(-1, 600)) // read 0.6 s after its Date
+	s.noteClock("v", vault(-3), local(-1, 700)) // looser: the tighter is kept
+	if c := s.clocks["v"]; c.ahead != -time.Hour-600*time.Millisecond {
+		t.Errorf("the vault's clock ahead by %v, want the tightest bound, -1h0.6s", c.ahead)
+	}
+	if at, want := s.settle("v", u, u, read), local(6, 600); !at.Equal(want) {
+		t.Errorf("with the Date known: %v, want %v (the vault's clock surely past the change + %v)", at, want, sameSecond)
+	}
+	later := local(-1, 600).Add(relist)
+	s.noteClock("v", vault(-60).Add(relist), later) // an hour on: starts afresh, even looser
+	if c, want := s.clocks["v"], vault(-60).Sub(local(-1, 600)); c.ahead != want {
+		t.Errorf("an hour later, the vault's clock ahead by %v, want the new bound %v", c.ahead, want)
+	}
+}
+
+// record learns a vault's clock from the Date of that vault's own answers, not from a
+// failover vault's, whose clock may differ.
+func TestRecordLearnsTheVaultsClock(t *testing.T) {
+	s := testSchedule()
+	now := time.Unix(1_700_000_000, 0)
+	r := Reference{Vault: "v.vault.azure.net", Name: "a"}
+	updated, served := now.Add(-time.Hour), now.Add(-30*time.Second)
+	other := served.Add(time.Minute)
+	fromFailover := &secret{has: true, status: StatusResolved, version: "1", updated: &updated, served: &other, servedBy: "w.vault.azure.net"}
+	s.record(map[Reference]*secret{r: fromFailover}, map[Reference]*secret{r: fromFailover}, now)
+	if c, ok := s.clocks[r.Vault]; ok {
+		t.Errorf("a failover vault's Date taken for the vault's clock: %v ahead", c.ahead)
+	}
+	own := &secret{has: true, status: StatusResolved, version: "1", updated: &updated, served: &served}
+	s.record(map[Reference]*secret{r: own}, map[Reference]*secret{r: own}, now)
+	if c := s.clocks[r.Vault]; c.ahead != -30*time.Second {
+		t.Errorf("the vault's clock %v ahead, want -30s", c.ahead)
+	}
+}
+
 // An identity that may not list falls back to a GET per secret, says so once, and still
 // finds rotations.
 func TestListForbiddenFallsBackToGets(t *testing.T) {

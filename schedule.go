@@ -17,7 +17,8 @@ type schedule struct {
 	warned   map[Reference]string     // version whose near expiry was announced
 	told     map[Reference]expiryNote // what Key Vault said of a version's expiry (Notify)
 	updated  map[Reference]heldAttrs  // the attributes of the version last fetched and held, for lists
-	recheck  map[Reference]bool       // fetched within sameSecond of its last change: a list cannot tell
+	recheck  map[Reference]bool       // checked next by GET: a list cannot tell (see settle)
+	clocks   map[string]vaultClock    // how far each vault's clock is ahead of this machine's
 	expiryAt time.Time                // when checkExpiry next has something to say; zero: never
 }
 
@@ -35,7 +36,7 @@ const maxWait = 24 * time.Hour
 func newSchedule(o options) schedule {
 	return schedule{interval: o.refreshInterval, retryMin: o.retryMin, retryMax: o.retryMax,
 		expiryWarning: o.expiryWarning, polls: map[Reference]*pollState{}, warned: map[Reference]string{}, told: map[Reference]expiryNote{},
-		updated: map[Reference]heldAttrs{}, recheck: map[Reference]bool{}}
+		updated: map[Reference]heldAttrs{}, recheck: map[Reference]bool{}, clocks: map[string]vaultClock{}}
 }
 
 // record sets when each fetched secret is next refreshed and forgets secrets no longer held.
@@ -70,6 +71,9 @@ func (s *schedule) record(fetched, held map[Reference]*secret, now time.Time) {
 				served := now
 				if f.served != nil {
 					served = *f.served
+					if f.servedBy == "" { // not a failover vault's clock
+						s.noteClock(r.Vault, served, now)
+					}
 				}
 				s.recheck[r] = served.Sub(*f.updated) < sameSecond
 			}
