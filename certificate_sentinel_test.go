@@ -1,7 +1,6 @@
 package viperkv_test
 
 import (
-	"bytes"
 	"context"
 	"fmt"
 	"io"
@@ -22,24 +21,6 @@ import (
 	"github.com/viperkv/viperkv/internal/certtest"
 	"github.com/viperkv/viperkv/kvtest"
 )
-
-// syncBuffer is a bytes.Buffer safe for the provider's goroutines to log into.
-type syncBuffer struct {
-	mu sync.Mutex
-	b  bytes.Buffer
-}
-
-func (s *syncBuffer) Write(p []byte) (int, error) {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.b.Write(p)
-}
-
-func (s *syncBuffer) String() string {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.b.String()
-}
 
 // keyLines are the base64 lines of a private key's PEM and a stretch of the PKCS#12 that
 // holds it: what any leak of the key would show.
@@ -69,7 +50,7 @@ func TestCertificateKeyMaterialNowhere(t *testing.T) {
 	pkcs12 := kvtest.WithContentType(certparse.ContentTypePKCS12)
 	kv.SetSecret("api-tls", first.PKCS12(), pkcs12)
 
-	var logs syncBuffer
+	var logs redirLog // a buffer safe for the provider's goroutines
 	m := metrics{reader: sdkmetric.NewManualReader()}
 	spans := tracetest.NewInMemoryExporter()
 	p, err := viperkv.New(yamlViper(t, "tls: \"@KeyVault(SecretUri=https://myvault.vault.azure.net/certificates/api-tls/)\"\n"),

@@ -203,8 +203,8 @@ func TestSnapshotNotServed(t *testing.T) {
 		}, snapConfig, "refused"},
 		{"older than maxAge", func(t *testing.T, r *snapRig) []viperkv.Option {
 			r.kv.SetOutage(kvtest.OutageRefused)
-			time.Sleep(20 * time.Millisecond)
-			return []viperkv.Option{viperkv.WithSnapshot(r.path, r.key, 10*time.Millisecond)}
+			// Written a moment ago: older than a nanosecond, with no sleep.
+			return []viperkv.Option{viperkv.WithSnapshot(r.path, r.key, time.Nanosecond)}
 		}, snapConfig, "old"},
 		{"another configuration", func(t *testing.T, r *snapRig) []viperkv.Option {
 			r.kv.SetOutage(kvtest.OutageRefused)
@@ -214,7 +214,7 @@ func TestSnapshotNotServed(t *testing.T) {
 		t.Run(tc.name, func(t *testing.T) {
 			r := newSnapRig(t)
 			opts := tc.break_(t, r)
-			var logs syncBuffer
+			var logs redirLog
 			p, err := r.provider(t, tc.doc, append([]viperkv.Option{
 				viperkv.WithLogger(slog.New(slog.NewTextHandler(&logs, &slog.HandlerOptions{Level: slog.LevelDebug})))}, opts...)...)
 			if err != nil {
