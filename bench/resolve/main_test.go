@@ -12,7 +12,8 @@ import (
 // TestReducedRun runs every approach on a small workload (100 references to 80 secrets in
 // 2 vaults) and checks the counts that do not depend on the machine's speed: viperkv makes
 // one GET per distinct secret and one token request, the others one GET per reference,
-// nothing fails without throttling, and viperkv resolves everything under throttling.
+// nothing fails without throttling, and viperkv, the sequential loop and the client told
+// the bucket resolve everything under throttling, against the bucket's floor.
 func TestReducedRun(t *testing.T) {
 	cfg := config{
 		refs:          100,
@@ -58,7 +59,22 @@ func TestReducedRun(t *testing.T) {
 		t.Errorf("throttled viperkv vault GETs = %d, want 80", rep.viperkvT.gets)
 	}
 
-	summary := regexp.MustCompile(`^resolve: viperkv_ms=\d+ sequential_ms=\d+ unbounded_ms=\d+ vault_gets=80 token_requests=1 throttled_failed_viperkv=0 throttled_failed_unbounded=\d+$`)
+	// Throttled: the sequential loop and the client told the bucket resolve everything, the
+	// floor is the bucket's arithmetic: 40 distinct secrets a vault, 20 beyond the burst at
+	// 200/s, and two round trips of 2 ms.
+	for _, r := range []result{rep.sequentialT, rep.told} {
+		if r.failed != 0 {
+			t.Errorf("throttled %s: %d references failed", r.name, r.failed)
+		}
+	}
+	if rep.floor != 104*time.Millisecond {
+		t.Errorf("floor = %v, want 104ms", rep.floor)
+	}
+	if rep.told.gets != 80 {
+		t.Errorf("the client told the bucket made %d vault GETs, want 80", rep.told.gets)
+	}
+
+	summary := regexp.MustCompile(`^resolve: viperkv_ms=\d+ sequential_ms=\d+ unbounded_ms=\d+ vault_gets=80 token_requests=1 throttled_failed_viperkv=0 throttled_failed_unbounded=\d+ throttled_ms=\d+ throttled_floor_ms=104$`)
 	if s := rep.summary(); !summary.MatchString(s) {
 		t.Errorf("summary line %q does not match %v", s, summary)
 	}
@@ -66,7 +82,7 @@ func TestReducedRun(t *testing.T) {
 	if v := regexp.MustCompile(`v-[0-9a-f]{24}`).FindString(out.String()); v != "" {
 		t.Errorf("output shows a secret value")
 	}
-	for _, col := range []string{"sequential", "unbounded", "viperkv", "wall ms", "vault GETs", "challenges", "token requests", "failed refs"} {
+	for _, col := range []string{"sequential", "unbounded", "viperkv", "told the bucket", "floor", "wall ms", "vault GETs", "challenges", "token requests", "failed refs", "the floor", "the wall time of a sequential loop"} {
 		if !strings.Contains(out.String(), col) {
 			t.Errorf("table lacks %q", col)
 		}

@@ -13,9 +13,8 @@ import (
 	"github.com/viperkv/viperkv/internal/kvname"
 )
 
-// maxThrottleRetries bounds how often one request is retried after 429s. The limiter's
-// pause makes each retry wait for the vault's Retry-After, so this is a budget of many
-// seconds.
+// maxThrottleRetries bounds how often one request is retried after 429s. Each retry first
+// waits out the vault's Retry-After, so this is a budget of many seconds.
 const maxThrottleRetries = 30
 
 // MaxListPages bounds one list of a vault: 25,000 pages hold 625,000 secrets, far more than
@@ -25,10 +24,10 @@ const MaxListPages = 25_000
 // ErrClosed is returned by a Reader's methods after Close.
 var ErrClosed = errors.New("the provider is closed")
 
-// Reader is what the core reads vaults through. It paces each vault with a limiter (a
-// concurrency window that halves on 429 and a pause for the vault's Retry-After), retries
-// throttled requests, and checks every answer before it goes further. Its methods are safe
-// for concurrent use.
+// Reader is what the core reads vaults through. It paces each vault with a limiter of its
+// own (a concurrency window and a token bucket that learns the vault's rate from its 429s),
+// retries a throttled request after the Retry-After the vault asked of it, and checks every
+// answer before it goes further. Its methods are safe for concurrent use.
 type Reader struct {
 	src      Source
 	inflight int
@@ -71,12 +70,13 @@ func (r *Reader) Get(ctx context.Context, vault, name, version string) (Version,
 		return Version{}, err
 	}
 	for attempt := 0; ; attempt++ {
-		if err := lim.acquire(ctx); err != nil {
+		start, err := lim.acquire(ctx)
+		if err != nil {
 			return Version{}, waitError(what, err)
 		}
 		b, err := r.src.Get(ctx, vault, name, version)
 		e := asError(err)
-		lim.release(e != nil && e.Kind == KindThrottled, retryAfter(e))
+		lim.release(start, e != nil && e.Kind == KindThrottled, retryAfter(e))
 		switch {
 		case e == nil:
 			return checkBundle(what, vault, name, version, b)
@@ -85,14 +85,17 @@ func (r *Reader) Get(ctx context.Context, vault, name, version string) (Version,
 		}
 		r.log.Debug("viperkv: vault throttled the request; retrying",
 			"vault", vault, "secret", name, "retry_after", retryAfter(e), "attempt", attempt+1)
+		if err := lim.waitOut(ctx, retryAfter(e)); err != nil {
+			return Version{}, waitError(what, err)
+		}
 	}
 }
 
 // List lists the vault's secrets, reading at most maxPages pages (0: all). Items whose id
 // names no secret of the vault are left out and counted. A list whose nextLink repeats,
 // leads anywhere but the vault's list, or does not end within MaxListPages fails with
-// KindMalformed. A throttled page restarts the list after the limiter's pause (a failed
-// page ends a pager).
+// KindMalformed. A throttled page restarts the list after its Retry-After (a failed page
+// ends a pager).
 func (r *Reader) List(ctx context.Context, vault string, maxPages int) (Listing, error) {
 	lim, err := r.limiter(vault)
 	if err != nil {
@@ -108,6 +111,9 @@ func (r *Reader) List(ctx context.Context, vault string, maxPages int) (Listing,
 			return l, nil
 		}
 		r.log.Debug("viperkv: vault throttled a list; retrying", "vault", vault, "retry_after", retryAfter(e), "attempt", attempt+1)
+		if err := lim.waitOut(ctx, retryAfter(e)); err != nil {
+			return Listing{}, waitError("GET https://"+vault+"/secrets (list)", err)
+		}
 	}
 }
 
@@ -123,12 +129,13 @@ func (r *Reader) list(ctx context.Context, lim *limiter, vault string, maxPages 
 		if pages == MaxListPages {
 			return Listing{}, malformed(what, fmt.Sprintf("the list did not end after %d pages", MaxListPages))
 		}
-		if err := lim.acquire(ctx); err != nil {
+		start, err := lim.acquire(ctx)
+		if err != nil {
 			return Listing{}, waitError(what, err)
 		}
 		page, err := pager.NextPage(ctx)
 		e := asError(err)
-		lim.release(e != nil && e.Kind == KindThrottled, retryAfter(e))
+		lim.release(start, e != nil && e.Kind == KindThrottled, retryAfter(e))
 		if e != nil {
 			return Listing{}, e
 		}

@@ -126,7 +126,9 @@ func (s *Source) vault(host string) (*vaultClient, error) {
 	if vc, ok := s.vaults[host]; ok {
 		return vc, nil
 	}
-	per := []policy.Policy{vaultGuard(host)}
+	vc := &vaultClient{warm: make(chan struct{}, 1), warmed: make(chan struct{})}
+	vc.warm <- struct{}{}
+	per := []policy.Policy{vaultGuard(host), warmPolicy{vc}}
 	if s.cfg.OnRequest != nil {
 		per = append(per, requestCounter{host: host, on: s.cfg.OnRequest})
 	}
@@ -149,8 +151,7 @@ func (s *Source) vault(host string) (*vaultClient, error) {
 	if err != nil {
 		return nil, err
 	}
-	vc := &vaultClient{client: c, cred: cred, warm: make(chan struct{}, 1), warmed: make(chan struct{})}
-	vc.warm <- struct{}{}
+	vc.client, vc.cred = c, cred
 	s.vaults[host] = vc
 	return vc, nil
 }
@@ -171,6 +172,21 @@ func shouldRetry(resp *http.Response, err error) bool {
 	return false
 }
 
+// open lets every waiting request go: the vault's challenge is learned.
+func (vc *vaultClient) open() { vc.once.Do(func() { close(vc.warmed) }) }
+
+// warmPolicy opens the vault's turn as soon as a request goes out with a token: by then
+// the client's challenge policy has learned the vault's tenant and holds a token for it,
+// so the requests waiting need not wait for this one's answer too (a round trip).
+type warmPolicy struct{ vc *vaultClient }
+
+func (w warmPolicy) Do(req *policy.Request) (*http.Response, error) {
+	if req.Raw().Header.Get("Authorization") != "" {
+		w.vc.open()
+	}
+	return req.Next()
+}
+
 // awaitTurn returns once the vault has answered a request, or this caller may send the
 // first one, or ctx ends. The caller calls done when its request is over, saying whether
 // the vault answered: then every waiter goes; if not, the next one takes the turn.
@@ -186,7 +202,7 @@ func (vc *vaultClient) awaitTurn(ctx context.Context) (done func(answered bool),
 	case <-vc.warm:
 		return func(answered bool) {
 			if answered {
-				vc.once.Do(func() { close(vc.warmed) })
+				vc.open()
 			}
 			vc.warm <- struct{}{}
 		}, nil
