@@ -112,12 +112,14 @@ const (
 // and accepting no more of its burst than it refused: then it is one of many sharing the
 // vault (a fleet's replicas), and its other requests would be refused too. (Alone, a slow
 // vault shows as low a share while the search over-sends; but it accepts a bucketful of
-// the burst first.) It holds them
-// all for the Retry-After and paces as TCP's congestion control would (crowd): resume at
-// what the vault gave over the burst and the pause, grow by one start a second per success
-// (slow start) up to half the pace last refused, a tenth of that a second above; each 429
-// pauses again and resumes at what the vault gave since. Behaviour is per vault: each has
-// a limiter of its own.
+// the burst first.) It holds them all for the Retry-After and paces as TCP's congestion
+// control would (crowd): resume at what the vault gave over the burst and the pause, grow
+// by one start a second per success (slow start) up to half the pace last refused, a
+// tenth of that a second above; the window halves on each 429 and widens by one a
+// window's worth of successes. Each 429 pauses again and resumes at what the vault gave
+// since. Two seconds without a 429 and the pace doubles every second: the others may be
+// done, and the last of a fleet must not trickle while the vault idles. Behaviour is per
+// vault: each has a limiter of its own.
 //
 // A limiter owns no goroutine: waiting requests sleep on timers in their own goroutines,
 // and its lock is never held while one waits or while a request is in flight.
@@ -179,9 +181,10 @@ func newLimiter(max int) *limiter {
 // gap is the least time between two starts at now: while a refused request waits out its
 // Retry-After, the batch ends no sooner than it is due again, so the requests waiting
 // meanwhile need only be spread over the time until then. Going slower than the vault
-// keeps the last 429 the first burst's, so nothing waits a second time.
+// keeps the last 429 the first burst's, so nothing waits a second time. One of many (crowd),
+// the limiter pauses for the Retry-After instead.
 func (l *limiter) gap(now time.Time) time.Duration {
-	if l.phase == open || !now.Before(l.due) {
+	if l.phase == open || l.phase == crowd || !now.Before(l.due) {
 		return 0
 	}
 	// The refused requests count too: the vault has to serve them when they are due, from
@@ -197,6 +200,11 @@ func (l *limiter) rate(now time.Time) float64 {
 	case open:
 		return documentedRate
 	case crowd:
+		// Two seconds without a 429 after a pause: the others may be done. Double every
+		// second, so that the last of a fleet does not trickle while the vault idles.
+		if quiet := now.Sub(later(l.paused, l.mark)) - 2*time.Second; quiet > 0 && !l.paused.IsZero() {
+			return min(documentedRate, l.base*math.Exp2(quiet.Seconds()))
+		}
 		return l.base
 	case search:
 		// No 429 for two round trips: the pace may be below the vault's rate. Double it
