@@ -79,7 +79,7 @@ func (s *Server) closeProxy() {
 	if p == nil {
 		return
 	}
-	_ = p.ln.hs.Close()
+	p.ln.close()
 	p.fwd.CloseIdleConnections()
 	p.mu.Lock()
 	p.closed = true

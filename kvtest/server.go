@@ -295,14 +295,14 @@ func (s *Server) Close() {
 		s.mu.Unlock()
 		for _, l := range []*listener{s.entra, s.appService, s.imds} {
 			if l != nil {
-				_ = l.hs.Close()
+				l.close()
 			}
 		}
 		for _, v := range vaults {
 			v.closeEvents()       // Event Grid: subscriptions and expiry timers
 			v.closeRecoveries()   // recoveries still completing
 			v.closeCertificates() // renewals, issuances and recoveries of certificates
-			_ = v.ln.hs.Close()
+			v.ln.close()
 		}
 		s.closeProxy()
 		if s.client != nil {

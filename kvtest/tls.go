@@ -129,7 +129,16 @@ func resetConn(r *http.Request) {
 // listener is one running HTTP(S) server of the emulator.
 type listener struct {
 	hs   *http.Server
+	ln   net.Listener
 	addr string // 127.0.0.1:PORT
+}
+
+// close stops the server and its port. The listener is closed here too: a Close that comes
+// before the serving goroutine has started would otherwise leave the port accepting
+// connections into its backlog, so a client would find a stopped emulator still there.
+func (l *listener) close() {
+	_ = l.hs.Close()
+	_ = l.ln.Close()
 }
 
 // listen starts h on a fresh loopback port, over TLS (HTTP/2 and HTTP/1.1) when tlsOn.
@@ -144,7 +153,7 @@ func (s *Server) listen(h http.Handler, tlsOn bool) (*listener, error) {
 		ErrorLog:          s.cfg.errorLog,
 		ReadHeaderTimeout: 30 * time.Second,
 	}
-	l := &listener{hs: hs, addr: ln.Addr().String()}
+	l := &listener{hs: hs, ln: ln, addr: ln.Addr().String()}
 	if tlsOn {
 		hs.TLSConfig = &tls.Config{
 			Certificates: []tls.Certificate{s.pki.leaf},
