@@ -266,11 +266,12 @@ func (l *limiter) acquire(ctx context.Context) (time.Time, error) {
 		}
 		now := time.Now()
 		l.advanceLocked(now)
+		g := l.gap(now)
 		switch {
 		case l.inflight >= l.limit || l.pacer:
 			// Queue below.
-		case (l.tokens >= 1 || l.allowance >= 1) && !now.Before(l.paused) && now.Sub(l.started) >= l.gap(now):
-			if g := l.gap(now); g > 0 && l.phase == search {
+		case (l.tokens >= 1 || l.allowance >= 1) && !now.Before(l.paused) && now.Sub(l.started) >= g:
+			if g > 0 && l.phase == search {
 				if l.spread.IsZero() {
 					l.spread = now
 				}
@@ -286,7 +287,7 @@ func (l *limiter) acquire(ctx context.Context) (time.Time, error) {
 		default:
 			// Sleep until the next token; whoever comes meanwhile queues behind.
 			wait := time.Duration(max(0, 1-l.tokens) / l.rate(now) * float64(time.Second))
-			wait = max(wait, l.paused.Sub(now), l.started.Add(l.gap(now)).Sub(now))
+			wait = max(wait, l.paused.Sub(now), l.started.Add(g).Sub(now))
 			wait = max(wait, time.Microsecond)
 			pacer, l.pacer = true, true
 			l.mu.Unlock()

@@ -75,6 +75,13 @@ func (v *simVault) take(name string) (bool, time.Duration) {
 
 type simSource struct{ vaults map[string]*simVault }
 
+// readerOf returns a Reader of the one vault v, kv.vault.azure.net, closed when t ends.
+func readerOf(t *testing.T, v *simVault) *Reader {
+	r := NewReader(simSource{vaults: map[string]*simVault{"kv.vault.azure.net": v}}, 256, nil)
+	t.Cleanup(func() { _ = r.Close() })
+	return r
+}
+
 // delay is how long the next request takes to reach the bucket.
 func (v *simVault) delay() time.Duration {
 	v.mu.Lock()
@@ -231,8 +238,7 @@ func TestLimiterStartsFromTheDocumentedLimit(t *testing.T) {
 	synctest.Test(t, func(t *testing.T) {
 		const latency = 10 * time.Millisecond
 		v := newSimVault(documentedBurst, documentedRate, latency)
-		r := NewReader(simSource{vaults: map[string]*simVault{"kv.vault.azure.net": v}}, 256, nil)
-		defer r.Close()
+		r := readerOf(t, v)
 		last, _ := getAll(t, r, map[string]int{"kv.vault.azure.net": 1000})
 		t.Logf("1,000 GETs: %v, %d 429s", last["kv.vault.azure.net"], v.refused)
 		if d := last["kv.vault.azure.net"]; d > 10*latency {
@@ -245,8 +251,7 @@ func TestLimiterStartsFromTheDocumentedLimit(t *testing.T) {
 	synctest.Test(t, func(t *testing.T) {
 		const latency = 10 * time.Millisecond
 		v := newSimVault(documentedBurst, documentedRate, latency)
-		r := NewReader(simSource{vaults: map[string]*simVault{"kv.vault.azure.net": v}}, 256, nil)
-		defer r.Close()
+		r := readerOf(t, v)
 		last, _ := getAll(t, r, map[string]int{"kv.vault.azure.net": 5000})
 		fl := floor(5000, documentedBurst, documentedRate, latency)
 		t.Logf("5,000 GETs: %v (floor %v), %d 429s", last["kv.vault.azure.net"], fl, v.refused)
@@ -330,8 +335,7 @@ func TestLimiterFindsARisingRate(t *testing.T) {
 		const latency = 10 * time.Millisecond
 		v := newSimVault(10, 20, latency)
 		v.changeAt, v.newRate = time.Now().Add(3*time.Second), 200
-		r := NewReader(simSource{vaults: map[string]*simVault{"kv.vault.azure.net": v}}, 256, nil)
-		defer r.Close()
+		r := readerOf(t, v)
 		// 20/s for 3 s is about 70 GETs; the other 930 at 200/s take 4.7 s at best.
 		last, failed := getAll(t, r, map[string]int{"kv.vault.azure.net": 1000})
 		t.Logf("1,000 GETs: %v, %d 429s", last["kv.vault.azure.net"], v.refused)
@@ -350,8 +354,7 @@ func TestLimiterRetryAfterHoldsOnlyTheRefused(t *testing.T) {
 	synctest.Test(t, func(t *testing.T) {
 		const latency = 10 * time.Millisecond
 		v := newSimVault(20, 200, latency)
-		r := NewReader(simSource{vaults: map[string]*simVault{"kv.vault.azure.net": v}}, 256, nil)
-		defer r.Close()
+		r := readerOf(t, v)
 		getAll(t, r, map[string]int{"kv.vault.azure.net": 100})
 		// The accepted GETs: within the first second the vault takes its 20 and 200 a second;
 		// a limiter that held everything for the Retry-After would take almost none there.
@@ -375,8 +378,7 @@ func TestLimiterRetryAfterHoldsOnlyTheRefused(t *testing.T) {
 func TestLimiterListWaitsOutRetryAfter(t *testing.T) {
 	synctest.Test(t, func(t *testing.T) {
 		v := newSimVault(1, 0.5, time.Millisecond) // one page now, the next in 2 s
-		r := NewReader(simSource{vaults: map[string]*simVault{"kv.vault.azure.net": v}}, 256, nil)
-		defer r.Close()
+		r := readerOf(t, v)
 		l, err := r.List(context.Background(), "kv.vault.azure.net", 0)
 		if err != nil || !l.Complete {
 			t.Fatalf("list: %+v, %v", l, err)
@@ -412,8 +414,7 @@ func TestLimiterWaitsEndWithTheContext(t *testing.T) {
 	synctest.Test(t, func(t *testing.T) {
 		v := newSimVault(1, 0.1, time.Millisecond)
 		v.tokens = 0
-		r := NewReader(simSource{vaults: map[string]*simVault{"kv.vault.azure.net": v}}, 256, nil)
-		defer r.Close()
+		r := readerOf(t, v)
 		ctx, cancel := context.WithTimeout(context.Background(), 2500*time.Millisecond)
 		defer cancel()
 		_, err := r.Get(ctx, "kv.vault.azure.net", "s", "")
@@ -430,8 +431,7 @@ func TestLimiterInstantRefusals(t *testing.T) {
 	synctest.Test(t, func(t *testing.T) {
 		v := newSimVault(1, 0.01, 0)
 		v.tokens = 0
-		r := NewReader(simSource{vaults: map[string]*simVault{"kv.vault.azure.net": v}}, 256, nil)
-		defer r.Close()
+		r := readerOf(t, v)
 		for _, ra := range []bool{true, false} {
 			ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
 			_, err := r.Get(ctx, "kv.vault.azure.net", fmt.Sprint("s", ra), "")
@@ -452,8 +452,7 @@ func TestLimiterReturnsToTheDocumentedLimitWhenCalm(t *testing.T) {
 	synctest.Test(t, func(t *testing.T) {
 		const latency = 10 * time.Millisecond
 		v := newSimVault(20, 200, latency)
-		r := NewReader(simSource{vaults: map[string]*simVault{"kv.vault.azure.net": v}}, 256, nil)
-		defer r.Close()
+		r := readerOf(t, v)
 		getAll(t, r, map[string]int{"kv.vault.azure.net": 100})
 		if r.vaults["kv.vault.azure.net"].paceNow() == 0 {
 			t.Fatal("not paced after 429s")
@@ -520,8 +519,7 @@ func TestLimiterSpreadsWhileTheRefusedWait(t *testing.T) {
 	synctest.Test(t, func(t *testing.T) {
 		const latency = 10 * time.Millisecond
 		v := newSimVault(20, 200, latency)
-		r := NewReader(simSource{vaults: map[string]*simVault{"kv.vault.azure.net": v}}, 256, nil)
-		defer r.Close()
+		r := readerOf(t, v)
 		start := time.Now()
 		last, failed := getAll(t, r, map[string]int{"kv.vault.azure.net": 200})
 		d, lastRefusal := last["kv.vault.azure.net"], v.lastRefusal.Sub(start)
