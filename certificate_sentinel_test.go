@@ -19,6 +19,7 @@ import (
 	"github.com/viperkv/viperkv"
 	"github.com/viperkv/viperkv/internal/certparse"
 	"github.com/viperkv/viperkv/internal/certtest"
+	"github.com/viperkv/viperkv/internal/logtest"
 	"github.com/viperkv/viperkv/kvtest"
 )
 
@@ -50,7 +51,7 @@ func TestCertificateKeyMaterialNowhere(t *testing.T) {
 	pkcs12 := kvtest.WithContentType(certparse.ContentTypePKCS12)
 	kv.SetSecret("api-tls", first.PKCS12(), pkcs12)
 
-	var logs redirLog // a buffer safe for the provider's goroutines
+	var logs logtest.Buffer // a buffer safe for the provider's goroutines
 	m := metrics{reader: sdkmetric.NewManualReader()}
 	spans := tracetest.NewInMemoryExporter()
 	p, err := viperkv.New(yamlViper(t, "tls: \"@KeyVault(SecretUri=https://myvault.vault.azure.net/certificates/api-tls/)\"\n"),

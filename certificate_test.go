@@ -14,6 +14,7 @@ import (
 	"github.com/viperkv/viperkv/internal/certparse"
 	"github.com/viperkv/viperkv/internal/certtest"
 	"github.com/viperkv/viperkv/internal/driver/memvault"
+	"github.com/viperkv/viperkv/internal/logtest"
 )
 
 // keyBody is a line of a private key's PEM: what a leak of the key would show.
@@ -44,7 +45,7 @@ func certificateNeverReplacedByAWorseOne(t *testing.T) {
 	pemType := memvault.ContentType(certparse.ContentTypePEM)
 	src := newFakeSource()
 	src.set("myvault", "tls", good.PKCS12(), pkcs12)
-	var logs lockedBuffer
+	var logs logtest.Buffer
 	p := loadFake(t, src, "server:\n  tls: \"@KeyVault(VaultName=myvault;SecretName=tls)\"\n",
 		WithLogger(slog.New(slog.NewTextHandler(&logs, &slog.HandlerOptions{Level: slog.LevelDebug}))))
 	rec := record(p)

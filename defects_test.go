@@ -4,11 +4,9 @@ import (
 	"context"
 	"errors"
 	"fmt"
-	"log/slog"
 	"runtime"
 	"strings"
 	"testing"
-	"testing/synctest"
 	"time"
 	"unicode/utf8"
 
@@ -81,36 +79,7 @@ func TestNoticeIDsAreSizeBounded(t *testing.T) {
 	if grew := int64(after.HeapInuse) - int64(before.HeapInuse); grew > 16<<20 {
 		t.Errorf("1,000 notices with 64 KB ids keep %d MB: ids are held whole", grew>>20)
 	}
-	if !p.push.seenID(fmt.Sprint(999, long)) || p.push.seenID(fmt.Sprint(1000, long)) {
+	if !p.push.SeenID(fmt.Sprint(999, long)) || p.push.SeenID(fmt.Sprint(1000, long)) {
 		t.Error("a remembered id is not recognized (or an unseen one is)")
 	}
-}
-
-// A watcher stuck in a call no longer pins every configuration published after it: its
-// queue keeps the newest 1,024 events.
-func TestStuckWatcherQueueIsBounded(t *testing.T) {
-	synctest.Test(t, func(t *testing.T) {
-		var logs logSink
-		n := notifier{log: slog.New(slog.NewTextHandler(&logs, nil))}
-		release := make(chan struct{})
-		n.subscribe(func(Event) { <-release })
-		for i := range 5000 {
-			n.publish([]Event{{Kind: EventChanged, Keys: []string{fmt.Sprint(i)}}})
-		}
-		synctest.Wait()
-		n.mu.Lock()
-		s := n.subs[0]
-		n.mu.Unlock()
-		s.mu.Lock()
-		queued, last := len(s.queue), s.queue[len(s.queue)-1].Keys[0]
-		s.mu.Unlock()
-		if queued > maxQueued || last != "4999" {
-			t.Errorf("%d events queued for a stuck watcher (newest %s), want at most %d, the newest kept", queued, last, maxQueued)
-		}
-		if !strings.Contains(logs.String(), "not keeping up") {
-			t.Errorf("no warning about the watcher:\n%s", logs.String())
-		}
-		close(release)
-		n.close()
-	})
 }

@@ -5,6 +5,7 @@ import (
 	"slices"
 	"strings"
 
+	"github.com/viperkv/viperkv/internal/grammar"
 	"github.com/viperkv/viperkv/internal/reveal"
 )
 
@@ -14,19 +15,7 @@ import (
 // not supported rather than pass its text off as a value. Strings
 // for which it is false resolve to themselves; it costs one scan for '@'. viperkv run uses it
 // to pick the environment variables that go through a Provider.
-func HasReference(s string) bool {
-	for i := strings.IndexByte(s, '@'); i >= 0; {
-		if prefixLen(s, i) > 0 || hasPrefixFold(s[i+1:], appConfigPrefix) {
-			return true
-		}
-		j := strings.IndexByte(s[i+1:], '@')
-		if j < 0 {
-			return false
-		}
-		i += 1 + j
-	}
-	return false
-}
+func HasReference(s string) bool { return grammar.HasPrefix(s) }
 
 func init() {
 	reveal.SetSecrets(func(p any) []reveal.Secret { return p.(*Provider).secrets() })
@@ -50,10 +39,10 @@ func (p *Provider) secrets() []reveal.Secret {
 	// decoded bytes) shows on its own in output, so it is masked on its own too.
 	for key, val := range s.rendered {
 		t := s.scan.templates[key]
-		if len(t.parts) != 1 || t.parts[0].ref == nil || t.parts[0].shape.plain() {
+		if len(t.Parts) != 1 || t.Parts[0].Ref == nil || t.Parts[0].Shape.Plain() {
 			continue
 		}
-		r := *t.parts[0].ref
+		r := *t.Parts[0].Ref
 		eachLeaf(val, func(leaf string) {
 			out = append(out, reveal.Secret{Vault: r.Vault, Name: r.Name, Value: leaf})
 		})

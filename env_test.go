@@ -4,12 +4,12 @@ import (
 	"log/slog"
 	"slices"
 	"strings"
-	"sync"
 	"testing"
 
 	"github.com/spf13/viper"
 
 	"github.com/viperkv/viperkv"
+	"github.com/viperkv/viperkv/internal/logtest"
 	"github.com/viperkv/viperkv/internal/reveal"
 	"github.com/viperkv/viperkv/kvtest"
 )
@@ -81,7 +81,7 @@ func TestUnnamedEnvReferenceIsReported(t *testing.T) {
 		return v
 	}
 
-	var logs logBuffer
+	var logs logtest.Buffer
 	p, err := viperkv.New(appViper(), viperkv.WithTransport(srv.Client()),
 		viperkv.WithLogger(slog.New(slog.NewTextHandler(&logs, nil))))
 	if err != nil {
@@ -136,22 +136,4 @@ func TestUnnamedEnvReferenceIsReported(t *testing.T) {
 	if st := p3.Status(); len(st) != 0 {
 		t.Errorf("without a prefix: Status = %+v, want nothing", st)
 	}
-}
-
-// logBuffer collects log output written from any goroutine.
-type logBuffer struct {
-	mu sync.Mutex
-	b  strings.Builder
-}
-
-func (l *logBuffer) Write(p []byte) (int, error) {
-	l.mu.Lock()
-	defer l.mu.Unlock()
-	return l.b.Write(p)
-}
-
-func (l *logBuffer) String() string {
-	l.mu.Lock()
-	defer l.mu.Unlock()
-	return l.b.String()
 }

@@ -1,38 +1,20 @@
 package viperkv
 
 import (
-	"bytes"
 	"context"
 	"fmt"
 	"log/slog"
 	"strings"
-	"sync"
 	"testing"
+
+	"github.com/viperkv/viperkv/internal/logtest"
 )
-
-// lockedBuffer is a bytes.Buffer a logger and a test can share.
-type lockedBuffer struct {
-	mu sync.Mutex
-	b  bytes.Buffer
-}
-
-func (l *lockedBuffer) Write(p []byte) (int, error) {
-	l.mu.Lock()
-	defer l.mu.Unlock()
-	return l.b.Write(p)
-}
-
-func (l *lockedBuffer) String() string {
-	l.mu.Lock()
-	defer l.mu.Unlock()
-	return l.b.String()
-}
 
 // TestEventLogLinesSayOnlyWhatHappened: a failed refresh logs the one version it keeps
 // (not old_version=X new_version=X), a file that does not parse logs no empty keys or
 // status, and a rotation logs both versions.
 func TestEventLogLinesSayOnlyWhatHappened(t *testing.T) {
-	var logs lockedBuffer
+	var logs logtest.Buffer
 	src := newFakeSource()
 	src.set("myvault", "pw", "pw-v1")
 	p := loadFake(t, src, "db:\n  pw: \"@KeyVault(VaultName=myvault;SecretName=pw)\"\n",
@@ -53,7 +35,7 @@ func TestEventLogLinesSayOnlyWhatHappened(t *testing.T) {
 		t.Fatal("a file that does not parse loaded")
 	}
 	p.fileError(&fileWatcher{path: "config.yaml"}, fmt.Errorf("config file config.yaml: %w", err))
-	p.notify.close() // every event logged
+	p.notify.Close() // every event logged
 
 	var failed, rotated, file string
 	for _, line := range strings.Split(logs.String(), "\n") {

@@ -4,7 +4,6 @@ import (
 	"fmt"
 	"log/slog"
 	"strings"
-	"sync"
 	"time"
 
 	"github.com/spf13/viper"
@@ -110,7 +109,7 @@ func orDash(s string) string {
 // event skipped. Events carry no values; read them from Event.Current (and Event.Previous).
 // The returned func unregisters fn; events not yet delivered to it are dropped.
 func (p *Provider) OnChange(fn func(Event)) (cancel func()) {
-	return p.notify.subscribe(fn)
+	return p.notify.Subscribe(fn)
 }
 
 // announce completes events (keys, the configurations before and after), logs and
@@ -136,7 +135,7 @@ func (p *Provider) announce(evs []Event, prev, cur *snapshot) {
 		e.Current = cur.v
 		p.logEvent(*e)
 	}
-	p.notify.publish(evs)
+	p.notify.Publish(evs)
 }
 
 // logEvent logs an event without values.
@@ -174,122 +173,6 @@ func (p *Provider) logEvent(e Event) {
 	}
 }
 
-// notifier delivers events to watchers. Each watcher has its own queue, drained by a
-// goroutine that exists only while the queue is non-empty: a slow watcher delays only
-// itself, a panicking one is logged and skipped, and an idle provider runs nothing. A
-// queue holds at most maxQueued events: a watcher stuck in a call would otherwise pin
-// every configuration published after it (each event holds two).
-type notifier struct {
-	log *slog.Logger
-
-	mu     sync.Mutex
-	subs   []*subscriber
-	closed bool
-	drains sync.WaitGroup
-}
-
-// maxQueued bounds a watcher's queue; beyond it the oldest events are dropped.
-const maxQueued = 1024
-
-type subscriber struct {
-	fn func(Event)
-
-	mu      sync.Mutex
-	queue   []Event
-	running bool
-	removed bool
-	dropped int // events dropped since the watcher last kept up
-}
-
-func (n *notifier) subscribe(fn func(Event)) (cancel func()) {
-	s := &subscriber{fn: fn}
-	n.mu.Lock()
-	if n.closed {
-		s.removed = true
-	} else {
-		n.subs = append(n.subs, s)
-	}
-	n.mu.Unlock()
-	return func() {
-		n.mu.Lock()
-		defer n.mu.Unlock()
-		for i, x := range n.subs {
-			if x == s {
-				n.subs = append(n.subs[:i:i], n.subs[i+1:]...)
-				break
-			}
-		}
-		s.mu.Lock()
-		s.removed, s.queue = true, nil
-		s.mu.Unlock()
-	}
-}
-
-// publish queues evs for every watcher and returns at once.
-func (n *notifier) publish(evs []Event) {
-	if len(evs) == 0 {
-		return
-	}
-	n.mu.Lock()
-	defer n.mu.Unlock()
-	for _, s := range n.subs {
-		s.mu.Lock()
-		if !s.removed {
-			s.queue = append(s.queue, evs...)
-			if over := len(s.queue) - maxQueued; over > 0 {
-				if s.dropped == 0 {
-					n.log.Warn("viperkv: a change watcher is not keeping up; its oldest events are dropped", "queued", maxQueued)
-				}
-				clear(s.queue[:over]) // let the configurations they hold go
-				s.queue, s.dropped = s.queue[over:], s.dropped+over
-			}
-			if !s.running {
-				s.running = true
-				n.drains.Add(1)
-				go func() { defer n.drains.Done(); s.drain(n.log) }()
-			}
-		}
-		s.mu.Unlock()
-	}
-}
-
-// close stops delivery: queued events are dropped, and it returns when every watcher has
-// returned from the event it was handling.
-func (n *notifier) close() {
-	n.mu.Lock()
-	n.closed = true
-	for _, s := range n.subs {
-		s.mu.Lock()
-		s.removed, s.queue = true, nil
-		s.mu.Unlock()
-	}
-	n.subs = nil
-	n.mu.Unlock()
-	n.drains.Wait()
-}
-
-func (s *subscriber) drain(log *slog.Logger) {
-	for {
-		s.mu.Lock()
-		if len(s.queue) == 0 || s.removed {
-			s.running, s.dropped = false, 0
-			s.mu.Unlock()
-			return
-		}
-		e := s.queue[0]
-		s.queue[0] = Event{} // let the snapshots it holds go
-		s.queue = s.queue[1:]
-		s.mu.Unlock()
-		s.call(e, log)
-	}
-}
-
-func (s *subscriber) call(e Event, log *slog.Logger) {
-	defer func() {
-		if r := recover(); r != nil {
-			// The panic value is the watcher's own; it is not logged, as it might hold a value.
-			log.Error("viperkv: a change watcher panicked; the event is skipped", "event", e.Kind, "source", e.Source, "keys", e.Keys)
-		}
-	}()
-	s.fn(e)
-}
+// eventAttrs is what a log line about a watcher says of the event it was handling: never
+// a value.
+func eventAttrs(e Event) []any { return []any{"event", e.Kind, "source", e.Source, "keys", e.Keys} }

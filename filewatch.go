@@ -148,7 +148,7 @@ func (p *Provider) fileError(fw *fileWatcher, err error) {
 	cur := p.cur.Load()
 	e := Event{Kind: EventError, Source: SourceFile, Time: time.Now(), Err: err, Previous: cur.v, Current: cur.v}
 	p.logEvent(e)
-	p.notify.publish([]Event{e})
+	p.notify.Publish([]Event{e})
 }
 
 // unheld returns the references of sc the provider holds no good value for: what new

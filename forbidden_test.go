@@ -8,6 +8,7 @@ import (
 	"time"
 
 	"github.com/viperkv/viperkv"
+	"github.com/viperkv/viperkv/internal/logtest"
 	"github.com/viperkv/viperkv/kvtest"
 )
 
@@ -38,7 +39,7 @@ func TestLoadTellsEvery403Apart(t *testing.T) {
 	ok := vault("okvault")
 	ok.Grant(id, kvtest.RoleSecretsUser)
 
-	var logs logBuffer
+	var logs logtest.Buffer
 	p, err := viperkv.New(yamlViper(t, `
 firewalled: "@KeyVault(VaultName=fwvault;SecretName=s)"
 private: "@KeyVault(SecretUri=https://plvault.vault.azure.net/secrets/s/)"

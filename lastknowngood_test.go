@@ -24,6 +24,7 @@ import (
 	sdkmetric "go.opentelemetry.io/otel/sdk/metric"
 
 	"github.com/viperkv/viperkv"
+	"github.com/viperkv/viperkv/internal/logtest"
 	"github.com/viperkv/viperkv/kvtest"
 )
 
@@ -214,7 +215,7 @@ func TestSnapshotNotServed(t *testing.T) {
 		t.Run(tc.name, func(t *testing.T) {
 			r := newSnapRig(t)
 			opts := tc.break_(t, r)
-			var logs redirLog
+			var logs logtest.Buffer
 			p, err := r.provider(t, tc.doc, append([]viperkv.Option{
 				viperkv.WithLogger(slog.New(slog.NewTextHandler(&logs, &slog.HandlerOptions{Level: slog.LevelDebug})))}, opts...)...)
 			if err != nil {

@@ -9,6 +9,7 @@ import (
 	"time"
 
 	"github.com/viperkv/viperkv"
+	"github.com/viperkv/viperkv/internal/logtest"
 	"github.com/viperkv/viperkv/kvtest"
 )
 
@@ -32,7 +33,7 @@ func TestListingOnTheEmulator(t *testing.T) {
 	// Fetches within two seconds of a version's creation are checked again by GET on the
 	// next cycle (one-second timestamps); start past that window.
 	time.Sleep(2100 * time.Millisecond)
-	logs := &redirLog{}
+	logs := &logtest.Buffer{}
 	p, err := viperkv.New(yamlViper(t, doc.String()), viperkv.WithEmulator(srv),
 		viperkv.WithoutFileWatch(), viperkv.WithRefreshInterval(100*time.Millisecond), viperkv.WithVersionCheck(viperkv.VersionCheckAuto),
 		viperkv.WithLogger(slog.New(slog.NewTextHandler(logs, nil))))

@@ -10,6 +10,7 @@ import (
 
 	"github.com/viperkv/viperkv/internal/driver"
 	"github.com/viperkv/viperkv/internal/driver/memvault"
+	"github.com/viperkv/viperkv/internal/logtest"
 )
 
 // twentySecrets returns a config referencing s00..s19 of myvault, versionless.
@@ -296,7 +297,7 @@ func TestListForbiddenFallsBackToGets(t *testing.T) {
 		doc := twentySecrets(src)
 		src.denyList("myvault")
 		time.Sleep(5 * time.Second)
-		var logs logSink
+		var logs logtest.Buffer
 		p := loadFake(t, src, doc, WithRefreshInterval(interval), WithVersionCheck(VersionCheckList),
 			WithLogger(slog.New(slog.NewTextHandler(&logs, nil))))
 		rec := record(p)

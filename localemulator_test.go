@@ -244,7 +244,8 @@ func TestWithLocalEmulatorErrors(t *testing.T) {
 }
 
 // TestRootDoesNotImportKvtest: a program using only the root package (WithEmulatorInfo
-// included) does not link the emulator.
+// included) does not link the emulator, nor the OIDC and JOSE libraries only the emulator
+// and the webhook need.
 func TestRootDoesNotImportKvtest(t *testing.T) {
 	out, err := exec.Command("go", "list", "-deps", "-json=ImportPath", ".").Output()
 	if err != nil {
@@ -258,12 +259,38 @@ func TestRootDoesNotImportKvtest(t *testing.T) {
 			t.Fatal(err)
 		}
 		n++
-		if strings.HasPrefix(pkg.ImportPath, "github.com/viperkv/viperkv/kvtest") || pkg.ImportPath == "net/http/httptest" {
+		if strings.HasPrefix(pkg.ImportPath, "github.com/viperkv/viperkv/kvtest") || pkg.ImportPath == "net/http/httptest" ||
+			strings.HasPrefix(pkg.ImportPath, "github.com/coreos/go-oidc") || strings.HasPrefix(pkg.ImportPath, "github.com/go-jose/") {
 			t.Errorf("the root package depends on %s", pkg.ImportPath)
 		}
 	}
 	if n < 10 {
 		t.Fatalf("go list -deps listed %d packages; the check proves nothing", n)
+	}
+}
+
+// TestRootStaysReadable: the root package, the one a newcomer reads, is at most 5,000
+// lines besides its tests; mechanisms go under internal/ (docs/development.md).
+func TestRootStaysReadable(t *testing.T) {
+	files, err := filepath.Glob("*.go")
+	if err != nil {
+		t.Fatal(err)
+	}
+	lines, n := 0, 0
+	for _, f := range files {
+		if strings.HasSuffix(f, "_test.go") {
+			continue
+		}
+		b, err := os.ReadFile(f)
+		if err != nil {
+			t.Fatal(err)
+		}
+		lines += bytes.Count(b, []byte("\n"))
+		n++
+	}
+	t.Logf("root package: %d files, %d lines", n, lines)
+	if n < 10 || lines > 5000 {
+		t.Errorf("root package: %d files, %d lines; want at most 5,000 lines (move mechanisms under internal/)", n, lines)
 	}
 }
 

@@ -12,6 +12,8 @@ import (
 	"testing"
 	"testing/synctest"
 	"time"
+
+	"github.com/viperkv/viperkv/internal/logtest"
 )
 
 // The logic of keeping values current (schedule, back-off, merge, expiry, events) tested
@@ -483,7 +485,7 @@ func TestWatcherIsolation(t *testing.T) {
 		const interval = time.Minute
 		src := newFakeSource()
 		versions := []string{src.set("myvault", "rot", "rot-0")}
-		var logs logSink
+		var logs logtest.Buffer
 		logger := slog.New(slog.NewTextHandler(&logs, nil))
 		p := loadFake(t, src, "rot: \"@KeyVault(VaultName=myvault;SecretName=rot)\"\nplain: x\n",
 			WithRefreshInterval(interval), WithLogger(logger))
@@ -616,7 +618,7 @@ func eventsCarryNoValues(t *testing.T) {
 	src := newFakeSource()
 	src.set("myvault", "pw", sentinel+"-1")
 	src.set("myvault", "other", sentinel+"-other")
-	var logs logSink
+	var logs logtest.Buffer
 	logger := slog.New(slog.NewJSONHandler(&logs, &slog.HandlerOptions{Level: slog.LevelDebug}))
 	doc := "db:\n  pw: \"@KeyVault(VaultName=myvault;SecretName=pw)\"\n  dsn: \"user=app password=@KeyVault(SecretUri=https://myvault.vault.azure.net/secrets/pw/) sslmode=require\"\n  pool: 5\n"
 	p := loadFake(t, src, doc, WithLogger(logger), WithExpiryWarning(time.Hour))

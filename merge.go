@@ -10,6 +10,7 @@ import (
 	"time"
 
 	"github.com/viperkv/viperkv/internal/certparse"
+	"github.com/viperkv/viperkv/internal/viperlayers"
 )
 
 // mergeSecrets combines the secrets prev held with fresh fetches, for the references sc
@@ -156,7 +157,7 @@ func settingsEvents(prev, cur *snapshot, src Source, now time.Time, evs []Event)
 		if _, still := cur.scan.invalid[k]; still {
 			continue
 		}
-		if t, ok := cur.scan.templates[k]; ok && !slices.ContainsFunc(t.refs(), func(r Reference) bool {
+		if t, ok := cur.scan.templates[k]; ok && !slices.ContainsFunc(refsOf(t), func(r Reference) bool {
 			s := cur.secrets[r.key()]
 			return s == nil || s.status != StatusResolved
 		}) || !ok {
@@ -169,7 +170,7 @@ func settingsEvents(prev, cur *snapshot, src Source, now time.Time, evs []Event)
 // changedKeys lists the keys whose resolved values differ between two snapshots.
 func changedKeys(a, b *snapshot) []string {
 	delim := b.scan.delim
-	fa, fb := flatten(a.v.AllSettings(), delim), flatten(b.v.AllSettings(), delim)
+	fa, fb := viperlayers.Flatten(a.v.AllSettings(), delim), viperlayers.Flatten(b.v.AllSettings(), delim)
 	var keys []string
 	for k, va := range fa {
 		if vb, ok := fb[k]; !ok || !reflect.DeepEqual(va, vb) {
@@ -185,22 +186,6 @@ func changedKeys(a, b *snapshot) []string {
 	return keys
 }
 
-func flatten(m map[string]any, delim string) map[string]any {
-	out := map[string]any{}
-	var walk func(prefix string, m map[string]any)
-	walk = func(prefix string, m map[string]any) {
-		for k, v := range m {
-			if sub, ok := v.(map[string]any); ok && len(sub) > 0 {
-				walk(prefix+k+delim, sub)
-				continue
-			}
-			out[prefix+k] = v
-		}
-	}
-	walk("", m)
-	return out
-}
-
 // keysByRef maps each secret to the config keys that reference it, sorted.
 func (sc *scan) keysByRef() map[Reference][]string {
 	out := map[Reference][]string{}
@@ -209,7 +194,7 @@ func (sc *scan) keysByRef() map[Reference][]string {
 		if !ok {
 			continue
 		}
-		for _, r := range t.refs() {
+		for _, r := range refsOf(t) {
 			if ks := out[r.key()]; len(ks) == 0 || ks[len(ks)-1] != k {
 				out[r.key()] = append(ks, k)
 			}

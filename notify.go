@@ -2,13 +2,11 @@ package viperkv
 
 import (
 	"context"
-	"crypto/sha256"
 	"fmt"
 	"math/rand/v2"
 	"net/url"
 	"slices"
 	"strings"
-	"sync"
 	"time"
 
 	"github.com/viperkv/viperkv/internal/kvname"
@@ -100,24 +98,24 @@ func (p *Provider) Notify(ctx context.Context, c Notice) (err error) {
 		}
 		return ignore("no versionless reference names the secret")
 	}
-	if p.push.seenID(c.ID) {
+	if p.push.SeenID(c.ID) {
 		return ignore("duplicate delivery")
 	}
 	switch held := heldVersions(cur, key); {
 	case c.Type == NoticeNewVersion && allEqual(held, c.Version):
-		p.push.rememberID(c.ID)
+		p.push.RememberID(c.ID)
 		return ignore("version already held")
-	case !slices.Contains(held, c.Version) && p.push.wasHeld(key, c.Version):
-		p.push.rememberID(c.ID)
+	case !slices.Contains(held, c.Version) && p.push.WasHeld(key, c.Version):
+		p.push.RememberID(c.ID)
 		return ignore("an older version than the one held")
 	case c.Type != NoticeNewVersion && slices.Contains(held, c.Version):
 		return p.noteExpiry(ctx, c, key)
 	}
 	// A new version, or an expiry notice for a version not seen yet: fetch the latest.
-	if !p.push.start(key, c.Version) {
+	if !p.push.Start(key, c.Version) {
 		return ignore("the same change is being handled")
 	}
-	defer p.push.finish(key, c.Version)
+	defer p.push.Finish(key, c.Version)
 	if err := p.pushDelay(ctx); err != nil {
 		return err
 	}
@@ -126,14 +124,14 @@ func (p *Provider) Notify(ctx context.Context, c Notice) (err error) {
 	cur = p.cur.Load()
 	refs := versionless(cur, key)
 	if c.Type == NoticeNewVersion && allEqual(heldVersions(cur, key), c.Version) {
-		p.push.rememberID(c.ID)
+		p.push.RememberID(c.ID)
 		return ignore("version fetched meanwhile")
 	}
 	snap, err := p.update(ctx, SourcePush, cur.base, cur.scan, refs)
 	if err != nil {
 		return fmt.Errorf("viperkv: Notify: %w", err)
 	}
-	p.push.rememberID(c.ID)
+	p.push.RememberID(c.ID)
 	var failed []ReferenceStatus
 	for _, st := range failures(snap.status) {
 		if st.Reference.Version == "" && st.Reference.Vault == key.vault && strings.EqualFold(st.Reference.Name, key.name) {
@@ -178,13 +176,13 @@ func (p *Provider) newToSource(ctx context.Context, c Notice, key pushKey, ignor
 	if !p.sourceTakes(c.Vault, c.Name, nil) {
 		return ignore("no vault source takes the secret")
 	}
-	if p.push.seenID(c.ID) {
+	if p.push.SeenID(c.ID) {
 		return ignore("duplicate delivery")
 	}
-	if !p.push.start(key, c.Version) {
+	if !p.push.Start(key, c.Version) {
 		return ignore("the same change is being handled")
 	}
-	defer p.push.finish(key, c.Version)
+	defer p.push.Finish(key, c.Version)
 	if err := p.pushDelay(ctx); err != nil {
 		return err
 	}
@@ -194,7 +192,7 @@ func (p *Provider) newToSource(ctx context.Context, c Notice, key pushKey, ignor
 	if ctx.Err() != nil {
 		return ctx.Err()
 	}
-	p.push.rememberID(c.ID)
+	p.push.RememberID(c.ID)
 	if err != nil {
 		return ignore("the secret could not be fetched: " + err.Error())
 	}
@@ -220,7 +218,7 @@ func (p *Provider) noteExpiry(ctx context.Context, c Notice, key pushKey) error 
 		p.sched.tell(r, expiryNote{version: c.Version, expired: c.Type == NoticeExpired, expires: c.Expires})
 	}
 	_, err := p.update(ctx, SourcePush, cur.base, cur.scan, nil)
-	p.push.rememberID(c.ID)
+	p.push.RememberID(c.ID)
 	return err
 }
 
@@ -303,109 +301,6 @@ func allEqual(vs []string, v string) bool {
 	return len(vs) > 0
 }
 
-// pushState is what Notify remembers between changes: recent event ids, the versions each
-// secret held before (so a late event for an older version is recognised without a GET)
-// and the changes being handled.
-type pushState struct {
-	mu       sync.Mutex
-	ids      map[idDigest]struct{} // digests, so memory is bounded however long ids are
-	idOrder  []idDigest
-	history  map[pushKey][]string
-	inflight map[pushKey][]string
-}
-
-// Bounds of pushState's memory: enough for any burst of redeliveries.
-const (
-	maxRememberedIDs      = 4096
-	maxRememberedVersions = 16
-)
-
-// idDigest identifies a notice's id: the first 16 bytes of its SHA-256.
-type idDigest [16]byte
-
-func digestOf(id string) idDigest {
-	sum := sha256.Sum256([]byte(id))
-	return idDigest(sum[:16])
-}
-
-func (s *pushState) seenID(id string) bool {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	_, ok := s.ids[digestOf(id)]
-	return id != "" && ok
-}
-
-func (s *pushState) rememberID(id string) {
-	if id == "" {
-		return
-	}
-	d := digestOf(id)
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	if s.ids == nil {
-		s.ids = map[idDigest]struct{}{}
-	}
-	if _, ok := s.ids[d]; ok {
-		return
-	}
-	s.ids[d] = struct{}{}
-	s.idOrder = append(s.idOrder, d)
-	if len(s.idOrder) > maxRememberedIDs {
-		delete(s.ids, s.idOrder[0])
-		s.idOrder = s.idOrder[1:]
-	}
-}
-
-// heldBefore records that key held version until now.
-func (s *pushState) heldBefore(key pushKey, version string) {
-	if version == "" {
-		return
-	}
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	if s.history == nil {
-		s.history = map[pushKey][]string{}
-	}
-	h := s.history[key]
-	if slices.Contains(h, version) {
-		return
-	}
-	h = append(h, version)
-	if len(h) > maxRememberedVersions {
-		h = h[1:]
-	}
-	s.history[key] = h
-}
-
-func (s *pushState) wasHeld(key pushKey, version string) bool {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return slices.Contains(s.history[key], version)
-}
-
-// start marks a change as being handled; false when it already is.
-func (s *pushState) start(key pushKey, version string) bool {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	if slices.Contains(s.inflight[key], version) {
-		return false
-	}
-	if s.inflight == nil {
-		s.inflight = map[pushKey][]string{}
-	}
-	s.inflight[key] = append(s.inflight[key], version)
-	return true
-}
-
-func (s *pushState) finish(key pushKey, version string) {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	s.inflight[key] = slices.DeleteFunc(s.inflight[key], func(v string) bool { return v == version })
-	if len(s.inflight[key]) == 0 {
-		delete(s.inflight, key)
-	}
-}
-
 // recordHistory remembers the versions next replaced in prev. The caller holds updateMu.
 func (p *Provider) recordHistory(prev *snapshot, secrets map[Reference]*secret) {
 	if prev == nil {
@@ -413,7 +308,7 @@ func (p *Provider) recordHistory(prev *snapshot, secrets map[Reference]*secret) 
 	}
 	for r, old := range prev.secrets {
 		if s, ok := secrets[r]; r.Version == "" && old.has && (!ok || !s.has || s.version != old.version) {
-			p.push.heldBefore(pushKeyOf(r), strings.ToLower(old.version))
+			p.push.HeldBefore(pushKeyOf(r), strings.ToLower(old.version))
 		}
 	}
 }

@@ -9,6 +9,8 @@ import (
 	"testing"
 	"testing/synctest"
 	"time"
+
+	"github.com/viperkv/viperkv/internal/logtest"
 )
 
 const pushDoc = "db:\n  conn: \"@KeyVault(VaultName=myvault;SecretName=conn)\"\n" +
@@ -199,7 +201,7 @@ func TestNotifyEdges(t *testing.T) {
 		src := newFakeSource()
 		v1 := src.set("myvault", "conn", "conn-v1")
 		src.set("myvault", "other", "other-v1")
-		var logs logSink
+		var logs logtest.Buffer
 		p := newFakeProvider(t, src, YAMLViper(t, strings.Replace(pushDoc, "%s", v1, 1)),
 			WithLogger(slog.New(slog.NewTextHandler(&logs, &slog.HandlerOptions{Level: slog.LevelDebug}))))
 		ctx := context.Background()

@@ -20,6 +20,8 @@ import (
 
 	"github.com/viperkv/viperkv/internal/driver"
 	"github.com/viperkv/viperkv/internal/driver/azvault"
+	"github.com/viperkv/viperkv/internal/fanout"
+	"github.com/viperkv/viperkv/internal/notice"
 	"github.com/viperkv/viperkv/internal/viperlayers"
 )
 
@@ -44,7 +46,7 @@ type Provider struct {
 	transport policy.Transporter     // what reader sends through, refusing redirects
 	failover  failover               // WithVaultFailover's secondaries by primary
 	snap      *snapshotState         // WithSnapshot's file; nil without it
-	notify    notifier
+	notify    *fanout.Fanout[Event]
 
 	// updateMu serialises everything that publishes a configuration: Load, Refresh, poll
 	// cycles and file reloads. It guards the fields below it. Readers never take it.
@@ -57,8 +59,8 @@ type Provider struct {
 	lists    map[string]*vaultList // what listing each vault has taught (version checks)
 	sources  sourcesState          // what the vault sources gave
 
-	push   pushState // what Notify remembers; its own lock, so a delivery never waits on a Load to be judged
-	pushes pushQueue // notices Enqueue accepted
+	push   notice.Memory[pushKey] // what Notify remembers; its own lock, so a delivery never waits on a Load to be judged
+	pushes pushQueue              // notices Enqueue accepted
 	tel    *telemetry
 	health atomic.Pointer[healthState] // what update last learned of each secret's freshness
 
@@ -110,7 +112,7 @@ func (p *Provider) Close() error {
 	p.lifeMu.Unlock()
 	p.end()
 	p.ops.Wait()
-	p.notify.close()
+	p.notify.Close()
 	p.unobserve()
 	return p.reader.Close()
 }
@@ -207,7 +209,7 @@ func New(v *viper.Viper, opts ...Option) (*Provider, error) {
 		src:       v,
 		opts:      o,
 		parse:     o.parseConfig(),
-		notify:    notifier{log: o.logger},
+		notify:    fanout.New(o.logger, eventAttrs),
 		sched:     newSchedule(o),
 		lists:     map[string]*vaultList{},
 		wake:      make(chan struct{}, 1),

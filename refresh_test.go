@@ -15,6 +15,7 @@ import (
 	"github.com/spf13/viper"
 
 	"github.com/viperkv/viperkv"
+	"github.com/viperkv/viperkv/internal/logtest"
 	"github.com/viperkv/viperkv/kvtest"
 )
 
@@ -143,7 +144,7 @@ func TestSentinelNeverLeaksDuringWatch(t *testing.T) {
 	srv, kv := newVault(t, "myvault")
 	kv.SetSecret("pw", sentinel+"-1")
 	kv.SetSecret("other", sentinel+"-other")
-	var logs logBuffer
+	var logs logtest.Buffer
 	logger := slog.New(slog.NewJSONHandler(&logs, &slog.HandlerOptions{Level: slog.LevelDebug}))
 
 	doc := "db:\n  pw: \"@KeyVault(VaultName=myvault;SecretName=pw)\"\n  dsn: \"user=app password=@KeyVault(SecretUri=https://myvault.vault.azure.net/secrets/pw/) sslmode=require\"\n  pool: 5\n"

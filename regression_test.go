@@ -13,6 +13,8 @@ import (
 	"testing"
 	"testing/synctest"
 	"time"
+
+	"github.com/viperkv/viperkv/internal/logtest"
 )
 
 // Regression tests for the defects of issue #11, each of which failed on the code before
@@ -122,7 +124,7 @@ func TestFileEditMakingAReferenceMalformed(t *testing.T) {
 	synctest.Test(t, func(t *testing.T) {
 		src := newFakeSource()
 		src.set("myvault", "conn", "conn-v1")
-		var logs logSink
+		var logs logtest.Buffer
 		good := "db:\n  conn: \"@KeyVault(VaultName=myvault;SecretName=conn)\"\nname: v1\n"
 		p := loadFake(t, src, good, WithLogger(slog.New(slog.NewTextHandler(&logs, nil))))
 		rec := record(p)

@@ -11,6 +11,7 @@ import (
 
 	"github.com/spf13/viper"
 
+	"github.com/viperkv/viperkv/internal/grammar"
 	"github.com/viperkv/viperkv/internal/suggest"
 	"github.com/viperkv/viperkv/internal/viperlayers"
 )
@@ -70,7 +71,7 @@ func scanView(base *viper.Viper, keys []string, pc parseConfig, imported map[str
 	for _, root := range keys {
 		viperlayers.Walk(root, base.Get(root), delim, func(key, s string) {
 			if r, ok := imported[key]; ok {
-				sc.templates[key], sc.roots[key] = template{parts: []part{{ref: &r, text: r.String()}}}, root
+				sc.templates[key], sc.roots[key] = template{Parts: []grammar.Part{{Ref: (*grammar.Ref)(&r), Text: r.String()}}}, root
 				return
 			}
 			t, err := parseTemplate(key, s, pc)
@@ -80,7 +81,7 @@ func scanView(base *viper.Viper, keys []string, pc parseConfig, imported map[str
 				sc.invalid[key], sc.roots[key] = re, root
 			case err != nil:
 				sc.invalid[key], sc.roots[key] = &ReferenceError{Key: key, Status: StatusInvalidSyntax, Reason: err.Error()}, root
-			case t.needsRender():
+			case t.NeedsRender():
 				sc.templates[key], sc.roots[key] = t, root
 			}
 			if HasReference(s) {
@@ -95,7 +96,13 @@ func scanView(base *viper.Viper, keys []string, pc parseConfig, imported map[str
 // and makes a snapshot. A key whose references cannot all be rendered keeps its value from
 // prev, if prev had one: a good value is never replaced by nothing; else it is left out.
 func build(base *viper.Viper, sc *scan, secrets map[Reference]*secret, prev *snapshot) *snapshot {
-	r := newRenderer(secrets)
+	r := grammar.NewRenderer(func(ref grammar.Ref) (string, string, bool) {
+		s, ok := secrets[Reference(ref).key()]
+		if !ok || !s.has {
+			return "", "", false
+		}
+		return s.value, s.version, true
+	})
 	rendered := map[string]any{}
 	kept := map[string]bool{}
 	value := func(key, s string) (any, bool) {
@@ -105,7 +112,7 @@ func build(base *viper.Viper, sc *scan, secrets map[Reference]*secret, prev *sna
 			return s, true
 		}
 		if isRef {
-			if v, ok := r.render(key, t); ok {
+			if v, ok := r.Render(key, t); ok {
 				rendered[key] = v
 				return v, true
 			}
@@ -127,10 +134,10 @@ func build(base *viper.Viper, sc *scan, secrets map[Reference]*secret, prev *sna
 			continue
 		}
 		t := sc.templates[key]
-		texts := t.written()
-		for i, p := range t.refParts() {
-			ref := *p.ref
-			st := ReferenceStatus{Key: key, Written: texts[i], Reference: ref, Status: StatusInitialized, Optional: p.shape.optional}
+		texts := t.Written()
+		for i, p := range t.RefParts() {
+			ref := Reference(*p.Ref)
+			st := ReferenceStatus{Key: key, Written: texts[i], Reference: ref, Status: StatusInitialized, Optional: p.Shape.Optional}
 			if s, ok := secrets[ref.key()]; ok {
 				st.Status, st.Reason, st.Took = s.status, s.reason, s.took
 				if s.has {
@@ -138,8 +145,8 @@ func build(base *viper.Viper, sc *scan, secrets map[Reference]*secret, prev *sna
 					st.ServedBy = cmp.Or(s.servedBy, ref.Vault)
 				}
 			}
-			if se := r.failed[refAt{key, i}]; se != nil {
-				st.Status, st.Reason = se.status, se.reason
+			if se := r.Failed(key, i); se != nil {
+				st.Status, st.Reason = Status(se.Status), se.Reason
 			}
 			status = append(status, st)
 		}
@@ -181,7 +188,7 @@ func (s *snapshot) masked() map[string]any {
 		if _, text := val.(string); !text {
 			return maskTree(val), true // a shaped whole value: each leaf masked
 		}
-		return t.render(func(Reference) (string, bool) { return Mask, true })
+		return t.Render(func(grammar.Ref) (string, bool) { return Mask, true })
 	})
 	return v.AllSettings()
 }
@@ -251,8 +258,8 @@ func unnamedEnvRefs(v *viper.Viper, read map[string]bool, pc parseConfig) []Refe
 			reason += fmt.Sprintf("; or, if the variable is misspelled, it may be meant for the key %s", near)
 		}
 		st := ReferenceStatus{Key: key, Status: StatusEnvKeyNotNamed, Reason: reason}
-		if t, err := parseTemplate(key, value, pc); err == nil && t.hasRefs() {
-			st.Reference, st.Written = t.refs()[0], t.written()[0]
+		if t, err := parseTemplate(key, value, pc); err == nil && t.HasRefs() {
+			st.Reference, st.Written = refsOf(t)[0], t.Written()[0]
 		}
 		out = append(out, st)
 	}
@@ -265,7 +272,7 @@ func (sc *scan) distinct() []Reference {
 	seen := map[Reference]bool{}
 	var out []Reference
 	for _, k := range sc.keys() {
-		for _, r := range sc.templates[k].refs() {
+		for _, r := range refsOf(sc.templates[k]) {
 			if k := r.key(); !seen[k] {
 				seen[k] = true
 				out = append(out, k)

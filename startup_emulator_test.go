@@ -19,6 +19,7 @@ import (
 	"github.com/Azure/azure-sdk-for-go/sdk/azidentity"
 
 	"github.com/viperkv/viperkv"
+	"github.com/viperkv/viperkv/internal/logtest"
 	"github.com/viperkv/viperkv/kvtest"
 )
 
@@ -110,7 +111,7 @@ func retryLogLines(logs string) []string {
 	return out
 }
 
-func debugLog(buf *logBuffer) viperkv.Option {
+func debugLog(buf *logtest.Buffer) viperkv.Option {
 	return viperkv.WithLogger(slog.New(slog.NewTextHandler(buf, &slog.HandlerOptions{Level: slog.LevelDebug})))
 }
 
@@ -136,7 +137,7 @@ func TestLoadWaitsForLateIdentityEndpoint(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	var sdkLogs, ownLogs logBuffer
+	var sdkLogs, ownLogs logtest.Buffer
 	providers := map[string]*viperkv.Provider{}
 	for name, opts := range map[string][]viperkv.Option{
 		"default credential":         {viperkv.WithManagedIdentity(azidentity.ClientID(withSDKRetries.ClientID)), debugLog(&sdkLogs)},
@@ -225,7 +226,7 @@ func TestLoadFailsPermanentAtOnceAndRetriesTransient(t *testing.T) {
 	flaky.SetSecret("s", "flaky-value")
 	flaky.InjectFault(kvtest.OpGetSecret, kvtest.Fault{Status: http.StatusServiceUnavailable, Times: 4})
 
-	var logs logBuffer
+	var logs logtest.Buffer
 	p, err := viperkv.New(yamlViper(t, `
 present: "@KeyVault(VaultName=permvault;SecretName=present)"
 missing: "@KeyVault(VaultName=permvault;SecretName=absent)"

@@ -9,6 +9,8 @@ import (
 	"testing"
 	"testing/synctest"
 	"time"
+
+	"github.com/viperkv/viperkv/internal/logtest"
 )
 
 // Start-up resilience: Load and Refresh retry transient failures with back-off until the
@@ -23,7 +25,7 @@ db:
 `
 
 // debugLogger returns a logger writing Debug and above to sink.
-func debugLogger(sink *logSink) *slog.Logger {
+func debugLogger(sink *logtest.Buffer) *slog.Logger {
 	return slog.New(slog.NewTextHandler(sink, &slog.HandlerOptions{Level: slog.LevelDebug}))
 }
 
@@ -107,7 +109,7 @@ func TestLoadWaitsForIdentityEndpoint(t *testing.T) {
 			src.flakyUntil("myvault", name, StatusMSINotEnabled,
 				"no managed identity endpoint is available: dial tcp 127.0.0.1:41234: connect: connection refused", start.Add(up))
 		}
-		var logs logSink
+		var logs logtest.Buffer
 		p := newFakeProvider(t, src, YAMLViper(t, startupDoc+"api: \"@KeyVault(VaultName=myvault;SecretName=t)\"\n"),
 			WithLogger(debugLogger(&logs)))
 		if err := p.Load(context.Background()); err != nil {
@@ -394,7 +396,7 @@ func TestPollAndNotifyDoNotRetryInCycle(t *testing.T) {
 		const retryMin = 30 * time.Second
 		src := newFakeSource()
 		src.set("myvault", "s", "value-1")
-		var logs logSink
+		var logs logtest.Buffer
 		p := loadFake(t, src, startupDoc, WithLogger(debugLogger(&logs)), WithVersionCheck(VersionCheckGet),
 			WithRefreshInterval(time.Minute), WithRetryBackoff(retryMin, 5*time.Minute))
 		src.flaky("myvault", "s", StatusOtherReasons, "GET https://myvault.vault.azure.net/secrets/s: 503 ServiceUnavailable", -1)

@@ -1,7 +1,6 @@
 package viperkv_test
 
 import (
-	"bytes"
 	"context"
 	"crypto/ecdsa"
 	"crypto/elliptic"
@@ -24,6 +23,7 @@ import (
 	"github.com/spf13/viper"
 
 	"github.com/viperkv/viperkv"
+	"github.com/viperkv/viperkv/internal/logtest"
 	"github.com/viperkv/viperkv/kvtest"
 )
 
@@ -136,24 +136,6 @@ type followingTransport struct{ c *http.Client }
 
 func (f followingTransport) Do(req *http.Request) (*http.Response, error) { return f.c.Do(req) }
 
-// redirLog collects a provider's log output.
-type redirLog struct {
-	mu  sync.Mutex
-	buf bytes.Buffer
-}
-
-func (l *redirLog) Write(p []byte) (int, error) {
-	l.mu.Lock()
-	defer l.mu.Unlock()
-	return l.buf.Write(p)
-}
-
-func (l *redirLog) String() string {
-	l.mu.Lock()
-	defer l.mu.Unlock()
-	return l.buf.String()
-}
-
 // redirLoad runs New and Load and returns the status of key "k" and everything the provider
 // said: the Load error, every status reason and the log.
 func redirLoad(t *testing.T, opts ...viperkv.Option) (viperkv.ReferenceStatus, string) {
@@ -163,7 +145,7 @@ func redirLoad(t *testing.T, opts ...viperkv.Option) (viperkv.ReferenceStatus, s
 	if err := v.ReadConfig(strings.NewReader(redirRef)); err != nil {
 		t.Fatal(err)
 	}
-	var log redirLog
+	var log logtest.Buffer
 	opts = append(opts, viperkv.WithLogger(slog.New(slog.NewTextHandler(&log, &slog.HandlerOptions{Level: slog.LevelDebug}))))
 	p, err := viperkv.New(v, opts...)
 	if err != nil {

@@ -10,6 +10,7 @@ import (
 	"github.com/spf13/viper"
 
 	"github.com/viperkv/viperkv"
+	"github.com/viperkv/viperkv/internal/logtest"
 	"github.com/viperkv/viperkv/kvtest"
 )
 
@@ -39,7 +40,7 @@ func TestVaultSourceListedNameIsNotAReference(t *testing.T) {
 		listItem(`"https://myvault.vault.azure.net/secrets/x)@KeyVault(VaultName=other;SecretName=admin"`),
 		listItem(`"https://myvault.vault.azure.net/secrets/good"`))
 	kv.InjectFault(kvtest.OpListSecrets, kvtest.Fault{Body: forged})
-	logs := &redirLog{}
+	logs := &logtest.Buffer{}
 	p, err := importProvider(t, srv, nil, logs, viperkv.WithVaultSource("myvault"))
 	if err != nil {
 		t.Fatalf("Load: %v", err)
@@ -98,7 +99,7 @@ func TestMalformedListItemsAreSkipped(t *testing.T) {
 		srv, kv := importVault(t)
 		kv.SetSecret("good", "good-value")
 		kv.InjectFault(kvtest.OpListSecrets, kvtest.Fault{Body: listPage("null", items("good")...)})
-		p, err := importProvider(t, srv, nil, &redirLog{}, viperkv.WithVaultSource("myvault"))
+		p, err := importProvider(t, srv, nil, &logtest.Buffer{}, viperkv.WithVaultSource("myvault"))
 		if err != nil {
 			t.Fatalf("Load: %v", err)
 		}
@@ -120,7 +121,7 @@ func TestMalformedListItemsAreSkipped(t *testing.T) {
 		v := viper.New()
 		v.Set("a", "@KeyVault(VaultName=myvault;SecretName=a)")
 		v.Set("b", "@KeyVault(VaultName=myvault;SecretName=b)")
-		p, err := importProvider(t, srv, v, &redirLog{}, viperkv.WithVersionCheck(viperkv.VersionCheckList),
+		p, err := importProvider(t, srv, v, &logtest.Buffer{}, viperkv.WithVersionCheck(viperkv.VersionCheckList),
 			viperkv.WithRefreshInterval(200*time.Millisecond))
 		if err != nil {
 			t.Fatal(err)
@@ -153,7 +154,7 @@ func TestListNextLinkLoops(t *testing.T) {
 			v := viper.New()
 			v.Set("a", "@KeyVault(VaultName=myvault;SecretName=a)")
 			v.Set("b", "@KeyVault(VaultName=myvault;SecretName=b)")
-			p, err := importProvider(t, srv, v, &redirLog{}, viperkv.WithVersionCheck(viperkv.VersionCheckList),
+			p, err := importProvider(t, srv, v, &logtest.Buffer{}, viperkv.WithVersionCheck(viperkv.VersionCheckList),
 				viperkv.WithRefreshInterval(200*time.Millisecond), viperkv.WithFetchTimeout(30*time.Second))
 			if err != nil {
 				t.Fatal(err)
@@ -175,7 +176,7 @@ func TestListNextLinkLoops(t *testing.T) {
 	t.Run("vault source", func(t *testing.T) {
 		srv, kv := importVault(t)
 		kv.SetSecret("good", "good-value")
-		p, err := importProvider(t, srv, nil, &redirLog{}, viperkv.WithVaultSource("myvault"), viperkv.WithFetchTimeout(30*time.Second))
+		p, err := importProvider(t, srv, nil, &logtest.Buffer{}, viperkv.WithVaultSource("myvault"), viperkv.WithFetchTimeout(30*time.Second))
 		if err != nil {
 			t.Fatal(err)
 		}

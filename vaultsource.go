@@ -97,10 +97,9 @@ func (s *vaultSource) resolveHost(pc parseConfig) error {
 	v := strings.ToLower(strings.TrimSpace(s.raw))
 	v = strings.TrimSuffix(strings.TrimPrefix(v, "https://"), "/")
 	if v != "" && !strings.Contains(v, ".") {
-		v += "." + pc.cloudOrDefault().VaultSuffix()
+		v += "." + pc.Suffix()
 	}
-	r, err := ParseReference("@KeyVault(SecretUri=https://"+v+"/secrets/probe/)", WithCloud(pc.cloudOrDefault()),
-		WithAllowedHosts(slices.Collect(maps.Keys(pc.allowedHosts))...))
+	r, err := parseOne("@KeyVault(SecretUri=https://"+v+"/secrets/probe/)", pc)
 	if err != nil || v == "" {
 		return fmt.Errorf("viperkv: New: WithVaultSource(%q): not a vault this provider may read (%v)", s.raw, err)
 	}
@@ -466,7 +465,7 @@ func (p *Provider) untagged(sc *scan, fetched map[Reference]*secret) {
 	}
 	for key, t := range sc.templates {
 		if _, imp := sc.imported[key]; !imp {
-			for _, r := range t.refs() {
+			for _, r := range refsOf(t) {
 				delete(onlyImported, r.key()) // a reference of the app's own reads it too
 			}
 		}

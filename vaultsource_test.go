@@ -12,6 +12,7 @@ import (
 	"github.com/spf13/viper"
 
 	"github.com/viperkv/viperkv"
+	"github.com/viperkv/viperkv/internal/logtest"
 	"github.com/viperkv/viperkv/kvtest"
 )
 
@@ -24,7 +25,7 @@ func importVault(t *testing.T, opts ...kvtest.Option) (*kvtest.Server, *kvtest.V
 	return srv, kv
 }
 
-func importProvider(t *testing.T, srv *kvtest.Server, v *viper.Viper, logs *redirLog, opts ...viperkv.Option) (*viperkv.Provider, error) {
+func importProvider(t *testing.T, srv *kvtest.Server, v *viper.Viper, logs *logtest.Buffer, opts ...viperkv.Option) (*viperkv.Provider, error) {
 	t.Helper()
 	if v == nil {
 		v = viper.New()
@@ -53,7 +54,7 @@ func TestVaultSourceMapsAndFilters(t *testing.T) {
 	for i := range 40 { // more than a page, with short pages
 		kv.SetSecret(fmt.Sprintf("orders--Bulk--S%02d", i), fmt.Sprintf("bulk-%02d", i), prod)
 	}
-	logs := &redirLog{}
+	logs := &logtest.Buffer{}
 	p, err := importProvider(t, srv, nil, logs, viperkv.WithVaultSource("https://myvault.vault.azure.net",
 		viperkv.SecretPrefix("ORDERS--"), viperkv.SecretTags(map[string]string{"env": "prod"})))
 	var le *viperkv.LoadError
@@ -98,7 +99,7 @@ func TestVaultSourcePrecedence(t *testing.T) {
 	v.SetEnvKeyReplacer(strings.NewReplacer(".", "_"))
 	v.AutomaticEnv()
 	t.Setenv("APP_API_KEY", "from-env")
-	logs := &redirLog{}
+	logs := &logtest.Buffer{}
 	p, err := importProvider(t, srv, v, logs, viperkv.WithVaultSource("myvault",
 		viperkv.SecretKeys(func(name string) (string, bool) {
 			return strings.ReplaceAll(strings.TrimSuffix(strings.ToLower(name), "-v2"), "--", "."), true
@@ -138,7 +139,7 @@ func TestVaultSourceDuringWatch(t *testing.T) {
 	kv.SetSecret("App--Keep", "keep-1")
 	kv.SetSecret("App--Doomed", "doomed")
 	kv.SetSecret("Other--Gone", "gone")
-	logs := &redirLog{}
+	logs := &logtest.Buffer{}
 	p, err := importProvider(t, srv, nil, logs, viperkv.WithRefreshInterval(100*time.Millisecond),
 		viperkv.WithVaultSource("myvault", viperkv.SecretPrefix("app--")),
 		viperkv.WithVaultSource("myvault", viperkv.SecretPrefix("other--"), viperkv.SecretGrace(300*time.Millisecond)))
@@ -203,7 +204,7 @@ func TestVaultSourceListForbidden(t *testing.T) {
 	kv.SetSecret("Db--Password", "x")
 	kv.SetSecret("plain", "plain-value")
 	kv.InjectFault(kvtest.OpListSecrets, kvtest.Fault{Status: 403})
-	logs := &redirLog{}
+	logs := &logtest.Buffer{}
 	p, err := importProvider(t, srv, yamlViper(t, "plain: \"@KeyVault(VaultName=myvault;SecretName=plain)\"\n"), logs,
 		viperkv.WithVaultSource("myvault"))
 	var ve *viperkv.VaultSourceError
@@ -226,7 +227,7 @@ func TestVaultSourcesReport(t *testing.T) {
 	kv.SetSecret("App--B", "b", kvtest.WithEnabled(false))
 	kv.SetSecret("App--C", "c", kvtest.WithNotBefore(time.Now().Add(time.Hour)))
 	kv.SetSecret("Other", "o")
-	logs := &redirLog{}
+	logs := &logtest.Buffer{}
 	p, err := importProvider(t, srv, nil, logs, viperkv.WithVaultSource("myvault", viperkv.SecretPrefix("app--")))
 	if err != nil {
 		t.Fatal(err)
@@ -243,7 +244,7 @@ func TestVaultSourcesReport(t *testing.T) {
 func TestVaultSourceNewSecretByPush(t *testing.T) {
 	srv, kv := importVault(t)
 	kv.SetSecret("App--A", "a")
-	logs := &redirLog{}
+	logs := &logtest.Buffer{}
 	p, err := importProvider(t, srv, nil, logs, viperkv.WithRefreshInterval(time.Hour), viperkv.WithVaultSource("myvault"))
 	if err != nil {
 		t.Fatal(err)
@@ -275,7 +276,7 @@ func TestVaultSourceSectionAndChildSecrets(t *testing.T) {
 	kv.SetSecret("ConnectionStrings", "section-value")
 	kv.SetSecret("ConnectionStrings--Default", "default-conn")
 	v := yamlViper(t, "database:\n  pool_size: 10\n  conn: \"@KeyVault(VaultName=myvault;SecretName=db-conn)\"\n")
-	logs := &redirLog{}
+	logs := &logtest.Buffer{}
 	p, err := importProvider(t, srv, v, logs, viperkv.WithVaultSource("myvault"))
 	if err != nil {
 		t.Fatalf("Load: %v", err)

@@ -23,6 +23,7 @@ import (
 
 	"github.com/viperkv/viperkv"
 	"github.com/viperkv/viperkv/eventgrid"
+	"github.com/viperkv/viperkv/internal/logtest"
 	"github.com/viperkv/viperkv/kvtest"
 )
 
@@ -54,7 +55,7 @@ type egFixture struct {
 	kid      string
 	v1       string // version of myvault/db at Load
 	events   chan viperkv.Event
-	logs     *redirLog
+	logs     *logtest.Buffer
 	sentinel string
 }
 
@@ -64,7 +65,7 @@ type egFixture struct {
 func newEGFixture(t *testing.T, opts ...eventgrid.Option) *egFixture {
 	t.Helper()
 	f := &egFixture{srv: kvtest.NewServerT(t, kvtest.WithSigningKey(egKey())), events: make(chan viperkv.Event, 64),
-		logs: &redirLog{}, sentinel: "sentinel-" + fmt.Sprint(time.Now().UnixNano())}
+		logs: &logtest.Buffer{}, sentinel: "sentinel-" + fmt.Sprint(time.Now().UnixNano())}
 	f.kv = f.srv.AddVault("myvault")
 	f.kv.Grant(f.srv.SystemIdentity(), kvtest.RoleSecretsUser)
 	f.v1 = f.kv.SetSecret("db", f.sentinel+"-v1")

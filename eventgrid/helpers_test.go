@@ -1,10 +1,8 @@
 package eventgrid_test
 
 import (
-	"bytes"
 	"context"
 	"strings"
-	"sync"
 	"testing"
 	"time"
 
@@ -12,24 +10,6 @@ import (
 
 	"github.com/viperkv/viperkv"
 )
-
-// redirLog collects log output written from any goroutine.
-type redirLog struct {
-	mu  sync.Mutex
-	buf bytes.Buffer
-}
-
-func (l *redirLog) Write(p []byte) (int, error) {
-	l.mu.Lock()
-	defer l.mu.Unlock()
-	return l.buf.Write(p)
-}
-
-func (l *redirLog) String() string {
-	l.mu.Lock()
-	defer l.mu.Unlock()
-	return l.buf.String()
-}
 
 // yamlViper returns a Viper holding the YAML document doc, as an app reads its config.
 func yamlViper(t *testing.T, doc string) *viper.Viper {

@@ -19,6 +19,7 @@ import (
 	"software.sslmate.com/src/go-pkcs12"
 
 	"github.com/viperkv/viperkv/internal/certtest"
+	"github.com/viperkv/viperkv/internal/logtest"
 	"github.com/viperkv/viperkv/kvtest"
 )
 
@@ -47,7 +48,7 @@ func verifies(leaf, ca *x509.Certificate, dnsName string) error {
 // 404 CertificateIssuerNotFound, reserved names and a missing provider; the password
 // appears in no answer and no log line.
 func TestCertificateIssuerCRUD(t *testing.T) {
-	var logs lockedBuffer
+	var logs logtest.Buffer
 	srv := newServer(t, kvtest.WithLogger(slog.New(slog.NewTextHandler(&logs, nil))))
 	kv := srv.AddVault("myvault")
 	certs, _ := certClients(t, srv, kv, kvtest.RoleCertificatesOfficer)

@@ -13,7 +13,6 @@ import (
 	"path/filepath"
 	"slices"
 	"strings"
-	"sync"
 	"testing"
 	"time"
 
@@ -22,6 +21,7 @@ import (
 	"github.com/Azure/azure-sdk-for-go/sdk/security/keyvault/azsecrets"
 	"software.sslmate.com/src/go-pkcs12"
 
+	"github.com/viperkv/viperkv/internal/logtest"
 	"github.com/viperkv/viperkv/kvtest"
 )
 
@@ -179,29 +179,11 @@ func TestCertificateCloseStopsRenewals(t *testing.T) {
 	}
 }
 
-// lockedBuffer is a log sink safe for the emulator's goroutines.
-type lockedBuffer struct {
-	mu sync.Mutex
-	b  bytes.Buffer
-}
-
-func (l *lockedBuffer) Write(p []byte) (int, error) {
-	l.mu.Lock()
-	defer l.mu.Unlock()
-	return l.b.Write(p)
-}
-
-func (l *lockedBuffer) String() string {
-	l.mu.Lock()
-	defer l.mu.Unlock()
-	return l.b.String()
-}
-
 // TestCertificateKeyMaterialNeverLogged: no private key, PKCS#12 file or import password
 // appears in the emulator's log or in an error answer, through every path that handles
 // them: create, import (good and refused), the linked secret's reads and conversion.
 func TestCertificateKeyMaterialNeverLogged(t *testing.T) {
-	var logs lockedBuffer
+	var logs logtest.Buffer
 	srv := newServer(t, kvtest.WithCertificateIssueDelay(0), kvtest.WithLogger(slog.New(slog.NewTextHandler(&logs, nil))))
 	kv := srv.AddVault("myvault")
 	certs, secrets := certClients(t, srv, kv, kvtest.RoleAdministrator)

@@ -66,3 +66,20 @@ func Merge(dst, src map[string]any) map[string]any {
 	}
 	return dst
 }
+
+// Flatten returns m's leaves by their whole keys, joined with delim; an empty map is a leaf.
+func Flatten(m map[string]any, delim string) map[string]any {
+	out := map[string]any{}
+	var walk func(prefix string, m map[string]any)
+	walk = func(prefix string, m map[string]any) {
+		for k, v := range m {
+			if sub, ok := v.(map[string]any); ok && len(sub) > 0 {
+				walk(prefix+k+delim, sub)
+				continue
+			}
+			out[prefix+k] = v
+		}
+	}
+	walk("", m)
+	return out
+}

@@ -1,4 +1,4 @@
-package viperkv
+package grammar
 
 import (
 	"bytes"
@@ -29,58 +29,66 @@ import (
 // "/"), it indexes arrays (/hosts/0), and it cannot be confused with Viper's own key
 // delimiter.
 
-// shape holds a reference's Property, Format, Decode and Optional parameters.
-type shape struct {
+// Shape holds a reference's Property, Format, Decode and Optional parameters.
+type Shape struct {
 	pointer  []string // Property's tokens, unescaped; nil when absent
-	property string   // Property as written, for statuses
+	Property string   // Property as written, for statuses
 	format   string   // "", "json" or "yaml"
 	decode   string   // "", "base64", "base64url" or "hex"
-	optional bool
+	// Optional: a missing, disabled or forbidden secret leaves the key out.
+	Optional bool
 }
 
-// plain reports whether the value is substituted as it is.
-func (s shape) plain() bool { return s.pointer == nil && s.format == "" && s.decode == "" }
+// Pointer returns Property's tokens, unescaped, or nil when there is no Property.
+func (s Shape) Pointer() []string { return s.pointer }
 
-// wholeValue reports whether the reference must make up its key's whole value: its result
+// Format returns "json" or "yaml" when the secret is read as a document (a Property
+// implies json), else "".
+func (s Shape) Format() string { return s.format }
+
+// Plain reports whether the value is substituted as it is.
+func (s Shape) Plain() bool { return s.pointer == nil && s.format == "" && s.decode == "" }
+
+// WholeValue reports whether the reference must make up its key's whole value: its result
 // may be a subtree, a number or bytes, which no text can hold.
-func (s shape) wholeValue() bool { return s.decode != "" || (s.format != "" && s.pointer == nil) }
+func (s Shape) WholeValue() bool { return s.decode != "" || (s.format != "" && s.pointer == nil) }
 
 // parseShape reads Property, Format, Decode and Optional (in paramNames' order; "" when
 // absent). It returns a reason when one is malformed.
-func parseShape(val []string) (shape, string) {
+func parseShape(val []string) (Shape, string) {
 	property, format, decode, optional := val[0], val[1], val[2], val[3]
-	var s shape
+	var s Shape
 	if property != "" {
 		ptr, reason := parsePointer(property)
 		if reason != "" {
-			return shape{}, reason
+			return Shape{}, reason
 		}
-		s.pointer, s.property = ptr, property
+		s.pointer, s.Property = ptr, property
 		s.format = "json"
 	}
-	switch f := lowerASCII(format); f {
+	switch f := LowerASCII(format); f {
 	case "":
 	case "json", "yaml":
 		s.format = f
 	default:
-		return shape{}, fmt.Sprintf("Format %s is not json or yaml", kvname.Quote(format))
+		return Shape{}, fmt.Sprintf("Format %s is not json or yaml", kvname.Quote(format))
 	}
-	switch d := lowerASCII(decode); d {
+	switch d := LowerASCII(decode); d {
 	case "":
 	case "base64", "base64url", "hex":
 		s.decode = d
 	default:
-		return shape{}, fmt.Sprintf("Decode %s is not base64, base64url or hex", kvname.Quote(decode))
+		return Shape{}, fmt.Sprintf("Decode %s is not base64, base64url or hex", kvname.Quote(decode))
 	}
 	if s.decode != "" && s.format != "" && s.pointer == nil {
-		return shape{}, "Decode needs a Property: a whole " + s.format + " document is a subtree, not bytes"
+		return Shape{}, "Decode needs a Property: a whole " + s.format + " document is a subtree, not bytes"
 	}
-	switch lowerASCII(optional) {
+	switch LowerASCII(optional) {
 	case "", "false":
 	case "true":
-		s.optional = true
+		s.Optional = true
 	default:
-		return shape{}, fmt.Sprintf("Optional %s is not true or false", kvname.Quote(optional))
+		return Shape{}, fmt.Sprintf("Optional %s is not true or false", kvname.Quote(optional))
 	}
 	return s, ""
 }
@@ -102,33 +110,33 @@ func parsePointer(p string) ([]string, string) {
 	return toks, ""
 }
 
-// shapeError is a reference whose secret was fetched but whose value does not have the
+// ShapeError is a reference whose secret was fetched but whose value does not have the
 // shape the reference asks for.
-type shapeError struct {
-	status Status
-	reason string
+type ShapeError struct {
+	Status Status
+	Reason string
 }
 
-func (e *shapeError) Error() string { return string(e.status) + ": " + e.reason }
+func (e *ShapeError) Error() string { return string(e.Status) + ": " + e.Reason }
 
-// apply gives value the shape s asks for: a string, []byte, a number, a bool, or a
+// Apply gives value the shape s asks for: a string, []byte, a number, a bool, or a
 // subtree (map[string]any, []any) with Viper's lowercase keys. Reasons name the property,
 // never a value. doc caches the parsed document across the references to one secret.
-func (s shape) apply(value string, doc func(format string) (any, error)) (any, *shapeError) {
-	if s.plain() {
+func (s Shape) Apply(value string, doc func(format string) (any, error)) (any, *ShapeError) {
+	if s.Plain() {
 		return value, nil
 	}
 	var out any = value
 	if s.format != "" {
 		d, err := doc(s.format)
 		if err != nil {
-			return nil, &shapeError{StatusSecretFormatInvalid, fmt.Sprintf("the secret is not a %s document: %v", strings.ToUpper(s.format), err)}
+			return nil, &ShapeError{SecretFormatInvalid, fmt.Sprintf("the secret is not a %s document: %v", strings.ToUpper(s.format), err)}
 		}
 		out = d
 		if s.pointer != nil {
 			v, why := lookupPointer(d, s.pointer)
 			if why != "" {
-				return nil, &shapeError{StatusPropertyNotFound, "Property " + kvname.Quote(s.property) + ": " + why}
+				return nil, &ShapeError{PropertyNotFound, "Property " + kvname.Quote(s.Property) + ": " + why}
 			}
 			out = v
 		}
@@ -136,11 +144,11 @@ func (s shape) apply(value string, doc func(format string) (any, error)) (any, *
 	if s.decode != "" {
 		str, ok := out.(string)
 		if !ok {
-			return nil, &shapeError{StatusDecodeFailed, "Property " + kvname.Quote(s.property) + " is not a string, so it cannot be decoded"}
+			return nil, &ShapeError{DecodeFailed, "Property " + kvname.Quote(s.Property) + " is not a string, so it cannot be decoded"}
 		}
 		b, err := decodeValue(s.decode, str)
 		if err != nil {
-			return nil, &shapeError{StatusDecodeFailed, "the value is not " + s.decode + ": " + err.Error()}
+			return nil, &ShapeError{DecodeFailed, "the value is not " + s.decode + ": " + err.Error()}
 		}
 		out = b
 	}

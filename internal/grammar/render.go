@@ -1,4 +1,4 @@
-package viperkv
+package grammar
 
 import (
 	"strconv"
@@ -7,19 +7,23 @@ import (
 	"github.com/viperkv/viperkv/internal/viperlayers"
 )
 
-// renderer renders keys' templates from the secrets of one build, giving each reference
+// Lookup gives a reference's secret value and its version; ok is false when the secret
+// has no value.
+type Lookup func(Ref) (value, version string, ok bool)
+
+// Renderer renders keys' templates from the secrets of one build, giving each reference
 // the shape it asks for. A secret's document is parsed once per build however many
 // references read properties of it.
-type renderer struct {
-	secrets map[Reference]*secret
-	docs    map[docKey]parsedDoc
+type Renderer struct {
+	lookup Lookup
+	docs   map[docKey]parsedDoc
 	// failed holds, by key and reference, the references whose secret was fetched but
 	// whose value does not have the shape asked for.
-	failed map[refAt]*shapeError
+	failed map[refAt]*ShapeError
 }
 
 type docKey struct {
-	ref             Reference // as key() gives it
+	ref             Ref // the name lowercased: Key Vault's names are case-insensitive
 	version, format string
 }
 
@@ -34,34 +38,39 @@ type refAt struct {
 	i   int
 }
 
-func newRenderer(secrets map[Reference]*secret) *renderer {
-	return &renderer{secrets: secrets, docs: map[docKey]parsedDoc{}, failed: map[refAt]*shapeError{}}
+// NewRenderer returns a Renderer of the secrets lookup gives.
+func NewRenderer(lookup Lookup) *Renderer {
+	return &Renderer{lookup: lookup, docs: map[docKey]parsedDoc{}, failed: map[refAt]*ShapeError{}}
 }
 
-// refParts returns the parts that are references, in order.
-func (t template) refParts() []part {
-	var out []part
-	for _, p := range t.parts {
-		if p.ref != nil {
+// Failed returns why the i-th reference of key's value did not render though its secret
+// has a value (its value is not of the shape asked for), or nil.
+func (r *Renderer) Failed(key string, i int) *ShapeError { return r.failed[refAt{key, i}] }
+
+// RefParts returns the parts that are references, in order.
+func (t Template) RefParts() []Part {
+	var out []Part
+	for _, p := range t.Parts {
+		if p.Ref != nil {
 			out = append(out, p)
 		}
 	}
 	return out
 }
 
-// render returns key's value: its template with every reference's value in its shape. A
+// Render returns key's value: its template with every reference's value in its shape. A
 // reference that is a whole value may give a subtree, bytes, a number or a boolean; inside
 // text it must give a string, a number or a boolean. It reports false when a secret has no
-// value or a value is not of its shape (recorded in r.failed).
-func (r *renderer) render(key string, t template) (any, bool) {
-	if len(t.parts) == 1 && t.parts[0].ref != nil {
-		return r.value(key, 0, t.parts[0])
+// value or a value is not of its shape (see Failed).
+func (r *Renderer) Render(key string, t Template) (any, bool) {
+	if len(t.Parts) == 1 && t.Parts[0].Ref != nil {
+		return r.value(key, 0, t.Parts[0])
 	}
 	var b strings.Builder
 	i := 0
-	for _, p := range t.parts {
-		if p.ref == nil {
-			b.WriteString(p.lit)
+	for _, p := range t.Parts {
+		if p.Ref == nil {
+			b.WriteString(p.Lit)
 			continue
 		}
 		v, ok := r.value(key, i, p)
@@ -70,7 +79,7 @@ func (r *renderer) render(key string, t template) (any, bool) {
 		}
 		s, ok := asText(v)
 		if !ok {
-			r.failed[refAt{key, i}] = &shapeError{StatusSecretFormatInvalid, "Property " + quoteProperty(p.shape.property) +
+			r.failed[refAt{key, i}] = &ShapeError{Status: SecretFormatInvalid, Reason: "Property " + quoteProperty(p.Shape.Property) +
 				" points at a " + kindOf(v) + ", which cannot be part of a text: point at a string, number or boolean, or make the reference the whole value"}
 			return nil, false
 		}
@@ -82,19 +91,19 @@ func (r *renderer) render(key string, t template) (any, bool) {
 
 // value is the i-th reference's value in its shape. Subtrees are copies: the parsed
 // document is shared by the references of one build.
-func (r *renderer) value(key string, i int, p part) (any, bool) {
-	s, ok := r.secrets[p.ref.key()]
-	if !ok || !s.has {
+func (r *Renderer) value(key string, i int, p Part) (any, bool) {
+	value, version, ok := r.lookup(*p.Ref)
+	if !ok {
 		return nil, false
 	}
-	if p.shape.plain() {
-		return s.value, true
+	if p.Shape.Plain() {
+		return value, true
 	}
-	v, se := p.shape.apply(s.value, func(format string) (any, error) {
-		k := docKey{p.ref.key(), s.version, format}
+	v, se := p.Shape.Apply(value, func(format string) (any, error) {
+		k := docKey{Ref{p.Ref.Vault, LowerASCII(p.Ref.Name), p.Ref.Version}, version, format}
 		d, ok := r.docs[k]
 		if !ok {
-			d.v, d.err = parseDocument(format, s.value)
+			d.v, d.err = parseDocument(format, value)
 			r.docs[k] = d
 		}
 		return d.v, d.err
