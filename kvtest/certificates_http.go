@@ -897,23 +897,9 @@ func (v *Vault) createCert(w http.ResponseWriter, r *http.Request, rt route) {
 	}
 	op := &certOperation{requestID: randomHex(16), issuer: p.issuer, csr: csrFor(p, signer), status: "inProgress",
 		preserveOrder: body.PreserveCertOrder, issued: cv}
-	v.mu.Lock()
-	if c := v.certs.live[key]; c != nil && c.op != nil && c.op.status == "inProgress" {
-		v.mu.Unlock()
-		// As documented for Key Vault ("Monitor and manage certificate creation"): 409 with
-		// the code Forbidden.
-		v.writeError(w, http.StatusConflict, "Forbidden",
-			"A new key vault certificate can not be created or imported while a pending key vault certificate's status is inProgress.")
+	c := v.lockForNewVersion(w, rt, key, p)
+	if c == nil {
 		return
-	}
-	if why := v.certConflictLocked(key, time.Now()); why != "" {
-		v.mu.Unlock()
-		v.certConflict(w, rt.name, why)
-		return
-	}
-	c := v.certOrNewLocked(rt.name)
-	if c.policy != nil {
-		p.created = c.policy.created
 	}
 	c.policy, c.op, c.preserveOrder = p, op, body.PreserveCertOrder
 	delay := v.srv.certIssueDelay()
@@ -936,6 +922,31 @@ func (v *Vault) createCert(w http.ResponseWriter, r *http.Request, rt route) {
 		url.QueryEscape(r.URL.Query().Get("api-version"))+"&request_id="+op.requestID)
 	h.Set("Retry-After", retryAfterSeconds(delay))
 	writeJSON(w, http.StatusAccepted, out)
+}
+
+// lockForNewVersion takes v.mu for a new version of the certificate rt names (key: its
+// name lowercased) and returns the certificate, its policy's creation time carried over to
+// p. If a version may not be added now it answers w, releases v.mu and returns nil: as
+// documented for Key Vault ("Monitor and manage certificate creation"), 409 Forbidden while
+// an operation is in progress; and 409 while the name is held otherwise (certConflictLocked).
+func (v *Vault) lockForNewVersion(w http.ResponseWriter, rt route, key string, p *certPolicy) *certificate {
+	v.mu.Lock()
+	if c := v.certs.live[key]; c != nil && c.op != nil && c.op.status == "inProgress" {
+		v.mu.Unlock()
+		v.writeError(w, http.StatusConflict, "Forbidden",
+			"A new key vault certificate can not be created or imported while a pending key vault certificate's status is inProgress.")
+		return nil
+	}
+	if why := v.certConflictLocked(key, time.Now()); why != "" {
+		v.mu.Unlock()
+		v.certConflict(w, rt.name, why)
+		return nil
+	}
+	c := v.certOrNewLocked(rt.name)
+	if c.policy != nil {
+		p.created = c.policy.created
+	}
+	return c
 }
 
 // completeCertOpLocked ends a pending operation: the version it issued is added, or, if a
@@ -990,21 +1001,9 @@ func (v *Vault) importCert(w http.ResponseWriter, r *http.Request, rt route) {
 		cv.tags = maps.Clone(*body.Tags)
 	}
 	key := strings.ToLower(rt.name)
-	v.mu.Lock()
-	if c := v.certs.live[key]; c != nil && c.op != nil && c.op.status == "inProgress" {
-		v.mu.Unlock()
-		v.writeError(w, http.StatusConflict, "Forbidden",
-			"A new key vault certificate can not be created or imported while a pending key vault certificate's status is inProgress.")
+	c := v.lockForNewVersion(w, rt, key, p)
+	if c == nil {
 		return
-	}
-	if why := v.certConflictLocked(key, time.Now()); why != "" {
-		v.mu.Unlock()
-		v.certConflict(w, rt.name, why)
-		return
-	}
-	c := v.certOrNewLocked(rt.name)
-	if c.policy != nil {
-		p.created = c.policy.created
 	}
 	c.policy, c.preserveOrder = p, body.PreserveCertOrder
 	v.addCertVersionLocked(c, cv)
