@@ -107,11 +107,7 @@ func runCheck(cmd *cobra.Command, lf *loadFlags, output string, environ, allowEm
 	if environ {
 		refs = addEnvRefs(v, os.Environ())
 	}
-	opts, err := lf.options(cmd.ErrOrStderr())
-	if err != nil {
-		return err
-	}
-	p, err := viperkv.New(v, opts...)
+	p, err := lf.provider(cmd, v)
 	if err != nil {
 		return err
 	}

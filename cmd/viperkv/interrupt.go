@@ -3,11 +3,13 @@ package main
 import (
 	"context"
 	"errors"
+	"fmt"
 	"os"
 	"os/signal"
 	"syscall"
 
 	"github.com/spf13/cobra"
+	"github.com/spf13/viper"
 
 	"github.com/viperkv/viperkv"
 )
@@ -32,4 +34,23 @@ func loadInterruptibly(cmd *cobra.Command, p *viperkv.Provider, nothing string) 
 		<-loaded // Load returns promptly once its context ends
 		return &exitError{code: signalStatus(sig), err: errors.New("interrupted while resolving the references: " + nothing)}
 	}
+}
+
+// provider makes the Provider of v with the options the command's flags give.
+func (f *loadFlags) provider(cmd *cobra.Command, v *viper.Viper) (*viperkv.Provider, error) {
+	opts, err := f.options(cmd.ErrOrStderr())
+	if err != nil {
+		return nil, err
+	}
+	return viperkv.New(v, opts...)
+}
+
+// incomplete adds what a failed Load left undone to its *LoadError; other errors (an
+// interrupt) pass as they are.
+func incomplete(err error, undone string) error {
+	var le *viperkv.LoadError
+	if errors.As(err, &le) {
+		return fmt.Errorf("%w\n%s", err, undone)
+	}
+	return err
 }

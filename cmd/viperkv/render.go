@@ -19,7 +19,6 @@ import (
 	"github.com/spf13/cobra"
 	"github.com/spf13/viper"
 
-	"github.com/viperkv/viperkv"
 	"github.com/viperkv/viperkv/internal/certparse"
 )
 
@@ -282,20 +281,12 @@ func runRender(cmd *cobra.Command, lf *loadFlags, r *renderer, out string) error
 	if err != nil {
 		return err
 	}
-	opts, err := lf.options(cmd.ErrOrStderr())
-	if err != nil {
-		return err
-	}
-	p, err := viperkv.New(v, opts...)
+	p, err := lf.provider(cmd, v)
 	if err != nil {
 		return err
 	}
 	if err := loadInterruptibly(cmd, p, "nothing rendered"); err != nil {
-		var le *viperkv.LoadError
-		if errors.As(err, &le) {
-			return fmt.Errorf("%w\nnothing rendered: %s was left as it was", err, out)
-		}
-		return err
+		return incomplete(err, "nothing rendered: "+out+" was left as it was")
 	}
 	return r.render(p.Viper())
 }

@@ -2,7 +2,6 @@ package main
 
 import (
 	"encoding/json"
-	"errors"
 	"fmt"
 	"io"
 	"strings"
@@ -10,8 +9,6 @@ import (
 	"github.com/spf13/cobra"
 	"github.com/spf13/viper"
 	"go.yaml.in/yaml/v3"
-
-	"github.com/viperkv/viperkv"
 )
 
 func newResolveCmd() *cobra.Command {
@@ -60,20 +57,12 @@ func runResolve(cmd *cobra.Command, lf *loadFlags, format string, reveal bool) e
 	if err != nil {
 		return err
 	}
-	opts, err := lf.options(cmd.ErrOrStderr())
-	if err != nil {
-		return err
-	}
-	p, err := viperkv.New(v, opts...)
+	p, err := lf.provider(cmd, v)
 	if err != nil {
 		return err
 	}
 	if err := loadInterruptibly(cmd, p, "nothing printed"); err != nil {
-		var le *viperkv.LoadError
-		if errors.As(err, &le) {
-			return fmt.Errorf("%w\nnothing printed: the configuration is incomplete", err)
-		}
-		return err
+		return incomplete(err, "nothing printed: the configuration is incomplete")
 	}
 	settings := p.MaskedSettings()
 	if reveal {
