@@ -76,6 +76,20 @@ func token(t *testing.T, key *rsa.PrivateKey, kid string, now time.Time) string 
 	return out
 }
 
+// cancelFirst is a transport on which a cancelled request fails even when its answer came:
+// a real transport races the two, which would let a fetch tied to a request that hung up
+// pass now and then.
+type cancelFirst struct{ base http.RoundTripper }
+
+func (c cancelFirst) RoundTrip(r *http.Request) (*http.Response, error) {
+	resp, err := c.base.RoundTrip(r)
+	if err == nil && r.Context().Err() != nil {
+		resp.Body.Close()
+		return nil, r.Context().Err()
+	}
+	return resp, err
+}
+
 func bearer(ctx context.Context, tok string) *http.Request {
 	r := httptest.NewRequest(http.MethodPost, "/events", nil).WithContext(ctx)
 	r.Header.Set("Authorization", "Bearer "+tok)
@@ -95,7 +109,7 @@ func TestForgedTokenAndHangUpCannotKeepKeysStale(t *testing.T) {
 	advance := func(d time.Duration) { mu.Lock(); clock = clock.Add(d); mu.Unlock() }
 	a := &entraAuth{tenant: "tenant", audiences: []string{"api://hook"}, role: DefaultRole,
 		discovery: tk.srv.URL + "/tenant/v2.0/.well-known/openid-configuration", v1Issuer: "https://sts.windows.net/tenant/",
-		client: tk.srv.Client(), now: now}
+		client: &http.Client{Transport: cancelFirst{tk.srv.Client().Transport}}, now: now}
 
 	old := tk.roll(t, "old")
 	if err := a.check(context.Background(), bearer(context.Background(), token(t, old, "old", now()))); err != nil {
@@ -119,8 +133,7 @@ func TestForgedTokenAndHangUpCannotKeepKeysStale(t *testing.T) {
 	for tk.fetches.Load() == before {
 		time.Sleep(time.Millisecond)
 	}
-	hangUp()
-	time.Sleep(50 * time.Millisecond) // the hang-up reaches the handler before the keys come
+	hangUp() // before the keys come: cancelFirst fails a fetch the hang-up reaches
 	tk.mu.Lock()
 	close(tk.hold)
 	tk.hold = nil

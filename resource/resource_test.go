@@ -144,7 +144,7 @@ func TestResourceSwapsOnRotationAndReleasesAfterLastLease(t *testing.T) {
 	kv, p, f, r := resourceSetup(t, "upstream.api_key")
 	defer r.Close()
 
-	old, done := r.Acquire() // in flight across the rotation
+	old, done := r.Acquire() // in flight across the rotations
 	if old.gen != 1 || old.key != "key-1" {
 		t.Fatalf("first value %+v", old)
 	}
@@ -154,7 +154,13 @@ func TestResourceSwapsOnRotationAndReleasesAfterLastLease(t *testing.T) {
 	if cur.key != "key-2" || r.Err() != nil {
 		t.Fatalf("after rotation: %+v, Err %v", cur, r.Err())
 	}
-	time.Sleep(50 * time.Millisecond)
+	// A second rotation retires generation 2, which no one holds. Its release comes a
+	// rotation after generation 1 was retired: had leases not held generation 1 back, it
+	// would have been released first (waitReleased fails on it).
+	kv.SetSecret("api-key", "key-3")
+	refresh(t, p)
+	waitGen(t, r, 3)
+	waitReleased(t, f, 2)
 	if old.released.Load() != 0 {
 		t.Fatal("the old value was released while a lease on it was held")
 	}
@@ -284,9 +290,20 @@ func TestResourceFirstBuildFails(t *testing.T) {
 	}
 	kv.SetSecret("api-key", "key-2")
 	refresh(t, p)
-	time.Sleep(100 * time.Millisecond)
-	if f.builds() != 0 {
-		t.Fatal("a Resource that failed to start still rebuilds")
+	// A working Resource over the same key, subscribed after the failed one, rebuilds on a
+	// later rotation: by then both rotations were published to every watcher, the failed
+	// one's too had it stayed subscribed, and the first a whole refresh earlier.
+	f2 := newFactory()
+	r2, err := resource.New(context.Background(), p, []string{"upstream.api_key"}, f2.build, f2.release)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer r2.Close()
+	kv.SetSecret("api-key", "key-3")
+	refresh(t, p)
+	waitGen(t, r2, 2)
+	if n := f.tries(); n != 1 {
+		t.Fatalf("a Resource that failed to start still rebuilds: %d build attempts, want the first one", n)
 	}
 	if _, err := resource.New(context.Background(), p, nil, f.build, f.release); err == nil {
 		t.Fatal("New without keys did not fail")
@@ -296,26 +313,32 @@ func TestResourceFirstBuildFails(t *testing.T) {
 func TestResourceCloseWaitsForLeases(t *testing.T) {
 	_, _, f, r := resourceSetup(t, "upstream.api_key")
 	c, done := r.Acquire()
-	closed := make(chan struct{})
-	go func() { r.Close(); close(closed) }()
-	select {
-	case <-closed:
-		t.Fatal("Close returned while a lease was held")
-	case <-time.After(50 * time.Millisecond):
-	}
-	if got, d := r.Acquire(); got != nil {
-		t.Fatalf("Acquire after Close = %+v, want the zero value", got)
-	} else {
+	// Close returns only once the value is released, which the lease holds back: whether it
+	// was is read the moment Close returns, not after a wait a slow machine can outlast.
+	released := make(chan int32, 1)
+	go func() { r.Close(); released <- c.released.Load() }()
+	// Acquire gives the zero value once Close has taken the value out of service: from then
+	// on Close has nothing left to do but wait for the lease.
+	deadline := time.Now().Add(10 * time.Second)
+	for {
+		got, d := r.Acquire()
 		d()
+		if got == nil {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("Acquire after Close = %+v, want the zero value", got)
+		}
+		time.Sleep(time.Millisecond)
 	}
 	done()
 	select {
-	case <-closed:
+	case n := <-released:
+		if n != 1 {
+			t.Fatal("Close returned while a lease was held, before releasing the current value")
+		}
 	case <-time.After(10 * time.Second):
 		t.Fatal("Close did not return after the lease ended")
-	}
-	if c.released.Load() != 1 {
-		t.Fatal("Close did not release the current value")
 	}
 	waitReleased(t, f, 1)
 	r.Close() // twice is fine
