@@ -89,9 +89,10 @@ func TestVaultSourcePrecedence(t *testing.T) {
 	kv.SetSecret("Token", "vault-token")
 	kv.SetSecret("token-ref", "referenced-token")
 	kv.SetSecret("Pool", "vault-pool")
-	kv.SetSecret("Name", "older")
-	time.Sleep(1100 * time.Millisecond) // one-second timestamps: "Name-v2" is updated later
-	kv.SetSecret("Name-v2", "newer")
+	// "Name" and "Name-v2" map to one key. The one listed first ("Name": the list is in
+	// name order) is the one updated last, so listing order alone would pick the other.
+	kv.SetSecret("Name-v2", "older", kvtest.WithUpdated(time.Now().Add(-time.Minute)))
+	kv.SetSecret("Name", "newer")
 
 	v := yamlViper(t, "db:\n  password: from-file\n  host: db.internal\ntoken: \"@KeyVault(VaultName=myvault;SecretName=token-ref)\"\n")
 	v.SetDefault("pool", "from-default")
@@ -119,7 +120,7 @@ func TestVaultSourcePrecedence(t *testing.T) {
 			t.Errorf("%s = %q, want %q", key, got, want)
 		}
 	}
-	for _, want := range []string{"the reference wins", "key=token", "two secrets map to one key", "secret=Name-v2", "other_secret=Name"} {
+	for _, want := range []string{"the reference wins", "key=token", "two secrets map to one key", "secret=Name other_secret=Name-v2"} {
 		if !strings.Contains(logs.String(), want) {
 			t.Errorf("logs lack %q:\n%s", want, logs.String())
 		}

@@ -376,6 +376,20 @@ func WithEnabled(enabled bool) SecretOption {
 	return func(sv *secretVersion) { sv.enabled = enabled }
 }
 
+// WithUpdated makes the version as if it had been set at t: its created and updated
+// timestamps are t, truncated to the second as Key Vault's are, and GET, the lists of
+// secrets and of versions, and backups report them. It is for tests that need versions
+// older than the current second (which a client may treat as not yet settled, since a
+// version of the same second lists the same) or a given order of updates, without
+// waiting for the clock: kv.SetSecret("a", "x", kvtest.WithUpdated(time.Now().Add(-time.Minute))).
+//
+// Only the timestamps change: the version still becomes the latest, whatever t, and its
+// SecretNewVersionCreated event is dated when SetSecret publishes it. A later change
+// (SetSecret without it, [Vault.SetEnabled]) is stamped with the current time.
+func WithUpdated(t time.Time) SecretOption {
+	return func(sv *secretVersion) { t := t.Truncate(time.Second); sv.created, sv.updated = t, t }
+}
+
 // SetSecret creates a new version of the secret, which becomes the latest, and returns
 // the version (32 lowercase hex). Unlike the wire PUT, it first purges a deleted secret
 // of the same name, at once, even one whose deletion or purge has not completed or whose

@@ -291,11 +291,15 @@ func rotate(kv *kvtest.Vault, f *fleet, d time.Duration) (spreads []time.Duratio
 	return spreads, missing, len(rots)
 }
 
+// newVault adds a vault with the fleet's secrets, each a version a minute old: past the
+// one-second-timestamp window within which a replica checks a fetch again by GET, so that
+// the steady state measures rotations, not the re-checks of the cold start.
 func newVault(srv *kvtest.Server, name string) *kvtest.Vault {
 	kv := srv.AddVault(name)
 	kv.Grant(srv.SystemIdentity(), kvtest.RoleSecretsUser)
+	settled := kvtest.WithUpdated(time.Now().Add(-time.Minute))
 	for i := range secrets {
-		kv.SetSecret(fmt.Sprintf("s%02d", i), fmt.Sprintf("value-%02d", i))
+		kv.SetSecret(fmt.Sprintf("s%02d", i), fmt.Sprintf("value-%02d", i), settled)
 	}
 	kv.SetLatency(latency)
 	return kv
@@ -312,7 +316,6 @@ func run(n int, steady time.Duration, listOnly bool) (bool, error) {
 
 	// Cold start, by the replicas that then list and take pushes.
 	kv := newVault(srv, "fleetvault")
-	time.Sleep(2100 * time.Millisecond) // versions older than the one-second-timestamp window
 	fl, err := newFleet(srv, hc, "fleetvault", n, viperkv.WithVersionCheck(viperkv.VersionCheckList),
 		viperkv.WithPushDelay(5*time.Second), viperkv.WithFetchTimeout(90*time.Second))
 	if err != nil {
