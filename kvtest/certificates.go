@@ -778,20 +778,7 @@ func policyFromGo(name string, gp CertificatePolicy) (*certPolicy, error) {
 	if gp.ValidityMonths != 0 {
 		pj.X509Props.ValidityMonths = &gp.ValidityMonths
 	}
-	if gp.LifetimeActions != nil {
-		las := make([]lifetimeActionJSON, len(gp.LifetimeActions))
-		for i, a := range gp.LifetimeActions {
-			la := lifetimeActionJSON{Action: &actionJSON{ActionType: a.Action}, Trigger: &triggerJSON{}}
-			if a.LifetimePercentage != 0 {
-				la.Trigger.LifetimePercentage = &a.LifetimePercentage
-			}
-			if a.DaysBeforeExpiry != 0 {
-				la.Trigger.DaysBeforeExpiry = &a.DaysBeforeExpiry
-			}
-			las[i] = la
-		}
-		pj.LifetimeActions = &las
-	}
+	pj.LifetimeActions = lifetimeActionsJSON(gp.LifetimeActions)
 	if gp.Validity != 0 {
 		if gp.Validity < minValidity {
 			return nil, fmt.Errorf("validity %v is shorter than %v", gp.Validity, minValidity)
@@ -896,20 +883,7 @@ func (v *Vault) ImportCertificate(name string, data []byte, password string, pol
 		return "", fmt.Errorf("kvtest: certificate %s: %w", name, perr)
 	}
 	pj := policyJSON{SecretProps: &secretPropsJSON{ContentType: ct}}
-	if policy.LifetimeActions != nil {
-		las := make([]lifetimeActionJSON, len(policy.LifetimeActions))
-		for i, a := range policy.LifetimeActions {
-			la := lifetimeActionJSON{Action: &actionJSON{ActionType: a.Action}, Trigger: &triggerJSON{}}
-			if a.LifetimePercentage != 0 {
-				la.Trigger.LifetimePercentage = &a.LifetimePercentage
-			}
-			if a.DaysBeforeExpiry != 0 {
-				la.Trigger.DaysBeforeExpiry = &a.DaysBeforeExpiry
-			}
-			las[i] = la
-		}
-		pj.LifetimeActions = &las
-	}
+	pj.LifetimeActions = lifetimeActionsJSON(policy.LifetimeActions)
 	now := time.Now().Truncate(time.Second)
 	p, e := importPolicy(&pj, leaf, key, now)
 	if e != nil {
@@ -1498,4 +1472,23 @@ func decodeLenientBase64(s string) ([]byte, bool) {
 func uriValid(s string) bool {
 	u, err := url.Parse(s)
 	return err == nil && u.Scheme != ""
+}
+
+// lifetimeActionsJSON is a policy's lifetime actions as the wire has them, nil for none.
+func lifetimeActionsJSON(as []LifetimeAction) *[]lifetimeActionJSON {
+	if as == nil {
+		return nil
+	}
+	las := make([]lifetimeActionJSON, len(as))
+	for i, a := range as {
+		la := lifetimeActionJSON{Action: &actionJSON{ActionType: a.Action}, Trigger: &triggerJSON{}}
+		if a.LifetimePercentage != 0 {
+			la.Trigger.LifetimePercentage = &a.LifetimePercentage
+		}
+		if a.DaysBeforeExpiry != 0 {
+			la.Trigger.DaysBeforeExpiry = &a.DaysBeforeExpiry
+		}
+		las[i] = la
+	}
+	return &las
 }
