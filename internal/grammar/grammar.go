@@ -108,6 +108,7 @@ type Error struct {
 	Written string
 }
 
+// Error formats the error as "<Status>: <Reason>".
 func (e *Error) Error() string { return string(e.Status) + ": " + e.Reason }
 
 // Template is one config string cut into literal text and references.

@@ -117,6 +117,7 @@ type ShapeError struct {
 	Reason string
 }
 
+// Error formats the error as "<Status>: <Reason>".
 func (e *ShapeError) Error() string { return string(e.Status) + ": " + e.Reason }
 
 // Apply gives value the shape s asks for: a string, []byte, a number, a bool, or a
