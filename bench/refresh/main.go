@@ -19,7 +19,6 @@ import (
 	"os"
 	"slices"
 	"strings"
-	"syscall"
 	"testing"
 	"text/tabwriter"
 	"time"
@@ -221,12 +220,6 @@ func cycle(srv *kvtest.Server) (gets int64, idleCPU, idleFor time.Duration, err 
 	before := cpuTime()
 	time.Sleep(idleFor)
 	return gets, cpuTime() - before, idleFor, nil
-}
-
-func cpuTime() time.Duration {
-	var ru syscall.Rusage
-	_ = syscall.Getrusage(syscall.RUSAGE_SELF, &ru)
-	return time.Duration(ru.Utime.Nano() + ru.Stime.Nano())
 }
 
 // latency rotates a secret at a random point of the interval and times how long the

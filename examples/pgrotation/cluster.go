@@ -8,12 +8,10 @@ import (
 	"net"
 	"os"
 	"os/exec"
-	"os/user"
 	"path/filepath"
 	"slices"
 	"strconv"
 	"strings"
-	"syscall"
 	"time"
 )
 
@@ -33,9 +31,9 @@ type cluster struct {
 	dir     string // temporary directory: data/, the socket, the server log
 	bin     string // directory holding initdb and pg_ctl
 	port    int
-	cred    *syscall.Credential // the server's user when we are root; nil: ourselves
-	user    string              // its name
-	version string              // e.g. "15.18 (Debian 15.18-0+deb12u1)"
+	cred    *procUser // the server's user when we are root; nil: ourselves
+	user    string    // its name
+	version string    // e.g. "15.18 (Debian 15.18-0+deb12u1)"
 }
 
 // findPostgres returns the directory holding initdb and pg_ctl: PATH first, then Debian's
@@ -74,29 +72,6 @@ func cmpFloat(a, b float64) int {
 func isExecutable(path string) bool {
 	fi, err := os.Stat(path)
 	return err == nil && fi.Mode().IsRegular() && fi.Mode()&0o111 != 0
-}
-
-// serverUser picks the non-root account the server runs as when we are root:
-// $PGROTATION_PG_USER, else "postgres" (Debian's package creates it), else "nobody".
-func serverUser() (*syscall.Credential, string, error) {
-	names := []string{"postgres", "nobody"}
-	if n := os.Getenv("PGROTATION_PG_USER"); n != "" {
-		names = []string{n}
-	}
-	for _, n := range names {
-		u, err := user.Lookup(n)
-		if err != nil {
-			continue
-		}
-		uid, err1 := strconv.ParseUint(u.Uid, 10, 32)
-		gid, err2 := strconv.ParseUint(u.Gid, 10, 32)
-		if err1 != nil || err2 != nil || uid == 0 {
-			continue
-		}
-		return &syscall.Credential{Uid: uint32(uid), Gid: uint32(gid)}, n, nil
-	}
-	return nil, "", fmt.Errorf("running as root, and no non-root user (%s) to run PostgreSQL as; create one or set PGROTATION_PG_USER",
-		strings.Join(names, ", "))
 }
 
 // startCluster creates and starts a private cluster. Call stop when done: it stops the
@@ -195,21 +170,12 @@ func (c *cluster) stop() error {
 func (c *cluster) run(ctx context.Context, prog string, args ...string) ([]byte, error) {
 	cmd := exec.CommandContext(ctx, filepath.Join(c.bin, prog), args...)
 	cmd.Dir = c.dir
-	cmd.Env = []string{"PATH=" + c.bin + ":/usr/bin:/bin", "LC_ALL=C", "LANG=C", "TZ=UTC"}
-	if c.cred != nil {
-		cmd.SysProcAttr = &syscall.SysProcAttr{Credential: c.cred}
-	}
+	cmd.Env = []string{"PATH=" + strings.Join([]string{c.bin, "/usr/bin", "/bin"}, string(os.PathListSeparator)), "LC_ALL=C", "LANG=C", "TZ=UTC"}
+	c.asServerUser(cmd)
 	var out bytes.Buffer
 	cmd.Stdout, cmd.Stderr = &out, &out
 	err := cmd.Run()
 	return out.Bytes(), err
-}
-
-func (c *cluster) chown(path string) error {
-	if c.cred == nil {
-		return nil
-	}
-	return os.Chown(path, int(c.cred.Uid), int(c.cred.Gid))
 }
 
 // freePort returns a loopback TCP port that was free a moment ago.
