@@ -88,6 +88,23 @@ func TestParseTemplateNamesTheKey(t *testing.T) {
 	}
 }
 
+// The grammar's statuses pass to users as Status by conversion: their names must be the
+// same.
+func TestGrammarStatusesAreStatuses(t *testing.T) {
+	for g, want := range map[grammar.Status]Status{
+		grammar.InvalidSyntax:                StatusInvalidSyntax,
+		grammar.HostNotAllowed:               StatusHostNotAllowed,
+		grammar.AppConfigurationNotSupported: StatusAppConfigurationNotSupported,
+		grammar.PropertyNotFound:             StatusPropertyNotFound,
+		grammar.SecretFormatInvalid:          StatusSecretFormatInvalid,
+		grammar.DecodeFailed:                 StatusDecodeFailed,
+	} {
+		if Status(g) != want {
+			t.Errorf("grammar status %q passes as %q, want %q", g, Status(g), want)
+		}
+	}
+}
+
 func TestParseCloud(t *testing.T) {
 	for in, want := range map[string]Cloud{
 		"AzurePublic": CloudPublic, "azurecloud": CloudPublic, "PUBLIC": CloudPublic,
