@@ -83,12 +83,7 @@ func ParseReference(s string, opts ...Option) (Reference, error) {
 	for _, opt := range opts {
 		opt(&o)
 	}
-	return parseOne(grammar.TrimBlank(s), o.parseConfig())
-}
-
-// parseOne parses s as exactly one reference making up the whole value.
-func parseOne(s string, pc parseConfig) (Reference, error) {
-	t, err := parseTemplate("", s, pc)
+	t, err := parseTemplate("", grammar.TrimBlank(s), o.parseConfig())
 	if err != nil {
 		return Reference{}, err
 	}

@@ -14,6 +14,7 @@ import (
 	"github.com/spf13/viper"
 
 	"github.com/viperkv/viperkv/internal/driver"
+	"github.com/viperkv/viperkv/internal/grammar"
 	"github.com/viperkv/viperkv/internal/viperlayers"
 )
 
@@ -58,7 +59,8 @@ func SecretGrace(d time.Duration) VaultSourceOption {
 // WithVaultSource adds every secret of a vault as a configuration key, as .NET's
 // AddAzureKeyVault does: Database--Password becomes database.password ("--" is the key
 // delimiter; SecretPrefix, SecretTags and SecretKeys select and rename). vaultURL is the
-// vault's URL (https://myvault.vault.azure.net) or name (myvault, in the provider's cloud).
+// vault's URL (https://myvault.vault.azure.net), its host, or its name (myvault, in the
+// provider's cloud); a host:port only when WithAllowedHosts allows it, as for references.
 //
 // Precedence: values the environment, flags or Set give a key win over the vault; the
 // vault's win over the config file and defaults. A key that also holds a reference keeps
@@ -96,14 +98,11 @@ type vaultSource struct {
 func (s *vaultSource) resolveHost(pc parseConfig) error {
 	v := strings.ToLower(strings.TrimSpace(s.raw))
 	v = strings.TrimSuffix(strings.TrimPrefix(v, "https://"), "/")
-	if v != "" && !strings.Contains(v, ".") {
-		v += "." + pc.Suffix()
+	host, err := grammar.VaultHost(v, pc)
+	if err != nil {
+		return fmt.Errorf("viperkv: New: WithVaultSource(%q): not a vault this provider may read (%s: %s)", s.raw, err.Status, err.Reason)
 	}
-	r, err := parseOne("@KeyVault(SecretUri=https://"+v+"/secrets/probe/)", pc)
-	if err != nil || v == "" {
-		return fmt.Errorf("viperkv: New: WithVaultSource(%q): not a vault this provider may read (%v)", s.raw, err)
-	}
-	s.host = r.Vault
+	s.host = host
 	return nil
 }
 

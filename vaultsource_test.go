@@ -295,3 +295,27 @@ func TestVaultSourceSectionAndChildSecrets(t *testing.T) {
 		t.Errorf("no warning names the skipped section secret:\n%s", logs)
 	}
 }
+
+// A vault source names a vault a reference could name, or New refuses it and says why; a
+// bare vault name takes the cloud's suffix.
+func TestVaultSourceHostChecked(t *testing.T) {
+	for raw, status := range map[string]string{
+		"https://evil.test":                         "HostNotAllowed",
+		"https://myvault.vault.azure.net/secrets/x": "InvalidSyntax",
+		"myvault.vault.azure.cn":                    "HostNotAllowed",
+		"":                                          "InvalidSyntax",
+	} {
+		_, err := viperkv.New(viper.New(), viperkv.WithVaultSource(raw))
+		if err == nil || !strings.Contains(err.Error(), "not a vault this provider may read ("+status+": ") {
+			t.Errorf("WithVaultSource(%q): %v, want a refusal with %s", raw, err, status)
+		}
+	}
+	for _, raw := range []string{"myvault", "https://MyVault.vault.azure.net/"} {
+		p, err := viperkv.New(viper.New(), viperkv.WithVaultSource(raw))
+		if err != nil {
+			t.Errorf("WithVaultSource(%q): %v", raw, err)
+			continue
+		}
+		_ = p.Close()
+	}
+}

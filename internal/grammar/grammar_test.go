@@ -346,3 +346,36 @@ func BenchmarkParseEmbedded(b *testing.B) {
 		}
 	}
 }
+
+// A vault source's host is checked as a SecretUri's authority is, without being written
+// into a reference and parsed again: a bare name takes the cloud's suffix, an allowed
+// host:port keeps its port, and anything else a reference could not name is refused.
+func TestVaultHost(t *testing.T) {
+	pc := NewConfig("AzurePublic", "kv.internal.example:8443")
+	for in, want := range map[string]string{
+		"myvault":                     "myvault.vault.azure.net",
+		"MyVault.Vault.Azure.Net":     "myvault.vault.azure.net",
+		"myvault.vault.azure.net:443": "myvault.vault.azure.net",
+		"kv.internal.example:8443":    "kv.internal.example:8443",
+	} {
+		if got, err := VaultHost(in, pc); err != nil || got != want {
+			t.Errorf("VaultHost(%q) = %q, %v; want %q", in, got, err, want)
+		}
+	}
+	for in, status := range map[string]Status{
+		"":                                   InvalidSyntax,
+		"myvault.vault.azure.net/secrets/x":  InvalidSyntax,
+		"myvault.vault.azure.net?x":          InvalidSyntax,
+		`evil.test\@myvault.vault.azure.net`: InvalidSyntax,
+		"user@myvault.vault.azure.net":       HostNotAllowed,
+		"evil.test":                          HostNotAllowed,
+		"127.0.0.1":                          HostNotAllowed,
+		"myvault.vault.azure.cn":             HostNotAllowed,
+		"myvault.vault.azure.net:8443":       HostNotAllowed,
+		"myvault.vault.azure.net:x":          InvalidSyntax,
+	} {
+		if got, err := VaultHost(in, pc); err == nil || err.Status != status || err.Reason == "" {
+			t.Errorf("VaultHost(%q) = %q, %v; want %s", in, got, err, status)
+		}
+	}
+}

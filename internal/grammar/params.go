@@ -182,12 +182,26 @@ func parseSecretURI(u string, pc Config) (Ref, Status, string) {
 	if i := strings.IndexAny(rest, "/?#\\"); i >= 0 {
 		authority, path = rest[:i], rest[i:]
 	}
+	vault, st, reason := checkAuthority(authority, pc)
+	if reason != "" {
+		return Ref{}, st, reason
+	}
+	name, version, reason := parseSecretPath(path)
+	if reason != "" {
+		return bad(reason)
+	}
+	return Ref{Vault: vault, Name: name, Version: LowerASCII(version)}, "", ""
+}
+
+// checkAuthority checks the authority of a SecretUri ("host" or "host:port") and returns
+// the vault it names: lowercase, with the port only when "host:port" is explicitly allowed.
+func checkAuthority(authority string, pc Config) (vault string, st Status, reason string) {
 	if authority == "" {
-		return bad("SecretUri has no host")
+		return "", InvalidSyntax, "SecretUri has no host"
 	}
 	if strings.IndexByte(authority, '@') >= 0 {
 		// Never quoted: the part before '@' may be a password.
-		return refused("SecretUri has user info (text and '@' before the host), refused: the request would go to the host after '@'")
+		return "", HostNotAllowed, "SecretUri has user info (text and '@' before the host), refused: the request would go to the host after '@'"
 	}
 	host, port := authority, ""
 	if authority[0] == '[' {
@@ -198,32 +212,45 @@ func parseSecretURI(u string, pc Config) (Ref, Status, string) {
 		host, port = authority[:i], authority[i:]
 	}
 	if host == "" {
-		return bad("SecretUri has no host")
+		return "", InvalidSyntax, "SecretUri has no host"
 	}
 	host = LowerASCII(host)
-	vault := host
+	vault = host
 	switch {
 	case port == "":
 	case port == ":":
-		return bad("SecretUri has an empty port after ':'")
+		return "", InvalidSyntax, "SecretUri has an empty port after ':'"
 	case port[0] != ':' || !kvname.AllDigits(port[1:]):
-		return bad(fmt.Sprintf("SecretUri port %s is not a number", kvname.Quote(strings.TrimPrefix(port, ":"))))
+		return "", InvalidSyntax, fmt.Sprintf("SecretUri port %s is not a number", kvname.Quote(strings.TrimPrefix(port, ":")))
 	case port == ":443":
 	case pc.AllowedHosts[host+port]:
 		vault = host + port
 	default:
-		return refused(fmt.Sprintf("port %s is refused (Key Vault listens on 443)", kvname.Quote(port[1:])))
+		return "", HostNotAllowed, fmt.Sprintf("port %s is refused (Key Vault listens on 443)", kvname.Quote(port[1:]))
 	}
 	if vault == host && !pc.AllowedHosts[host] {
 		if r := vaultHostProblem(host, pc.cloudOrDefault()); r != "" {
-			return refused(r)
+			return "", HostNotAllowed, r
 		}
 	}
-	name, version, reason := parseSecretPath(path)
-	if reason != "" {
-		return bad(reason)
+	return vault, "", ""
+}
+
+// VaultHost checks a vault's host as the user configured it (a host, "host:port" when
+// allowed, or a bare vault name, which gets the cloud's suffix) and returns the vault as
+// references name it. The error names the problem, with HostNotAllowed or InvalidSyntax.
+func VaultHost(host string, pc Config) (string, *Error) {
+	if host != "" && strings.IndexByte(host, '.') < 0 && strings.IndexByte(host, ':') < 0 {
+		host += "." + pc.Suffix()
 	}
-	return Ref{Vault: vault, Name: name, Version: LowerASCII(version)}, "", ""
+	if i := strings.IndexAny(host, "/?#\\"); i >= 0 {
+		return "", &Error{Status: InvalidSyntax, Reason: "a vault host has no path, query or fragment: want <vault>." + nonEmpty(pc.Suffix(), cloud.Public().VaultSuffix)}
+	}
+	vault, st, reason := checkAuthority(host, pc)
+	if reason != "" {
+		return "", &Error{Status: st, Reason: reason}
+	}
+	return vault, nil
 }
 
 // parseSecretPath accepts exactly /secrets/<name>[/<version>][/], and the same under
