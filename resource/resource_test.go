@@ -422,9 +422,21 @@ func TestResourceOverAListRebuilds(t *testing.T) {
 	case <-time.After(10 * time.Second):
 		t.Fatal("a rotated list element did not rebuild the resource over the list")
 	}
-	got, done := r.Acquire()
-	defer done()
-	if len(got) != 2 || got[1] != "host-two-v2" || r.Err() != nil {
-		t.Errorf("serving %q, Err %v", got, r.Err())
+	// The build has returned its value (it sent it first); the Resource puts it in service
+	// right after: wait for that, not for a guess at how long it takes.
+	deadline := time.Now().Add(10 * time.Second)
+	for {
+		got, done := r.Acquire()
+		done()
+		if len(got) == 2 && got[1] == "host-two-v2" {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("serving %q, Err %v; want the rebuilt list", got, r.Err())
+		}
+		time.Sleep(time.Millisecond) // a hang guard: the swap follows the build at once
+	}
+	if err := r.Err(); err != nil {
+		t.Errorf("Err %v after a good rebuild", err)
 	}
 }
